@@ -1,0 +1,240 @@
+"""One typed settings tree, loaded from YAML and overridden by `TICKETUNE_<SECTION>__<KEY>` env vars.
+
+Defaults run the demo. Relative paths (and `sqlite:///./x` tracking URIs) are resolved against the
+directory of the config file, or the working directory when there is no file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+ENV_PREFIX = "TICKETUNE_"
+CONFIG_ENV = "TICKETUNE_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "tickets.resolved"
+    group_id: str = "ticketune"
+    dlq_topic: str = "tickets.resolved.dlq"
+    format: Literal["canonical"] = "canonical"
+    client_id: str = "ticketune"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    session_timeout_ms: int = Field(default=45000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=3000, ge=100)
+    max_poll_interval_ms: int = Field(default=300000, ge=1000)
+    max_poll_records: int = Field(default=500, ge=1)
+    poll_timeout_ms: int = Field(default=1000, ge=10)
+    max_message_bytes: int = Field(default=1_048_576, ge=1024)
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaConfig:
+        if self.security_protocol.startswith("SASL") and not (self.sasl_mechanism and self.sasl_username):
+            raise ValueError("SASL security_protocol needs sasl_mechanism and sasl_username")
+        return self
+
+
+class StoreConfig(_Section):
+    path: Path = Path("./data/examples.db")
+    eval_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+
+
+class ModelConfig(_Section):
+    base: str = "./models/tiny"
+    revision: str | None = None
+    system_prompt: str | None = "You are a helpful customer support agent."
+
+
+class AdapterConfig(_Section):
+    method: Literal["lora"] = "lora"
+    r: int = Field(default=16, ge=1, le=1024)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainingConfig(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    epochs: float = Field(default=2.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    max_seq_len: int = Field(default=2048, ge=16)
+    seed: int = 0
+    warm_start: Literal["champion", "fresh"] = "champion"
+    replay_fraction: float = Field(default=0.25, ge=0.0, le=1.0)
+    timeout_minutes: float = Field(default=240.0, gt=0)
+    work_dir: Path = Path("./data/cycles")
+    keep_cycle_dirs: int = Field(default=5, ge=1)
+    python: str | None = None
+
+
+class ScheduleConfig(_Section):
+    enabled: bool = True
+    cron: str | None = "0 3 * * *"
+    interval_minutes: float | None = Field(default=None, gt=0)
+    min_new_examples: int = Field(default=200, ge=0)
+    misfire_grace_seconds: int = Field(default=3600, ge=1)
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> ScheduleConfig:
+        if self.interval_minutes is not None and self.cron is not None and "cron" in self.model_fields_set:
+            raise ValueError("set either cron or interval_minutes, not both")
+        if self.cron is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.cron, timezone=self.timezone)
+            except ValueError as exc:
+                raise ValueError(f"cron {self.cron!r} is not a valid crontab expression: {exc}") from None
+        return self
+
+
+class GateConfig(_Section):
+    min_eval_examples: int = Field(default=50, ge=1)
+    min_improvement: float = 0.0
+    profile: Literal["standard", "demo"] = "standard"
+    trusted_eval_cap: int = Field(default=2000, ge=1)
+
+
+class RegistryConfig(_Section):
+    tracking_uri: str = "sqlite:///./data/mlflow.db"
+    artifact_location: str | None = None
+    experiment_name: str = "ticketune"
+    model_name: str = "ticketune-support"
+    champion_alias: str = "champion"
+
+
+class ServerConfig(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(default=9400, ge=0, le=65535)
+    admin_token: SecretStr | None = None
+
+
+class LogConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    def config_hash(self) -> str:
+        """Stable hash of everything that shapes a candidate (secrets excluded)."""
+        shaping = self.model_dump(mode="json", include={"model", "adapter", "training", "gate"})
+        shaping["training"].pop("work_dir", None)
+        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ConfigError(Exception):
+    """Every problem in a configuration, one `field.path: message` per entry."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name or name == CONFIG_ENV:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        node[path[-1]] = raw if isinstance(value, dict) else value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_paths(settings: Settings, root: Path) -> None:
+    def absolute(path: Path) -> Path:
+        return path if path.is_absolute() else (root / path).resolve()
+
+    settings.store.path = absolute(settings.store.path)
+    settings.training.work_dir = absolute(settings.training.work_dir)
+    base = settings.model.base
+    if base.startswith((".", "/", "~")) or (root / base).exists():
+        settings.model.base = str(absolute(Path(base).expanduser()))
+    uri = settings.registry.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        settings.registry.tracking_uri = "sqlite:///" + str(absolute(Path(uri[len("sqlite:///") :])))
+    elif "://" not in uri:
+        settings.registry.tracking_uri = str(absolute(Path(uri)))
+    if settings.registry.artifact_location and "://" not in settings.registry.artifact_location:
+        settings.registry.artifact_location = str(absolute(Path(settings.registry.artifact_location)))
+
+
+def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Loads YAML (or defaults), applies env overrides, validates, resolves relative paths."""
+    environ = dict(os.environ if environ is None else environ)
+    if path is None and environ.get(CONFIG_ENV):
+        path = environ[CONFIG_ENV]
+    data: dict[str, Any] = {}
+    root = Path.cwd()
+    if path is not None:
+        file = Path(path)
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([f"{file}: file not found"]) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{file}: not valid YAML: {exc}"]) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError([f"{file}: the top level must be a mapping of sections"])
+        data = loaded or {}
+        root = file.resolve().parent
+    data = _merge(data, _env_overrides(environ))
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{loc}: {msg}")
+        raise ConfigError(problems) from None
+    _resolve_paths(settings, root)
+    return settings

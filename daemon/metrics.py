@@ -1,0 +1,48 @@
+"""Every Prometheus metric of the service, declared once; other modules import and update them.
+
+Label values are bounded (reasons and verdicts from fixed vocabularies), never ids or text.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+TICKETS_CONSUMED = Counter("ticketune_tickets_consumed_total", "Kafka records consumed from the ticket topic.")
+EXAMPLES_STORED = Counter("ticketune_examples_stored_total", "Chat examples written (new or revised) to the store.")
+TICKETS_SKIPPED = Counter(
+    "ticketune_tickets_skipped_total", "Tickets that produced no example, by reason.", ["reason"]
+)
+TICKETS_DELETED = Counter("ticketune_tickets_deleted_total", "Deletion requests (tombstones) applied.")
+DEAD_LETTERED = Counter(
+    "ticketune_dead_lettered_total", "Records sent to the dead-letter topic, by reason.", ["reason"]
+)
+CONSUMER_LAG = Gauge("ticketune_consumer_lag_records", "Records on the ticket topic not yet consumed.")
+INGEST_ERRORS = Counter(
+    "ticketune_ingest_errors_total", "Ingest loop iterations that failed and were retried, by kind.", ["kind"]
+)
+INGEST_UP = Gauge("ticketune_ingest_connected", "1 while the ingest loop reaches the broker, else 0.")
+STORE_EXAMPLES = Gauge("ticketune_store_examples", "Examples in the store.")
+STORE_PENDING_EXAMPLES = Gauge(
+    "ticketune_store_pending_examples", "Examples stored since the last cycle that promoted or rejected."
+)
+
+CYCLES = Counter("ticketune_cycles_total", "Retrain cycles by verdict.", ["verdict"])
+CYCLE_RUNNING = Gauge("ticketune_cycle_running", "1 while a retrain cycle is running.")
+CYCLE_DURATION = Histogram(
+    "ticketune_cycle_duration_seconds",
+    "Wall time of retrain cycles that trained.",
+    buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800),
+)
+LAST_SUCCESSFUL_CYCLE = Gauge(
+    "ticketune_last_successful_cycle_timestamp_seconds", "Unix time the last cycle ended promoted or rejected."
+)
+CHAMPION_EVAL_LOSS = Gauge(
+    "ticketune_champion_eval_loss_nats", "Eval loss of the current champion on its trusted set (nats/token)."
+)
+CANDIDATE_EVAL_LOSS = Gauge(
+    "ticketune_candidate_eval_loss_nats", "Eval loss of the last candidate on the trusted set (nats/token)."
+)
+CHAMPION_VERSION = Gauge("ticketune_champion_version", "Registered model version serving as champion (0: none).")
+TRAINING_TOKENS_PER_SECOND = Gauge(
+    "ticketune_training_tokens_per_second", "Training throughput of the last cycle's worker."
+)

@@ -1,0 +1,112 @@
+"""Ticket → chat training example (system / user / assistant turns), or a skip with its reason.
+
+Only public agent messages become assistant turns; internal notes, bot and system messages never
+do. Consecutive turns of one role merge; customer turns after the last agent answer are dropped.
+Every text is scrubbed of personal data before it leaves this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from daemon.privacy import scrubber_for_ticket
+from daemon.tickets import Role, Ticket
+
+SKIP_NOT_RESOLVED = "not_resolved"
+SKIP_NO_AGENT_ANSWER = "no_public_agent_answer"
+SKIP_NO_CUSTOMER_MESSAGE = "no_customer_message"
+SKIP_EMPTY_BODY = "empty_body"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One chat example, already scrubbed; what the store keeps and the worker trains on."""
+
+    ticket_id: str
+    revision: str
+    messages: list[dict[str, str]]
+    category: str | None = None
+    language: str | None = None
+    group_key: str = ""
+    placeholders: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "ticket_id": self.ticket_id,
+                "messages": self.messages,
+                "category": self.category,
+                "language": self.language,
+                "placeholders": self.placeholders,
+            },
+            ensure_ascii=False,
+            sort_keys=True,
+        )
+
+
+@dataclass(frozen=True)
+class Skip:
+    ticket_id: str
+    reason: str
+
+
+def group_key_for(ticket: Ticket) -> str:
+    """Tickets of one requester share a key, so they land on the same side of the split."""
+    requester = ticket.requester
+    identity = None
+    if requester is not None:
+        identity = requester.id or (requester.email or "").strip().lower() or None
+    basis = f"requester:{identity}" if identity else f"ticket:{ticket.ticket_id}"
+    return hashlib.sha256(basis.encode()).hexdigest()[:32]
+
+
+def ticket_to_example(ticket: Ticket, system_prompt: str | None = None) -> Example | Skip:
+    if not ticket.is_resolved:
+        return Skip(ticket.ticket_id, SKIP_NOT_RESOLVED)
+
+    turns: list[tuple[str, str]] = []
+    saw_empty = False
+    for message in ticket.messages:
+        if message.author_role == Role.customer:
+            role = "user"
+        elif message.author_role == Role.agent and message.public:
+            role = "assistant"
+        else:
+            continue  # internal notes, bots and system messages are never trained on
+        body = message.body.strip()
+        if not body:
+            saw_empty = True
+            continue
+        if turns and turns[-1][0] == role:
+            turns[-1] = (role, turns[-1][1] + "\n\n" + body)
+        else:
+            turns.append((role, body))
+
+    while turns and turns[-1][0] == "user":
+        turns.pop()
+    while turns and turns[0][0] == "assistant":
+        turns.pop(0)  # an agent opening without a question teaches nothing answerable
+    if not any(role == "assistant" for role, _ in turns):
+        has_agent = any(m.author_role == Role.agent and m.public and m.body.strip() for m in ticket.messages)
+        if saw_empty and not has_agent:
+            return Skip(ticket.ticket_id, SKIP_EMPTY_BODY)
+        if has_agent:
+            return Skip(ticket.ticket_id, SKIP_NO_CUSTOMER_MESSAGE)
+        return Skip(ticket.ticket_id, SKIP_NO_AGENT_ANSWER)
+
+    scrubber = scrubber_for_ticket(ticket)
+    messages = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    messages.extend({"role": role, "content": scrubber.scrub(text)} for role, text in turns)
+    return Example(
+        ticket_id=ticket.ticket_id,
+        revision=ticket.revision,
+        messages=messages,
+        category=ticket.category,
+        language=ticket.language,
+        group_key=group_key_for(ticket),
+        placeholders=sorted(scrubber.used_placeholders),
+    )

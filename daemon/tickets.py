@@ -1,0 +1,122 @@
+"""The support-ticket domain model: the canonical ticket JSON every helpdesk format maps to.
+
+Unknown fields are ignored; a missing or mistyped required field is a `TicketParseError`,
+which the ingest loop turns into a dead-letter record with the error as its reason.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+RESOLVED_STATUSES = frozenset({"solved", "closed", "resolved"})
+
+
+class Role(str, Enum):
+    customer = "customer"
+    agent = "agent"
+    bot = "bot"
+    system = "system"
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Person(_Lenient):
+    id: str | None = None
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value
+
+
+class Message(_Lenient):
+    author_role: Role
+    author_name: str | None = None
+    author_email: str | None = None
+    public: bool = True
+    body: str
+    created_at: datetime | None = None
+
+
+class Ticket(_Lenient):
+    ticket_id: str = Field(min_length=1)
+    status: str
+    channel: str | None = None
+    subject: str | None = None
+    category: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    language: str | None = None
+    csat: float | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    resolved_at: datetime | None = None
+    requester: Person | None = None
+    agents: list[Person] = Field(default_factory=list)
+    messages: list[Message]
+
+    @field_validator("ticket_id", mode="before")
+    @classmethod
+    def _ticket_id_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("status")
+    @classmethod
+    def _status_lower(cls, value: str) -> str:
+        return value.strip().lower()
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.status in RESOLVED_STATUSES
+
+    @property
+    def revision(self) -> str:
+        """Orders revisions of one ticket: later `updated_at`/`resolved_at` wins, not arrival order."""
+        stamp = self.updated_at or self.resolved_at or self.created_at
+        return stamp.isoformat() if stamp else ""
+
+
+class TicketParseError(ValueError):
+    """A message that cannot become a `Ticket`; `reason` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_canonical(value: bytes) -> Ticket:
+    """Parses one canonical ticket JSON document (UTF-8) into a `Ticket`."""
+    try:
+        data = json.loads(value.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise TicketParseError("invalid_utf8", str(exc)) from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise TicketParseError("invalid_json", str(exc)[:300]) from None
+    return ticket_from_dict(data)
+
+
+def ticket_from_dict(data: object) -> Ticket:
+    if not isinstance(data, dict):
+        raise TicketParseError("not_an_object", f"expected a JSON object, got {type(data).__name__}")
+    try:
+        return Ticket.model_validate(data)
+    except ValidationError as exc:
+        raise TicketParseError("invalid_ticket", describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """`messages.0.body: Field required; status: ...`: field paths, never field values."""
+    parts = []
+    for err in exc.errors(include_input=False):
+        path = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{path}: {err['msg']}")
+    return "; ".join(parts)[:1000]

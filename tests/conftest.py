@@ -1,0 +1,6 @@
+"""Shared fixtures: each area keeps its fixtures in tests/fixture_<area>.py, imported here."""
+
+import os
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
