@@ -1,0 +1,507 @@
+"""The example store: SQLite (WAL), idempotent upserts by ticket id, deterministic splits, snapshots.
+
+It also keeps what the cycle contract needs: batches (pending until a cycle promotes or rejects
+them; rejected ones are quarantined), the trusted eval set frozen with each model version, the
+cycle log, and the OS file locks (ingest, cycle) that sit beside the database file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from daemon.pairs import Example
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS examples (
+    ticket_id    TEXT PRIMARY KEY,
+    revision     TEXT NOT NULL,
+    example_json TEXT NOT NULL,
+    category     TEXT,
+    group_key    TEXT NOT NULL,
+    split        TEXT NOT NULL CHECK (split IN ('train', 'eval')),
+    batch_id     INTEGER REFERENCES batches(id),
+    stored_at    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS examples_batch ON examples(batch_id);
+CREATE TABLE IF NOT EXISTS batches (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    cycle_id      TEXT NOT NULL,
+    snapshot_id   TEXT NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('promoted', 'quarantined', 'released', 'discarded')),
+    model_version TEXT,
+    examples      INTEGER NOT NULL,
+    closed_at     TEXT NOT NULL,
+    changed_at    TEXT
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id               TEXT PRIMARY KEY,
+    cycle_id         TEXT NOT NULL,
+    champion_version TEXT,
+    counts_json      TEXT NOT NULL,
+    created_at       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshot_items (
+    snapshot_id  TEXT NOT NULL,
+    part         TEXT NOT NULL CHECK (part IN ('batch_train', 'batch_eval', 'replay', 'trusted_eval')),
+    ticket_id    TEXT NOT NULL,
+    revision     TEXT NOT NULL,
+    example_json TEXT NOT NULL,
+    PRIMARY KEY (snapshot_id, part, ticket_id)
+);
+CREATE TABLE IF NOT EXISTS trusted_sets (
+    model_version TEXT NOT NULL,
+    ticket_id     TEXT NOT NULL,
+    example_json  TEXT NOT NULL,
+    PRIMARY KEY (model_version, ticket_id)
+);
+CREATE TABLE IF NOT EXISTS cycles (
+    cycle_id      TEXT PRIMARY KEY,
+    trigger       TEXT NOT NULL,
+    started_at    TEXT NOT NULL,
+    ended_at      TEXT,
+    verdict       TEXT,
+    model_version TEXT,
+    snapshot_id   TEXT,
+    reasons_json  TEXT,
+    metrics_json  TEXT
+);
+CREATE TABLE IF NOT EXISTS deletions (
+    ticket_id  TEXT PRIMARY KEY,
+    revision   TEXT NOT NULL,
+    deleted_at TEXT NOT NULL
+);
+"""
+
+OUTCOME_STORED = "stored"
+OUTCOME_REVISED = "revised"
+OUTCOME_UNCHANGED = "unchanged"
+OUTCOME_STALE = "stale"
+OUTCOME_DELETED = "deleted"
+OUTCOME_ABSENT = "absent"
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """A deletion request (a Kafka tombstone) for one ticket."""
+
+    ticket_id: str
+
+
+@dataclass
+class Snapshot:
+    """An immutable copy of what one cycle trains and judges on."""
+
+    id: str
+    cycle_id: str
+    champion_version: str | None
+    batch_train: list[dict] = field(default_factory=list)
+    batch_eval: list[dict] = field(default_factory=list)
+    replay: list[dict] = field(default_factory=list)
+    trusted_eval: list[dict] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "batch_train": len(self.batch_train),
+            "batch_eval": len(self.batch_eval),
+            "replay": len(self.replay),
+            "trusted_eval": len(self.trusted_eval),
+        }
+
+    def write_jsonl(self, directory: Path) -> dict[str, Path]:
+        """Writes train (batch + replay, deterministically shuffled), trusted and batch-held-out files."""
+        directory.mkdir(parents=True, exist_ok=True)
+        train = sorted(self.batch_train + self.replay, key=lambda ex: _unit_hash(self.id + ex["ticket_id"]))
+        files = {
+            "train": (directory / "train.jsonl", train),
+            "trusted": (directory / "trusted.jsonl", self.trusted_eval),
+            "batch_heldout": (directory / "batch_heldout.jsonl", self.batch_eval),
+        }
+        for path, rows in files.values():
+            path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), "utf-8")
+        return {name: path for name, (path, _) in files.items()}
+
+
+class LockBusy(RuntimeError):
+    pass
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _unit_hash(text: str) -> float:
+    """A deterministic number in [0, 1) for splits and bottom-k sampling."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16) / float(16**15)
+
+
+@contextmanager
+def store_lock(store_path: Path, name: str, *, wait_seconds: float | None = None) -> Iterator[None]:
+    """An OS file lock beside the store (`examples.db.cycle.lock`), held across processes.
+
+    `wait_seconds=None` waits forever; otherwise `LockBusy` is raised after that long.
+    """
+    lock_path = Path(f"{store_path}.{name}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise LockBusy(
+                        f"another ticketune process holds the {name} lock on {store_path} "
+                        f"({lock_path}); wait for it to finish or stop it"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class ExampleStore:
+    """SQLite example store; safe to share between threads (one connection per thread)."""
+
+    def __init__(self, path: str | Path, eval_fraction: float = 0.2) -> None:
+        self.path = Path(path)
+        self.eval_fraction = eval_fraction
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        with self._write() as db:
+            db.executescript(SCHEMA)
+
+    # connections ---------------------------------------------------------------------------
+    @property
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # offsets are committed right after; a write must survive
+            db.execute("PRAGMA foreign_keys=ON")
+            self._local.db = db
+            with self._connections_lock:
+                self._connections.append(db)
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # ingest --------------------------------------------------------------------------------
+    def split_for(self, group_key: str) -> str:
+        return "eval" if _unit_hash("split:" + group_key) < self.eval_fraction else "train"
+
+    def apply(self, changes: Sequence[Example | Deletion]) -> list[str]:
+        """Applies upserts and deletions in one transaction, durable when it returns.
+
+        Outcome per change, in order: stored, revised, unchanged, stale, deleted or absent.
+        """
+        outcomes = []
+        with self._write() as db:
+            for change in changes:
+                if isinstance(change, Deletion):
+                    outcomes.append(self._delete(db, change.ticket_id))
+                else:
+                    outcomes.append(self._upsert(db, change))
+        return outcomes
+
+    def _upsert(self, db: sqlite3.Connection, example: Example) -> str:
+        row = db.execute("SELECT revision FROM examples WHERE ticket_id = ?", (example.ticket_id,)).fetchone()
+        if row is None:
+            deleted = db.execute(
+                "SELECT revision FROM deletions WHERE ticket_id = ?", (example.ticket_id,)
+            ).fetchone()
+            if deleted is not None and example.revision <= deleted["revision"]:
+                return OUTCOME_STALE  # a redelivered revision of a ticket the customer had deleted
+            outcome = OUTCOME_STORED
+        elif example.revision == row["revision"]:
+            return OUTCOME_UNCHANGED
+        elif example.revision < row["revision"]:
+            return OUTCOME_STALE
+        else:
+            outcome = OUTCOME_REVISED
+        db.execute(
+            "INSERT INTO examples (ticket_id, revision, example_json, category, group_key, split, batch_id,"
+            " stored_at) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)"
+            " ON CONFLICT(ticket_id) DO UPDATE SET revision = excluded.revision,"
+            " example_json = excluded.example_json, category = excluded.category,"
+            " group_key = excluded.group_key, split = excluded.split, batch_id = NULL,"
+            " stored_at = excluded.stored_at",
+            (
+                example.ticket_id,
+                example.revision,
+                example.to_json(),
+                example.category,
+                example.group_key,
+                self.split_for(example.group_key),
+                _now(),
+            ),
+        )
+        return outcome
+
+    def _delete(self, db: sqlite3.Connection, ticket_id: str) -> str:
+        """Deletes a ticket everywhere it is kept, snapshots and trusted sets included."""
+        row = db.execute("SELECT revision FROM examples WHERE ticket_id = ?", (ticket_id,)).fetchone()
+        db.execute("DELETE FROM examples WHERE ticket_id = ?", (ticket_id,))
+        db.execute("DELETE FROM snapshot_items WHERE ticket_id = ?", (ticket_id,))
+        db.execute("DELETE FROM trusted_sets WHERE ticket_id = ?", (ticket_id,))
+        revision = row["revision"] if row is not None else ""
+        db.execute(
+            "INSERT INTO deletions (ticket_id, revision, deleted_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(ticket_id) DO UPDATE SET revision = max(revision, excluded.revision),"
+            " deleted_at = excluded.deleted_at",
+            (ticket_id, revision, _now()),
+        )
+        return OUTCOME_DELETED if row is not None else OUTCOME_ABSENT
+
+    # reads ---------------------------------------------------------------------------------
+    def get_example(self, ticket_id: str) -> dict | None:
+        row = self._db.execute("SELECT example_json FROM examples WHERE ticket_id = ?", (ticket_id,)).fetchone()
+        return json.loads(row["example_json"]) if row else None
+
+    def counts(self) -> dict[str, int]:
+        db = self._db
+        total = db.execute("SELECT count(*) FROM examples").fetchone()[0]
+        pending = db.execute("SELECT count(*) FROM examples WHERE batch_id IS NULL").fetchone()[0]
+        quarantined = db.execute(
+            "SELECT count(*) FROM examples e JOIN batches b ON e.batch_id = b.id WHERE b.state = 'quarantined'"
+        ).fetchone()[0]
+        return {"examples": total, "pending": pending, "quarantined": quarantined}
+
+    def pending_count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM examples WHERE batch_id IS NULL").fetchone()[0]
+
+    # snapshots -----------------------------------------------------------------------------
+    def create_snapshot(
+        self, cycle_id: str, champion_version: str | None, *, replay_fraction: float, seed: int = 0
+    ) -> Snapshot:
+        """Copies the pending batch, a replay sample of trusted training data and the trusted eval set.
+
+        With no champion, the trusted eval set is the batch's own held-out part (the first cycle
+        compares with the base model there); otherwise it is the set frozen with the champion.
+        """
+        with self._write() as db:
+            pending = db.execute(
+                "SELECT ticket_id, revision, split, example_json FROM examples WHERE batch_id IS NULL"
+                " ORDER BY ticket_id"
+            ).fetchall()
+            batch_train = [r for r in pending if r["split"] == "train"]
+            batch_eval = [r for r in pending if r["split"] == "eval"]
+            replay: list[sqlite3.Row] = []
+            if replay_fraction > 0 and batch_train:
+                wanted = round(len(batch_train) * replay_fraction / (1.0 - replay_fraction))
+                if replay_fraction >= 1.0:
+                    wanted = len(batch_train)
+                candidates = db.execute(
+                    "SELECT e.ticket_id, e.revision, e.example_json FROM examples e"
+                    " JOIN batches b ON e.batch_id = b.id WHERE b.state = 'promoted' AND e.split = 'train'"
+                ).fetchall()
+                candidates.sort(key=lambda r: _unit_hash(f"replay:{seed}:{cycle_id}:{r['ticket_id']}"))
+                replay = candidates[:wanted]
+            if champion_version is None:
+                trusted = [(r["ticket_id"], r["revision"], r["example_json"]) for r in batch_eval]
+            else:
+                trusted = [
+                    (r["ticket_id"], "", r["example_json"])
+                    for r in db.execute(
+                        "SELECT ticket_id, example_json FROM trusted_sets WHERE model_version = ?"
+                        " ORDER BY ticket_id",
+                        (champion_version,),
+                    )
+                ]
+            parts = {
+                "batch_train": [(r["ticket_id"], r["revision"], r["example_json"]) for r in batch_train],
+                "batch_eval": [(r["ticket_id"], r["revision"], r["example_json"]) for r in batch_eval],
+                "replay": [(r["ticket_id"], r["revision"], r["example_json"]) for r in replay],
+                "trusted_eval": trusted,
+            }
+            digest = hashlib.sha256()
+            for part, rows in parts.items():
+                for ticket_id, revision, _ in rows:
+                    digest.update(f"{part}\0{ticket_id}\0{revision}\n".encode())
+            snapshot_id = f"snap-{cycle_id}-{digest.hexdigest()[:10]}"
+            snapshot = Snapshot(
+                id=snapshot_id,
+                cycle_id=cycle_id,
+                champion_version=champion_version,
+                **{part: [json.loads(js) for _, _, js in rows] for part, rows in parts.items()},
+            )
+            db.execute(
+                "INSERT INTO snapshots (id, cycle_id, champion_version, counts_json, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (snapshot_id, cycle_id, champion_version, json.dumps(snapshot.counts), _now()),
+            )
+            db.executemany(
+                "INSERT INTO snapshot_items (snapshot_id, part, ticket_id, revision, example_json)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(snapshot_id, part, t, rev, js) for part, rows in parts.items() for t, rev, js in rows],
+            )
+        return snapshot
+
+    def close_batch(self, snapshot_id: str, *, verdict: str, model_version: str | None) -> int:
+        """Ends the snapshot's batch: `promoted`, or `rejected` (the batch is quarantined).
+
+        Only the revisions that were snapshotted join the batch; anything stored or revised
+        since stays pending for the next cycle.
+        """
+        if verdict not in ("promoted", "rejected"):
+            raise ValueError(f"close_batch takes promoted or rejected, not {verdict!r}")
+        state = "promoted" if verdict == "promoted" else "quarantined"
+        with self._write() as db:
+            snap = db.execute("SELECT cycle_id FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+            if snap is None:
+                raise KeyError(f"unknown snapshot {snapshot_id}")
+            cursor = db.execute(
+                "INSERT INTO batches (cycle_id, snapshot_id, state, model_version, examples, closed_at)"
+                " VALUES (?, ?, ?, ?, 0, ?)",
+                (snap["cycle_id"], snapshot_id, state, model_version, _now()),
+            )
+            batch_id = cursor.lastrowid
+            moved = db.execute(
+                "UPDATE examples SET batch_id = ? WHERE batch_id IS NULL AND EXISTS ("
+                " SELECT 1 FROM snapshot_items s WHERE s.snapshot_id = ? AND s.ticket_id = examples.ticket_id"
+                " AND s.revision = examples.revision AND s.part IN ('batch_train', 'batch_eval'))",
+                (batch_id, snapshot_id),
+            ).rowcount
+            db.execute("UPDATE batches SET examples = ? WHERE id = ?", (moved, batch_id))
+        return batch_id
+
+    def freeze_trusted_set(
+        self, model_version: str, snapshot_id: str, parent_version: str | None, cap: int
+    ) -> int:
+        """Freezes the trusted eval set that goes with `model_version` if it becomes champion.
+
+        It is the parent champion's set plus this snapshot's batch held-out part, capped by a
+        bottom-k sample on a hash of the ticket id (a deterministic reservoir sample). With no
+        parent it is the snapshot's trusted part (the first batch's held-out part).
+        """
+        with self._write() as db:
+            rows: dict[str, str] = {}
+            if parent_version is not None:
+                for r in db.execute(
+                    "SELECT ticket_id, example_json FROM trusted_sets WHERE model_version = ?", (parent_version,)
+                ):
+                    rows[r["ticket_id"]] = r["example_json"]
+            for r in db.execute(
+                "SELECT ticket_id, example_json FROM snapshot_items WHERE snapshot_id = ?"
+                " AND part IN ('batch_eval', 'trusted_eval')",
+                (snapshot_id,),
+            ):
+                rows[r["ticket_id"]] = r["example_json"]
+            kept = sorted(rows, key=lambda t: _unit_hash("trusted:" + t))[:cap]
+            db.execute("DELETE FROM trusted_sets WHERE model_version = ?", (model_version,))
+            db.executemany(
+                "INSERT INTO trusted_sets (model_version, ticket_id, example_json) VALUES (?, ?, ?)",
+                [(model_version, t, rows[t]) for t in kept],
+            )
+        return len(kept)
+
+    def trusted_set_size(self, model_version: str) -> int:
+        return self._db.execute(
+            "SELECT count(*) FROM trusted_sets WHERE model_version = ?", (model_version,)
+        ).fetchone()[0]
+
+    # batches (quarantine) ------------------------------------------------------------------
+    def list_batches(self) -> list[dict]:
+        rows = self._db.execute(
+            "SELECT id, cycle_id, snapshot_id, state, model_version, examples, closed_at, changed_at"
+            " FROM batches ORDER BY id DESC"
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def release_batch(self, batch_id: int) -> int:
+        """Returns a quarantined batch's examples to the pending pool (an operator's decision)."""
+        return self._end_quarantine(batch_id, "released")
+
+    def discard_batch(self, batch_id: int) -> int:
+        """Deletes a quarantined batch's examples for good (an operator's decision)."""
+        return self._end_quarantine(batch_id, "discarded")
+
+    def _end_quarantine(self, batch_id: int, state: str) -> int:
+        with self._write() as db:
+            row = db.execute("SELECT state FROM batches WHERE id = ?", (batch_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no batch {batch_id}; `ticketune quarantine list` shows the batches")
+            if row["state"] != "quarantined":
+                raise ValueError(f"batch {batch_id} is {row['state']}, not quarantined")
+            if state == "released":
+                n = db.execute("UPDATE examples SET batch_id = NULL WHERE batch_id = ?", (batch_id,)).rowcount
+            else:
+                n = db.execute("DELETE FROM examples WHERE batch_id = ?", (batch_id,)).rowcount
+            db.execute("UPDATE batches SET state = ?, changed_at = ? WHERE id = ?", (state, _now(), batch_id))
+        return n
+
+    # cycles --------------------------------------------------------------------------------
+    def start_cycle(self, cycle_id: str, trigger: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO cycles (cycle_id, trigger, started_at) VALUES (?, ?, ?)", (cycle_id, trigger, _now())
+            )
+
+    def finish_cycle(
+        self,
+        cycle_id: str,
+        *,
+        verdict: str,
+        model_version: str | None,
+        snapshot_id: str | None,
+        reasons: list[str],
+        metrics: dict,
+    ) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE cycles SET ended_at = ?, verdict = ?, model_version = ?, snapshot_id = ?,"
+                " reasons_json = ?, metrics_json = ? WHERE cycle_id = ?",
+                (_now(), verdict, model_version, snapshot_id, json.dumps(reasons), json.dumps(metrics), cycle_id),
+            )
+
+    def cycles(self, limit: int = 20) -> list[dict]:
+        rows = self._db.execute(
+            "SELECT * FROM cycles ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,)
+        ).fetchall()
+        result = []
+        for r in rows:
+            item = dict(r)
+            item["reasons"] = json.loads(item.pop("reasons_json") or "[]")
+            item["metrics"] = json.loads(item.pop("metrics_json") or "{}")
+            result.append(item)
+        return result
+
+    def fail_unfinished_cycles(self, reason: str) -> int:
+        """Marks cycles that a crash left without an end as failed (run at service start)."""
+        with self._write() as db:
+            return db.execute(
+                "UPDATE cycles SET ended_at = ?, verdict = 'failed', reasons_json = ? WHERE ended_at IS NULL",
+                (_now(), json.dumps([reason])),
+            ).rowcount
