@@ -1,0 +1,284 @@
+"""One retrain cycle: snapshot → train and evaluate in the worker → gate → register → promote or reject.
+
+The cycle lock keeps cycles of one store from overlapping, across processes. Whatever goes wrong
+inside a cycle (worker crash, MLflow unreachable) makes it a `failed` cycle whose batch stays
+pending; it never propagates into the service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from daemon import code_version, metrics
+from daemon.config import Settings
+from daemon.gate import inputs_from_result, judge
+from daemon.store import ExampleStore, Snapshot, store_lock
+
+log = logging.getLogger("ticketune.cycle")
+
+VERDICT_PROMOTED = "promoted"
+VERDICT_REJECTED = "rejected"
+VERDICT_SKIPPED = "skipped"
+VERDICT_FAILED = "failed"
+
+
+class Registry(Protocol):
+    def champion_version(self) -> str | None: ...
+    def download_adapter(self, version: str, dst_dir: Path) -> Path: ...
+    def start_cycle_run(self, cycle_id: str, params: dict, tags: dict) -> str: ...
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None: ...
+    def end_run(self, run_id: str, status: str) -> None: ...
+    def register_candidate(self, run_id: str, adapter_dir: Path, tags: dict[str, str]) -> str: ...
+    def promote(self, version: str, *, reason: str, force: bool = False, actor: str = "cycle") -> str | None: ...
+
+
+class Executor(Protocol):
+    def run(
+        self, spec_path: Path, result_path: Path, *, timeout_s: float, stop: threading.Event | None = None
+    ) -> dict: ...
+
+
+@dataclass
+class CycleOutcome:
+    cycle_id: str
+    verdict: str
+    version: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def new_cycle_id() -> str:
+    return f"c-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def base_model_fingerprint(base: str, revision: str | None) -> str:
+    """Identifies the base model: its config and weight file names/sizes for a local directory."""
+    path = Path(base)
+    if not path.is_dir():
+        return f"{base}@{revision or 'default'}"
+    digest = hashlib.sha256()
+    for item in sorted(path.iterdir()):
+        if item.suffix in (".json", ".safetensors", ".bin", ".model"):
+            digest.update(item.name.encode())
+            digest.update(str(item.stat().st_size).encode())
+            if item.name in ("config.json", "model.safetensors.index.json"):
+                digest.update(item.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _flatten_result_metrics(result: dict, has_champion: bool) -> dict:
+    trusted = result.get("eval", {}).get("trusted", {})
+    heldout = result.get("eval", {}).get("batch_heldout", {})
+    train = result.get("train", {})
+    flat = {
+        "candidate_eval_loss": (trusted.get("candidate") or {}).get("loss"),
+        "champion_eval_loss": (trusted.get("champion") or {}).get("loss") if has_champion else None,
+        "base_eval_loss": (trusted.get("base") or {}).get("loss"),
+        "trusted_eval_examples": (trusted.get("candidate") or {}).get("examples"),
+        "batch_heldout_candidate_loss": (heldout.get("candidate") or {}).get("loss"),
+        "batch_heldout_champion_loss": (heldout.get("champion") or {}).get("loss"),
+        "batch_heldout_examples": (heldout.get("candidate") or {}).get("examples"),
+        "train_examples": train.get("examples"),
+        "train_final_loss": train.get("final_loss"),
+        "train_steps": train.get("steps"),
+        "train_seconds": train.get("seconds"),
+        "train_tokens_per_second": train.get("tokens_per_second"),
+    }
+    return {k: v for k, v in flat.items() if v is not None}
+
+
+class CycleRunner:
+    """Runs cycles for one store against one registry; `run()` is safe to call from any thread."""
+
+    def __init__(self, settings: Settings, store: ExampleStore, registry: Registry, executor: Executor) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.executor = executor
+
+    def run(
+        self, *, trigger: str = "manual", force: bool = False, stop: threading.Event | None = None,
+        lock_wait_seconds: float | None = 0.0,
+    ) -> CycleOutcome:
+        with store_lock(self.store.path, "cycle", wait_seconds=lock_wait_seconds):
+            return self._run_locked(trigger=trigger, force=force, stop=stop)
+
+    def _run_locked(self, *, trigger: str, force: bool, stop: threading.Event | None) -> CycleOutcome:
+        cfg = self.settings
+        cycle_id = new_cycle_id()
+        pending = self.store.pending_count()
+        if not force and pending < cfg.schedule.min_new_examples:
+            metrics.CYCLES.labels(verdict=VERDICT_SKIPPED).inc()
+            return CycleOutcome(
+                cycle_id,
+                VERDICT_SKIPPED,
+                reasons=[f"{pending} new examples since the last cycle, schedule.min_new_examples is "
+                         f"{cfg.schedule.min_new_examples}"],
+            )
+        self.store.start_cycle(cycle_id, trigger)
+        outcome = CycleOutcome(cycle_id, VERDICT_FAILED)
+        snapshot: Snapshot | None = None
+        run_id: str | None = None
+        started = time.monotonic()
+        metrics.CYCLE_RUNNING.set(1)
+        try:
+            champion = self.registry.champion_version()
+            snapshot = self.store.create_snapshot(
+                cycle_id, champion, replay_fraction=cfg.training.replay_fraction, seed=cfg.training.seed
+            )
+            skip = self._why_skip(snapshot)
+            if skip:
+                outcome = CycleOutcome(cycle_id, VERDICT_SKIPPED, reasons=[skip])
+                return outcome
+            log.info("cycle %s: training on %s (champion %s)", cycle_id, snapshot.counts, champion)
+            cycle_dir = cfg.training.work_dir / cycle_id
+            spec_path = self._write_spec(cycle_dir, snapshot, champion)
+            run_id = self.registry.start_cycle_run(cycle_id, self._run_params(snapshot), self._run_tags(snapshot))
+            result = self.executor.run(
+                spec_path, cycle_dir / "out" / "result.json",
+                timeout_s=cfg.training.timeout_minutes * 60, stop=stop,
+            )
+            outcome = self._judge_and_register(cycle_id, run_id, snapshot, champion, result)
+            self.registry.log_artifacts(run_id, cycle_dir / "out", "worker")
+            self.registry.end_run(run_id, "FINISHED")
+            metrics.LAST_SUCCESSFUL_CYCLE.set(time.time())
+            metrics.CYCLE_DURATION.observe(time.monotonic() - started)
+            return outcome
+        except Exception as exc:  # a failed cycle is recorded, never raised into the service
+            log.error("cycle %s failed: %s", cycle_id, str(exc).splitlines()[0])
+            outcome = CycleOutcome(cycle_id, VERDICT_FAILED, reasons=[str(exc).splitlines()[0]])
+            if run_id is not None:
+                try:
+                    self.registry.end_run(run_id, "FAILED")
+                except Exception as end_exc:  # MLflow itself may be what failed
+                    log.warning("cycle %s: could not mark the MLflow run failed: %s", cycle_id, end_exc)
+            return outcome
+        finally:
+            metrics.CYCLE_RUNNING.set(0)
+            metrics.CYCLES.labels(verdict=outcome.verdict).inc()
+            self.store.finish_cycle(
+                cycle_id, verdict=outcome.verdict, model_version=outcome.version,
+                snapshot_id=snapshot.id if snapshot else None, reasons=outcome.reasons, metrics=outcome.metrics,
+            )
+            self._prune_cycle_dirs()
+
+    def _why_skip(self, snapshot: Snapshot) -> str | None:
+        if not snapshot.batch_train:
+            return "no new training examples in the batch"
+        need = self.settings.gate.min_eval_examples
+        have = len(snapshot.trusted_eval)
+        if have < need:
+            return (f"{have} trusted eval examples, gate.min_eval_examples is {need}: waiting for more "
+                    f"data before training")
+        return None
+
+    def _write_spec(self, cycle_dir: Path, snapshot: Snapshot, champion: str | None) -> Path:
+        cfg = self.settings
+        files = snapshot.write_jsonl(cycle_dir / "data")
+        champion_dir = None
+        if champion is not None:
+            champion_dir = self.registry.download_adapter(champion, cycle_dir / "champion")
+        warm = champion_dir if cfg.training.warm_start == "champion" else None
+        spec = {
+            "cycle_id": snapshot.cycle_id,
+            "base_model": cfg.model.base,
+            "base_revision": cfg.model.revision,
+            "output_dir": str(cycle_dir / "out"),
+            "adapter": cfg.adapter.model_dump(mode="json"),
+            "init_adapter": str(warm) if warm else None,
+            "training": cfg.training.model_dump(
+                mode="json", include={"device", "epochs", "max_steps", "learning_rate", "batch_size",
+                                      "max_seq_len", "seed"}
+            ),
+            "train_file": str(files["train"]),
+            "eval_files": {"trusted": str(files["trusted"]), "batch_heldout": str(files["batch_heldout"])},
+            "compare_adapters": {"champion": str(champion_dir)} if champion_dir else {},
+            "evaluate_base": True,
+        }
+        spec_path = cycle_dir / "spec.json"
+        spec_path.write_text(json.dumps(spec, indent=2), "utf-8")
+        return spec_path
+
+    def _run_params(self, snapshot: Snapshot) -> dict:
+        cfg = self.settings
+        params = {f"adapter.{k}": v for k, v in cfg.adapter.model_dump(mode="json").items()}
+        params.update({f"training.{k}": v for k, v in cfg.training.model_dump(mode="json").items()
+                       if k not in ("work_dir", "python")})
+        params.update({f"gate.{k}": v for k, v in cfg.gate.model_dump(mode="json").items()})
+        params.update({"model.base": cfg.model.base, "snapshot.id": snapshot.id})
+        params.update({f"snapshot.{k}": v for k, v in snapshot.counts.items()})
+        return params
+
+    def _run_tags(self, snapshot: Snapshot) -> dict:
+        cfg = self.settings
+        return {
+            "ticketune.cycle_id": snapshot.cycle_id,
+            "ticketune.snapshot_id": snapshot.id,
+            "ticketune.base_model": cfg.model.base,
+            "ticketune.base_model_fingerprint": base_model_fingerprint(cfg.model.base, cfg.model.revision),
+            "ticketune.parent_champion": snapshot.champion_version or "",
+            "ticketune.config_hash": cfg.config_hash(),
+            "ticketune.code_version": code_version(),
+        }
+
+    def _judge_and_register(
+        self, cycle_id: str, run_id: str, snapshot: Snapshot, champion: str | None, result: dict
+    ) -> CycleOutcome:
+        cfg = self.settings
+        flat = _flatten_result_metrics(result, has_champion=champion is not None)
+        verdict = judge(
+            inputs_from_result(result, has_champion=champion is not None),
+            min_eval_examples=cfg.gate.min_eval_examples,
+            min_improvement=cfg.gate.min_improvement,
+        )
+        reasons = verdict.reasons
+        numeric = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float))}
+        self.registry.log_metrics(run_id, numeric)
+        for step, loss in result.get("train", {}).get("loss_curve", []):
+            self.registry.log_metrics(run_id, {"train_loss": float(loss)}, step=int(step))
+        decision = VERDICT_PROMOTED if verdict.passed else VERDICT_REJECTED
+        tags = {
+            **self._run_tags(snapshot),
+            "ticketune.verdict": decision,
+            "ticketune.reasons": json.dumps(reasons),
+            "ticketune.metrics": json.dumps(numeric, sort_keys=True),
+            "ticketune.gate": json.dumps(verdict.to_dict()),
+            "ticketune.adapter_method": cfg.adapter.method,
+            "ticketune.gate_profile": cfg.gate.profile,
+        }
+        version = self.registry.register_candidate(run_id, Path(result["adapter_dir"]), tags)
+        self.store.freeze_trusted_set(version, snapshot.id, champion, cfg.gate.trusted_eval_cap)
+        if verdict.passed:
+            self.registry.promote(version, reason=f"cycle {cycle_id} passed the gate")
+            metrics.CHAMPION_VERSION.set(float(version) if version.isdigit() else 0)
+            if "candidate_eval_loss" in numeric:
+                metrics.CHAMPION_EVAL_LOSS.set(numeric["candidate_eval_loss"])
+        self.store.close_batch(snapshot.id, verdict=decision, model_version=version)
+        if "candidate_eval_loss" in numeric:
+            metrics.CANDIDATE_EVAL_LOSS.set(numeric["candidate_eval_loss"])
+        if "train_tokens_per_second" in numeric:
+            metrics.TRAINING_TOKENS_PER_SECOND.set(numeric["train_tokens_per_second"])
+        log.info("cycle %s: version %s %s", cycle_id, version, decision)
+        return CycleOutcome(cycle_id, decision, version=version, reasons=reasons, metrics=flat)
+
+    def _prune_cycle_dirs(self) -> None:
+        root = self.settings.training.work_dir
+        if not root.is_dir():
+            return
+        dirs = sorted((d for d in root.iterdir() if d.is_dir() and d.name.startswith("c-")), key=lambda d: d.name)
+        for old in dirs[: -self.settings.training.keep_cycle_dirs]:
+            shutil.rmtree(old, ignore_errors=True)

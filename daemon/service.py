@@ -1,0 +1,287 @@
+"""The long-running service: ingest + retrain schedule + HTTP, with graceful shutdown.
+
+`serve()` reads like uvicorn's: install signal handlers, `startup()`, `main_loop()`, `shutdown()`.
+The first SIGINT/SIGTERM asks for a graceful exit (the ingest loop commits what it stored, a
+running cycle's worker is stopped and the cycle recorded as failed); the second forces it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+from connectors.executors import LocalProcessExecutor
+from connectors.formats import parser_for
+from connectors.kafka import KafkaTicketSource
+from connectors.registry import AdapterRegistry, RegistryError
+from daemon import metrics
+from daemon.config import LogConfig, Settings
+from daemon.cycle import CycleOutcome, CycleRunner
+from daemon.http import AdminError, Endpoints, start_http_server
+from daemon.ingest import IngestReport, run_ingest
+from daemon.scheduler import next_run_time, start_scheduler
+from daemon.store import ExampleStore, LockBusy, store_lock
+
+log = logging.getLogger("ticketune.service")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(cfg: LogConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if cfg.format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(cfg.level)
+    for noisy in ("kafka", "mlflow", "alembic", "apscheduler", "urllib3", "sqlalchemy"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(cfg.level)))
+
+
+def build_registry(settings: Settings) -> AdapterRegistry:
+    reg = settings.registry
+    return AdapterRegistry(
+        tracking_uri=reg.tracking_uri,
+        model_name=reg.model_name,
+        champion_alias=reg.champion_alias,
+        experiment_name=reg.experiment_name,
+        artifact_location=reg.artifact_location,
+    )
+
+
+def build_cycle_runner(settings: Settings, store: ExampleStore, registry: AdapterRegistry) -> CycleRunner:
+    return CycleRunner(settings, store, registry, LocalProcessExecutor(python=settings.training.python))
+
+
+class Service:
+    """Composes the parts; `stop` is the one flag every loop watches."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop = threading.Event()
+        self.store = ExampleStore(settings.store.path, settings.store.eval_fraction)
+        self.registry = build_registry(settings)
+        self.cycles = build_cycle_runner(settings, self.store, self.registry)
+        self.ingest_totals = IngestReport()
+        self.ingest_running = False
+        self.last_cycle: CycleOutcome | None = None
+        self.started_at = time.time()
+        self._threads: list[threading.Thread] = []
+        self._cycle_lock = threading.Lock()
+        self._scheduler = None
+        self._http = None
+
+    # life cycle ------------------------------------------------------------------------------
+    def serve(self) -> None:
+        self.install_signal_handlers()
+        self.startup()
+        try:
+            self.main_loop()
+        finally:
+            self.shutdown()
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle_exit)
+
+    def _handle_exit(self, signum: int, frame: object) -> None:
+        if self.stop.is_set():
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        log.info("signal %s: shutting down gracefully", signal.Signals(signum).name)
+        self.stop.set()
+
+    def startup(self, *, with_scheduler: bool = True, with_ingest: bool = True) -> None:
+        failed = self.store.fail_unfinished_cycles("the service stopped while the cycle ran")
+        if failed:
+            log.warning("marked %d interrupted cycle(s) as failed", failed)
+        self._refresh_gauges(include_registry=True)
+        server = self.settings.server
+        token = server.admin_token.get_secret_value() if server.admin_token else None
+        self._http = start_http_server(server.host, server.port, Endpoints(
+            status=self.status, ready=self.ready, admin_token=token,
+            admin_actions={"cycle": self._admin_cycle, "rollback": self._admin_rollback,
+                           "promote": self._admin_promote},
+        ))
+        log.info("http on %s:%d (/metrics, /healthz, /readyz)", server.host, self.http_port)
+        if with_ingest:
+            self._spawn("ingest", self._ingest_forever)
+        if with_scheduler:
+            self._scheduler = start_scheduler(self.settings.schedule, self._scheduled_cycle)
+
+    def main_loop(self) -> None:
+        while not self.stop.wait(5.0):
+            self._refresh_gauges()
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        for thread in reversed(self._threads):
+            thread.join(timeout=60)
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        self.store.close()
+        log.info("stopped")
+
+    @property
+    def http_port(self) -> int:
+        return self._http.server_address[1] if self._http else 0
+
+    def _spawn(self, name: str, target: object) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # ingest ------------------------------------------------------------------------------
+    def _ingest_forever(self) -> None:
+        """Holds the ingest lock and runs the loop until stop; rebuilds the source after a failure."""
+        cfg = self.settings
+        parse = parser_for(cfg.kafka.format)
+        while not self.stop.is_set():
+            try:
+                with store_lock(self.store.path, "ingest", wait_seconds=5.0):
+                    source = KafkaTicketSource(cfg.kafka)
+                    self.ingest_running = True
+                    try:
+                        report = run_ingest(
+                            source, parse, self.store, system_prompt=cfg.model.system_prompt, stop=self.stop,
+                            on_batch=self._add_ingest_batch,
+                        )
+                        log.info("ingest loop ended: %s", report.to_json())
+                    finally:
+                        self.ingest_running = False
+                        source.close()
+            except LockBusy as exc:
+                log.warning("%s", exc)
+                self.stop.wait(10.0)
+            except Exception as exc:  # broker unreachable at start, bad credentials...: retry, never die
+                metrics.INGEST_UP.set(0)
+                metrics.INGEST_ERRORS.labels(kind=type(exc).__name__).inc()
+                log.error("ingest: %s; retrying in 10 s", exc)
+                self.stop.wait(10.0)
+
+    def _add_ingest_batch(self, report: IngestReport) -> None:
+        self.ingest_totals = report
+
+    # cycles ------------------------------------------------------------------------------
+    def run_cycle(self, *, trigger: str, force: bool = False) -> CycleOutcome:
+        with self._cycle_lock:
+            try:
+                outcome = self.cycles.run(trigger=trigger, force=force, stop=self.stop)
+            except LockBusy as exc:
+                outcome = CycleOutcome("", "skipped", reasons=[str(exc)])
+            if outcome.verdict != "skipped" or self.last_cycle is None:
+                self.last_cycle = outcome
+            self._refresh_gauges(include_registry=True)
+            return outcome
+
+    def _scheduled_cycle(self) -> None:
+        outcome = self.run_cycle(trigger="schedule")
+        log.info("scheduled cycle: %s %s", outcome.verdict, "; ".join(outcome.reasons[:2]))
+
+    def _admin_cycle(self, body: dict) -> dict:
+        if self._cycle_lock.locked():
+            raise AdminError(409, "a cycle is already running")
+        force = bool(body.get("force", False))
+        self._spawn("admin-cycle", lambda: self.run_cycle(trigger="admin", force=force))
+        return {"started": True, "force": force}
+
+    def _admin_rollback(self, body: dict) -> dict:
+        try:
+            previous, current = self.registry.rollback(body.get("to"), reason=str(body.get("reason", "admin API")))
+        except RegistryError as exc:
+            raise AdminError(409, str(exc)) from None
+        self._refresh_gauges(include_registry=True)
+        return {"from": previous, "to": current}
+
+    def _admin_promote(self, body: dict) -> dict:
+        version = body.get("version")
+        if not version:
+            raise AdminError(400, "promote needs a version")
+        try:
+            previous = self.registry.promote(str(version), reason="admin API", force=bool(body.get("force")),
+                                             actor="admin")
+        except RegistryError as exc:
+            raise AdminError(409, str(exc)) from None
+        self._refresh_gauges(include_registry=True)
+        return {"from": previous, "to": str(version)}
+
+    # status ------------------------------------------------------------------------------
+    def _refresh_gauges(self, include_registry: bool = False) -> None:
+        try:
+            counts = self.store.counts()
+            metrics.STORE_EXAMPLES.set(counts["examples"])
+            metrics.STORE_PENDING_EXAMPLES.set(counts["pending"])
+            if include_registry:
+                champion = self.registry.champion_version()
+                metrics.CHAMPION_VERSION.set(float(champion) if champion and champion.isdigit() else 0)
+        except Exception as exc:  # gauges are best effort; readiness reports the real problem
+            log.debug("gauge refresh failed: %s", exc)
+
+    def ready(self) -> tuple[bool, dict]:
+        """Ready while the store answers and no shutdown is under way.
+
+        A broker outage shows in the details and in metrics but does not make the pod unready:
+        an unready pod drops out of its Service, and with it the metrics that report the outage.
+        """
+        details: dict = {"ingest_running": self.ingest_running, "stopping": self.stop.is_set()}
+        try:
+            self.store.counts()
+            details["store"] = "ok"
+        except Exception as exc:
+            details["store"] = f"unavailable: {type(exc).__name__}"
+        return details["store"] == "ok" and not self.stop.is_set(), details
+
+    def status(self) -> dict:
+        return collect_status(self.settings, self.store, self.registry) | {
+            "ingest_running": self.ingest_running,
+            "cycle_running": self._cycle_lock.locked(),
+            "next_cycle_at": next_run_time(self._scheduler),
+            "uptime_seconds": round(time.time() - self.started_at),
+        }
+
+
+def collect_status(settings: Settings, store: ExampleStore, registry: AdapterRegistry) -> dict:
+    """What `ticketune status` and `/admin/status` show; never a secret or ticket text."""
+    counts = store.counts()
+    try:
+        champion = registry.champion_version()
+    except RegistryError as exc:
+        champion = None
+        log.warning("status: %s", exc)
+    cycles = store.cycles(limit=1)
+    return {
+        "examples": counts["examples"],
+        "pending_examples": counts["pending"],
+        "quarantined_examples": counts["quarantined"],
+        "champion_version": champion,
+        "last_cycle": cycles[0] if cycles else None,
+        "model_base": settings.model.base,
+        "registry": {"model_name": settings.registry.model_name,
+                     "champion_alias": settings.registry.champion_alias},
+        "kafka": {"topic": settings.kafka.topic, "group_id": settings.kafka.group_id},
+        "store_path": str(settings.store.path),
+    }
