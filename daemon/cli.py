@@ -1,0 +1,302 @@
+"""The `ticketune` command. Each verb imports only what it needs, so quick verbs stay quick.
+
+`--json` prints one JSON document on stdout where a script reads the output; human text and logs
+go to stderr. Exit codes: 0 done, 1 failed, 2 bad usage or configuration, 3 another process
+holds the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from daemon.config import ConfigError, Settings, load_settings
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+def _emit(args: argparse.Namespace, data: object, human: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=None, default=str))
+    else:
+        print(human)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    from daemon.service import configure_logging
+
+    configure_logging(settings.log)
+    return settings
+
+
+def _store(settings: Settings):
+    from daemon.store import ExampleStore
+
+    return ExampleStore(settings.store.path, settings.store.eval_fraction)
+
+
+# verbs ---------------------------------------------------------------------------------------
+def cmd_validate_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    _emit(args, {"valid": True, "config_hash": settings.config_hash()}, f"{args.file}: valid")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.service import Service
+
+    Service(_settings(args)).serve()
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from connectors.formats import parser_for
+    from connectors.kafka import KafkaTicketSource
+    from daemon.ingest import run_ingest
+    from daemon.store import store_lock
+
+    settings = _settings(args)
+    store = _store(settings)
+    with store_lock(store.path, "ingest", wait_seconds=None if args.wait else 0):
+        source = KafkaTicketSource(settings.kafka)
+        try:
+            report = run_ingest(
+                source, parser_for(settings.kafka.format), store, system_prompt=settings.model.system_prompt,
+                max_records=args.max_records, idle_timeout_s=args.idle_timeout,
+            )
+        finally:
+            source.close()
+            store.close()
+    data = report.to_json()
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(data["skipped"].items())) or "none"
+    _emit(args, data, f"consumed {data['consumed']}, stored {data['stored']}, skipped: {skipped}, "
+                      f"dead-lettered {data['dead_lettered']}")
+    return 0
+
+
+def cmd_cycle(args: argparse.Namespace) -> int:
+    from daemon.service import build_cycle_runner, build_registry
+
+    settings = _settings(args)
+    store = _store(settings)
+    runner = build_cycle_runner(settings, store, build_registry(settings))
+    outcome = runner.run(trigger="cli", force=args.force, lock_wait_seconds=None if args.wait else 0)
+    store.close()
+    human = f"cycle {outcome.cycle_id}: {outcome.verdict}" + (f" (version {outcome.version})" if outcome.version else "")
+    human += "".join(f"\n  {reason}" for reason in outcome.reasons)
+    _emit(args, outcome.to_json(), human)
+    return 1 if outcome.verdict == "failed" else 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from daemon.service import build_registry
+
+    rows = build_registry(_settings(args)).history()
+    lines = [
+        f"v{r['version']:<4} {r['verdict'] or '-':<9} {'champion' if r['champion'] else '':<9} {r['created_at']}  "
+        f"eval loss {r['metrics'].get('candidate_eval_loss', float('nan')):.4f}"
+        for r in rows
+    ]
+    _emit(args, rows, "\n".join(lines) or "no versions registered yet")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from daemon.service import build_registry
+
+    previous = build_registry(_settings(args)).promote(
+        args.version, reason=args.reason, force=args.force, actor="cli"
+    )
+    _emit(args, {"from": previous, "to": args.version}, f"champion: {previous or 'none'} -> {args.version}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from daemon.service import build_registry
+
+    previous, current = build_registry(_settings(args)).rollback(args.to, reason=args.reason)
+    _emit(args, {"from": previous, "to": current}, f"champion rolled back: {previous} -> {current}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from daemon.service import build_registry, collect_status
+
+    settings = _settings(args)
+    store = _store(settings)
+    data = collect_status(settings, store, build_registry(settings))
+    store.close()
+    last = data["last_cycle"] or {}
+    human = (
+        f"examples {data['examples']} (pending {data['pending_examples']}, quarantined "
+        f"{data['quarantined_examples']}); champion {data['champion_version'] or 'none'}; last cycle "
+        f"{last.get('cycle_id', '-')} {last.get('verdict') or ''}"
+    )
+    _emit(args, data, human)
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    store = _store(settings)
+    try:
+        if args.action == "list":
+            batches = store.list_batches()
+            lines = [f"batch {b['id']:<4} {b['state']:<12} {b['examples']:>5} examples  cycle {b['cycle_id']}  "
+                     f"version {b['model_version'] or '-'}" for b in batches]
+            _emit(args, batches, "\n".join(lines) or "no closed batches yet")
+        elif args.action == "release":
+            n = store.release_batch(args.batch)
+            _emit(args, {"batch": args.batch, "released": n}, f"batch {args.batch}: {n} examples pending again")
+        else:
+            n = store.discard_batch(args.batch)
+            _emit(args, {"batch": args.batch, "discarded": n}, f"batch {args.batch}: {n} examples deleted")
+    except (KeyError, ValueError) as exc:
+        print(str(exc).strip("'\""), file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_produce_sample(args: argparse.Namespace) -> int:
+    from connectors.kafka import produce_tickets
+    from daemon.samples import generate_tickets
+
+    settings = _settings(args)
+    if args.bootstrap_servers:
+        settings.kafka.bootstrap_servers = args.bootstrap_servers
+    topic = args.topic or settings.kafka.topic
+    tickets = generate_tickets(
+        args.count, seed=args.seed, start_id=args.start_id, corrupt_fraction=args.corrupt_fraction
+    )
+    produce_tickets(settings.kafka, topic, tickets)
+    _emit(args, {"produced": len(tickets), "topic": topic}, f"produced {len(tickets)} sample tickets to {topic}")
+    return 0
+
+
+def cmd_make_base_model(args: argparse.Namespace) -> int:
+    command = [sys.executable, "-m", "daemon.training", "make-base-model", str(args.dir), "--seed", str(args.seed)]
+    if args.steps is not None:
+        command += ["--steps", str(args.steps)]
+    return subprocess.call(command)
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from connectors.broker import EmbeddedBroker
+
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    with EmbeddedBroker(port=args.port) as broker:
+        print(f"embedded Kafka-compatible broker on {broker.bootstrap_servers} (Ctrl-C stops it)", flush=True)
+        try:
+            done.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from daemon.demo import run_demo
+
+    return run_demo(Path(args.work_dir), keep=args.keep, json_output=args.json)
+
+
+# parser --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=os.environ.get("TICKETUNE_CONFIG"),
+                        help="YAML config file (default: $TICKETUNE_CONFIG, else built-in defaults)")
+    common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+    parser = argparse.ArgumentParser(prog="ticketune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    verb("run", cmd_run, "run the service: ingest, retrain schedule, metrics and admin API")
+    p = verb("demo", cmd_demo, "the whole loop on embedded parts: broker, MLflow store, tiny model")
+    p.add_argument("--work-dir", default="./demo-work", help="where the demo keeps its data (default ./demo-work)")
+    p.add_argument("--keep", action="store_true", help="reuse the work dir's base model instead of rebuilding it")
+    p = verb("ingest", cmd_ingest, "consume tickets from Kafka into the store")
+    p.add_argument("--max-records", type=int, default=None, help="stop after this many records")
+    p.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds with no record")
+    p.add_argument("--wait", action="store_true", help="wait for the ingest lock instead of exiting")
+    p = verb("cycle", cmd_cycle, "run one retrain cycle now")
+    p.add_argument("--force", action="store_true", help="ignore schedule.min_new_examples")
+    p.add_argument("--wait", action="store_true", help="wait for a running cycle instead of exiting")
+    verb("history", cmd_history, "list the registered adapter versions, newest first")
+    p = verb("promote", cmd_promote, "make VERSION the champion")
+    p.add_argument("version")
+    p.add_argument("--force", action="store_true", help="promote even a version the gate rejected (recorded)")
+    p.add_argument("--reason", default="operator promotion")
+    p = verb("rollback", cmd_rollback, "move the champion back (default: to the champion before the current one)")
+    p.add_argument("--to", default=None, metavar="VERSION")
+    p.add_argument("--reason", default="operator rollback")
+    verb("status", cmd_status, "store counts, champion and the last cycle")
+    p = verb("quarantine", cmd_quarantine, "list rejected batches, or release or discard one")
+    p.add_argument("action", choices=["list", "release", "discard"])
+    p.add_argument("batch", type=int, nargs="?")
+    p = verb("produce-sample", cmd_produce_sample, "produce realistic sample tickets to a topic")
+    p.add_argument("--count", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start-id", type=int, default=10000)
+    p.add_argument("--corrupt-fraction", type=float, default=0.0,
+                   help="share of tickets whose agent answers are replaced by wrong ones")
+    p.add_argument("--topic", default=None)
+    p.add_argument("--bootstrap-servers", default=None)
+    p = verb("make-base-model", cmd_make_base_model, "build the tiny local base model and tokenizer into DIR")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None)
+    p = verb("broker", cmd_broker, "run the embedded Kafka-compatible broker in the foreground")
+    p.add_argument("--port", type=int, default=9092)
+    p = verb("validate-config", cmd_validate_config, "check a config file; print every problem with its field")
+    p.add_argument("file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.verb == "quarantine" and args.action != "list" and args.batch is None:
+        print(f"quarantine {args.action} needs a batch id (see `ticketune quarantine list`)", file=sys.stderr)
+        return 2
+    from daemon.store import LockBusy
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config: {problem}", file=sys.stderr)
+        return 2
+    except LockBusy as exc:
+        print(str(exc), file=sys.stderr)
+        return 3
+    except Exception as exc:
+        from connectors.registry import RegistryError
+
+        if isinstance(exc, RegistryError):
+            print(str(exc), file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
