@@ -1,0 +1,31 @@
+# make demo: the whole loop on embedded parts.  make test: the tests (under 10 minutes on 2 cores).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-slow lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,embedded,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/ticketune demo --work-dir ./demo-work
+
+lint: $(STAMP)
+	$(BIN)/ruff check daemon connectors tests bench
+	$(BIN)/hadolint --failure-threshold warning Dockerfile
+
+test: $(STAMP) lint
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -m slow -q
+
+clean:
+	rm -rf $(VENV) demo-work .pytest_cache .ruff_cache

@@ -1,0 +1,190 @@
+"""`ticketune demo`: the whole loop on one machine with no network, in a few minutes on 2 cores.
+
+Embedded broker, MLflow store under the work dir, a tiny base model built locally, and the real
+service (ingest thread, HTTP, cycles) driven through three batches: clean (promoted), poisoned
+(rejected and quarantined), clean again (promoted); then a rollback to the first version.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from daemon.config import load_settings
+
+BATCH_SIZE = 160
+CORRUPT_FRACTION = 0.9
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _demo_config(work_dir: Path, bootstrap: str) -> Path:
+    """Writes the config the demo runs on, so that every CLI verb can be pointed at it afterwards."""
+    config = {
+        "kafka": {"bootstrap_servers": bootstrap, "topic": "tickets.resolved", "group_id": "ticketune-demo",
+                  "dlq_topic": "tickets.resolved.dlq", "session_timeout_ms": 6000,
+                  "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 600000, "poll_timeout_ms": 500},
+        "store": {"path": "./data/examples.db"},
+        "model": {"base": "./models/tiny"},
+        "adapter": {"method": "lora", "r": 16, "alpha": 32},
+        "training": {"epochs": 3, "batch_size": 8, "learning_rate": 0.002, "max_seq_len": 512,
+                     "work_dir": "./data/cycles"},
+        "schedule": {"enabled": False, "min_new_examples": 100},
+        "gate": {"min_eval_examples": 20, "min_improvement": 0.0, "profile": "demo"},
+        "registry": {"tracking_uri": "sqlite:///./data/mlflow.db", "artifact_location": "./data/mlartifacts",
+                     "model_name": "ticketune-support"},
+        "server": {"host": "127.0.0.1", "port": 0},
+        "log": {"level": "WARNING"},
+    }
+    path = work_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), "utf-8")
+    return path
+
+
+def _wait_for_ingest(service, expected: int, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while service.ingest_totals.consumed < expected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ingest consumed {service.ingest_totals.consumed} of {expected} records in "
+                               f"{timeout_s:.0f} s")
+        time.sleep(0.3)
+
+
+def _metric_lines(port: int) -> list[str]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    wanted = ("ticketune_tickets_consumed_total", "ticketune_examples_stored_total", "ticketune_dead_lettered_total",
+              "ticketune_cycles_total", "ticketune_champion_version", "ticketune_consumer_lag_records")
+    return [line for line in body.splitlines() if line.startswith(wanted)]
+
+
+def run_demo(work_dir: Path, *, keep: bool = False, json_output: bool = False) -> int:
+    from connectors.broker import EmbeddedBroker
+    from connectors.kafka import produce_raw, produce_tickets
+    from daemon.samples import generate_tickets
+    from daemon.service import Service, configure_logging
+
+    started = time.monotonic()
+    work_dir = work_dir.resolve()
+    model_dir = work_dir / "models" / "tiny"
+    if (work_dir / "data").exists():
+        shutil.rmtree(work_dir / "data")
+    if not (keep and (model_dir / "config.json").exists()):
+        _say(f"[demo] building the tiny base model in {model_dir} ...")
+        subprocess.run([sys.executable, "-m", "daemon.training", "make-base-model", str(model_dir)], check=True)
+    (work_dir / "data").mkdir(parents=True, exist_ok=True)
+
+    with EmbeddedBroker(log_dir=work_dir / "data") as broker:
+        config_path = _demo_config(work_dir, broker.bootstrap_servers)
+        settings = load_settings(config_path)
+        configure_logging(settings.log)
+        broker.create_topics([settings.kafka.topic, settings.kafka.dlq_topic])
+        service = Service(settings)
+        service.startup(with_scheduler=False)
+        _say(f"[demo] service up: broker {broker.bootstrap_servers}, metrics http://127.0.0.1:{service.http_port}"
+             "/metrics")
+        produced = 0
+        steps = []
+        try:
+            plan = [
+                ("clean tickets", 1, 10000, 0.0),
+                ("tickets with corrupted agent answers", 2, 20000, CORRUPT_FRACTION),
+                ("more clean tickets", 3, 30000, 0.0),
+            ]
+            for number, (label, seed, start_id, corrupt) in enumerate(plan, start=1):
+                tickets = generate_tickets(BATCH_SIZE, seed=seed, start_id=start_id, corrupt_fraction=corrupt)
+                produce_tickets(settings.kafka, settings.kafka.topic, tickets)
+                produced += len(tickets)
+                if number == 1:  # two malformed messages show the dead-letter path
+                    produce_raw(settings.kafka, settings.kafka.topic,
+                                [(b"bad-1", b"{not json"), (b"bad-2", json.dumps({"status": "solved"}).encode())])
+                    produced += 2
+                _say(f"[demo] batch {number}: produced {len(tickets)} {label}; waiting for ingest ...")
+                _wait_for_ingest(service, produced)
+                t0 = time.monotonic()
+                outcome = service.run_cycle(trigger="demo")
+                steps.append({"batch": number, "label": label, **outcome.to_json(),
+                              "seconds": round(time.monotonic() - t0, 1)})
+                loss = outcome.metrics.get("candidate_eval_loss")
+                ref = outcome.metrics.get("champion_eval_loss", outcome.metrics.get("base_eval_loss"))
+                _say(f"[demo] cycle {number}: {outcome.verdict.upper()} version {outcome.version} "
+                     f"(candidate {loss if loss is None else round(loss, 4)} vs "
+                     f"{'champion' if 'champion_eval_loss' in outcome.metrics else 'base'} "
+                     f"{ref if ref is None else round(ref, 4)} nats) in {steps[-1]['seconds']} s")
+            first = next((s["version"] for s in steps if s["verdict"] == "promoted"), None)
+            rollback = None
+            if first is not None:
+                previous, current = service.registry.rollback(first, reason="demo: roll back to the first adapter")
+                rollback = {"from": previous, "to": current}
+                _say(f"[demo] rolled the champion back: v{previous} -> v{current}")
+            history = service.registry.history()
+            status = service.status()
+            metric_lines = _metric_lines(service.http_port)
+        finally:
+            service.stop.set()
+            service.shutdown()
+
+    elapsed = round(time.monotonic() - started, 1)
+    expected = ["promoted", "rejected", "promoted"]
+    as_expected = [s["verdict"] for s in steps] == expected and rollback is not None
+    report = {
+        "as_expected": as_expected, "seconds": elapsed, "cycles": steps, "rollback": rollback,
+        "champion_version": status["champion_version"], "quarantined_examples": status["quarantined_examples"],
+        "ingest": service.ingest_totals.to_json(), "work_dir": str(work_dir), "config": str(config_path),
+    }
+    if json_output:
+        print(json.dumps(report, default=str))
+    else:
+        _print_report(report, history, metric_lines, settings.registry.tracking_uri)
+    return 0 if as_expected else 1
+
+
+def _print_report(report: dict, history: list[dict], metric_lines: list[str], tracking_uri: str) -> None:
+    ing = report["ingest"]
+    out = [
+        "",
+        "ticketune demo: what happened",
+        "=============================",
+        f"ingest: consumed {ing['consumed']}, stored {ing['stored']}, skipped {ing['skipped']}, "
+        f"dead-lettered {ing['dead_lettered']}",
+    ]
+    for s in report["cycles"]:
+        m = s["metrics"]
+        ref_name = "champion" if "champion_eval_loss" in m else "base"
+        ref = m.get("champion_eval_loss", m.get("base_eval_loss"))
+        cand = m.get("candidate_eval_loss")
+        out.append(
+            f"cycle {s['batch']} ({s['label']}): {s['verdict']}, version {s['version']}, "
+            f"trusted-set loss {cand:.4f} vs {ref_name} {ref:.4f} nats, {s['seconds']} s"
+            if cand is not None and ref is not None
+            else f"cycle {s['batch']} ({s['label']}): {s['verdict']}: {'; '.join(s['reasons'])}"
+        )
+    if report["rollback"]:
+        out.append(f"rollback: champion v{report['rollback']['from']} -> v{report['rollback']['to']}")
+    out.append(f"quarantined examples (rejected batch): {report['quarantined_examples']}")
+    out.append("")
+    out.append("registry history (newest first):")
+    for r in history:
+        out.append(f"  v{r['version']}: {r['verdict']}{'  <- champion' if r['champion'] else ''}")
+    out.append("")
+    out.append("metrics (excerpt of /metrics):")
+    out.extend(f"  {line}" for line in metric_lines)
+    out += [
+        "",
+        f"finished in {report['seconds']} s; {'as expected' if report['as_expected'] else 'NOT as expected'}",
+        "",
+        "next steps:",
+        f"  open the MLflow UI:  mlflow ui --backend-store-uri {tracking_uri} --port 5000",
+        f"  look around:         ticketune history --config {report['config']}",
+        f"                       ticketune status --config {report['config']}",
+        f"                       ticketune quarantine list --config {report['config']}",
+    ]
+    print("\n".join(out))
