@@ -182,8 +182,7 @@ class ExampleStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
-        with self._write() as db:
-            db.executescript(SCHEMA)
+        self._db.executescript(SCHEMA)  # executescript manages its own transaction
 
     # connections ---------------------------------------------------------------------------
     @property

@@ -1,0 +1,83 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.config import ConfigError, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_validate_and_resolve_paths_against_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={})
+    assert settings.store.path == tmp_path / "data" / "examples.db"
+    assert settings.registry.tracking_uri == f"sqlite:///{tmp_path}/data/mlflow.db"
+    assert settings.schedule.misfire_grace_seconds > 1
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path):
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    (conf_dir / "c.yaml").write_text("store: {path: ./db/x.db}\nmodel: {base: ./m}\n")
+    settings = load_settings(conf_dir / "c.yaml", environ={})
+    assert settings.store.path == conf_dir / "db" / "x.db"
+    assert settings.model.base == str(conf_dir / "m")
+
+
+def test_hub_ids_are_left_alone(tmp_path):
+    (tmp_path / "c.yaml").write_text("model: {base: meta-llama/Llama-3.2-1B}\n")
+    assert load_settings(tmp_path / "c.yaml", environ={}).model.base == "meta-llama/Llama-3.2-1B"
+
+
+def test_env_overrides_win_over_the_file_and_are_typed(tmp_path):
+    (tmp_path / "c.yaml").write_text("kafka: {bootstrap_servers: a:1}\ngate: {min_eval_examples: 5}\n")
+    env = {
+        "TICKETUNE_KAFKA__BOOTSTRAP_SERVERS": "b:2",
+        "TICKETUNE_GATE__MIN_EVAL_EXAMPLES": "7",
+        "TICKETUNE_SERVER__ADMIN_TOKEN": "s3cret",
+    }
+    settings = load_settings(tmp_path / "c.yaml", environ=env)
+    assert settings.kafka.bootstrap_servers == "b:2"
+    assert settings.gate.min_eval_examples == 7
+    assert settings.server.admin_token.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+
+
+def test_every_problem_is_reported_with_its_field_path(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "kafka: {session_timeout_ms: 5, bogus: 1}\ngate: {profile: nope}\nschedule: {cron: 'every day'}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(tmp_path / "c.yaml", environ={})
+    text = "\n".join(err.value.problems)
+    assert "kafka.session_timeout_ms:" in text
+    assert "kafka.bogus:" in text
+    assert "gate.profile:" in text
+    assert "schedule:" in text and "crontab" in text
+
+
+def test_sasl_without_credentials_is_rejected():
+    with pytest.raises(ConfigError) as err:
+        load_settings(environ={"TICKETUNE_KAFKA__SECURITY_PROTOCOL": "SASL_SSL"})
+    assert any(p.startswith("kafka:") and "sasl" in p for p in err.value.problems)
+
+
+def test_validate_config_cli_prints_field_paths_and_exits_nonzero(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("store: {eval_fraction: 3}\nserver: {port: -1}\n")
+    proc = subprocess.run([sys.executable, "-m", "daemon.cli", "validate-config", str(bad)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert "store.eval_fraction:" in proc.stderr and "server.port:" in proc.stderr
+    good = subprocess.run([sys.executable, "-m", "daemon.cli", "validate-config",
+                           str(REPO / "deploy/k8s/base/config.yaml")], capture_output=True, text=True, cwd=REPO)
+    assert good.returncode == 0, good.stderr
+
+
+def test_config_hash_ignores_secrets_but_not_training_knobs():
+    a = load_settings(environ={})
+    b = load_settings(environ={"TICKETUNE_SERVER__ADMIN_TOKEN": "x"})
+    c = load_settings(environ={"TICKETUNE_TRAINING__LEARNING_RATE": "0.1"})
+    assert a.config_hash() == b.config_hash() != c.config_hash()

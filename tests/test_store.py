@@ -1,0 +1,147 @@
+import json
+import multiprocessing
+import time
+
+import pytest
+
+from daemon.pairs import Example
+from daemon.store import Deletion, ExampleStore, LockBusy, store_lock
+
+
+def example(ticket_id: str, revision: str = "2026-11-01T10:00:00+00:00", group: str | None = None,
+            answer: str = "We refunded it.") -> Example:
+    return Example(
+        ticket_id=ticket_id,
+        revision=revision,
+        messages=[{"role": "user", "content": f"question {ticket_id}"}, {"role": "assistant", "content": answer}],
+        category="billing",
+        group_key=group or f"g-{ticket_id}",
+    )
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = ExampleStore(tmp_path / "examples.db", eval_fraction=0.25)
+    yield s
+    s.close()
+
+
+def test_upserts_are_idempotent_and_later_revisions_win_whatever_the_arrival_order(store):
+    assert store.apply([example("1")]) == ["stored"]
+    assert store.apply([example("1")]) == ["unchanged"]
+    newer = example("1", "2026-11-02T10:00:00+00:00", answer="Refund sent again.")
+    older = example("1", "2026-10-01T10:00:00+00:00", answer="old")
+    assert store.apply([newer, older]) == ["revised", "stale"]
+    assert store.get_example("1")["messages"][1]["content"] == "Refund sent again."
+    assert store.counts()["examples"] == 1
+
+
+def test_a_deletion_removes_the_ticket_and_a_redelivered_old_revision_stays_deleted(store):
+    store.apply([example("1"), example("2")])
+    assert store.apply([Deletion("1"), Deletion("404")]) == ["deleted", "absent"]
+    assert store.get_example("1") is None
+    assert store.apply([example("1")]) == ["stale"]
+    assert store.apply([example("1", "2026-12-01T00:00:00+00:00")]) == ["stored"]
+
+
+def test_the_split_is_deterministic_and_keeps_a_group_on_one_side(tmp_path, store):
+    store.apply([example(str(i), group=f"req-{i % 40}") for i in range(400)])
+    other = ExampleStore(tmp_path / "other.db", eval_fraction=0.25)
+    other.apply([example(str(i), group=f"req-{i % 40}") for i in reversed(range(400))])
+    rows = {r[0]: (r[1], r[2]) for r in store._db.execute("SELECT ticket_id, split, group_key FROM examples")}
+    rows2 = {r[0]: r[1] for r in other._db.execute("SELECT ticket_id, split FROM examples")}
+    assert {t: s for t, (s, _) in rows.items()} == rows2
+    by_group: dict[str, set[str]] = {}
+    for split, group in rows.values():
+        by_group.setdefault(group, set()).add(split)
+    assert all(len(splits) == 1 for splits in by_group.values())
+    eval_share = sum(1 for s, _ in rows.values() if s == "eval") / len(rows)
+    assert 0.05 < eval_share < 0.5
+    other.close()
+
+
+def test_first_snapshot_uses_the_batch_held_out_part_as_the_trusted_set(store):
+    store.apply([example(str(i)) for i in range(200)])
+    snap = store.create_snapshot("c1", None, replay_fraction=0.25)
+    assert len(snap.batch_train) + len(snap.batch_eval) == 200
+    assert snap.trusted_eval == snap.batch_eval and snap.batch_eval
+    assert snap.replay == []  # nothing promoted yet
+
+
+def test_promotion_closes_the_batch_and_freezes_the_trusted_set_with_the_version(store):
+    store.apply([example(str(i)) for i in range(200)])
+    snap = store.create_snapshot("c1", None, replay_fraction=0.25)
+    store.apply([example("late")])  # arrives while the cycle runs: stays pending
+    assert store.freeze_trusted_set("1", snap.id, None, cap=1000) == len(snap.batch_eval)
+    store.close_batch(snap.id, verdict="promoted", model_version="1")
+    assert store.pending_count() == 1
+
+    store.apply([example(f"b{i}") for i in range(200)])
+    snap2 = store.create_snapshot("c2", "1", replay_fraction=0.25)
+    assert {e["ticket_id"] for e in snap2.trusted_eval} == {e["ticket_id"] for e in snap.batch_eval}
+    assert not {e["ticket_id"] for e in snap2.batch_eval} & {e["ticket_id"] for e in snap2.trusted_eval}
+    expected_replay = round(len(snap2.batch_train) * 0.25 / 0.75)
+    assert len(snap2.replay) == expected_replay
+    assert {e["ticket_id"] for e in snap2.replay} <= {e["ticket_id"] for e in snap.batch_train}
+
+
+def test_a_rejected_batch_is_quarantined_never_replayed_and_can_be_released(store):
+    store.apply([example(str(i)) for i in range(100)])
+    first = store.create_snapshot("c1", None, replay_fraction=0.0)
+    store.freeze_trusted_set("1", first.id, None, cap=1000)
+    store.close_batch(first.id, verdict="promoted", model_version="1")
+    store.apply([example(f"bad{i}") for i in range(100)])
+    bad = store.create_snapshot("c2", "1", replay_fraction=0.5)
+    batch_id = store.close_batch(bad.id, verdict="rejected", model_version="2")
+    assert store.counts()["quarantined"] == 100 and store.pending_count() == 0
+
+    store.apply([example(f"new{i}") for i in range(100)])
+    nxt = store.create_snapshot("c3", "1", replay_fraction=0.5)
+    ids = {e["ticket_id"] for e in nxt.batch_train + nxt.replay + nxt.trusted_eval}
+    assert not any(i.startswith("bad") for i in ids)
+
+    assert store.release_batch(batch_id) == 100
+    assert store.pending_count() == 200
+    with pytest.raises(ValueError):
+        store.release_batch(batch_id)
+
+
+def test_the_trusted_set_is_capped_by_a_stable_reservoir_sample(store):
+    store.apply([example(str(i)) for i in range(400)])
+    snap = store.create_snapshot("c1", None, replay_fraction=0.0)
+    kept = store.freeze_trusted_set("1", snap.id, None, cap=10)
+    assert kept == 10
+    again = store.freeze_trusted_set("1b", snap.id, None, cap=10)
+    rows = lambda v: {r[0] for r in store._db.execute(  # noqa: E731
+        "SELECT ticket_id FROM trusted_sets WHERE model_version = ?", (v,))}
+    assert again == 10 and rows("1") == rows("1b")
+
+
+def test_snapshot_files_hold_train_trusted_and_batch_heldout(store, tmp_path):
+    store.apply([example(str(i)) for i in range(50)])
+    snap = store.create_snapshot("c1", None, replay_fraction=0.0)
+    files = snap.write_jsonl(tmp_path / "snap")
+    train = [json.loads(line) for line in files["train"].read_text().splitlines()]
+    assert len(train) == len(snap.batch_train)
+    assert train[0]["messages"][-1]["role"] == "assistant"
+    assert len(files["trusted"].read_text().splitlines()) == len(snap.trusted_eval)
+
+
+def _hold_lock(path, started):
+    with store_lock(path, "cycle"):
+        started.set()
+        time.sleep(3)
+
+
+def test_the_cycle_lock_is_held_across_processes(tmp_path):
+    path = tmp_path / "examples.db"
+    started = multiprocessing.Event()
+    proc = multiprocessing.Process(target=_hold_lock, args=(path, started))
+    proc.start()
+    assert started.wait(10)
+    with pytest.raises(LockBusy, match="cycle lock"):
+        with store_lock(path, "cycle", wait_seconds=0.3):
+            pass
+    proc.join()
+    with store_lock(path, "cycle", wait_seconds=0.3):
+        pass
