@@ -74,6 +74,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             report = run_ingest(
                 source, parser_for(settings.kafka.format), store, system_prompt=settings.model.system_prompt,
                 max_records=args.max_records, idle_timeout_s=args.idle_timeout,
+                poll_timeout_s=settings.kafka.poll_timeout_ms / 1000,
             )
         finally:
             source.close()

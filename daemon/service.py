@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from connectors.executors import LocalProcessExecutor
 from connectors.formats import parser_for
 from connectors.kafka import KafkaTicketSource
-from connectors.registry import AdapterRegistry, RegistryError
+from connectors.registry import AdapterRegistry, RegistryError, set_mlflow_http_defaults
 from daemon import metrics
 from daemon.config import LogConfig, Settings
 from daemon.cycle import CycleOutcome, CycleRunner
@@ -58,6 +58,7 @@ def configure_logging(cfg: LogConfig) -> None:
 
 
 def build_registry(settings: Settings) -> AdapterRegistry:
+    set_mlflow_http_defaults(timeout_s=60)  # bounded retries: an MLflow outage fails a cycle in seconds, not minutes
     reg = settings.registry
     return AdapterRegistry(
         tracking_uri=reg.tracking_uri,
@@ -168,7 +169,7 @@ class Service:
                     try:
                         report = run_ingest(
                             source, parse, self.store, system_prompt=cfg.model.system_prompt, stop=self.stop,
-                            on_batch=self._add_ingest_batch,
+                            on_batch=self._add_ingest_batch, poll_timeout_s=cfg.kafka.poll_timeout_ms / 1000,
                         )
                         log.info("ingest loop ended: %s", report.to_json())
                     finally:

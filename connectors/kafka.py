@@ -1,0 +1,255 @@
+"""The Kafka ticket source: a kafka-python consumer group with manual commits, a DLQ producer, lag.
+
+Offsets are committed only when the ingest loop says its store write is durable; dead letters
+are acknowledged by the brokers (acks=all) before `dead_letter` returns. Both clients connect on
+first use, so an unreachable broker is an error of `poll`, which the loop retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CommitFailedError, MessageSizeTooLargeError
+from kafka.structs import OffsetAndMetadata
+
+from daemon.config import KafkaConfig
+from daemon.ingest import SourceRecord
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+HEADER_REASON = "ticketune.error.reason"
+HEADER_DETAIL = "ticketune.error.detail"
+HEADER_SOURCE_TOPIC = "ticketune.source.topic"
+HEADER_SOURCE_PARTITION = "ticketune.source.partition"
+HEADER_SOURCE_OFFSET = "ticketune.source.offset"
+HEADER_FAILED_AT = "ticketune.failed_at"
+HEADER_VALUE_OMITTED = "ticketune.error.value_omitted"
+ERROR_HEADERS = frozenset(
+    {
+        HEADER_REASON,
+        HEADER_DETAIL,
+        HEADER_SOURCE_TOPIC,
+        HEADER_SOURCE_PARTITION,
+        HEADER_SOURCE_OFFSET,
+        HEADER_FAILED_AT,
+        HEADER_VALUE_OMITTED,
+    }
+)
+
+BOOTSTRAP_TIMEOUT_MS = 10_000  # how long `poll` may block on an unreachable broker before it raises
+COMMIT_TIMEOUT_MS = 15_000
+LAG_TIMEOUT_MS = 3_000
+DLQ_SEND_TIMEOUT_S = 30.0
+DLQ_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # a too_large record still fits, up to what the broker allows
+
+
+def client_settings(config: KafkaConfig) -> dict[str, Any]:
+    """Connection and security settings shared by the consumer and the DLQ producer."""
+    settings: dict[str, Any] = {
+        "bootstrap_servers": [
+            server.strip() for server in config.bootstrap_servers.split(",") if server.strip()
+        ],
+        "client_id": config.client_id,
+        "security_protocol": config.security_protocol,
+        "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+    }
+    if config.sasl_mechanism is not None:
+        settings["sasl_mechanism"] = config.sasl_mechanism
+        settings["sasl_plain_username"] = config.sasl_username
+        if config.sasl_password is not None:
+            settings["sasl_plain_password"] = config.sasl_password.get_secret_value()
+    if config.ssl_cafile is not None:
+        settings["ssl_cafile"] = config.ssl_cafile
+    return settings
+
+
+def _connect(client_class: type[T], **settings: Any) -> T:
+    """Builds a kafka-python client; kafka-python 3 leaves the network thread of a client that failed
+    to bootstrap running, so a broker outage retried for hours would pile up threads: close it here."""
+    net_clients: list[Any] = []
+    default_net_client = client_class.DEFAULT_CONFIG["kafka_client"]
+
+    def make_net_client(**kwargs: Any) -> Any:
+        net_clients.append(default_net_client(**kwargs))
+        return net_clients[-1]
+
+    try:
+        return client_class(**settings, kafka_client=make_net_client)
+    except Exception:
+        for net_client in net_clients:
+            net_client.close()
+        raise
+
+
+class KafkaTicketSource:
+    """Reads `config.topic` as consumer group `config.group_id`; dead letters go to `config.dlq_topic`."""
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self.config = config
+        self.max_value_bytes: int | None = config.max_message_bytes
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self._pending: dict[TopicPartition, int] = {}  # next offset to commit, per partition polled
+
+    def _consumer_now(self) -> KafkaConsumer:
+        if self._consumer is None:
+            cfg = self.config
+            consumer = _connect(
+                KafkaConsumer,
+                **client_settings(cfg),
+                group_id=cfg.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset=cfg.auto_offset_reset,
+                max_poll_records=cfg.max_poll_records,
+                session_timeout_ms=cfg.session_timeout_ms,
+                heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+                max_poll_interval_ms=cfg.max_poll_interval_ms,
+            )
+            consumer.subscribe([cfg.topic])
+            self._consumer = consumer
+        return self._consumer
+
+    def _producer_now(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = _connect(
+                KafkaProducer,
+                **client_settings(self.config),
+                acks="all",
+                max_block_ms=BOOTSTRAP_TIMEOUT_MS,
+                max_request_size=max(DLQ_MAX_REQUEST_BYTES, 2 * self.config.max_message_bytes),
+            )
+        return self._producer
+
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[SourceRecord]:
+        consumer = self._consumer_now()
+        batches = consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        records = []
+        for partition, messages in batches.items():
+            for message in messages:
+                records.append(
+                    SourceRecord(
+                        topic=message.topic,
+                        partition=message.partition,
+                        offset=message.offset,
+                        key=message.key,
+                        value=message.value,
+                        timestamp_ms=message.timestamp,
+                        headers=tuple(
+                            (name, value) for name, value in message.headers or () if value is not None
+                        ),
+                    )
+                )
+            if messages:
+                self._pending[partition] = messages[-1].offset + 1
+        return records
+
+    def dead_letter(self, record: SourceRecord, reason: str, detail: str) -> None:
+        """Sends the original key and value with the error headers; returns once the brokers have it."""
+        headers = [(name, value) for name, value in record.headers if name not in ERROR_HEADERS]
+        headers += [
+            (HEADER_REASON, reason.encode()),
+            (HEADER_DETAIL, detail.encode("utf-8", errors="replace")),
+            (HEADER_SOURCE_TOPIC, record.topic.encode()),
+            (HEADER_SOURCE_PARTITION, str(record.partition).encode()),
+            (HEADER_SOURCE_OFFSET, str(record.offset).encode()),
+            (HEADER_FAILED_AT, datetime.now(timezone.utc).isoformat().encode()),
+        ]
+        try:
+            self._send_dead_letter(record.key, record.value, headers)
+        except MessageSizeTooLargeError:
+            log.warning(
+                "dead letter for %s/%d@%d too large for %s; sending it without its value",
+                record.topic,
+                record.partition,
+                record.offset,
+                self.config.dlq_topic,
+            )
+            self._send_dead_letter(record.key, b"", [*headers, (HEADER_VALUE_OMITTED, b"true")])
+
+    def _send_dead_letter(
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        producer = self._producer_now()
+        try:
+            producer.send(self.config.dlq_topic, key=key, value=value, headers=headers).get(
+                timeout=DLQ_SEND_TIMEOUT_S
+            )
+        except MessageSizeTooLargeError:
+            raise
+        except Exception:
+            self._producer = None  # start afresh on the retry; a timed-out producer may be wedged
+            producer.close(timeout=0)
+            raise
+
+    def commit(self) -> None:
+        """Commits the offsets of every record polled so far, on the partitions still assigned."""
+        if self._consumer is None or not self._pending:
+            return
+        assigned = self._consumer.assignment()
+        offsets = {
+            partition: OffsetAndMetadata(offset, "", -1)
+            for partition, offset in self._pending.items()
+            if partition in assigned
+        }
+        if len(offsets) < len(self._pending):
+            log.info("partitions revoked before commit; their new owner re-reads the uncommitted records")
+        try:
+            if offsets:
+                self._consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+        except CommitFailedError as exc:
+            log.warning("offset commit rejected after a rebalance (%s); the records will be redelivered", exc)
+        self._pending.clear()
+
+    def lag(self) -> int | None:
+        """Records on the assigned partitions not consumed yet; None until partitions are assigned."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        assigned = list(consumer.assignment())
+        if not assigned:
+            return None
+        # ListOffsets can trail the true end by a batch on some brokers (Tansu); fetch highwater is exact.
+        ends = consumer.end_offsets(assigned, timeout_ms=LAG_TIMEOUT_MS)
+        total = 0
+        for partition in assigned:
+            position = consumer.position(partition, timeout_ms=LAG_TIMEOUT_MS)
+            if position is None:
+                return None
+            end = max(ends.get(partition) or 0, consumer.highwater(partition) or 0)
+            total += max(end - position, 0)
+        return total
+
+    def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close(timeout=5)
+        if consumer is not None:
+            consumer.close(autocommit=False, timeout_ms=5000)
+
+
+def produce_raw(config: KafkaConfig, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    """Produces (key, value) records in order and waits until the brokers acknowledged all of them."""
+    producer = _connect(KafkaProducer, **client_settings(config), acks="all", linger_ms=5)
+    try:
+        futures = [producer.send(topic, key=key, value=value) for key, value in records]
+        producer.flush()
+        for future in futures:
+            future.get(timeout=DLQ_SEND_TIMEOUT_S)
+    finally:
+        producer.close()
+
+
+def produce_tickets(config: KafkaConfig, topic: str, tickets: list[dict]) -> None:
+    """Produces canonical ticket dicts as JSON, keyed by ticket id (what `produce-sample` sends)."""
+    produce_raw(
+        config,
+        topic,
+        [(str(t["ticket_id"]).encode(), json.dumps(t, ensure_ascii=False).encode("utf-8")) for t in tickets],
+    )

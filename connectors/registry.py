@@ -1,0 +1,518 @@
+"""The adapter registry on MLflow: cycle runs, candidate model versions, the champion alias.
+
+Every candidate adapter is a version of one registered model, tagged `ticketune.*`; the serving
+champion is a model version alias (never a stage). Alias moves are kept in an append-only event
+log (a registered-model tag) so that `rollback` knows the champion before the current one.
+Works against a local store (`sqlite:///...`) and an `mlflow server` (`http://...`) alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import mlflow.artifacts
+import requests
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
+from mlflow.exceptions import MlflowException
+
+TAG_PREFIX = "ticketune."
+TAG_CYCLE_ID = "ticketune.cycle_id"
+TAG_VERDICT = "ticketune.verdict"
+TAG_REASONS = "ticketune.reasons"
+TAG_METRICS = "ticketune.metrics"
+TAG_PROMOTED_AT = "ticketune.promoted_at"
+TAG_PROMOTED_BY = "ticketune.promoted_by"
+TAG_PROMOTION_REASON = "ticketune.promotion_reason"
+TAG_PROMOTION_FORCED = "ticketune.promotion_forced"
+TAG_ROLLED_BACK_AT = "ticketune.rolled_back_at"
+TAG_ROLLBACK_REASON = "ticketune.rollback_reason"
+TAG_CHAMPION_EVENTS = "ticketune.champion_events"  # on the registered model
+VERDICT_REJECTED = "rejected"
+
+ADAPTER_ARTIFACT_PATH = "adapter"
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+# The event log lives in one registered-model tag; SQL backends store it as VARCHAR(5000).
+MAX_EVENTS = 50
+MAX_EVENTS_CHARS = 5000
+MAX_EVENT_REASON_CHARS = 200
+# MLflow's own HTTP defaults retry an unreachable server for about four minutes (7 retries,
+# backoff factor 2) with a 120 s read timeout; see `set_mlflow_http_defaults`.
+DEFAULT_HTTP_MAX_RETRIES = 2
+DEFAULT_HTTP_TIMEOUT_S = 15
+DEFAULT_HTTP_BACKOFF_FACTOR = 1
+_BATCH = 100  # MLflow's log_batch accepts at most 100 params or tags per call
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+class RegistryError(Exception):
+    """A registry operation that cannot be done; the message is one sentence for the user."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """The tracking server or store cannot be reached."""
+
+
+class VersionNotFoundError(RegistryError):
+    """The named model version does not exist."""
+
+
+class NoChampionError(RegistryError):
+    """There is no champion, or no earlier champion to roll back to."""
+
+
+class PromotionRefusedError(RegistryError):
+    """The version may not become champion (rejected by the gate and not forced)."""
+
+
+def set_mlflow_http_defaults(
+    max_retries: int = DEFAULT_HTTP_MAX_RETRIES,
+    timeout_s: int = DEFAULT_HTTP_TIMEOUT_S,
+    backoff_factor: int = DEFAULT_HTTP_BACKOFF_FACTOR,
+) -> None:
+    """Bounds MLflow's HTTP retries process-wide; values already in the environment win.
+
+    MLflow reads `MLFLOW_HTTP_REQUEST_MAX_RETRIES`, `MLFLOW_HTTP_REQUEST_TIMEOUT` and
+    `MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR` on every request and has no per-client setting, so this
+    is a process-wide choice: call it once at start (the CLI and the service do), not per registry.
+    With the defaults an unreachable server fails in about 3 s instead of about 4 minutes.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(backoff_factor))
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """`mlartifacts/` beside a sqlite database file (MLflow would use ./mlruns in the cwd)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db_path = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
+    if not db_path or db_path == ":memory:":
+        return None
+    return (Path(db_path).resolve().parent / "mlartifacts").as_uri()
+
+
+def _as_uri(location: str) -> str:
+    return location if _URI_SCHEME.match(location) else Path(location).resolve().as_uri()
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def _prefixed(key: str) -> str:
+    return key if key.startswith(TAG_PREFIX) else TAG_PREFIX + key
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _ms_to_iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _loads(text: str | None, default: Any) -> Any:
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
+def _trim_events(events: list[dict]) -> list[dict]:
+    """The newest events that fit both caps, oldest first."""
+    events = events[-MAX_EVENTS:]
+    while len(events) > 1 and len(json.dumps(events, separators=(",", ":"))) > MAX_EVENTS_CHARS:
+        events = events[1:]
+    return events
+
+
+class AdapterRegistry:
+    """One registered model (`model_name`) and its experiment on one MLflow tracking URI.
+
+    Uses an explicit `MlflowClient` (no `mlflow.start_run` globals), so one instance can serve
+    several threads; the experiment and the registered model are created on first use.
+    HTTP retries and timeouts follow MLflow's environment variables: see `set_mlflow_http_defaults`.
+    The event log is read-modify-write: moves from this instance are serialised, moves from two
+    processes at the same instant are not (the cycle lock keeps cycles apart).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        model_name: str,
+        champion_alias: str = "champion",
+        experiment_name: str = "ticketune",
+        artifact_location: str | None = None,
+        ping_timeout_s: float = 5.0,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.champion_alias = champion_alias
+        self.experiment_name = experiment_name
+        location = artifact_location or default_artifact_location(tracking_uri)
+        self.artifact_location = _as_uri(location) if location else None
+        self.ping_timeout_s = ping_timeout_s
+        with self._mlflow_errors("opening the client"):
+            self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._setup_lock = threading.Lock()
+        self._champion_lock = threading.Lock()
+        self._experiment_id: str | None = None
+        self._model_ready = False
+
+    # ---- errors ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _mlflow_errors(self, doing: str) -> Iterator[None]:
+        """Turns MLflow and transport failures into one-sentence `RegistryError`s."""
+        try:
+            yield
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise self._unreachable(doing) from exc
+        except (MlflowException, requests.RequestException) as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if message.startswith("API request to") and " failed with " in message:
+                raise self._unreachable(doing) from exc
+            raise RegistryError(f"MLflow at {self.tracking_uri} failed while {doing}: {message}") from exc
+
+    def _unreachable(self, doing: str) -> RegistryUnavailableError:
+        return RegistryUnavailableError(
+            f"MLflow at {self.tracking_uri} is unreachable while {doing}; check registry.tracking_uri "
+            "and that the tracking server is running."
+        )
+
+    # ---- lazy setup -----------------------------------------------------------------------
+
+    def _experiment(self) -> str:
+        with self._setup_lock:
+            if self._experiment_id is None:
+                self._experiment_id = self._find_or_create_experiment()
+            return self._experiment_id
+
+    def _find_or_create_experiment(self) -> str:
+        with self._mlflow_errors(f"opening experiment {self.experiment_name!r}"):
+            experiment = self._client.get_experiment_by_name(self.experiment_name)
+            if experiment is None:
+                try:
+                    return self._client.create_experiment(
+                        self.experiment_name, artifact_location=self.artifact_location
+                    )
+                except MlflowException as exc:
+                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+                    experiment = self._client.get_experiment_by_name(self.experiment_name)
+        if experiment.lifecycle_stage == "deleted":
+            raise RegistryError(
+                f"MLflow experiment {self.experiment_name!r} is deleted; restore it or set "
+                "registry.experiment_name to another name."
+            )
+        return experiment.experiment_id
+
+    def _ensure_model(self) -> None:
+        with self._setup_lock:
+            if self._model_ready:
+                return
+            with self._mlflow_errors(f"creating registered model {self.model_name!r}"):
+                try:
+                    self._client.create_registered_model(self.model_name)
+                except MlflowException as exc:
+                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                        raise
+            self._model_ready = True
+
+    # ---- runs -----------------------------------------------------------------------------
+
+    def start_cycle_run(self, cycle_id: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> str:
+        """Opens the run of one cycle (run name = cycle id) and returns its run id."""
+        experiment_id = self._experiment()
+        run_tags = {k: _as_text(v) for k, v in tags.items()} | {TAG_CYCLE_ID: cycle_id}
+        with self._mlflow_errors(f"starting the run of cycle {cycle_id}"):
+            run = self._client.create_run(experiment_id, run_name=cycle_id, tags=run_tags)
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        items = [Param(k, _as_text(v)) for k, v in params.items()]
+        with self._mlflow_errors(f"logging params of run {run_id}"):
+            for start in range(0, len(items), _BATCH):
+                self._client.log_batch(run_id, params=items[start : start + _BATCH])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+        now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
+        items = [Metric(k, float(v), now_ms, step or 0) for k, v in metrics.items()]
+        with self._mlflow_errors(f"logging metrics of run {run_id}"):
+            for start in range(0, len(items), _BATCH):
+                self._client.log_batch(run_id, metrics=items[start : start + _BATCH])
+
+    def set_run_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        items = [RunTag(k, _as_text(v)) for k, v in tags.items()]
+        with self._mlflow_errors(f"tagging run {run_id}"):
+            for start in range(0, len(items), _BATCH):
+                self._client.log_batch(run_id, tags=items[start : start + _BATCH])
+
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
+        with self._mlflow_errors(f"uploading {local_dir} to run {run_id}"):
+            self._client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_dict(self, run_id: str, data: dict | list, artifact_file: str) -> None:
+        with self._mlflow_errors(f"uploading {artifact_file} to run {run_id}"):
+            self._client.log_dict(run_id, data, artifact_file)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        with self._mlflow_errors(f"uploading {artifact_file} to run {run_id}"):
+            self._client.log_text(run_id, text, artifact_file)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Closes the run as FINISHED, FAILED or KILLED."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+        with self._mlflow_errors(f"ending run {run_id}"):
+            self._client.set_terminated(run_id, status)
+
+    # ---- versions -------------------------------------------------------------------------
+
+    def register_candidate(
+        self, run_id: str, adapter_dir: Path, tags: Mapping[str, Any], await_ready_s: int = 300
+    ) -> str:
+        """Uploads `adapter_dir` as the run's `adapter` artifact and registers it; returns the version.
+
+        Tag keys without the `ticketune.` prefix get it; values that are not strings are stored as JSON.
+        """
+        adapter_dir = Path(adapter_dir)
+        if not adapter_dir.is_dir() or not any(adapter_dir.iterdir()):
+            raise RegistryError(f"adapter directory {adapter_dir} is missing or empty; nothing to register.")
+        self._ensure_model()
+        version_tags = {_prefixed(k): _as_text(v) for k, v in tags.items()}
+        with self._mlflow_errors(f"registering the adapter of run {run_id}"):
+            self._client.log_artifacts(run_id, str(adapter_dir), ADAPTER_ARTIFACT_PATH)
+            artifact_uri = self._client.get_run(run_id).info.artifact_uri
+            created = self._client.create_model_version(
+                self.model_name,
+                source=f"{artifact_uri.rstrip('/')}/{ADAPTER_ARTIFACT_PATH}",
+                run_id=run_id,
+                tags=version_tags,
+                await_creation_for=await_ready_s,
+            )
+            if created.status != "READY":
+                created = self._client.get_model_version(self.model_name, created.version)
+        if created.status != "READY":
+            raise RegistryError(
+                f"model version {created.version} of {self.model_name} is {created.status} after "
+                f"{await_ready_s} s: {created.status_message or 'no message'}."
+            )
+        return str(created.version)
+
+    def _version(self, version: str) -> ModelVersion:
+        if not str(version).isdigit():
+            raise VersionNotFoundError(f"{version!r} is not a model version number (e.g. 3).")
+        with self._mlflow_errors(f"reading version {version} of {self.model_name}"):
+            try:
+                return self._client.get_model_version(self.model_name, str(version))
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                raise VersionNotFoundError(
+                    f"model {self.model_name} has no version {version}; `ticketune history` lists them."
+                ) from exc
+
+    def _tag_version(self, version: str, tags: Mapping[str, Any]) -> None:
+        with self._mlflow_errors(f"tagging version {version} of {self.model_name}"):
+            for key, value in tags.items():
+                self._client.set_model_version_tag(
+                    self.model_name, str(version), _prefixed(key), _as_text(value)
+                )
+
+    def set_version_tags(self, version: str, tags: Mapping[str, Any]) -> None:
+        """Sets tags on a version; keys get the `ticketune.` prefix when they lack it."""
+        self._version(version)
+        self._tag_version(version, tags)
+
+    def get_version_tags(self, version: str) -> dict[str, str]:
+        return dict(self._version(version).tags)
+
+    def download_adapter(self, version: str, dst_dir: Path) -> Path:
+        """Downloads the adapter files of `version` under `dst_dir`; returns the adapter directory."""
+        source = self._version(version).source
+        Path(dst_dir).mkdir(parents=True, exist_ok=True)
+        with self._mlflow_errors(f"downloading the adapter of version {version}"):
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(dst_dir), tracking_uri=self.tracking_uri
+            )
+        return Path(local)
+
+    def history(self) -> list[dict]:
+        """Every version, newest first, as the CLI's `history --json` prints it."""
+        champion = self.champion_version()
+        versions: list[ModelVersion] = []
+        with self._mlflow_errors(f"listing versions of {self.model_name}"):
+            page_token = None
+            while True:
+                page = self._client.search_model_versions(
+                    f"name = '{self.model_name}'", max_results=1000, page_token=page_token
+                )
+                versions.extend(page)
+                page_token = page.token
+                if not page_token:
+                    break
+        versions.sort(key=lambda mv: int(mv.version), reverse=True)
+        return [
+            {
+                "version": str(mv.version),
+                "verdict": mv.tags.get(TAG_VERDICT),
+                "champion": str(mv.version) == champion,
+                "created_at": _ms_to_iso(mv.creation_timestamp),
+                "metrics": _loads(mv.tags.get(TAG_METRICS), {}),
+                "reasons": _loads(mv.tags.get(TAG_REASONS), []),
+                "run_id": mv.run_id,
+                "tags": dict(mv.tags),
+            }
+            for mv in versions
+        ]
+
+    # ---- champion -------------------------------------------------------------------------
+
+    def _registered_model(self) -> RegisteredModel | None:
+        """The registered model, or None before the first candidate."""
+        with self._mlflow_errors(f"reading registered model {self.model_name}"):
+            try:
+                return self._client.get_registered_model(self.model_name)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                return None
+
+    def champion_version(self) -> str | None:
+        """The version the champion alias points to, or None when there is none."""
+        model = self._registered_model()
+        if model is None:
+            return None
+        version = (model.aliases or {}).get(self.champion_alias)
+        return str(version) if version is not None else None
+
+    def champion_events(self) -> list[dict]:
+        """Alias moves, oldest first (the newest `MAX_EVENTS` that fit in one tag)."""
+        model = self._registered_model()
+        raw = (model.tags or {}).get(TAG_CHAMPION_EVENTS) if model is not None else None
+        if not raw:
+            return []
+        try:
+            events = json.loads(raw)
+        except ValueError as exc:
+            raise RegistryError(
+                f"the tag {TAG_CHAMPION_EVENTS} of model {self.model_name} is not valid JSON; delete it "
+                "in MLflow to start a new event log."
+            ) from exc
+        return events if isinstance(events, list) else []
+
+    def _move_champion(
+        self, action: str, version: str, previous: str | None, *, actor: str, reason: str, forced: bool
+    ) -> None:
+        """Points the alias at `version`, then appends the move to the event log."""
+        with self._mlflow_errors(f"moving alias {self.champion_alias!r} to version {version}"):
+            self._client.set_registered_model_alias(self.model_name, self.champion_alias, version)
+        if len(reason) > MAX_EVENT_REASON_CHARS:
+            reason = reason[: MAX_EVENT_REASON_CHARS - 1] + "…"
+        event = {"action": action, "version": version, "previous": previous, "at": _now_iso(),
+                 "actor": actor, "reason": reason, "forced": forced}
+        events = _trim_events([*self.champion_events(), event])
+        with self._mlflow_errors(f"recording the champion event of version {version}"):
+            self._client.set_registered_model_tag(
+                self.model_name, TAG_CHAMPION_EVENTS, json.dumps(events, separators=(",", ":"))
+            )
+
+    def promote(self, version: str, *, reason: str, force: bool = False, actor: str = "cycle") -> str | None:
+        """Makes `version` the champion; returns the previous champion.
+
+        A version the gate rejected is refused unless `force`, which is then recorded on the
+        version and in the event. Promoting the current champion changes nothing.
+        """
+        version = str(version)
+        target = self._version(version)
+        if target.tags.get(TAG_VERDICT) == VERDICT_REJECTED and not force:
+            raise PromotionRefusedError(
+                f"version {version} was rejected by the gate; promote it with --force to override."
+            )
+        with self._champion_lock:
+            previous = self.champion_version()
+            if previous == version:
+                return previous
+            self._move_champion("promote", version, previous, actor=actor, reason=reason, forced=force)
+            self._tag_version(version, {
+                TAG_PROMOTED_AT: _now_iso(),
+                TAG_PROMOTED_BY: actor,
+                TAG_PROMOTION_REASON: reason,
+                TAG_PROMOTION_FORCED: "true" if force else "false",
+            })
+        return previous
+
+    def _previous_champion(self, current: str) -> str:
+        """The champion before `current` became champion by its latest promotion."""
+        for event in reversed(self.champion_events()):
+            if event.get("action") == "promote" and event.get("version") == current:
+                if event.get("previous") is None:
+                    raise NoChampionError(
+                        f"version {current} was the first champion; there is no earlier one to roll back to."
+                    )
+                return str(event["previous"])
+        raise NoChampionError(
+            f"the event log has no promotion of the current champion {current}; "
+            "name the version to roll back to with --to VERSION."
+        )
+
+    def rollback(
+        self, to_version: str | None = None, *, reason: str = "operator rollback", actor: str = "operator"
+    ) -> tuple[str | None, str]:
+        """Moves the champion back (by default to the champion before the current one); returns (from, to).
+
+        Rolling back twice walks further back: a version reached by a rollback is left for the
+        champion that preceded its own promotion, never for the version just rolled back from.
+        """
+        with self._champion_lock:
+            current = self.champion_version()
+            if current is None:
+                raise NoChampionError(
+                    f"model {self.model_name} has no {self.champion_alias!r} version to roll back from."
+                )
+            target = str(to_version) if to_version is not None else self._previous_champion(current)
+            self._version(target)
+            if target == current:
+                raise RegistryError(f"version {target} is already the champion; nothing to roll back.")
+            self._move_champion("rollback", target, current, actor=actor, reason=reason, forced=False)
+            self._tag_version(current, {TAG_ROLLED_BACK_AT: _now_iso(), TAG_ROLLBACK_REASON: reason})
+        return current, target
+
+    # ---- health ---------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raises `RegistryUnavailableError` unless the tracking server or store answers now.
+
+        For an HTTP server this is one GET of `/health` bounded by `ping_timeout_s`, with no retries.
+        """
+        if self.tracking_uri.startswith(("http://", "https://")):
+            url = f"{self.tracking_uri.rstrip('/')}/health"
+            try:
+                response = requests.get(url, timeout=self.ping_timeout_s)
+            except requests.RequestException as exc:
+                raise self._unreachable("checking its health") from exc
+            if response.status_code != 200:
+                raise RegistryUnavailableError(
+                    f"MLflow at {self.tracking_uri} answered {response.status_code} to {url}; "
+                    "check that the tracking server is healthy."
+                )
+            return
+        with self._mlflow_errors("checking its health"):
+            self._client.search_experiments(max_results=1)

@@ -1,0 +1,294 @@
+"""The ingest loop: ticket source → parse → chat example → store → commit, with no Kafka knowledge.
+
+Per poll batch the dead letters are sent and the store is written (one transaction) before the
+source commits, so a crash only ever redelivers records, which the idempotent store absorbs.
+Bad input never stops the loop: it becomes a dead letter with a reason. An unreachable broker or
+store is retried with capped backoff and shows in the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from daemon import metrics
+from daemon.pairs import Example, Skip, ticket_to_example
+from daemon.store import (
+    OUTCOME_DELETED,
+    OUTCOME_REVISED,
+    OUTCOME_STALE,
+    OUTCOME_STORED,
+    OUTCOME_UNCHANGED,
+    Deletion,
+)
+from daemon.tickets import Ticket, TicketParseError
+
+log = logging.getLogger(__name__)
+
+REASON_TOO_LARGE = "too_large"
+REASON_INTERNAL_ERROR = "internal_error"
+REASON_TOMBSTONE_WITHOUT_KEY = "tombstone_without_key"
+REASON_INVALID_KEY = "invalid_key"
+SKIP_DUPLICATE = "duplicate"
+SKIP_STALE_REVISION = "stale_revision"
+
+T = TypeVar("T")
+
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 30.0
+LAG_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One message of the ticket topic, as the source hands it over."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class TicketSource(Protocol):
+    """Where tickets come from (Kafka in production: `connectors.kafka.KafkaTicketSource`)."""
+
+    max_value_bytes: int | None  # larger values are dead-lettered as too_large
+
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[SourceRecord]: ...
+
+    def dead_letter(self, record: SourceRecord, reason: str, detail: str) -> None:
+        """Durable when it returns."""
+
+    def commit(self) -> None:
+        """Marks everything returned by `poll` so far as done."""
+
+    def lag(self) -> int | None:
+        """Records not yet consumed, or None while unknown (no partitions assigned yet)."""
+
+    def close(self) -> None: ...
+
+
+class ExampleSink(Protocol):
+    """`daemon.store.ExampleStore`: one durable transaction per call, an outcome per change."""
+
+    def apply(self, changes: Sequence[Example | Deletion]) -> list[str]: ...
+
+
+@dataclass
+class IngestReport:
+    consumed: int = 0
+    stored: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    dead_lettered: int = 0
+    deleted: int = 0
+    source_errors: int = 0  # failed polls, dead letters, store writes, commits (all retried)
+
+    def to_json(self) -> dict:
+        return {
+            "consumed": self.consumed,
+            "stored": self.stored,
+            "skipped": dict(sorted(self.skipped.items())),
+            "dead_lettered": self.dead_lettered,
+            "deleted": self.deleted,
+        }
+
+
+@dataclass(frozen=True)
+class _Rejected:
+    reason: str
+    detail: str
+
+
+class _Stopped(Exception):
+    """`stop` was set while an operation was being retried."""
+
+
+class _Retrier:
+    """Retries one operation with capped exponential backoff until it succeeds or `stop` is set."""
+
+    def __init__(self, stop: threading.Event, report: IngestReport) -> None:
+        self.stop = stop
+        self.report = report
+        self.delay_s = BACKOFF_INITIAL_S
+
+    def failed(self, kind: str, exc: Exception) -> None:
+        self.report.source_errors += 1
+        metrics.INGEST_ERRORS.labels(kind=kind).inc()
+        if kind != "store":
+            metrics.INGEST_UP.set(0)
+        log.warning(
+            "ingest %s failed (%s: %s); retrying in %.1f s", kind, type(exc).__name__, exc, self.delay_s
+        )
+        self.stop.wait(self.delay_s)
+        self.delay_s = min(self.delay_s * 2, BACKOFF_MAX_S)
+
+    def succeeded(self, kind: str, *, reached_broker: bool = True) -> None:
+        self.delay_s = BACKOFF_INITIAL_S
+        if reached_broker and kind != "store":
+            metrics.INGEST_UP.set(1)
+
+    def call(self, kind: str, operation: Callable[[], T]) -> T:
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                result = operation()
+            except Exception as exc:
+                self.failed(kind, exc)
+                continue
+            self.succeeded(kind)
+            return result
+
+
+def classify(
+    record: SourceRecord,
+    parse: Callable[[bytes], Ticket],
+    system_prompt: str | None,
+    max_value_bytes: int | None,
+) -> Example | Deletion | Skip | _Rejected:
+    """What one record asks for; bad input is a `_Rejected` (a dead letter), never an exception."""
+    if record.value is None:
+        if not record.key:
+            return _Rejected(REASON_TOMBSTONE_WITHOUT_KEY, "a null value needs the ticket id as its key")
+        try:
+            return Deletion(record.key.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            return _Rejected(REASON_INVALID_KEY, f"a tombstone key must be a UTF-8 ticket id: {exc}")
+    if max_value_bytes is not None and len(record.value) > max_value_bytes:
+        return _Rejected(REASON_TOO_LARGE, f"{len(record.value)} bytes, the limit is {max_value_bytes}")
+    try:
+        ticket = parse(record.value)
+    except TicketParseError as exc:
+        return _Rejected(exc.reason, exc.detail)
+    return ticket_to_example(ticket, system_prompt)
+
+
+def run_ingest(
+    source: TicketSource,
+    parse: Callable[[bytes], Ticket],
+    store: ExampleSink,
+    *,
+    system_prompt: str | None = None,
+    max_records: int | None = None,
+    idle_timeout_s: float | None = None,
+    stop: threading.Event | None = None,
+    on_batch: Callable[[IngestReport], None] | None = None,
+    poll_timeout_s: float = 1.0,
+) -> IngestReport:
+    """Runs until `max_records` are consumed, `idle_timeout_s` passes without a record, or `stop` is set.
+
+    `on_batch` gets the running report after each committed batch.
+    """
+    stop = stop if stop is not None else threading.Event()
+    report = IngestReport()
+    retrier = _Retrier(stop, report)
+    last_record_at = time.monotonic()
+    last_lag_at = float("-inf")
+    while not stop.is_set():
+        if max_records is not None and report.consumed >= max_records:
+            break
+        if idle_timeout_s is not None and time.monotonic() - last_record_at >= idle_timeout_s:
+            break
+        remaining = None if max_records is None else max_records - report.consumed
+        try:
+            records = source.poll(poll_timeout_s, remaining)
+        except Exception as exc:  # broker unreachable, bad credentials, ...: never fatal
+            retrier.failed("poll", exc)
+            continue
+        retrier.succeeded("poll", reached_broker=bool(records))  # an empty poll proves nothing
+        if records:
+            last_record_at = time.monotonic()
+            try:
+                _ingest_batch(records, source, parse, store, system_prompt, report, retrier)
+            except _Stopped:
+                log.info("ingest stopped before a batch was stored; its records will be redelivered")
+                break
+            if on_batch is not None:
+                on_batch(report)
+        if records or time.monotonic() - last_lag_at >= LAG_INTERVAL_S:
+            last_lag_at = time.monotonic()
+            _update_lag(source, report)
+    return report
+
+
+def _ingest_batch(
+    records: list[SourceRecord],
+    source: TicketSource,
+    parse: Callable[[bytes], Ticket],
+    store: ExampleSink,
+    system_prompt: str | None,
+    report: IngestReport,
+    retrier: _Retrier,
+) -> None:
+    changes: list[Example | Deletion] = []
+    skipped: Counter[str] = Counter()
+    dead_lettered: Counter[str] = Counter()
+    for record in records:
+        try:
+            item = classify(record, parse, system_prompt, source.max_value_bytes)
+        except Exception as exc:  # a bug met by one odd record must not stop the stream
+            log.exception("internal error on record %s/%d@%d", record.topic, record.partition, record.offset)
+            item = _Rejected(
+                REASON_INTERNAL_ERROR, f"{type(exc).__name__} while turning the record into an example"
+            )
+        if isinstance(item, _Rejected):
+            retrier.call("dead_letter", lambda r=record, i=item: source.dead_letter(r, i.reason, i.detail))
+            log.info("dead-lettered %s/%d@%d: %s", record.topic, record.partition, record.offset, item.reason)
+            dead_lettered[item.reason] += 1
+        elif isinstance(item, Skip):
+            skipped[item.reason] += 1
+        else:
+            changes.append(item)
+
+    outcomes = retrier.call("store", lambda: store.apply(changes)) if changes else []
+    stored = deleted = 0
+    for outcome in outcomes:
+        if outcome in (OUTCOME_STORED, OUTCOME_REVISED):
+            stored += 1
+        elif outcome == OUTCOME_UNCHANGED:
+            skipped[SKIP_DUPLICATE] += 1
+        elif outcome == OUTCOME_STALE:
+            skipped[SKIP_STALE_REVISION] += 1
+        elif outcome == OUTCOME_DELETED:
+            deleted += 1
+
+    try:
+        source.commit()
+    except Exception as exc:  # the next commit covers these records; a restart redelivers them
+        retrier.failed("commit", exc)
+
+    report.consumed += len(records)
+    report.stored += stored
+    report.deleted += deleted
+    report.dead_lettered += sum(dead_lettered.values())
+    for reason, count in skipped.items():
+        report.skipped[reason] = report.skipped.get(reason, 0) + count
+    metrics.TICKETS_CONSUMED.inc(len(records))
+    metrics.EXAMPLES_STORED.inc(stored)
+    metrics.TICKETS_DELETED.inc(deleted)
+    for reason, count in skipped.items():
+        metrics.TICKETS_SKIPPED.labels(reason=reason).inc(count)
+    for reason, count in dead_lettered.items():
+        metrics.DEAD_LETTERED.labels(reason=reason).inc(count)
+
+
+def _update_lag(source: TicketSource, report: IngestReport) -> None:
+    try:
+        lag = source.lag()
+    except Exception as exc:  # an unreachable broker shows here first: a poll just returns nothing
+        report.source_errors += 1
+        metrics.INGEST_ERRORS.labels(kind="lag").inc()
+        metrics.INGEST_UP.set(0)
+        log.warning("consumer lag unavailable (%s: %s)", type(exc).__name__, exc)
+        return
+    metrics.INGEST_UP.set(1)
+    if lag is not None:
+        metrics.CONSUMER_LAG.set(lag)
