@@ -94,7 +94,8 @@ def cmd_cycle(args: argparse.Namespace) -> int:
     runner = build_cycle_runner(settings, store, build_registry(settings))
     outcome = runner.run(trigger="cli", force=args.force, lock_wait_seconds=None if args.wait else 0)
     store.close()
-    human = f"cycle {outcome.cycle_id}: {outcome.verdict}" + (f" (version {outcome.version})" if outcome.version else "")
+    human = f"cycle {outcome.cycle_id}: {outcome.verdict}"
+    human += f" (version {outcome.version})" if outcome.version else ""
     human += "".join(f"\n  {reason}" for reason in outcome.reasons)
     _emit(args, outcome.to_json(), human)
     return 1 if outcome.verdict == "failed" else 0

@@ -7,7 +7,7 @@ which the ingest loop turns into a dead-letter record with the error as its reas
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -79,9 +79,16 @@ class Ticket(_Lenient):
 
     @property
     def revision(self) -> str:
-        """Orders revisions of one ticket: later `updated_at`/`resolved_at` wins, not arrival order."""
+        """Orders revisions of one ticket: later `updated_at`/`resolved_at` wins, not arrival order.
+
+        Compared as text, so it is always UTC at a fixed width (naive stamps are read as UTC).
+        """
         stamp = self.updated_at or self.resolved_at or self.created_at
-        return stamp.isoformat() if stamp else ""
+        if stamp is None:
+            return ""
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=timezone.utc)
+        return stamp.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 class TicketParseError(ValueError):
