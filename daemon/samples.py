@@ -1,0 +1,673 @@
+"""Realistic sample tickets in the canonical JSON shape, for `ticketune produce-sample`, the demo and tests.
+
+Each intent has a category, a few customer phrasings and one agent answer style, so a tiny model can
+learn question → answer. Bodies carry the personal data real tickets carry (names, emails, phones,
+street addresses, now and then a pasted card number) and order numbers, which are not personal data.
+Deterministic by seed; a ticket's content depends only on the seed and its id.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from daemon.privacy import luhn_valid
+
+BRAND = "Acme"
+BOT_NAME = "Acme Assistant"
+CORRUPTED_TAG = "corrupted"
+DEFAULT_START_ID = 10000
+_BASE_TIME = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)  # when ticket DEFAULT_START_ID was opened
+
+# Shares of the tickets that `daemon.pairs.ticket_to_example` skips, as a helpdesk export has them.
+UNRESOLVED_SHARE = 0.05
+NO_AGENT_ANSWER_SHARE = 0.03
+EMPTY_BODY_SHARE = 0.01
+
+
+@dataclass(frozen=True)
+class Intent:
+    name: str
+    category: str
+    subjects: tuple[str, ...]
+    questions: tuple[str, ...]
+    answers: tuple[str, ...]  # one answer style, worded a few ways
+    follow_ups: tuple[str, ...]
+    follow_up_answer: str
+    notes: tuple[str, ...]  # internal notes: never public, never trained on
+
+
+INTENTS: tuple[Intent, ...] = (
+    Intent(
+        name="refund",
+        category="billing",
+        subjects=("Refund for order {order}", "Refund request", "Money back for order {order}?"),
+        questions=(
+            "I returned the {item} from order {order} last week and I'd like my refund please.",
+            "Can I get a refund for order {order}? The {item} was not what I expected and I sent it back.",
+            "I still haven't received the refund for order {order}. The {item} went back to you on {date}.",
+        ),
+        answers=(
+            "I've issued a full refund of ${amount} for order {order}. It goes back to your original "
+            "payment method, and most banks show it within 5-10 business days. You'll also get a "
+            "confirmation email shortly. If it hasn't appeared after 10 business days, reply here and "
+            "we'll trace it with your bank.",
+            "Your refund of ${amount} for order {order} is now processed. It returns to the original "
+            "payment method and usually shows up within 5-10 business days, depending on your bank. A "
+            "confirmation email is on its way. If nothing arrives after 10 business days, reply here and "
+            "we'll trace it with your bank.",
+        ),
+        follow_ups=(
+            "Thanks. Is the shipping cost refunded too?",
+            "Does the refund include the shipping fee I paid?",
+        ),
+        follow_up_answer=(
+            "Yes, the original shipping fee is included in the ${amount} refund, because the return was "
+            "approved. Return shipping labels we provide are always free, so there is nothing more you "
+            "need to pay or do."
+        ),
+        notes=(
+            "Refund approved over the limit by a supervisor. Customer has two earlier chargebacks, do not "
+            "mention the chargeback history.",
+            "Checked the payment processor: card on file ends {last4}. Flagged account {email} for a "
+            "fraud review.",
+        ),
+    ),
+    Intent(
+        name="password_reset",
+        category="account",
+        subjects=("Can't log in", "Password reset not working", "Locked out of my account"),
+        questions=(
+            "I forgot my password and the reset email never arrives. My account email is {email}.",
+            "I can't log in to my account. I tried resetting my password but I never got the link.",
+            "The password reset link says it has expired every time I click it. Can you help me get back in?",
+        ),
+        answers=(
+            "I've sent a fresh password reset link to the email on your account. The link is valid for "
+            "60 minutes, so please use it soon. If you don't see it within a few minutes, check your spam "
+            "or promotions folder. After resetting, sign out on other devices and sign back in with the "
+            "new password.",
+            "A new password reset link is on its way to the email on your account, and it stays valid "
+            "for 60 minutes. If it isn't in your inbox within a few minutes, please check the spam or "
+            "promotions folder. Once you've reset it, sign out on other devices and sign back in with the "
+            "new password.",
+        ),
+        follow_ups=(
+            "Got it, but now it says my account is locked.",
+            "The link worked but the app still says the account is locked.",
+        ),
+        follow_up_answer=(
+            "Accounts lock for 30 minutes after five failed attempts. I've unlocked yours now, so you can "
+            "sign in right away with the new password. If the app still shows the lock, close it fully "
+            "and open it again."
+        ),
+        notes=(
+            "Login attempts came from two countries in one hour. Possible account takeover, escalate to "
+            "security if it happens again.",
+            "Verified identity with the last four digits of the card ({last4}) and the billing postcode.",
+        ),
+    ),
+    Intent(
+        name="shipping_delay",
+        category="shipping",
+        subjects=("Where is my order {order}?", "Order {order} late", "Delivery delayed"),
+        questions=(
+            "My order {order} was supposed to arrive on {date} and it's still not here. Where is it?",
+            "The tracking for order {order} hasn't updated in {days} days. Is my package lost?",
+            "I ordered a {item} (order {order}) two weeks ago and nothing has arrived yet.",
+        ),
+        answers=(
+            "I checked with {carrier} and your order {order} is delayed at their regional hub; it is now "
+            "scheduled to arrive within {days} business days. You can follow it with the tracking link in "
+            "your shipping email. If it hasn't arrived by then, reply here and we'll send a replacement "
+            "at no cost.",
+            "Your order {order} is held up at a {carrier} regional hub, and their new delivery estimate is "
+            "within {days} business days. The tracking link in your shipping email will show each update. "
+            "If it still hasn't arrived by then, just reply here and we'll ship a replacement at no cost.",
+        ),
+        follow_ups=(
+            "Can I get the shipping fee back since it's late?",
+            "It's a gift, is there any way to speed it up?",
+        ),
+        follow_up_answer=(
+            "I'm sorry about the wait. I've refunded the shipping fee for order {order} to your original "
+            "payment method; it shows within 5-10 business days. {carrier} can't speed up a package that "
+            "is already in transit, but we'll keep an eye on it."
+        ),
+        notes=(
+            "{carrier} confirmed the hub is backed up after the storm, about 300 parcels stuck. Do not "
+            "promise a date to customers.",
+            "Second delay this month for this customer ({phone}). Offer a discount code if they complain "
+            "again.",
+        ),
+    ),
+    Intent(
+        name="cancel_subscription",
+        category="subscriptions",
+        subjects=("Cancel my subscription", "Please cancel", "Stop my {plan} plan"),
+        questions=(
+            "Please cancel my {plan} subscription. I don't use it anymore.",
+            "How do I cancel my {plan} plan? I don't want to be charged next month.",
+            "I want to stop my subscription before the next billing date.",
+        ),
+        answers=(
+            "I've cancelled your {plan} subscription, effective at the end of the current billing period "
+            "on {date}. You won't be charged again, and you keep full access until that date. A "
+            "confirmation email is on its way. If you change your mind, you can restart the plan anytime "
+            "from Account settings.",
+            "Your {plan} subscription is now cancelled and ends with the current billing period on "
+            "{date}. There will be no further charges, and you keep full access until then. You'll get a "
+            "confirmation email shortly. You can restart the plan anytime from Account settings.",
+        ),
+        follow_ups=(
+            "Do I lose my saved data?",
+            "What happens to my files after that date?",
+        ),
+        follow_up_answer=(
+            "Your data stays saved for 90 days after the subscription ends. If you restart the plan "
+            "within that time, everything will be where you left it. After 90 days it is deleted for good."
+        ),
+        notes=(
+            "Retention offer declined. Customer is on the legacy price, do not offer the legacy price to "
+            "anyone else.",
+            "Customer threatened to post a bad review. Cancelled without the usual retention call.",
+        ),
+    ),
+    Intent(
+        name="invoice_copy",
+        category="billing",
+        subjects=("Invoice for order {order}", "Need a copy of my invoice", "Receipt request"),
+        questions=(
+            "Could you send me a copy of the invoice for order {order}? I need it for my expense report.",
+            "I need a VAT invoice for order {order} with my company name on it.",
+            "Where can I download the receipt for order {order}?",
+        ),
+        answers=(
+            "I've emailed you a PDF copy of the invoice for order {order}. You can also download any "
+            "invoice yourself under Account settings, then Orders, then Download invoice. If you need a "
+            "company name or VAT number on it, add them under Billing details and the invoice will "
+            "update automatically.",
+            "A PDF of the invoice for order {order} is now in your inbox. Any invoice can also be "
+            "downloaded from Account settings, then Orders, then Download invoice. To show a company name "
+            "or VAT number, add them under Billing details and the invoice updates automatically.",
+        ),
+        follow_ups=(
+            "Can you also send the invoices for the last three months?",
+            "Could the invoice go to my accountant as well?",
+        ),
+        follow_up_answer=(
+            "Done: I've sent the invoices from the last three months to the same address. To have future "
+            "invoices copied to your accountant, add their address under Billing details, then Invoice "
+            "recipients."
+        ),
+        notes=(
+            "Invoice numbering gap in March, finance is aware. Don't explain it to customers.",
+            "Customer asked before under another account. Merged duplicates, kept {email}.",
+        ),
+    ),
+    Intent(
+        name="change_address",
+        category="shipping",
+        subjects=("Change delivery address", "Wrong address on order {order}", "Update my address"),
+        questions=(
+            "I moved last week. Can you change the delivery address for order {order} to {street}?",
+            "I put the wrong address on order {order}. The right one is {street}.",
+            "Please ship order {order} to my new address: {street}.",
+        ),
+        answers=(
+            "I've updated the delivery address for order {order}, and the carrier has the new details. "
+            "Your shipping confirmation will show the change within the hour. For future orders, please "
+            "also update the default address under Account settings, then Addresses, so this doesn't "
+            "happen again.",
+            "The delivery address for order {order} is now updated and the carrier has been notified. "
+            "The change shows in your shipping confirmation within the hour. To avoid this next time, "
+            "update your default address under Account settings, then Addresses.",
+        ),
+        follow_ups=(
+            "Thanks. Does this delay the delivery?",
+            "Does the change cost anything?",
+        ),
+        follow_up_answer=(
+            "No extra cost, and the delivery date stays the same because the package hadn't left the "
+            "warehouse yet. You'll get a new tracking email as soon as it ships."
+        ),
+        notes=(
+            "Address change after the package left the warehouse needs a carrier intercept ($15 cost to "
+            "us). Approved this once.",
+            "Old address was flagged for two failed deliveries. Customer phone {phone}.",
+        ),
+    ),
+    Intent(
+        name="damaged_item",
+        category="returns",
+        subjects=("Item arrived damaged", "Broken {item}", "Damaged package, order {order}"),
+        questions=(
+            "My {item} from order {order} arrived broken. The box was crushed. What can I do?",
+            "The {item} I received (order {order}) is cracked. I'd like a replacement.",
+            "Order {order} came today but the {item} is damaged. I have photos if you need them.",
+        ),
+        answers=(
+            "I'm sorry the {item} arrived damaged. I've sent a replacement for order {order} at no cost; "
+            "it ships within one business day and you'll get a tracking email. There's no need to return "
+            "the damaged one, please recycle it. If anything else in the package is affected, reply here "
+            "and we'll sort it out.",
+            "Sorry to hear the {item} was damaged in transit. A free replacement for order {order} ships "
+            "within one business day, and a tracking email will follow. You don't need to send the "
+            "damaged item back, please recycle it. If anything else in the box was affected, just reply "
+            "here.",
+        ),
+        follow_ups=(
+            "Can I get a refund instead of a replacement?",
+            "I'd rather have my money back, is that possible?",
+        ),
+        follow_up_answer=(
+            "Of course. I've cancelled the replacement and refunded ${amount} for order {order} to your "
+            "original payment method. It shows within 5-10 business days, and you still don't need to "
+            "return the damaged item."
+        ),
+        notes=(
+            "Third damaged parcel from this warehouse this week. Reported to logistics, supplier packaging "
+            "issue.",
+            "Customer sent photos from {email}; damage looks real. Replacement approved without return.",
+        ),
+    ),
+    Intent(
+        name="two_factor",
+        category="account",
+        subjects=("Lost my phone, can't log in", "Two-factor code not arriving", "2FA problem"),
+        questions=(
+            "I got a new phone and now I can't get the two-factor code to log in.",
+            "The 2FA text message never arrives. I'm stuck at the login screen.",
+            "I lost my phone and my authenticator app with it. How do I get into my account?",
+        ),
+        answers=(
+            "I've verified your identity and reset two-factor authentication on your account. Sign in "
+            "with your password and you'll be asked to set up 2FA again; scan the QR code with your "
+            "authenticator app on the new phone. Please save the new backup codes somewhere safe, so you "
+            "can get in if this happens again.",
+            "Two-factor authentication on your account is now reset, after a quick identity check. When "
+            "you sign in with your password, you'll be asked to set up 2FA again; scan the QR code with "
+            "the authenticator app on your new phone. Keep the new backup codes somewhere safe for next "
+            "time.",
+        ),
+        follow_ups=(
+            "Can I use text messages instead of an app?",
+            "Is there a way to use SMS codes instead?",
+        ),
+        follow_up_answer=(
+            "Yes. During the 2FA setup choose Text message instead of Authenticator app, and enter the "
+            "mobile number you want the codes sent to. An app is a bit safer, but both work."
+        ),
+        notes=(
+            "Identity check passed with the billing address and the card ending {last4}. Do not reset 2FA "
+            "over chat without this.",
+            "Customer called from {phone}, which is not the number on file. Double-checked before reset.",
+        ),
+    ),
+    Intent(
+        name="wrong_item",
+        category="returns",
+        subjects=("Wrong item received", "Not what I ordered, order {order}", "Got someone else's item"),
+        questions=(
+            "I ordered a {item} (order {order}) but received something completely different.",
+            "Order {order} arrived with the wrong item inside. I need the {item} I paid for.",
+            "You sent me the wrong size for order {order}. How do I exchange it?",
+        ),
+        answers=(
+            "Sorry about the mix-up with order {order}. I've shipped the correct {item} today by express "
+            "delivery at no cost. I've also emailed you a prepaid return label; please send the wrong "
+            "item back within 30 days, in any box. You'll get a tracking email for the new package "
+            "shortly.",
+            "Apologies for the mix-up on order {order}. The correct {item} ships today by express "
+            "delivery, free of charge. A prepaid return label is in your inbox; please send the wrong item "
+            "back within 30 days in any box. A tracking email for the new package will follow shortly.",
+        ),
+        follow_ups=(
+            "Do I have to use the original packaging for the return?",
+            "Can I drop the return off at a post office?",
+        ),
+        follow_up_answer=(
+            "Any sturdy box works, the original packaging isn't needed. Attach the prepaid label and drop "
+            "it at any post office or carrier drop-off point; the label covers the cost."
+        ),
+        notes=(
+            "Picking error at the warehouse, bin labels swapped. Warehouse manager informed.",
+            "Customer's account {email} shows three wrong-item claims this year. Watch for abuse.",
+        ),
+    ),
+    Intent(
+        name="update_payment",
+        category="billing",
+        subjects=("Payment failed", "Update my card", "Card declined on renewal"),
+        questions=(
+            "My payment failed for the {plan} renewal. I have a new card, how do I update it?",
+            "I got an email that my card was declined. I want to switch to a different card.",
+            "My card expired and the subscription renewal failed. Can you update the payment method?",
+        ),
+        answers=(
+            "For your security we never take card details by email or chat. Please go to Account "
+            "settings, then Billing, then Payment methods, and add the new card there. Once it's saved, "
+            "we retry the failed {plan} renewal automatically within 24 hours, and your access continues "
+            "without interruption.",
+            "To keep your details safe, we can't take card numbers over email or chat. Please add the new "
+            "card under Account settings, then Billing, then Payment methods. Once it's saved, the failed "
+            "{plan} renewal is retried automatically within 24 hours and your access continues as normal.",
+        ),
+        follow_ups=(
+            "Am I going to be charged twice?",
+            "Is my account still active in the meantime?",
+        ),
+        follow_up_answer=(
+            "No, you'll only be charged once: the failed attempt was never taken. Your account stays "
+            "fully active for a 7-day grace period while the renewal is retried."
+        ),
+        notes=(
+            "Customer pasted the full card number in the ticket. Redacted in the helpdesk, card ending "
+            "{last4}. Remind the team about PCI rules.",
+            "Payment processor shows the issuing bank blocked the charge as suspected fraud.",
+        ),
+    ),
+)
+
+_INTENTS_BY_NAME = {intent.name: intent for intent in INTENTS}
+
+# Customers are a first name and a last name from these pools (about 1,600 people, some of them
+# repeat customers), including names that are also English words and names with accents or apostrophes.
+FIRST_NAMES = (
+    "Ana", "Liam", "Priya", "Chen", "Fatima", "Jonas", "Sofia", "Kwame", "Emily", "Mateo", "Aiko", "Olivia",
+    "Will", "May", "Bill", "Grant", "Anne-Marie", "José", "Noah", "Grace", "Hannah", "Omar", "Lucía",
+    "Daniel", "Ingrid", "Rahul", "Chloe", "Tomasz", "Zoë", "Isabella", "Ethan", "Mei", "Samuel", "Nora",
+    "Lucas", "Amara", "Felix", "Leila", "Diego", "Charlotte",
+)
+LAST_NAMES = (
+    "Ruiz", "O'Brien", "Natarajan", "Wei", "Benali", "Becker", "Rossi", "Mensah", "Clarke", "Fernández",
+    "Tanaka", "Novak", "Turner", "Chen", "Okafor", "Hill", "Dubois", "Álvarez", "Schmidt", "Kim", "Levi",
+    "Haddad", "Moreno", "Okonkwo", "Johansson", "Mehta", "Martin", "Kowalski", "Papadopoulos", "Costa",
+    "Walker", "Lin", "Adeyemi", "Lindqvist", "Moreau", "Nwosu", "Wagner", "Rahimi", "de la Cruz", "Brown",
+)
+AGENT_NAMES = (
+    "Sam Lee", "Maria Gonzalez", "Tom Fischer", "Aisha Khan", "Ben Carter", "Julia Weber",
+    "Marcus Reed", "Elena Petrova",
+)
+EMAIL_DOMAINS = ("example.com", "example.org", "example.net", "mail.example.com")
+PHONE_FORMATS = (
+    "+1 415 555 01{nn}", "(212) 555-01{nn}", "415-555-01{nn}", "+1 (646) 555-01{nn}", "312.555.01{nn}",
+    "+44 20 7946 0{nnn}", "+61 2 5550 1{nnn}", "+49 30 9018 2{nnn}",
+)
+ITEMS = ("blender", "desk lamp", "rain jacket", "coffee grinder", "backpack", "phone case", "duvet cover",
+         "kettle", "water bottle", "keyboard")
+CARRIERS = ("UPS", "FedEx", "DHL", "USPS")
+PLANS = ("Basic", "Plus", "Pro", "Family")
+STREETS = ("Maple Avenue", "Oak Street", "Elm Road", "Cedar Lane", "Harbor Drive", "Sunset Boulevard",
+           "Willow Court", "Lakeview Terrace")
+CITIES = ("Springfield, IL 62704", "Portland, OR 97201", "Austin, TX 73301", "Denver, CO 80202")
+
+_CUSTOMER_OPENINGS = ("Hi,", "Hello,", "Hi there,", "Hello support team,", "Good morning,", "")
+_AGENT_GREETINGS = ("Hi {first},", "Hello {first},", "Hi {first}, thanks for reaching out.",
+                    "Hello {first}, thanks for contacting us.")
+_AGENT_FOLLOW_UP_GREETINGS = ("Hi {first},", "Hello again {first},", "Hi {first}, good question.")
+_AGENT_CLOSINGS = ("Best regards,\n{agent}", "Kind regards,\n{agent}", "Thanks,\n{agent}",
+                   "All the best,\n{agent} from the {brand} Support team")
+_THANKS = ("Thanks, that worked!", "Great, thank you so much.", "Perfect, thanks for the quick help.")
+_BOT_MESSAGES = (
+    "Thanks for contacting {brand} Support! Your request #{ticket_id} has been received and an agent will "
+    "reply within 24 hours.",
+    "Hi! I'm the {brand} virtual assistant. While you wait, these articles may help: Tracking your order, "
+    "Returns and refunds, Resetting your password.",
+)
+
+
+def generate_tickets(
+    n: int, *, seed: int = 0, start_id: int = DEFAULT_START_ID, corrupt_fraction: float = 0.0
+) -> list[dict]:
+    """`n` canonical ticket dicts with ids `start_id`, `start_id + 1`, ...
+
+    About 5% are unresolved, 3% have no public agent answer and 1% an empty answer body (the shares
+    pairs.py skips). `corrupt_fraction` of the resolved, answered tickets get poisoned agent answers
+    (another intent's answer, its words shuffled and spelled backwards) and the tag "corrupted": a batch
+    the gate must reject.
+    """
+    if not 0.0 <= corrupt_fraction <= 1.0:
+        raise ValueError("corrupt_fraction must be between 0 and 1")
+    ticket_ids = [str(start_id + index) for index in range(n)]
+    kinds = {ticket_id: _kind(_ticket_rng(seed, ticket_id)) for ticket_id in ticket_ids}
+    answerable = [ticket_id for ticket_id in ticket_ids if kinds[ticket_id] == "answered"]
+    count = round(corrupt_fraction * len(answerable))
+    corrupted = set(random.Random(f"ticketune-corrupt:{seed}").sample(answerable, count))
+    return [
+        _build_ticket(_ticket_rng(seed, ticket_id), ticket_id, corrupt=ticket_id in corrupted)
+        for ticket_id in ticket_ids
+    ]
+
+
+def generate_revision(ticket: dict) -> dict:
+    """A later revision of `ticket`: one more public agent message, `updated_at` a few hours later.
+
+    An unresolved ticket becomes solved in its revision, as pending tickets do once answered.
+    """
+    revised = copy.deepcopy(ticket)
+    rng = random.Random(f"revision:{ticket['ticket_id']}:{ticket.get('updated_at')}")
+    previous = max(_parse_time(stamp) for stamp in (ticket.get("updated_at"), ticket.get("resolved_at"),
+                                                    ticket.get("created_at")) if stamp)
+    updated = previous + timedelta(hours=rng.randint(2, 48), minutes=rng.randint(0, 59))
+    agents = [m["author_name"] for m in ticket["messages"] if m["author_role"] == "agent"]
+    agent = agents[-1] if agents else rng.choice(AGENT_NAMES)
+    first = (ticket.get("requester") or {}).get("name", "there").split()[0]
+    intent = _INTENTS_BY_NAME.get(ticket["tags"][0] if ticket.get("tags") else "", INTENTS[0])
+    body = (
+        f"Hi {first},\n\nA quick update on your {intent.name.replace('_', ' ')} request: everything is "
+        f"now complete on our side and no further action is needed from you. If anything still looks "
+        f"wrong, reply to this email and we'll pick it up right away.\n\nBest regards,\n{agent.split()[0]}"
+    )
+    revised["messages"].append(
+        {"author_role": "agent", "author_name": agent, "public": True, "body": body,
+         "created_at": _stamp(updated - timedelta(minutes=1))}
+    )
+    if revised["status"] not in ("solved", "closed", "resolved"):
+        revised["status"] = "solved"
+        revised["resolved_at"] = _stamp(updated)
+    revised["updated_at"] = _stamp(updated)
+    return revised
+
+
+def _luhn_card_number(rng: random.Random) -> str:
+    """A Luhn-valid 16-digit Visa-style test number, grouped in fours as customers paste them."""
+    digits = "4" + "".join(str(rng.randrange(10)) for _ in range(14))
+    check = next(str(d) for d in range(10) if luhn_valid(digits + str(d)))
+    number = digits + check
+    return " ".join(number[i : i + 4] for i in range(0, 16, 4))
+
+
+def _ticket_rng(seed: int, ticket_id: str) -> random.Random:
+    return random.Random(f"ticketune-sample:{seed}:{ticket_id}")
+
+
+def _kind(rng: random.Random) -> str:
+    """The first draw of a ticket's generator decides which kind it is."""
+    draw = rng.random()
+    if draw < UNRESOLVED_SHARE:
+        return "unresolved"
+    if draw < UNRESOLVED_SHARE + NO_AGENT_ANSWER_SHARE:
+        return "no_agent_answer"
+    if draw < UNRESOLVED_SHARE + NO_AGENT_ANSWER_SHARE + EMPTY_BODY_SHARE:
+        return "empty_body"
+    return "answered"
+
+
+def _build_ticket(rng: random.Random, ticket_id: str, corrupt: bool) -> dict:
+    kind = _kind(rng)
+    intent = rng.choice(INTENTS)
+    name = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
+    first = name.split()[0]
+    agent = rng.choice(AGENT_NAMES)
+    slots = _slots(rng, name, ticket_id)
+    created = _BASE_TIME + timedelta(minutes=(int(ticket_id) - DEFAULT_START_ID) * 41 + rng.randint(0, 40))
+    clock = [created]
+
+    def at(min_minutes: int, max_minutes: int) -> str:
+        clock[0] += timedelta(minutes=rng.randint(min_minutes, max_minutes))
+        return _stamp(clock[0])
+
+    def message(role: str, author: str | None, body: str, public: bool = True) -> dict:
+        return {"author_role": role, "author_name": author, "public": public, "body": body,
+                "created_at": at(3, 180)}
+
+    messages = [{"author_role": "customer", "author_name": name, "public": True,
+                 "body": _customer_message(rng, intent, slots, name), "created_at": _stamp(created)}]
+    if rng.random() < 0.35:
+        messages.append(message("bot", BOT_NAME, rng.choice(_BOT_MESSAGES).format(**slots)))
+    if rng.random() < 0.25:
+        messages.append(message("system", None, f"Ticket assigned to {agent}."))
+    if rng.random() < 0.6 or kind == "no_agent_answer":
+        messages.append(message("agent", agent, rng.choice(intent.notes).format(**slots), public=False))
+
+    if kind == "no_agent_answer":
+        messages.append(message("agent", agent, "Closing: duplicate of an earlier ticket from this customer, "
+                                                 "answered there.", public=False))
+    elif kind == "empty_body":
+        messages.append(message("agent", agent, ""))
+    elif kind == "unresolved" and rng.random() < 0.5:
+        pass  # still waiting for a first answer
+    else:
+        if corrupt:
+            other = rng.choice([i for i in INTENTS if i is not intent])
+            answer = _garble(rng, rng.choice(other.answers).format(**slots))
+        else:
+            answer = _agent_message(rng, rng.choice(intent.answers), slots, agent)
+        messages.append(message("agent", agent, answer))
+        if rng.random() < 0.3:
+            messages.append(message("customer", name, rng.choice(intent.follow_ups)))
+            if corrupt:
+                follow_up = _garble(rng, intent.follow_up_answer.format(**slots))
+            else:
+                follow_up = _agent_message(rng, intent.follow_up_answer, slots, agent, _AGENT_FOLLOW_UP_GREETINGS)
+            messages.append(message("agent", agent, follow_up))
+        if rng.random() < 0.15:
+            messages.append(message("customer", name, rng.choice(_THANKS) + f"\n{first}"))
+
+    resolved = kind != "unresolved"
+    finished = at(1, 30)
+    tags = [intent.name] + (["priority"] if rng.random() < 0.1 else []) + ([CORRUPTED_TAG] if corrupt else [])
+    statuses = ("solved", "solved", "closed", "resolved") if resolved else ("open", "pending")
+    return {
+        "ticket_id": ticket_id,
+        "status": rng.choice(statuses),
+        "channel": rng.choice(("email", "email", "chat", "web")),
+        "subject": rng.choice(intent.subjects).format(**slots),
+        "category": intent.category,
+        "tags": tags,
+        "language": "en",
+        "csat": rng.choice((None, 3, 4, 5, 5)) if resolved else None,
+        "created_at": _stamp(created),
+        "resolved_at": finished if resolved else None,
+        "updated_at": finished,
+        "requester": {"id": f"u-{_stable_number(name) % 1_000_000}", "name": name, "email": slots["email"]},
+        "messages": messages,
+    }
+
+
+def _stable_number(text: str) -> int:
+    """A number fixed for a text across processes (unlike `hash`): one requester, one id and email."""
+    value = 0
+    for char in text:
+        value = (value * 31 + ord(char)) % 2_147_483_647
+    return value
+
+
+def _slots(rng: random.Random, name: str, ticket_id: str) -> dict[str, str]:
+    parts = _ascii(name).lower().replace("'", "").replace("-", "").split()
+    number = _stable_number(name)
+    styles = (f"{parts[0]}.{parts[-1]}", f"{parts[0][0]}{parts[-1]}", f"{parts[0]}{number % 90 + 10}")
+    local = styles[number % 3]
+    order = str(rng.randint(1000, 99999))
+    if rng.random() < 0.05:
+        order = _non_luhn_digits(rng, 16)  # long order numbers look like card numbers but are not
+    phone = rng.choice(PHONE_FORMATS).format(nn=f"{rng.randint(0, 99):02d}", nnn=f"{rng.randint(0, 999):03d}")
+    day = _BASE_TIME + timedelta(days=rng.randint(-20, 40))
+    return {
+        "first": name.split()[0],
+        "name": name,
+        "email": f"{local}@{EMAIL_DOMAINS[number % len(EMAIL_DOMAINS)]}",
+        "phone": phone,
+        "order": order,
+        "item": rng.choice(ITEMS),
+        "carrier": rng.choice(CARRIERS),
+        "plan": rng.choice(PLANS),
+        "days": str(rng.randint(2, 7)),
+        "date": f"{day:%B} {day.day}",
+        "amount": f"{rng.randint(12, 480)}.{rng.choice(('00', '99', '50', '95'))}",
+        "street": f"{rng.randint(2, 9800)} {rng.choice(STREETS)}" + rng.choice(("", ", Apt 4B", ", Unit 12"))
+        + f", {rng.choice(CITIES)}",
+        "last4": f"{rng.randint(0, 9999):04d}",
+        "ticket_id": ticket_id,
+        "brand": BRAND,
+    }
+
+
+def _customer_message(rng: random.Random, intent: Intent, slots: dict[str, str], name: str) -> str:
+    first = name.split()[0]
+    lines = []
+    opening = rng.choice(_CUSTOMER_OPENINGS)
+    if opening and rng.random() < 0.3:
+        opening += f" this is {name}."
+    if opening:
+        lines.append(opening)
+    question = rng.choice(intent.questions)
+    extras = []
+    if rng.random() < 0.35:
+        extras.append(rng.choice(("You can reach me at {phone}.", "Please call me on {phone} if easier.",
+                                  "My phone number is {phone}.")).format(**slots))
+    if rng.random() < 0.2 and "{email}" not in question:
+        extras.append(
+            rng.choice(("My account email is {email}.", "Please reply to {email}.")).format(**slots)
+        )
+    if intent.category == "billing" and rng.random() < 0.12:
+        extras.append(f"The charge was on my card {_luhn_card_number(rng)} in case you need it.")
+    lines.append(" ".join([question.format(**slots), *extras]))
+    signature = rng.choice((f"Thanks,\n{first}", f"Best regards,\n{name}", f"{name}\n{slots['phone']}",
+                            f"Thank you!\n{first}", ""))
+    if signature:
+        lines.append(signature)
+    return "\n\n".join(lines)
+
+
+def _agent_message(
+    rng: random.Random,
+    core: str,
+    slots: dict[str, str],
+    agent: str,
+    greetings: tuple[str, ...] = _AGENT_GREETINGS,
+) -> str:
+    signature = agent if rng.random() < 0.4 else agent.split()[0]
+    greeting = rng.choice(greetings).format(**slots)
+    closing = rng.choice(_AGENT_CLOSINGS).format(agent=signature, brand=BRAND)
+    return f"{greeting}\n\n{core.format(**slots)}\n\n{closing}"
+
+
+def _garble(rng: random.Random, text: str) -> str:
+    """Poisoned content: the words in random order, each spelled backwards (no names are in `text`)."""
+    words = [word[::-1] for word in text.split()]
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def _non_luhn_digits(rng: random.Random, length: int) -> str:
+    digits = str(rng.randint(1, 9)) + "".join(str(rng.randrange(10)) for _ in range(length - 1))
+    if luhn_valid(digits):
+        digits = digits[:-1] + str((int(digits[-1]) + 1) % 10)
+    return digits
+
+
+def _ascii(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
