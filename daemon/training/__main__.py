@@ -1,0 +1,112 @@
+"""Command line of the training worker: `python -m daemon.training make-base-model DIR | train --spec SPEC`.
+
+`train` always leaves `output_dir/result.json` (written atomically) when the spec names an output_dir:
+status ok and exit 0, or status failed with a one-sentence error and exit 2 (spec, model or data
+problem the user can fix) or 1 (anything else). Progress goes to stderr without ticket text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from daemon.training.base_model import DEFAULT_PRETRAIN_STEPS, make_base_model  # noqa: E402
+from daemon.training.lora_recipe import run_training, versions  # noqa: E402
+from daemon.training.spec import SpecError, load_spec_json, parse_spec  # noqa: E402
+
+EXIT_FAILED = 1
+EXIT_BAD_SPEC = 2
+log = logging.getLogger("daemon.training")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m daemon.training", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    base = verbs.add_parser("make-base-model", help="build the tiny demo base model and tokenizer into DIR")
+    base.add_argument("dir", type=Path)
+    base.add_argument("--seed", type=int, default=0)
+    base.add_argument("--steps", type=int, default=DEFAULT_PRETRAIN_STEPS, help="pretraining steps")
+    train = verbs.add_parser("train", help="train and evaluate a LoRA adapter as the spec says")
+    train.add_argument("--spec", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    if args.verb == "make-base-model":
+        if args.steps < 0:
+            parser.error("--steps must be 0 or more")
+        description = make_base_model(args.dir, seed=args.seed, steps=args.steps)
+        log.info(
+            "base model written dir=%s parameters=%d final_loss=%s seconds=%.1f",
+            args.dir,
+            description["parameters"],
+            description["final_loss"],
+            description["seconds"],
+        )
+        return 0
+    return train_command(args.spec)
+
+
+def train_command(spec_path: Path) -> int:
+    started = time.perf_counter()
+    output_dir: Path | None = None
+    cycle_id = None
+    try:
+        raw = load_spec_json(spec_path)
+        if isinstance(raw.get("output_dir"), str):
+            Path(raw["output_dir"]).mkdir(parents=True, exist_ok=True)
+            output_dir = Path(raw["output_dir"])
+            (output_dir / "result.json").unlink(missing_ok=True)  # a killed run must not leave an old one
+        cycle_id = raw.get("cycle_id")
+        result = run_training(parse_spec(raw))
+    except SpecError as exc:
+        return _fail(output_dir, cycle_id, str(exc), EXIT_BAD_SPEC)
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        return _fail(
+            output_dir, cycle_id, f"training failed with {type(exc).__name__}: {reason}", EXIT_FAILED
+        )
+    write_result(output_dir, result)
+    log.info("done cycle_id=%s seconds=%.1f", cycle_id, time.perf_counter() - started)
+    return 0
+
+
+def _fail(output_dir: Path | None, cycle_id: Any, error: str, code: int) -> int:
+    log.error("failed: %s", error)
+    if output_dir is not None:
+        result = {
+            "status": "failed",
+            "error": error,
+            "cycle_id": cycle_id,
+            "adapter_dir": None,
+            "device": None,
+            "train": None,
+            "eval": None,
+            "versions": versions(),
+        }
+        try:
+            write_result(output_dir, result)
+        except OSError as exc:
+            log.error("could not write result.json into %s: %s", output_dir, exc)
+    return code
+
+
+def write_result(output_dir: Path, result: dict[str, Any]) -> None:
+    """Temp file then rename, so a reader sees either no result.json or a whole one."""
+    final = output_dir / "result.json"
+    temporary = output_dir / "result.json.tmp"
+    temporary.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    os.replace(temporary, final)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Retrain cycles on real parts: the real store, a real MLflow store, the real worker (forward and
+backward passes of the tiny Llama model in a child process)."""
+
+import pytest
+
+from daemon.config import load_settings
+from daemon.cycle import CycleRunner
+from daemon.pairs import Example, ticket_to_example
+from daemon.samples import generate_tickets
+from daemon.service import build_cycle_runner, build_registry
+from daemon.store import ExampleStore
+from daemon.tickets import ticket_from_dict
+
+
+def examples(n: int, seed: int, start_id: int, corrupt: float = 0.0) -> list[Example]:
+    out = []
+    for raw in generate_tickets(n, seed=seed, start_id=start_id, corrupt_fraction=corrupt):
+        item = ticket_to_example(ticket_from_dict(raw), "You are a support agent.")
+        if isinstance(item, Example):
+            out.append(item)
+    return out
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_model_dir, mlflow_sqlite_uri):
+    env = {
+        "TICKETUNE_STORE__PATH": str(tmp_path / "examples.db"),
+        "TICKETUNE_MODEL__BASE": str(tiny_model_dir),
+        "TICKETUNE_REGISTRY__TRACKING_URI": mlflow_sqlite_uri,
+        "TICKETUNE_TRAINING__WORK_DIR": str(tmp_path / "cycles"),
+        "TICKETUNE_TRAINING__EPOCHS": "3",
+        "TICKETUNE_TRAINING__LEARNING_RATE": "0.002",
+        "TICKETUNE_TRAINING__MAX_SEQ_LEN": "384",
+        "TICKETUNE_SCHEDULE__MIN_NEW_EXAMPLES": "40",
+        "TICKETUNE_GATE__MIN_EVAL_EXAMPLES": "8",
+    }
+    settings = load_settings(environ=env)
+    store = ExampleStore(settings.store.path, settings.store.eval_fraction)
+    registry = build_registry(settings)
+    runner = build_cycle_runner(settings, store, registry)
+    yield settings, store, registry, runner
+    store.close()
+
+
+def test_clean_batch_promotes_then_a_poisoned_batch_is_rejected_and_quarantined(setup):
+    settings, store, registry, runner = setup
+    store.apply(examples(90, seed=1, start_id=1000))
+
+    first = runner.run(trigger="test")
+    assert first.verdict == "promoted", first.reasons
+    assert first.metrics["candidate_eval_loss"] < first.metrics["base_eval_loss"]
+    assert registry.champion_version() == first.version
+    tags = registry.get_version_tags(first.version)
+    assert tags["ticketune.verdict"] == "promoted"
+    for key in ("ticketune.snapshot_id", "ticketune.base_model", "ticketune.config_hash",
+                "ticketune.code_version", "ticketune.reasons", "ticketune.metrics"):
+        assert tags.get(key), key
+    assert store.pending_count() == 0
+
+    store.apply(examples(90, seed=2, start_id=2000, corrupt=1.0))
+    second = runner.run(trigger="test")
+    assert second.verdict == "rejected", second.reasons
+    assert second.metrics["candidate_eval_loss"] > second.metrics["champion_eval_loss"]
+    assert any(r.startswith("FAIL improvement") for r in second.reasons)
+    assert registry.champion_version() == first.version
+    assert store.counts()["quarantined"] > 0 and store.pending_count() == 0
+    history = registry.history()
+    assert [(h["version"], h["verdict"], h["champion"]) for h in history] == [
+        (second.version, "rejected", False), (first.version, "promoted", True)]
+    cycles = store.cycles()
+    assert [c["verdict"] for c in cycles] == ["rejected", "promoted"]
+
+
+def test_a_scheduled_cycle_waits_for_enough_new_examples(setup):
+    settings, store, registry, runner = setup
+    store.apply(examples(20, seed=3, start_id=3000))
+    outcome = runner.run(trigger="schedule")
+    assert outcome.verdict == "skipped" and "min_new_examples" in outcome.reasons[0]
+    assert registry.champion_version() is None
+
+
+def test_a_worker_failure_is_a_failed_cycle_that_keeps_the_batch_pending(setup, tmp_path):
+    settings, store, registry, _ = setup
+    store.apply(examples(60, seed=4, start_id=4000))
+    settings.model.base = str(tmp_path / "no-such-model")
+    runner = CycleRunner(settings, store, registry, build_cycle_runner(settings, store, registry).executor)
+    outcome = runner.run(trigger="test", force=True)
+    assert outcome.verdict == "failed"
+    assert "no-such-model" in outcome.reasons[0] or "model" in outcome.reasons[0].lower()
+    assert store.pending_count() == len(examples(60, seed=4, start_id=4000))
+    assert registry.history() == []
+    assert store.cycles()[0]["verdict"] == "failed"
+
