@@ -18,6 +18,7 @@ from daemon.config import ConfigError, Settings, load_settings
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _emit(args: argparse.Namespace, data: object, human: str) -> None:

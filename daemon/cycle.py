@@ -265,8 +265,6 @@ class CycleRunner:
         if verdict.passed:
             self.registry.promote(version, reason=f"cycle {cycle_id} passed the gate")
             metrics.CHAMPION_VERSION.set(float(version) if version.isdigit() else 0)
-            if "candidate_eval_loss" in numeric:
-                metrics.CHAMPION_EVAL_LOSS.set(numeric["candidate_eval_loss"])
         self.store.close_batch(snapshot.id, verdict=decision, model_version=version)
         if "candidate_eval_loss" in numeric:
             metrics.CANDIDATE_EVAL_LOSS.set(numeric["candidate_eval_loss"])

@@ -36,7 +36,7 @@ def _demo_config(work_dir: Path, bootstrap: str) -> Path:
         "store": {"path": "./data/examples.db"},
         "model": {"base": "./models/tiny"},
         "adapter": {"method": "lora", "r": 16, "alpha": 32},
-        "training": {"epochs": 3, "batch_size": 8, "learning_rate": 0.002, "max_seq_len": 512,
+        "training": {"epochs": 6, "batch_size": 8, "learning_rate": 0.01, "max_seq_len": 512,
                      "work_dir": "./data/cycles"},
         "schedule": {"enabled": False, "min_new_examples": 100},
         "gate": {"min_eval_examples": 20, "min_improvement": 0.0, "profile": "demo"},
@@ -122,7 +122,7 @@ def run_demo(work_dir: Path, *, keep: bool = False, json_output: bool = False) -
             first = next((s["version"] for s in steps if s["verdict"] == "promoted"), None)
             rollback = None
             if first is not None:
-                previous, current = service.registry.rollback(first, reason="demo: roll back to the first adapter")
+                previous, current = service.rollback(first, reason="demo: roll back to the first adapter")
                 rollback = {"from": previous, "to": current}
                 _say(f"[demo] rolled the champion back: v{previous} -> v{current}")
             history = service.registry.history()

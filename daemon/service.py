@@ -210,12 +210,16 @@ class Service:
         self._spawn("admin-cycle", lambda: self.run_cycle(trigger="admin", force=force))
         return {"started": True, "force": force}
 
+    def rollback(self, to_version: str | None, *, reason: str) -> tuple[str | None, str]:
+        previous, current = self.registry.rollback(to_version, reason=reason)
+        self._refresh_gauges(include_registry=True)
+        return previous, current
+
     def _admin_rollback(self, body: dict) -> dict:
         try:
-            previous, current = self.registry.rollback(body.get("to"), reason=str(body.get("reason", "admin API")))
+            previous, current = self.rollback(body.get("to"), reason=str(body.get("reason", "admin API")))
         except RegistryError as exc:
             raise AdminError(409, str(exc)) from None
-        self._refresh_gauges(include_registry=True)
         return {"from": previous, "to": current}
 
     def _admin_promote(self, body: dict) -> dict:
@@ -239,6 +243,10 @@ class Service:
             if include_registry:
                 champion = self.registry.champion_version()
                 metrics.CHAMPION_VERSION.set(float(champion) if champion and champion.isdigit() else 0)
+                if champion is not None:
+                    tagged = json.loads(self.registry.get_version_tags(champion).get("ticketune.metrics", "{}"))
+                    if "candidate_eval_loss" in tagged:
+                        metrics.CHAMPION_EVAL_LOSS.set(tagged["candidate_eval_loss"])
         except Exception as exc:  # gauges are best effort; readiness reports the real problem
             log.debug("gauge refresh failed: %s", exc)
 
