@@ -21,11 +21,12 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+_RESULT_STREAM = sys.stdout  # main() points sys.stdout at stderr: libraries' prints must not mix into --json
+
+
 def _emit(args: argparse.Namespace, data: object, human: str) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=None, default=str))
-    else:
-        print(human)
+    text = json.dumps(data, indent=None, default=str) if getattr(args, "json", False) else human
+    print(text, file=_RESULT_STREAM, flush=True)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -205,7 +206,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     with EmbeddedBroker(port=args.port) as broker:
-        print(f"embedded Kafka-compatible broker on {broker.bootstrap_servers} (Ctrl-C stops it)", flush=True)
+        _emit(args, {"bootstrap_servers": broker.bootstrap_servers},
+              f"embedded Kafka-compatible broker on {broker.bootstrap_servers} (Ctrl-C stops it)")
         try:
             done.wait()
         except KeyboardInterrupt:
@@ -216,7 +218,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from daemon.demo import run_demo
 
-    return run_demo(Path(args.work_dir), keep=args.keep, json_output=args.json)
+    as_expected, report, text = run_demo(Path(args.work_dir), keep=args.keep)
+    _emit(args, report, text)
+    return 0 if as_expected else 1
 
 
 # parser --------------------------------------------------------------------------------------
@@ -277,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _RESULT_STREAM
     args = build_parser().parse_args(argv)
+    _RESULT_STREAM, sys.stdout = sys.stdout, sys.stderr
     if args.verb == "quarantine" and args.action != "list" and args.batch is None:
         print(f"quarantine {args.action} needs a batch id (see `ticketune quarantine list`)", file=sys.stderr)
         return 2

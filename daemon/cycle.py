@@ -264,7 +264,6 @@ class CycleRunner:
         self.store.freeze_trusted_set(version, snapshot.id, champion, cfg.gate.trusted_eval_cap)
         if verdict.passed:
             self.registry.promote(version, reason=f"cycle {cycle_id} passed the gate")
-            metrics.CHAMPION_VERSION.set(float(version) if version.isdigit() else 0)
         self.store.close_batch(snapshot.id, verdict=decision, model_version=version)
         if "candidate_eval_loss" in numeric:
             metrics.CANDIDATE_EVAL_LOSS.set(numeric["candidate_eval_loss"])

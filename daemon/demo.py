@@ -66,7 +66,8 @@ def _metric_lines(port: int) -> list[str]:
     return [line for line in body.splitlines() if line.startswith(wanted)]
 
 
-def run_demo(work_dir: Path, *, keep: bool = False, json_output: bool = False) -> int:
+def run_demo(work_dir: Path, *, keep: bool = False) -> tuple[bool, dict, str]:
+    """Runs the demo; returns whether it went as expected, the report, and the report as text."""
     from connectors.broker import EmbeddedBroker
     from connectors.kafka import produce_raw, produce_tickets
     from daemon.samples import generate_tickets
@@ -140,14 +141,10 @@ def run_demo(work_dir: Path, *, keep: bool = False, json_output: bool = False) -
         "champion_version": status["champion_version"], "quarantined_examples": status["quarantined_examples"],
         "ingest": service.ingest_totals.to_json(), "work_dir": str(work_dir), "config": str(config_path),
     }
-    if json_output:
-        print(json.dumps(report, default=str))
-    else:
-        _print_report(report, history, metric_lines, settings.registry.tracking_uri)
-    return 0 if as_expected else 1
+    return as_expected, report, _report_text(report, history, metric_lines, settings.registry.tracking_uri)
 
 
-def _print_report(report: dict, history: list[dict], metric_lines: list[str], tracking_uri: str) -> None:
+def _report_text(report: dict, history: list[dict], metric_lines: list[str], tracking_uri: str) -> str:
     ing = report["ingest"]
     out = [
         "",
@@ -187,4 +184,4 @@ def _print_report(report: dict, history: list[dict], metric_lines: list[str], tr
         f"                       ticketune status --config {report['config']}",
         f"                       ticketune quarantine list --config {report['config']}",
     ]
-    print("\n".join(out))
+    return "\n".join(out)
