@@ -18,7 +18,7 @@ demo: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/ticketune demo --work-dir ./demo-work
 
 lint: $(STAMP)
-	$(BIN)/ruff check daemon connectors tests bench
+	$(BIN)/ruff check daemon connectors tests
 	$(BIN)/hadolint --failure-threshold warning Dockerfile
 
 test: $(STAMP) lint
