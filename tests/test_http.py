@@ -1,22 +1,9 @@
 import json
-import urllib.error
-import urllib.request
 
 import pytest
+from http_helpers import http_call as call
 
 from daemon.http import AdminError, Endpoints, start_http_server
-
-
-def call(port, path, method="GET", token=None, body=None):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                 data=json.dumps(body).encode() if body is not None else None)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
 
 
 @pytest.fixture

@@ -8,12 +8,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import yaml
 from fixture_broker import produce
+from http_helpers import http_call
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,19 +21,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def get(port: int, path: str, token: str | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def metric(body: str, name: str) -> float:
@@ -71,7 +57,7 @@ def test_run_ingests_trains_on_schedule_reports_metrics_and_stops_gracefully(
         deadline = time.monotonic() + 300
         body = ""
         while time.monotonic() < deadline:
-            status, body = get(port, "/metrics")
+            status, body = http_call(port, "/metrics")
             if metric(body, 'ticketune_cycles_total{verdict="promoted"}') >= 1:
                 break
             assert proc.poll() is None, (tmp_path / "service.log").read_text()[-3000:]
@@ -84,17 +70,17 @@ def test_run_ingests_trains_on_schedule_reports_metrics_and_stops_gracefully(
         assert metric(body, "ticketune_champion_version") == 1
         assert metric(body, "ticketune_last_successful_cycle_timestamp_seconds") > time.time() - 600
         assert metric(body, "ticketune_consumer_lag_records") == 0
-        assert get(port, "/healthz")[0] == 200
-        assert get(port, "/readyz")[0] == 200
-        assert get(port, "/admin/status")[0] == 401
-        status, text = get(port, "/admin/status", token="t0ken")
+        assert http_call(port, "/healthz")[0] == 200
+        assert http_call(port, "/readyz")[0] == 200
+        assert http_call(port, "/admin/status")[0] == 401
+        status, text = http_call(port, "/admin/status", token="t0ken")
         assert status == 200
         admin = json.loads(text)
         assert admin["champion_version"] == "1" and admin["pending_examples"] == 0
         assert "t0ken" not in text
 
         deadline = time.monotonic() + 60  # the next scheduled run finds too few new examples
-        while metric(get(port, "/metrics")[1], 'ticketune_cycles_total{verdict="skipped"}') < 1:
+        while metric(http_call(port, "/metrics")[1], 'ticketune_cycles_total{verdict="skipped"}') < 1:
             assert time.monotonic() < deadline, "the schedule did not run again"
             time.sleep(1)
 
