@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo test test-slow lint bench-ingest clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ demo: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/ticketune demo --work-dir ./demo-work
 
 lint: $(STAMP)
-	$(BIN)/ruff check daemon connectors tests
+	$(BIN)/ruff check daemon connectors tests bench
 	$(BIN)/hadolint --failure-threshold warning Dockerfile
 
 test: $(STAMP) lint
@@ -26,6 +26,9 @@ test: $(STAMP) lint
 
 test-slow: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -m slow -q
+
+bench-ingest: $(STAMP)
+	$(BIN)/python bench/ingest_throughput.py --tickets 10000
 
 clean:
 	rm -rf $(VENV) demo-work .pytest_cache .ruff_cache
