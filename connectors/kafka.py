@@ -206,24 +206,30 @@ class KafkaTicketSource:
             log.warning("offset commit rejected after a rebalance (%s); the records will be redelivered", exc)
         self._pending.clear()
 
-    def lag(self) -> int | None:
-        """Records on the assigned partitions not consumed yet; None until partitions are assigned."""
+    def lag(self) -> dict[int, int] | None:
+        """Records not yet committed, per assigned partition; None until partitions are assigned.
+
+        End = the larger of ListOffsets and the fetch high-water mark (ListOffsets can trail the true
+        end by a batch on some brokers, Tansu among them); lag = end - committed offset (the position
+        where nothing was committed yet), never below 0.
+        """
         consumer = self._consumer
         if consumer is None:
             return None
         assigned = list(consumer.assignment())
         if not assigned:
             return None
-        # ListOffsets can trail the true end by a batch on some brokers (Tansu); fetch highwater is exact.
         ends = consumer.end_offsets(assigned, timeout_ms=LAG_TIMEOUT_MS)
-        total = 0
+        lags: dict[int, int] = {}
         for partition in assigned:
-            position = consumer.position(partition, timeout_ms=LAG_TIMEOUT_MS)
-            if position is None:
+            done = consumer.committed(partition, timeout_ms=LAG_TIMEOUT_MS)
+            if done is None:
+                done = consumer.position(partition, timeout_ms=LAG_TIMEOUT_MS)
+            if done is None:
                 return None
             end = max(ends.get(partition) or 0, consumer.highwater(partition) or 0)
-            total += max(end - position, 0)
-        return total
+            lags[partition.partition] = max(end - done, 0)
+        return lags
 
     def close(self) -> None:
         consumer, self._consumer = self._consumer, None

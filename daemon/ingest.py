@@ -70,8 +70,8 @@ class TicketSource(Protocol):
     def commit(self) -> None:
         """Marks everything returned by `poll` so far as done."""
 
-    def lag(self) -> int | None:
-        """Records not yet consumed, or None while unknown (no partitions assigned yet)."""
+    def lag(self) -> dict[int, int] | None:
+        """Records not yet committed per partition, or None while unknown (no partitions assigned yet)."""
 
     def close(self) -> None: ...
 
@@ -291,4 +291,6 @@ def _update_lag(source: TicketSource, report: IngestReport) -> None:
         return
     metrics.INGEST_UP.set(1)
     if lag is not None:
-        metrics.CONSUMER_LAG.set(lag)
+        metrics.CONSUMER_LAG.set(sum(lag.values()))
+        for partition, records in lag.items():
+            metrics.CONSUMER_LAG_BY_PARTITION.labels(partition=str(partition)).set(records)

@@ -16,12 +16,23 @@ TICKETS_DELETED = Counter("ticketune_tickets_deleted_total", "Deletion requests 
 DEAD_LETTERED = Counter(
     "ticketune_dead_lettered_total", "Records sent to the dead-letter topic, by reason.", ["reason"]
 )
-CONSUMER_LAG = Gauge("ticketune_consumer_lag_records", "Records on the ticket topic not yet consumed.")
+CONSUMER_LAG = Gauge("ticketune_consumer_lag_records", "Records on the ticket topic not yet committed.")
+CONSUMER_LAG_BY_PARTITION = Gauge(
+    "ticketune_consumer_lag_partition_records", "Records not yet committed, per assigned partition.", ["partition"]
+)
 INGEST_ERRORS = Counter(
     "ticketune_ingest_errors_total", "Ingest loop iterations that failed and were retried, by kind.", ["kind"]
 )
 INGEST_UP = Gauge("ticketune_ingest_connected", "1 while the ingest loop reaches the broker, else 0.")
 STORE_EXAMPLES = Gauge("ticketune_store_examples", "Examples in the store.")
+STORE_NEWEST_EXAMPLE_AGE = Gauge(
+    "ticketune_store_newest_example_age_seconds", "Seconds since the newest example was stored (freshness)."
+)
+STORE_EXAMPLES_BY_CATEGORY = Gauge(
+    "ticketune_store_examples_by_category",
+    "Examples in the store per ticket category (the 20 largest; the rest as 'other').",
+    ["category"],
+)
 STORE_PENDING_EXAMPLES = Gauge(
     "ticketune_store_pending_examples", "Examples stored since the last cycle that promoted or rejected."
 )

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from daemon.privacy import scrubber_for_ticket
 from daemon.tickets import Role, Ticket
 
+# Recorded with every stored example; bump it when turning tickets into examples changes (mapping,
+# scrubbing), so that examples made by an older pipeline can be found and rebuilt.
+PIPELINE_VERSION = "1"
+
 SKIP_NOT_RESOLVED = "not_resolved"
 SKIP_NO_AGENT_ANSWER = "no_public_agent_answer"
 SKIP_NO_CUSTOMER_MESSAGE = "no_customer_message"

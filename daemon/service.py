@@ -240,6 +240,13 @@ class Service:
             counts = self.store.counts()
             metrics.STORE_EXAMPLES.set(counts["examples"])
             metrics.STORE_PENDING_EXAMPLES.set(counts["pending"])
+            fresh = self.store.freshness()
+            if fresh["newest_stored_at"]:
+                newest = datetime.fromisoformat(fresh["newest_stored_at"])
+                metrics.STORE_NEWEST_EXAMPLE_AGE.set((datetime.now(timezone.utc) - newest).total_seconds())
+            metrics.STORE_EXAMPLES_BY_CATEGORY.clear()
+            for category, n in fresh["by_category"].items():
+                metrics.STORE_EXAMPLES_BY_CATEGORY.labels(category=category).set(n)
             if include_registry:
                 champion = self.registry.champion_version()
                 metrics.CHAMPION_VERSION.set(float(champion) if champion and champion.isdigit() else 0)

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from daemon.pairs import Example
+from daemon.pairs import PIPELINE_VERSION, Example
 
-SCHEMA = """
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS examples (
     ticket_id    TEXT PRIMARY KEY,
     revision     TEXT NOT NULL,
@@ -81,6 +81,15 @@ CREATE TABLE IF NOT EXISTS deletions (
     deleted_at TEXT NOT NULL
 );
 """
+
+# Each entry migrates the schema one version up (PRAGMA user_version); never edit a shipped entry.
+MIGRATIONS: list[list[str]] = [
+    [statement for statement in SCHEMA_V1.split(";") if statement.strip()],
+    [
+        "ALTER TABLE examples ADD COLUMN pipeline_version TEXT NOT NULL DEFAULT '1'",
+        "CREATE INDEX IF NOT EXISTS examples_stored_at ON examples(stored_at)",
+    ],
+]
 
 OUTCOME_STORED = "stored"
 OUTCOME_REVISED = "revised"
@@ -182,7 +191,7 @@ class ExampleStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
-        self._db.executescript(SCHEMA)  # executescript manages its own transaction
+        self.schema_version = self._migrate()
 
     # connections ---------------------------------------------------------------------------
     @property
@@ -209,6 +218,21 @@ class ExampleStore:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def _migrate(self) -> int:
+        """Brings the schema to the newest version at open; safe when several processes open at once."""
+        with self._write() as db:
+            current = db.execute("PRAGMA user_version").fetchone()[0]
+            if current > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"{self.path} has schema version {current}, newer than this ticketune knows "
+                    f"({len(MIGRATIONS)}): upgrade ticketune or use a copy of the store"
+                )
+            for version in range(current + 1, len(MIGRATIONS) + 1):
+                for statement in MIGRATIONS[version - 1]:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {version}")
+        return len(MIGRATIONS)
 
     def close(self) -> None:
         with self._connections_lock:
@@ -252,11 +276,11 @@ class ExampleStore:
             outcome = OUTCOME_REVISED
         db.execute(
             "INSERT INTO examples (ticket_id, revision, example_json, category, group_key, split, batch_id,"
-            " stored_at) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)"
+            " stored_at, pipeline_version) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)"
             " ON CONFLICT(ticket_id) DO UPDATE SET revision = excluded.revision,"
             " example_json = excluded.example_json, category = excluded.category,"
             " group_key = excluded.group_key, split = excluded.split, batch_id = NULL,"
-            " stored_at = excluded.stored_at",
+            " stored_at = excluded.stored_at, pipeline_version = excluded.pipeline_version",
             (
                 example.ticket_id,
                 example.revision,
@@ -265,6 +289,7 @@ class ExampleStore:
                 example.group_key,
                 self.split_for(example.group_key),
                 _now(),
+                PIPELINE_VERSION,
             ),
         )
         return outcome
@@ -297,6 +322,18 @@ class ExampleStore:
             "SELECT count(*) FROM examples e JOIN batches b ON e.batch_id = b.id WHERE b.state = 'quarantined'"
         ).fetchone()[0]
         return {"examples": total, "pending": pending, "quarantined": quarantined}
+
+    def freshness(self, top_categories: int = 20) -> dict:
+        """Newest stored_at and examples per category (the largest ones; the rest as 'other')."""
+        db = self._db
+        newest = db.execute("SELECT max(stored_at) FROM examples").fetchone()[0]
+        rows = db.execute(
+            "SELECT coalesce(category, 'none') AS c, count(*) AS n FROM examples GROUP BY c ORDER BY n DESC"
+        ).fetchall()
+        by_category = {r["c"]: r["n"] for r in rows[:top_categories]}
+        if len(rows) > top_categories:
+            by_category["other"] = sum(r["n"] for r in rows[top_categories:])
+        return {"newest_stored_at": newest, "by_category": by_category}
 
     def pending_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM examples WHERE batch_id IS NULL").fetchone()[0]

@@ -59,8 +59,8 @@ class MemorySource:
         self.events.append("commit")
         self.committed = self.polled
 
-    def lag(self) -> int | None:
-        return sum(len(batch) for batch in self.batches)
+    def lag(self) -> dict[int, int] | None:
+        return {0: sum(len(batch) for batch in self.batches)}
 
     def close(self) -> None:
         self.events.append("close")
@@ -217,7 +217,7 @@ def test_stops_after_max_records_without_consuming_more(example_store):
 
     report = ingest(source, example_store, max_records=3, idle_timeout_s=None)
 
-    assert (report.consumed, source.committed, source.lag()) == (3, 3, 2)
+    assert (report.consumed, source.committed, source.lag()) == (3, 3, {0: 2})
 
 
 def test_stops_when_idle_for_the_timeout():

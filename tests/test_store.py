@@ -145,3 +145,47 @@ def test_the_cycle_lock_is_held_across_processes(tmp_path):
     proc.join()
     with store_lock(path, "cycle", wait_seconds=0.3):
         pass
+
+
+def test_a_store_made_by_an_older_schema_is_migrated_at_open(tmp_path):
+    import sqlite3
+
+    from daemon.store import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    for statement in MIGRATIONS[0]:
+        db.execute(statement)
+    db.execute("INSERT INTO examples (ticket_id, revision, example_json, category, group_key, split, stored_at)"
+               " VALUES ('7', 'r', '{}', 'billing', 'g', 'train', '2026-01-01T00:00:00+00:00')")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = ExampleStore(path)
+    assert store.schema_version == len(MIGRATIONS)
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert store._db.execute("SELECT pipeline_version FROM examples WHERE ticket_id = '7'").fetchone()[0] == "1"
+    assert store.apply([example("8")]) == ["stored"]
+    store.close()
+    ExampleStore(path).close()  # reopening a current store migrates nothing and works
+
+
+def test_a_store_from_a_newer_ticketune_is_refused(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "new.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 999")
+    db.commit()
+    db.close()
+    with pytest.raises(RuntimeError, match="newer than this ticketune"):
+        ExampleStore(path)
+
+
+def test_freshness_reports_the_newest_example_and_bounded_categories(store):
+    store.apply([Example(ticket_id=str(i), revision="r", messages=[], category=f"cat{i % 25}",
+                         group_key=str(i)) for i in range(50)])
+    fresh = store.freshness(top_categories=20)
+    assert fresh["newest_stored_at"] is not None
+    assert len(fresh["by_category"]) == 21 and sum(fresh["by_category"].values()) == 50
+    assert fresh["by_category"]["other"] == 10

@@ -53,7 +53,8 @@ def ingest(config: KafkaConfig, store, **options) -> tuple[IngestReport, int | N
             poll_timeout_s=0.2,
             **options,
         )
-        return report, source.lag()
+        lag = source.lag()
+        return report, None if lag is None else sum(lag.values())
     finally:
         source.close()
 
