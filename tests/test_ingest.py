@@ -226,7 +226,7 @@ def test_stops_when_idle_for_the_timeout():
     report = ingest(MemorySource([]), store=None, idle_timeout_s=0.3)
 
     assert report.consumed == 0
-    assert 0.3 <= time.monotonic() - started < 2.0
+    assert 0.3 <= time.monotonic() - started < 10.0
 
 
 def test_stops_when_the_stop_event_is_set(example_store):
@@ -253,6 +253,7 @@ def test_transient_source_errors_are_retried_and_show_in_the_metrics(example_sto
     assert REGISTRY.get_sample_value("ticketune_ingest_errors_total", {"kind": "poll"}) == errors_before + 2
     assert seen_up == [1.0]
     assert REGISTRY.get_sample_value("ticketune_consumer_lag_records") == 0
+    assert REGISTRY.get_sample_value("ticketune_consumer_lag_partition_records", {"partition": "0"}) == 0
 
 
 def test_a_failed_store_write_is_retried_before_anything_is_committed(example_store):
