@@ -1,11 +1,13 @@
 """Personal-data scrubbing for ticket texts: ticket-aware (the requester's and agents' own names,
-emails and phones, taken from the ticket) plus pattern detectors (emails, payment cards, phone
-numbers, street addresses). Every hit becomes a placeholder from `PLACEHOLDERS`, which the adapter
-records so a serving layer can fill or strip them. Nothing here logs, and no exception carries text.
+emails and phones, taken from the ticket) plus pattern detectors (pasted secrets, IBANs, US SSNs, IP
+addresses, emails, payment cards, phone numbers, street addresses). Every hit becomes a placeholder
+from `PLACEHOLDERS`, which the adapter records so a serving layer can fill or strip them. Nothing
+here logs, and no exception carries text.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 
@@ -27,6 +29,10 @@ PLACEHOLDERS: dict[str, str] = {
     "<PHONE>": "a phone number (not the customer's own)",
     "<CARD_NUMBER>": "a payment card number",
     "<STREET_ADDRESS>": "a street address (house number, street, unit)",
+    "<IBAN>": "an international bank account number (ISO 13616, checksum-valid)",
+    "<SSN>": "a US social security number",
+    "<IP_ADDRESS>": "an IPv4 or IPv6 address",
+    "<SECRET>": "a credential: API key, token, private key or password value (any label before it is kept)",
 }
 
 DEFAULT_PHONE_REGION = "US"
@@ -73,6 +79,7 @@ _IDENTIFIER_CONTEXT = re.compile(
     re.IGNORECASE,
 )
 _PLAIN_DIGITS = re.compile(r"[\d-]+")
+_ACCOUNT_PREFIX = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[0-9A-Z]{4})*[ ]?$")
 _STREET_SUFFIX = (
     r"Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter"
     r"|Parkway|Pkwy|Circle|Cir|Highway|Hwy|Square|Sq|Trail|Trl"
@@ -82,6 +89,57 @@ _STREET_ADDRESS = re.compile(
     r"(?:,?[ \t]+(?:Apt|Apartment|Suite|Ste|Unit|Fl|Floor|#)\.?[ \t]*#?\w+)?"
 )
 _APOSTROPHES = "'\u2019"
+
+# Pasted credentials: keys with a vendor prefix, JWTs and PEM private keys are replaced whole; for a
+# labelled value ("password: x", "pwd=x", "Authorization: Bearer x", "api_key=x") only the value goes,
+# so the answer still reads "password: <SECRET>". Only after "=" may a password be a plain word; after
+# ":" or "is" it needs a digit, symbol or quotes, so "my password is expired" and "password: click" stay.
+_SECRET = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)"
+    r"|(?<![\w-])(?:(?:sk|pk|rk)_(?:live|test)_[0-9A-Za-z]{10,}|gh[pousr]_[0-9A-Za-z]{20,}"
+    r"|github_pat_\w{20,}|glpat-[\w-]{20}|xox[abposr]-[0-9A-Za-z-]{10,}|(?:AKIA|ASIA)[0-9A-Z]{16}"
+    r"|AIza[\w-]{35}|eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]*)(?![\w-])"
+    r"|(?P<label>(?i:\bbearer[ \t]+|\b(?:api[_ -]?key|access[_ -]?token|auth[_ -]?token|client[_ -]?secret"
+    r"|secret[_ -]?key|token)[\"']?[ \t]*[:=][ \t]*[\"']?))(?P<token>[\w.~+/=-]{16,})"
+    r"|(?P<pwlabel>(?i:\b(?:password|passwd|passcode|pwd|pw)\b[\"']?)[ \t]*(?:[:=]|(?i:is|was)\b)[ \t]*)"
+    r"(?P<password>\"[^\"\n]{1,64}\"|'[^'\n]{1,64}'|\S+)",
+)
+# Every credential above contains one of these (lower-cased): texts without any skip the secret pass.
+_SECRET_HINTS = (
+    "pass", "pwd", "pw", "bearer", "token", "secret", "api", "begin", "k_live_", "k_test_", "ghp_", "gho_", "ghu_",
+    "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "akia", "asia", "aiza", "eyj",
+)
+_PROSE_PASSWORD_WORDS = re.compile(r"[A-Za-z]+[.,;:!?]?")
+
+# IBAN lengths by country, from the ISO 13616 registry; the country fixes where an IBAN written in
+# groups ends, and the mod-97 check decides whether it is one.
+IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
+    "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
+    "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28,
+    "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
+    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
+    "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29,
+    "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
+    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}
+_IBAN_CANDIDATE = re.compile(r"(?<![\w-])[A-Z]{2}\d{2}(?:[ \t]?[0-9A-Za-z]){11,30}")
+# AAA-GG-SSSS (dashes or spaces, the same between both groups), never area 000, 666 or 9xx, group 00
+# or serial 0000; nine bare digits only right after an SSN label.
+_SSN = re.compile(r"(?<![\w-])(?!000|666|9)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\w-])")
+_LABELLED_SSN = re.compile(
+    r"(?P<label>(?i:\b(?:ssn\b|ss#|social[ \t]+security\b(?:[ \t]+(?:number\b|no\.|#))?))[^\w\n]{0,3}"
+    r"(?:(?i:is|number)[ \t]+)?)(?P<bare>(?!000|666|9)\d{3}(?!00)\d{2}(?!0000)\d{4})(?!\d)"
+)
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w-]|\.\d)")
+# A dotted quad after one of these words is a version ("kernel 5.15.0.91", "upgraded to 1.2.3.4").
+_VERSION_CONTEXT = re.compile(
+    r"(?i:\b(?:version|ver|v|firmware|build|release|kernel|driver|bios|patch|update[ds]?|upgraded?)\b)"
+    r"[\s:#.]*(?:to\s+)?$"
+)
+_IPV6 = re.compile(
+    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{0,4})(?:%\w+)?(?![\w:])"
+)
 
 
 class Scrubber:
@@ -107,9 +165,21 @@ class Scrubber:
     def scrub(self, text: str) -> str:
         # Order matters: emails first (a name inside "ana.ruiz@..." must not split the address),
         # cards before phones (a card is the longer digit run), names last (around the placeholders).
+        # Secrets go first (keys hold digit runs and "@"), then IBANs, SSNs and IP addresses, whose
+        # digit groups a card or phone pass would otherwise take.
+        lowered = text.lower()
+        if any(hint in lowered for hint in _SECRET_HINTS):
+            text = _SECRET.sub(self._secret_placeholder, text)
+        if "::" in text or text.count(":") >= 7:
+            text = _IPV6.sub(self._ipv6_placeholder, text)
         if "@" in text:
             text = _EMAIL.sub(self._email_placeholder, text)
         if _PHONE_CANDIDATE.search(text) is not None:
+            text = self._scrub_ibans(text)
+            text = _SSN.sub(self._ssn_placeholder, text)
+            if "ss" in lowered or "social" in lowered:
+                text = _LABELLED_SSN.sub(self._labelled_ssn_placeholder, text)
+            text = _IPV4.sub(self._ipv4_placeholder, text)
             text = _CARD.sub(self._card_placeholder, text)
             if self._known_phone_pattern is not None:
                 text = self._known_phone_pattern.sub(self._known_phone_placeholder, text)
@@ -139,6 +209,58 @@ class Scrubber:
     def _street_placeholder(self, match: re.Match[str]) -> str:
         return self._emit("<STREET_ADDRESS>")
 
+    def _secret_placeholder(self, match: re.Match[str]) -> str:
+        if match.group("token") is not None:
+            return match.group("label") + self._emit("<SECRET>")
+        password = match.group("password")
+        if password is None:
+            return self._emit("<SECRET>")
+        label = match.group("pwlabel")
+        if password[0] not in "\"'" and _PROSE_PASSWORD_WORDS.fullmatch(password) and not label.rstrip().endswith("="):
+            return match.group()  # "my password is expired", "password: click the link": prose, not a value
+        if len(password) > 1 and password[-1] in ".,;:)":  # "my password is Hunter2." keeps the full stop
+            return label + self._emit("<SECRET>") + password[-1]
+        return label + self._emit("<SECRET>")
+
+    def _scrub_ibans(self, text: str) -> str:
+        pieces = []
+        end = 0
+        for match in _IBAN_CANDIDATE.finditer(text):
+            if match.start() < end:
+                continue
+            iban_end = _iban_end(text, match.start(), match.end())
+            if iban_end is None:
+                continue
+            pieces.append(text[end : match.start()])
+            pieces.append(self._emit("<IBAN>"))
+            end = iban_end
+        if not pieces:
+            return text
+        pieces.append(text[end:])
+        return "".join(pieces)
+
+    def _ssn_placeholder(self, match: re.Match[str]) -> str:
+        return self._emit("<SSN>")
+
+    def _labelled_ssn_placeholder(self, match: re.Match[str]) -> str:
+        return match.group("label") + self._emit("<SSN>")
+
+    def _ipv4_placeholder(self, match: re.Match[str]) -> str:
+        if _VERSION_CONTEXT.search(match.string, max(0, match.start() - 24), match.start()) is not None:
+            return match.group()
+        try:
+            ipaddress.IPv4Address(match.group())
+        except ValueError:
+            return match.group()
+        return self._emit("<IP_ADDRESS>")
+
+    def _ipv6_placeholder(self, match: re.Match[str]) -> str:
+        try:
+            ipaddress.IPv6Address(match.group())
+        except ValueError:
+            return match.group()
+        return self._emit("<IP_ADDRESS>")
+
     def _scrub_phones(self, text: str) -> str:
         if not any(self._could_be_phone(c.group()) for c in _PHONE_CANDIDATE.finditer(text)):
             return text
@@ -160,8 +282,12 @@ class Scrubber:
 
     @staticmethod
     def _is_identifier(text: str, start: int, raw: str) -> bool:
+        if start >= 1 and text[start - 1].isalnum():  # "ZIP+4 94107-1234"
+            return True
         if start >= 2 and text[start - 1] in "-/_#" and text[start - 2].isalnum():
             return True
+        if _ACCOUNT_PREFIX.search(text, max(0, start - 40), start) is not None:
+            return True  # the digit groups of an account number (an IBAN that failed its checksum)
         plain = _PLAIN_DIGITS.fullmatch(raw) is not None
         return plain and _IDENTIFIER_CONTEXT.search(text, max(0, start - 40), start) is not None
 
@@ -214,6 +340,32 @@ def luhn_valid(digits: str) -> bool:
                 value -= 9
         total += value
     return total % 10 == 0
+
+
+def iban_valid(iban: str) -> bool:
+    """The ISO 13616 check: country length, then the mod-97 remainder of the rearranged number is 1."""
+    compact = "".join(iban.split()).upper()
+    if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact.isalnum() or not compact[2:4].isdigit():
+        return False
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(char, 36)) for char in rearranged)) % 97 == 1
+
+
+def _iban_end(text: str, start: int, limit: int) -> int | None:
+    """Where the IBAN starting at `start` ends (its country's length of characters, spaces skipped), or
+    None when no checksum-valid IBAN of that length starts there or it runs on into more characters."""
+    length = IBAN_LENGTHS.get(text[start : start + 2])
+    if length is None:
+        return None
+    chars = []
+    position = start
+    while position < limit and len(chars) < length:
+        if not text[position].isspace():
+            chars.append(text[position])
+        position += 1
+    if len(chars) < length or text[position : position + 1].isalnum() or not iban_valid("".join(chars)):
+        return None
+    return position
 
 
 def _add_name_parts(name: str, side: str, names: dict[str, str]) -> None:

@@ -117,7 +117,7 @@ def test_international_plus_numbers_become_phone(phone):
     "order 1182 arrived", "order #48213", "on 2026-11-02 at 10:15", "11/02/2026", "$1,299.00",
     "EUR 12.345.678,90", "order 4155550199", "order #: 2125550199", "invoice INV-2026-000123",
     "ticket #2125550199", "SKU 123-456-7890", "version 2.14.4", "ZIP 94107", "2026-11-02T10:15:00Z",
-    "between 2024-2026", "ip 192.168.100.200", "1-2 business days", "order 4000123412341235",
+    "between 2024-2026", "1-2 business days", "order 4000123412341235",
 ])
 def test_order_numbers_dates_and_amounts_are_not_phones(text):
     assert anonymous(text) == text
@@ -152,6 +152,137 @@ def test_street_addresses_become_street_address(address):
 @pytest.mark.parametrize("text", ["order 1182 shipped", "3 Business Days", "2 items in the box"])
 def test_numbers_before_words_are_not_addresses(text):
     assert anonymous(text) == text
+
+
+# --- IBANs ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("iban", [
+    "DE89 3704 0044 0532 0130 00", "DE89370400440532013000", "GB82 WEST 1234 5698 7654 32",
+    "FR14 2004 1010 0505 0001 3M02 606", "NL91ABNA0417164300", "ES91 2100 0418 4502 0005 1332", "BE68 5390 0754 7034",
+    "CH93 0076 2011 6238 5295 7",
+])
+def test_checksum_valid_ibans_become_iban(iban):
+    assert anonymous(f"refund to {iban}, thanks") == "refund to <IBAN>, thanks"
+
+
+@pytest.mark.parametrize("text", [
+    "refund to DE89 3704 0044 0532 0130 01, thanks",  # one digit off: the mod-97 check fails
+    "refund to GB82 WEST 1234 5698 7654 3, thanks",  # one character short for GB
+    "part DE12 and XX89 3704 0044 0532 0130 00",  # unknown country
+])
+def test_invalid_ibans_stay(text):
+    assert anonymous(text) == text
+
+
+def test_iban_validation():
+    assert privacy.iban_valid("GB82 WEST 1234 5698 7654 32")
+    assert privacy.iban_valid("gb82west12345698765432")
+    assert not privacy.iban_valid("GB82 WEST 1234 5698 7654 33")
+    assert not privacy.iban_valid("GB00 WEST 1234 5698 7654 32")
+
+
+def test_an_iban_ends_where_its_country_says_so_text_after_it_stays():
+    assert anonymous("IBAN DE89 3704 0044 0532 0130 00 BIC COBADEFFXXX") == "IBAN <IBAN> BIC COBADEFFXXX"
+
+
+# --- US social security numbers -------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("my SSN is 123-45-6789.", "my SSN is <SSN>."),
+    ("ssn 219 09 9999", "ssn <SSN>"),
+    ("for the W-9: 078-05-1120", "for the W-9: <SSN>"),
+    ("SSN: 123456789", "SSN: <SSN>"),
+    ("my social security number is 234567890", "my social security number is <SSN>"),
+    ("SS# 567890123 please", "SS# <SSN> please"),
+])
+def test_ssns_become_ssn_and_bare_nine_digits_only_after_a_label(text, expected):
+    assert anonymous(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "batch 000-12-3456", "part 666-12-3456", "ref 900-12-3456", "lot 123-00-4567", "serial 123-45-0000",
+    "order 123456789", "mixed 123-45 6789", "SSN 000123456",
+])
+def test_invalid_ssn_ranges_and_unlabelled_nine_digit_runs_stay(text):
+    assert anonymous(text) == text
+
+
+# --- IP addresses ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("ip 192.168.100.200", "ip <IP_ADDRESS>"),  # an IP address, not a phone number
+    ("from 10.0.0.1:8080 and 8.8.8.8.", "from <IP_ADDRESS>:8080 and <IP_ADDRESS>."),
+    ("allow 10.20.30.0/24", "allow <IP_ADDRESS>/24"),
+    ("v6 2001:db8::8a2e:370:7334 or fe80::1ff:fe23:4567:890a%eth0", "v6 <IP_ADDRESS> or <IP_ADDRESS>"),
+    ("full 2001:0db8:85a3:0000:0000:8a2e:0370:7334", "full <IP_ADDRESS>"),
+    ("mapped ::ffff:192.0.2.128 and ::1", "mapped <IP_ADDRESS> and <IP_ADDRESS>"),
+])
+def test_ipv4_and_ipv6_addresses_become_ip_address(text, expected):
+    assert anonymous(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "version 1.2.3", "v1.2.3.4", "version 1.2.3.4", "kernel 5.15.0.91", "upgraded to 10.0.19045.3693",
+    "256.1.1.1", "01.02.03.04", "on 02.11.2026", "at 10:15:00", "mac 00:1A:2B:3C:4D:5E", "see 1.2.3.4.5",
+])
+def test_versions_dates_times_and_out_of_range_quads_are_not_ip_addresses(text):
+    assert anonymous(text) == text
+
+
+# --- secrets --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("secret", [
+    "sk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_test_4eC39HqLyjWDarjtT1zdp7dc", "pk_live_51H8abcdEFGHijklMNOP",
+    "ghp_abcdefghijklmnopqrstuvwxyz0123456789", "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+    "xoxb-123456789012-123456789012-abcdefghijklmnopqrstuvwx", "xoxp-1234-5678-abcdefghijkl", "AKIAIOSFODNN7EXAMPLE",
+    "AIzaSyA1234567890abcdefghijklmnopqrstuv",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+])
+def test_keys_with_a_known_prefix_and_jwts_become_secret(secret):
+    assert anonymous(f"my key {secret} stopped working") == "my key <SECRET> stopped working"
+
+
+def test_private_key_blocks_become_one_secret_even_when_cut_off():
+    block = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA1234\nabcd+/==\n-----END RSA PRIVATE KEY-----"
+    assert anonymous(f"key:\n{block}\nthanks") == "key:\n<SECRET>\nthanks"
+    assert anonymous("key: -----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk") == "key: <SECRET>"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("password: Hunter2!x", "password: <SECRET>"),
+    ("pwd=letmein", "pwd=<SECRET>"),
+    ("my password is Summer2024!.", "my password is <SECRET>."),
+    ("temp password is 'sunshine'", "temp password is <SECRET>"),
+    ('"password": "P@ssw0rd123"', '"password": <SECRET>'),
+    ("Authorization: Bearer abcdef1234567890abcdef", "Authorization: Bearer <SECRET>"),
+    ("api_key=9f8e7d6c5b4a39281706f5e4d3c2b1a0", "api_key=<SECRET>"),
+    ("client_secret: Zk3n2m1l0k9j8h7g6f5d", "client_secret: <SECRET>"),
+])
+def test_labelled_passwords_and_tokens_lose_their_value_and_keep_their_label(text, expected):
+    assert anonymous(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "my password is expired", "password: reset link not working", "I forgot my password, can you reset it?",
+    "The token expired, please resend the link", "Bearer of bad news: the order is late",
+    "API key rotation happens every 90 days", "pk_ is the table's primary-key prefix", "AKIA is how AWS keys start",
+])
+def test_talk_about_passwords_and_keys_is_not_a_secret(text):
+    assert anonymous(text) == text
+
+
+def test_text_without_a_credential_hint_skips_the_secret_pattern(monkeypatch):
+    class Fail:
+        def sub(self, *args):
+            raise AssertionError("secret pattern run without a hint")
+
+    monkeypatch.setattr(privacy, "_SECRET", Fail())
+    assert anonymous("order 1182 ships on 2026-11-02") == "order 1182 ships on 2026-11-02"
+
+
+def test_digit_groups_of_a_secret_iban_or_ssn_never_become_phones_or_cards():
+    text = "IBAN NL48 ABNA 7704 7891 30 is wrong; ZIP+4 94107-1234; SSN 212-55-0199"
+    assert anonymous(text) == "IBAN NL48 ABNA 7704 7891 30 is wrong; ZIP+4 94107-1234; SSN <SSN>"
 
 
 # --- ticket-aware names ---------------------------------------------------------------------------
@@ -264,7 +395,10 @@ def test_every_placeholder_is_documented_and_well_formed():
 
 
 def test_scrubbing_is_deterministic_and_idempotent():
-    text = "Ana Ruiz, ana.ruiz@example.com, +1 415 555 0142, card 4111 1111 1111 1111, 742 Evergreen Terrace"
+    text = (
+        "Ana Ruiz, ana.ruiz@example.com, +1 415 555 0142, card 4111 1111 1111 1111, 742 Evergreen Terrace, "
+        "IBAN DE89 3704 0044 0532 0130 00, SSN 123-45-6789, ip 10.0.0.1, password: Hunter2!x, key AKIAIOSFODNN7EXAMPLE"
+    )
     first = scrub(text)
     assert first == scrub(text)
     assert scrub(first) == first

@@ -1,0 +1,566 @@
+"""Writes corpus.jsonl: hand-written support-ticket snippets with labelled personal data.
+
+The sentences are written by hand below; card numbers, IBANs and secrets are computed here (seeded) so
+their check digits are real. Run from anywhere: `python tests/data/pii/build_corpus.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from pathlib import Path
+
+RNG = random.Random(13616)
+OUT = Path(__file__).with_name("corpus.jsonl")
+
+
+def luhn_complete(prefix: str, length: int) -> str:
+    body = prefix + "".join(RNG.choice(string.digits) for _ in range(length - len(prefix) - 1))
+    for check in string.digits:
+        digits = body + check
+        total = 0
+        for index, char in enumerate(reversed(digits)):
+            value = int(char) * (2 if index % 2 else 1)
+            total += value - 9 if value > 9 else value
+        if total % 10 == 0:
+            return digits
+    raise AssertionError(prefix)
+
+
+def group(digits: str, sizes: list[int], sep: str) -> str:
+    parts, at = [], 0
+    for size in sizes:
+        parts.append(digits[at : at + size])
+        at += size
+    return sep.join(parts)
+
+
+def iban(country: str, bban: str) -> str:
+    numeric = "".join(str(int(c, 36)) for c in bban + country + "00")
+    return f"{country}{98 - int(numeric) % 97:02d}{bban}"
+
+
+def in_fours(value: str) -> str:
+    return " ".join(value[i : i + 4] for i in range(0, len(value), 4))
+
+
+def rand(alphabet: str, n: int) -> str:
+    return "".join(RNG.choice(alphabet) for _ in range(n))
+
+
+ALNUM = string.ascii_letters + string.digits
+UPPER_ALNUM = string.ascii_uppercase + string.digits
+RECORDS: list[dict] = []
+
+
+def add(text: str, spans: list[tuple[str, str]] = (), requester: dict | None = None, agent: dict | None = None):
+    for _, value in spans:
+        assert value in text, (value, text)
+    record = {"text": text, "spans": [{"type": kind, "value": value} for kind, value in spans]}
+    if requester:
+        record["requester"] = requester
+    if agent:
+        record["agent"] = agent
+    RECORDS.append(record)
+
+
+# --- EMAIL ---------------------------------------------------------------------------------------
+EMAILS = [
+    "john.doe@example.com",
+    "maria+shop@example.org",
+    "k_lee@mail.example.co.uk",
+    "Zoe.Papadopoulos@example.gr",
+    "billing-team@corp.example.io",
+    "JANE.SMITH@EXAMPLE.NET",
+    "li.wu+returns@students.example.edu",
+    "oneil@example.ie",
+    "r.kowalski@poczta.example.pl",
+    "support.2024@example.de",
+    "anna-lena.mueller@sub.mail.example.at",
+    "tom_h@example.com.au",
+    "priya.n+work@example.in",
+    "x9@example.co",
+    "finance.ops@eu.example-group.com",
+    "noreply+ticket-4821@helpdesk.example.com",
+    "carlos.garcía@example.es",
+    "m.ito@example.jp",
+    "accounts@my-store.example.shop",
+    "dev+ci@build.example.dev",
+]
+EMAIL_TEMPLATES = [
+    "Hi, my email is {v}, please update the account.",
+    "Could you send the invoice to {v} instead?",
+    "I changed my login to {v} last week and now I can't sign in.",
+    "cc: {v}",
+    "Please reply to {v} (my work address).",
+    "The receipt went to {v} but I never got it.",
+    "Contact: {v}. Thanks!",
+    "From: Support <{v}>",
+    "my old email {v} is closed, use the new one",
+    "mailto:{v}",
+]
+for index, value in enumerate(EMAILS):
+    add(EMAIL_TEMPLATES[index % len(EMAIL_TEMPLATES)].format(v=value), [("EMAIL", value)])
+add(
+    "Two addresses on file: a.b@example.com and c.d@example.net, remove the second.",
+    [("EMAIL", "a.b@example.com"), ("EMAIL", "c.d@example.net")],
+)
+add(
+    "Forwarding from ops@example.com to escalations+p1@team.example.com now.",
+    [("EMAIL", "ops@example.com"), ("EMAIL", "escalations+p1@team.example.com")],
+)
+
+# --- PHONE ---------------------------------------------------------------------------------------
+PHONES = [
+    "(212) 555-0199",
+    "212-555-0143",
+    "212.555.0178",
+    "+1 415 555 0142",
+    "+1-646-555-0123",
+    "1 (800) 555-0100",
+    "+44 20 7946 0958",
+    "+33 1 70 36 12 34",
+    "+49 30 901820",
+    "+61 2 5550 1234",
+    "+34 612 345 678",
+    "+81 3-1234-5678",
+    "+353 1 555 0142",
+    "+91 98765 43210",
+    "+55 11 91234-5678",
+    "+44 7911 123456",
+    "+49 151 23456789",
+    "+33 6 12 34 56 78",
+    "+39 06 6982 1234",
+    "+31 20 555 1234",
+    "+46 8 123 456 78",
+    "+1 (312) 555-0187",
+    "(617) 555-0155",
+    "+52 55 1234 5678",
+    "+27 21 555 1234",
+    "+65 6123 4567",
+    "+48 22 555 12 34",
+    "+1.303.555.0111",
+    "(718) 555-0123",
+    "+41 44 668 18 00",
+]
+PHONE_TEMPLATES = [
+    "Call me at {v} after 5pm.",
+    "You can reach me on {v} during business hours.",
+    "My number is {v}, text is fine too.",
+    "Please call back at {v}.",
+    "Phone: {v}",
+    "Our office line {v} goes to voicemail.",
+    "tel {v} / whatsapp same",
+    "I tried calling from {v} twice today.",
+]
+for index, value in enumerate(PHONES):
+    add(PHONE_TEMPLATES[index % len(PHONE_TEMPLATES)].format(v=value), [("PHONE", value)])
+add(
+    "Reach me at (212) 555-0147 ext. 204 or my cell 212-555-0190.",
+    [("PHONE", "(212) 555-0147"), ("PHONE", "212-555-0190")],
+)
+add("Desk: +1 415 555 0100 x123", [("PHONE", "+1 415 555 0100")])
+add("call 4155550168 anytime", [("PHONE", "4155550168")])
+add("Front desk +44 20 7946 0000, ext 45, order 77123 is stuck", [("PHONE", "+44 20 7946 0000")])
+add("Call the customer back on +1 206 555 0133 about order #48213.", [("PHONE", "+1 206 555 0133")])
+
+# --- CARD ----------------------------------------------------------------------------------------
+CARD_SPECS = [
+    ("4", 16, [4, 4, 4, 4]),
+    ("51", 16, [4, 4, 4, 4]),
+    ("55", 16, [4, 4, 4, 4]),
+    ("2221", 16, [4, 4, 4, 4]),
+    ("34", 15, [4, 6, 5]),
+    ("37", 15, [4, 6, 5]),
+    ("6011", 16, [4, 4, 4, 4]),
+    ("3530", 16, [4, 4, 4, 4]),
+    ("36", 14, [4, 6, 4]),
+    ("4", 13, [4, 4, 5]),
+    ("6304", 19, [4, 4, 4, 4, 3]),
+]
+CARD_TEMPLATES = [
+    "My card {v} was charged twice for $59.00.",
+    "Card: {v} exp 12/27",
+    "Please refund to the card ending in the number {v}.",
+    "I paid with {v} on 2026-11-02 and the order is still pending.",
+    "new card is {v}, old one expired",
+    "Visa {v} declined at checkout (error 402).",
+    "charged on {v}, order 1182",
+]
+SEPARATORS = [" ", "-", ""]
+index = 0
+for round_ in range(3):
+    for prefix, length, sizes in CARD_SPECS:
+        digits = luhn_complete(prefix, length)
+        value = group(digits, sizes, SEPARATORS[(index + round_) % 3])
+        add(CARD_TEMPLATES[index % len(CARD_TEMPLATES)].format(v=value), [("CARD", value)])
+        index += 1
+
+# --- IBAN ----------------------------------------------------------------------------------------
+IBAN_BBANS = {
+    "DE": lambda: rand(string.digits, 18),
+    "GB": lambda: "NWBK" + rand(string.digits, 14),
+    "FR": lambda: rand(string.digits, 10) + rand(UPPER_ALNUM, 11) + rand(string.digits, 2),
+    "ES": lambda: rand(string.digits, 20),
+    "IT": lambda: "X" + rand(string.digits, 10) + rand(UPPER_ALNUM, 12),
+    "NL": lambda: "ABNA" + rand(string.digits, 10),
+    "BE": lambda: rand(string.digits, 12),
+    "CH": lambda: rand(string.digits, 5) + rand(UPPER_ALNUM, 12),
+    "AT": lambda: rand(string.digits, 16),
+    "PL": lambda: rand(string.digits, 24),
+    "IE": lambda: "AIBK" + rand(string.digits, 14),
+    "PT": lambda: rand(string.digits, 21),
+    "SE": lambda: rand(string.digits, 20),
+    "NO": lambda: rand(string.digits, 11),
+    "DK": lambda: rand(string.digits, 14),
+}
+IBAN_TEMPLATES = [
+    "Please send the refund to IBAN {v}, thanks.",
+    "My bank details: {v} (BIC on file).",
+    "IBAN: {v}",
+    "Refund went to {v} but that account is closed.",
+    "Can you wire it to {v}?",
+]
+INVALID_IBANS = []
+for index, (country, bban) in enumerate(list(IBAN_BBANS.items()) * 2):
+    value = iban(country, bban())
+    written = in_fours(value) if index % 2 else value
+    add(IBAN_TEMPLATES[index % len(IBAN_TEMPLATES)].format(v=written), [("IBAN", written)])
+    broken = value[:-1] + str((int(value[-1]) + 1) % 10) if value[-1].isdigit() else value[:2] + "00" + value[4:]
+    INVALID_IBANS.append(in_fours(broken) if index % 2 else broken)
+
+# --- SSN -----------------------------------------------------------------------------------------
+SSNS = [
+    "123-45-6789",
+    "219-09-9999",
+    "078-05-1120",
+    "532-61-8890",
+    "401-22-3344",
+    "665-12-0001",
+    "123 45 6789",
+    "772-80-1234",
+    "300-01-0001",
+    "889-99-9998",
+]
+SSN_TEMPLATES = [
+    "My SSN is {v} for the tax form.",
+    "SSN: {v}",
+    "social security number {v}, please verify",
+    "For the W-9 I entered {v}.",
+    "Employee SSN {v} on the payroll ticket.",
+]
+for index, value in enumerate(SSNS):
+    add(SSN_TEMPLATES[index % len(SSN_TEMPLATES)].format(v=value), [("SSN", value)])
+for text, value in [
+    ("SSN 123456789 on file", "123456789"),
+    ("my social security number is 234567890", "234567890"),
+    ("Social Security No. 345678901 was rejected", "345678901"),
+    ("ssn: 456789012", "456789012"),
+    ("SS# 567890123 please mask it", "567890123"),
+]:
+    add(text, [("SSN", value)])
+
+# --- IP ------------------------------------------------------------------------------------------
+IPS = [
+    "192.168.1.20",
+    "10.0.0.1",
+    "172.16.254.3",
+    "8.8.8.8",
+    "203.0.113.45",
+    "198.51.100.7",
+    "255.255.255.0",
+    "100.64.12.9",
+    "2001:db8::8a2e:370:7334",
+    "fe80::1ff:fe23:4567:890a",
+    "2001:0db8:85a3:0000:0000:8a2e:0370:7334",
+    "::1",
+    "2606:4700:4700::1111",
+    "::ffff:192.0.2.128",
+    "54.239.28.85",
+    "81.2.69.160",
+]
+IP_TEMPLATES = [
+    "Login attempts came from {v} last night.",
+    "My IP is {v}, can you whitelist it?",
+    "The API rejects requests from {v} with 403.",
+    "server {v}:8443 times out",
+    "Blocked IP: {v}",
+    "Our VPN exits at {v}.",
+]
+for index, value in enumerate(IPS):
+    template = IP_TEMPLATES[index % len(IP_TEMPLATES)]
+    if ":" in value and "{v}:" in template:
+        template = "server [{v}]:8443 times out"
+    add(template.format(v=value), [("IP", value)])
+add("Allow 10.20.30.0/24 and 10.20.31.5 on the firewall.", [("IP", "10.20.30.0"), ("IP", "10.20.31.5")])
+
+# --- SECRET --------------------------------------------------------------------------------------
+SECRETS = [
+    ("Here is my key: {v}", "sk_live_" + rand(ALNUM, 24)),
+    ("test key {v} works, live doesn't", "sk_test_" + rand(ALNUM, 24)),
+    ("publishable key {v}", "pk_live_" + rand(ALNUM, 24)),
+    ("I pasted my token {v} into the CI", "ghp_" + rand(ALNUM, 36)),
+    ("PAT: {v}", "github_pat_" + rand(ALNUM, 22) + "_" + rand(ALNUM, 59)),
+    (
+        "slack bot token {v} stopped working",
+        "xoxb-" + rand(string.digits, 12) + "-" + rand(string.digits, 12) + "-" + rand(ALNUM, 24),
+    ),
+    ("user token {v}", "xoxp-" + rand(string.digits, 11) + "-" + rand(string.digits, 11) + "-" + rand(ALNUM, 32)),
+    ("aws access key id {v} region us-east-1", "AKIA" + rand(UPPER_ALNUM, 16)),
+    ("Maps key {v} gives REQUEST_DENIED", "AIza" + rand(ALNUM + "_-", 35)),
+    (
+        "the JWT is {v} and it expires too early",
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiI" + rand(ALNUM, 30) + "." + rand(ALNUM + "_-", 43),
+    ),
+    ("restricted key {v}", "rk_live_" + rand(ALNUM, 24)),
+    ("old key {v} revoked?", "AKIA" + rand(UPPER_ALNUM, 16)),
+    ("gitlab token {v} leaked in a log", "glpat-" + rand(ALNUM, 20)),
+]
+for template, value in SECRETS:
+    add(template.format(v=value), [("SECRET", value)])
+pem_body = "\n".join(rand(ALNUM + "+/", 64) for _ in range(4))
+pem = f"-----BEGIN RSA PRIVATE KEY-----\n{pem_body}\n-----END RSA PRIVATE KEY-----"
+add(f"Deploy fails, here is the key we use:\n{pem}\nany idea?", [("SECRET", pem)])
+pem2 = f"-----BEGIN OPENSSH PRIVATE KEY-----\n{rand(ALNUM + '+/', 70)}\n-----END OPENSSH PRIVATE KEY-----"
+add(f"ssh key:\n{pem2}", [("SECRET", pem2)])
+LABELLED_SECRETS = [
+    ("password: {v}", "Hunter2!x"),
+    ("Password: {v}", "Tr0ub4dor&3"),
+    ("my password is {v} if you need to test", "Summer2024!"),
+    ("pwd={v}", "letmein"),
+    ("login with user=ana pwd={v}", "q8#Lm2vZ"),
+    ("The password was {v}.", "Winter#2025"),
+    ("temp password is '{v}'", "sunshine"),
+    ("passcode: {v}", "771204"),
+    ("PASSWORD = {v}", "S3cr3t-Pass"),
+    ("Authorization: Bearer {v}", rand(ALNUM, 40)),
+    ("curl -H 'Authorization: Bearer {v}' https://api.example.com", rand(ALNUM + "._-", 48)),
+    ("api_key={v}", rand(ALNUM, 32)),
+    ("API key: {v}", rand(string.hexdigits.lower(), 32)),
+    ("client_secret: {v}", rand(ALNUM, 40)),
+    ("token={v}&user=5", rand(ALNUM, 24)),
+    ("access token: {v}", rand(ALNUM, 36)),
+    ("my wifi password is {v} lol", "cafe2024"),
+    ('"password": "{v}"', "P@ssw0rd123"),
+    ("new pw: {v}", "Abc12345!"),
+    ("Passwort / password: {v}", "Zug$pitze9"),
+]
+for template, value in LABELLED_SECRETS:
+    add(template.format(v=value), [("SECRET", value)])
+
+# --- ADDRESS -------------------------------------------------------------------------------------
+ADDRESSES = [
+    "742 Evergreen Terrace",
+    "12 Main St, Apt 4B",
+    "1600 Oak Street",
+    "55 Harbor Drive",
+    "221B Baker Street",
+    "4 Privet Drive",
+    "350 Fifth Avenue, Suite 3300",
+    "1 Infinite Loop Way",
+    "88 Colin P Kelly Jr Street",
+    "90 Bedford St",
+    "31 Spooner Lane",
+    "500 Market Blvd, Unit 12",
+    "17 Cherry Tree Lane",
+    "2600 Ocean Pkwy",
+    "8 Elm Ct",
+]
+ADDRESS_TEMPLATES = [
+    "Please ship to {v}, Springfield.",
+    "My new address is {v}.",
+    "deliver to {v} instead",
+    "The package went to {v} but I moved.",
+]
+for index, value in enumerate(ADDRESSES):
+    add(ADDRESS_TEMPLATES[index % len(ADDRESS_TEMPLATES)].format(v=value), [("ADDRESS", value)])
+# Written the European way round (street before number): the street-address pattern does not know these.
+add("Lieferadresse: Hauptstraße 12, 10115 Berlin", [("ADDRESS", "Hauptstraße 12")])
+add("Envíenlo a Calle Mayor 5, 3º B, Madrid", [("ADDRESS", "Calle Mayor 5")])
+add("ship it to 10 rue de Rivoli, Paris", [("ADDRESS", "10 rue de Rivoli")])
+add("IP:10.0.0.5 keeps getting blocked", [("IP", "10.0.0.5")])
+add("Send the SMS to 415 555 0123 please", [("PHONE", "415 555 0123")])
+
+# --- PERSON (names given by the ticket) ----------------------------------------------------------
+PEOPLE = [
+    (
+        {"name": "Ana Ruiz", "email": "ana.ruiz@example.com"},
+        "Hi, this is Ana Ruiz. Ana here again about order 1182.",
+        ["Ana Ruiz", "Ana"],
+    ),
+    (
+        {"name": "Will Brown", "email": "will@example.com"},
+        "Thanks, Will. I will wait for Brown's refund.",
+        ["Will", "Brown"],
+    ),
+    ({"name": "José Álvarez"}, "Hola, soy José. Jose Alvarez, cliente desde 2019.", ["José", "Jose Alvarez"]),
+    ({"name": "Juan de la Cruz"}, "Regards, Juan de la Cruz", ["Juan de la Cruz"]),
+    ({"name": "Anne-Marie O'Brien"}, "Anne-Marie O’Brien here, ticket #48213", ["Anne-Marie O’Brien"]),
+    ({"name": "Priya Natarajan"}, "PRIYA NATARAJAN - account owner", ["PRIYA NATARAJAN"]),
+    ({"name": "Chen, Wei"}, "Wei Chen writing about the late delivery.", ["Wei Chen"]),
+    ({"name": "Dr. Fatima Zahra"}, "Dr. Zahra asked me to follow up.", ["Zahra"]),
+    ({"name": "Liam O'Connor"}, "Liam's laptop arrived broken.", ["Liam"]),
+    ({"name": "Sofia Rossi"}, "Sofia Rossi\n12 Main St, Apt 4B", ["Sofia Rossi", "12 Main St, Apt 4B"]),
+]
+for requester, text, names in PEOPLE:
+    spans = [("ADDRESS" if any(c.isdigit() for c in name) else "PERSON", name) for name in names]
+    add(text, spans, requester=requester)
+AGENT = {"name": "Sam Lee", "email": "sam.lee@support.example.com"}
+add("Sam Lee here from support. Best, Sam", [("PERSON", "Sam Lee"), ("PERSON", "Sam")], agent=AGENT)
+add(
+    "Hi Maria, Sam here: I refunded $49.99 to your card.",
+    [("PERSON", "Maria"), ("PERSON", "Sam")],
+    requester={"name": "Maria Gonzalez", "email": "maria.g@example.com"},
+    agent=AGENT,
+)
+add(
+    "Dear Mr. Okafor, your replacement ships Monday. Kind regards, Sam Lee",
+    [("PERSON", "Okafor"), ("PERSON", "Sam Lee")],
+    requester={"name": "Chidi Okafor"},
+    agent=AGENT,
+)
+add(
+    "Hi Ana, please write to sam.lee@support.example.com if it happens again.",
+    [("PERSON", "Ana"), ("EMAIL", "sam.lee@support.example.com")],
+    requester={"name": "Ana Ruiz"},
+    agent=AGENT,
+)
+add(
+    "Hi Ana, we'll call you on +1 415 555 0142 tomorrow.",
+    [("PERSON", "Ana"), ("PHONE", "+1 415 555 0142")],
+    requester={"name": "Ana Ruiz", "email": "ana.ruiz@example.com", "phone": "+1 415 555 0142"},
+)
+add("Thanks Rose, the rose gold case is back in stock.", [("PERSON", "Rose")], requester={"name": "Rose Tyler"})
+
+# --- MIXED ---------------------------------------------------------------------------------------
+mixed_card = group(luhn_complete("4", 16), [4, 4, 4, 4], " ")
+mixed_iban = in_fours(iban("DE", rand(string.digits, 18)))
+add(
+    f"Name on card: Ana Ruiz, card {mixed_card}, email ana.ruiz@example.com, phone (415) 555-0142",
+    [("PERSON", "Ana Ruiz"), ("CARD", mixed_card), ("EMAIL", "ana.ruiz@example.com"), ("PHONE", "(415) 555-0142")],
+    requester={"name": "Ana Ruiz", "email": "ana.ruiz@example.com", "phone": "+1 415 555 0142"},
+)
+add(
+    f"Refund to {mixed_iban} please; my SSN 123-45-6789 is on the W-9; I log in from 203.0.113.9.",
+    [("IBAN", mixed_iban), ("SSN", "123-45-6789"), ("IP", "203.0.113.9")],
+)
+add(
+    "Tried api_key=9f8e7d6c5b4a39281706f5e4d3c2b1a0 from 10.1.2.3, reply to dev@example.io",
+    [("SECRET", "9f8e7d6c5b4a39281706f5e4d3c2b1a0"), ("IP", "10.1.2.3"), ("EMAIL", "dev@example.io")],
+)
+add(
+    "Order 1182 for 742 Evergreen Terrace, call (212) 555-0111 on arrival, total $84.20",
+    [("ADDRESS", "742 Evergreen Terrace"), ("PHONE", "(212) 555-0111")],
+)
+
+# --- NEGATIVE ------------------------------------------------------------------------------------
+NEGATIVES = [
+    "order 4000123412341235 shipped on 11/02/2026",
+    "Total $1,299.00 for order 1182",
+    "ticket #48213 was merged into #48214",
+    "Tracking 1Z999AA10123456784 via UPS",
+    "USPS tracking 9400 1000 0000 0000 0000 00",
+    "invoice INV-2026-000123 dated 2026-01-15",
+    "Refund of 45.50 EUR within 5-10 business days",
+    "order 4155550199 is a long order number",
+    "Firmware 2.14.4, build 20261102",
+    "We open 9:00-17:00, Mon-Fri, 2 items per order",
+    "ZIP 94107, suite 300",
+    "ZIP+4 94107-1234",
+    "Your code is 482913",
+    "Chargeback ref 20261102-0042",
+    "Orders 1182, 1183 and 1184",
+    "HTTP 404 on /api/v2/orders/1182",
+    "The server returned 503 Service Unavailable at 10:15:32",
+    "50% off until 2026-12-31",
+    "Price went from $19.99 to $24.99",
+    "SKU 123-456-7890 is out of stock",
+    "SKU ABX-4471-BLK, qty 3",
+    "version 2.14.4 fixed it",
+    "App v3.2.1 crashes on start",
+    "Please upgrade to release 1.2.3.4 of the agent",
+    "Updated to version 10.0.19045.3693",
+    "Meeting at 14:30 CET on 02.11.2026",
+    "Invoice total EUR 12.345.678,90",
+    "Charged 3 times: 12.99, 12.99, 12.99",
+    "between 2024-2026",
+    "1-2 business days",
+    "Delivered 2026-11-02T10:15:00Z",
+    "Order number: 2125550199",
+    "ticket #2125550199",
+    "ref 4111 1111 1111 1112",
+    "9400100000000000000000",
+    "Card ending 4242 was declined",
+    "last four digits 1111",
+    "Expiry 12/27, CVV not stored",
+    "Error code 0x80070057",
+    "Build 20261102.3 failed",
+    "ISBN 978-3-16-148410-0",
+    "Model RTX-4090, 24 GB",
+    "Temperature 21.5 C, humidity 40%",
+    "Room 101, floor 3",
+    "3 Business Days",
+    "2 items in the box",
+    "Batch 000-12-3456 was recalled",
+    "Part no. 666-12-3456",
+    "Reference 900-12-3456",
+    "Lot 123-00-4567",
+    "Serial 123-45-0000",
+    "Order 123456789 shipped",
+    "Invoice 987654321 paid",
+    "Gate 10:15:00 boarding",
+    "MAC 00:1A:2B:3C:4D:5E on the router",
+    "Python 3.11.4 on Ubuntu 22.04",
+    "Kernel 5.15.0.91 issue",
+    "IP range docs at example.com/ip, see section 1.2.3",
+    "coordinates 999.1.1.1 are not an address",
+    "The token expired, please resend the link",
+    "I forgot my password, can you reset it?",
+    "my password is expired",
+    "password: reset link not working",
+    "Bearer of bad news: the order is late",
+    "API key rotation happens every 90 days",
+    "Your secret question was updated",
+    "skip_this_step in the wizard",
+    "The order total is 1,234.56 USD",
+    "Case 00123456 escalated",
+    "RMA-2026-0042 approved",
+    "PO 4500012345 approved on 2026-03-01",
+    "Account 12345678 (not an IBAN)",
+    "Store #0423, register 7",
+    "Flight BA 117 departs 18:25",
+    "sort code 20-00-00 is the bank's",
+    "1 Infinite loop detected in the script",
+    "Order 42 Main courses were cold",
+    "Upgrade from 1.9 to 2.0 went fine",
+    "Rated 4.5/5 by 1,200 customers",
+    "Attachment IMG_20261102_101500.jpg",
+    "Call center hours: 8am-6pm",
+    "Uptime 99.95% this quarter",
+    "Room 2001:db8 is a label not an address",
+    "Dimensions 30x20x10 cm, 2.5 kg",
+    "code SAVE20 gives 20% off",
+    "pk_ is the table's primary-key prefix",
+    "AKIA is how AWS keys start",
+    "Status 200 OK, latency 120 ms",
+    "Ticket 2026-11-02-0001 created",
+]
+for iban_text in INVALID_IBANS:
+    NEGATIVES.append(f"Is {iban_text} a valid IBAN? the bank says no")
+for index in range(6):
+    digits = luhn_complete("4", 16)
+    wrong = digits[:-1] + str((int(digits[-1]) + 1) % 10)
+    NEGATIVES.append(f"Order number {group(wrong, [4, 4, 4, 4], ' ' if index % 2 else '')} is delayed")
+for text in NEGATIVES:
+    add(text)
+add(
+    "Hi Ana, order 1182 ships on 2026-11-02 for $49.99, tracking 1Z999AA10123456784.",
+    [("PERSON", "Ana")],
+    requester={"name": "Ana Ruiz"},
+)
+add("Will you ship to Canada? I will pay the duties.", [], requester={"name": "Will Brown"})
+add("Banana and Anastasia are product names, not Ana.", [("PERSON", "Ana")], requester={"name": "Ana Ruiz"})
+
+OUT.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in RECORDS), encoding="utf-8")
+print(f"{len(RECORDS)} snippets written to {OUT}")

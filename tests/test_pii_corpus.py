@@ -1,0 +1,129 @@
+"""Recall and precision of the scrubber, per kind of personal data, on the labelled corpus in tests/data/pii/."""
+
+import json
+import re
+from pathlib import Path
+
+from daemon.privacy import PLACEHOLDERS, scrubber_for_ticket
+from daemon.tickets import ticket_from_dict
+
+CORPUS = Path(__file__).parent / "data" / "pii" / "corpus.jsonl"
+TYPE_OF_PLACEHOLDER = {
+    "<EMAIL>": "EMAIL", "<CUSTOMER_EMAIL>": "EMAIL", "<AGENT_EMAIL>": "EMAIL",
+    "<PHONE>": "PHONE", "<CUSTOMER_PHONE>": "PHONE", "<CARD_NUMBER>": "CARD", "<IBAN>": "IBAN", "<SSN>": "SSN",
+    "<IP_ADDRESS>": "IP", "<SECRET>": "SECRET", "<STREET_ADDRESS>": "ADDRESS",
+    **{f"<{side}_{part}>": "PERSON" for side in ("CUSTOMER", "AGENT") for part in ("NAME", "FIRST_NAME", "LAST_NAME")},
+}
+MIN_RECALL = {"EMAIL": 0.99, "CARD": 0.99, "PHONE": 0.99, "IBAN": 0.95, "SSN": 0.95, "IP": 0.95, "SECRET": 0.95}
+MIN_PRECISION = 0.95
+_PLACEHOLDER = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS))
+
+
+def load_corpus() -> list[dict]:
+    return [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def scrub_record(record: dict) -> str:
+    messages = [{"author_role": "customer", "body": "x"}]
+    if record.get("agent"):
+        agent = record["agent"]
+        messages.append({"author_role": "agent", "author_name": agent.get("name"),
+                         "author_email": agent.get("email"), "body": "y"})
+    ticket = ticket_from_dict({"ticket_id": "1", "status": "solved", "requester": record.get("requester") or {},
+                               "messages": messages})
+    return scrubber_for_ticket(ticket).scrub(record["text"])
+
+
+def replaced_spans(text: str, scrubbed: str) -> list[tuple[int, int, str]]:
+    """(start, end, placeholder) in `text` for every placeholder in `scrubbed`: the kept text between the
+    placeholders is matched literally, each placeholder stands for the shortest non-empty run between."""
+    placeholders = _PLACEHOLDER.findall(scrubbed)
+    literals = _PLACEHOLDER.split(scrubbed)
+    pattern = "(.+?)".join(re.escape(literal) for literal in literals)
+    match = re.fullmatch(pattern, text, re.DOTALL)
+    assert match is not None, f"scrubbed text does not align with its source: {scrubbed!r}"
+    return [(*match.span(index + 1), placeholder) for index, placeholder in enumerate(placeholders)]
+
+
+def labelled_spans(record: dict) -> list[tuple[int, int, str]]:
+    """Where each labelled value sits in the text: longest values first, whole words, one place each."""
+    claimed: list[tuple[int, int, str]] = []
+    for span in sorted(record["spans"], key=lambda s: len(s["value"]), reverse=True):
+        value = span["value"]
+        for found in re.finditer(rf"(?<!\w){re.escape(value)}(?!\w)", record["text"]):
+            if not any(found.start() < end and start < found.end() for start, end, _ in claimed):
+                claimed.append((found.start(), found.end(), span["type"]))
+                break
+        else:
+            raise AssertionError(f"labelled value not found as a whole word: {value!r} in {record['text']!r}")
+    return claimed
+
+
+def measure(corpus: list[dict]) -> tuple[dict, dict, list[str]]:
+    """Per type: labelled and recalled counts (a value is recalled when placeholders cover all of it), and
+    replaced and correct counts (a replacement is correct when it overlaps a labelled value)."""
+    recall: dict[str, list[int]] = {}
+    precision: dict[str, list[int]] = {}
+    mistakes = []
+    for record in corpus:
+        text = record["text"]
+        scrubbed = scrub_record(record)
+        replaced = replaced_spans(text, scrubbed)
+        labelled = labelled_spans(record)
+        for start, end, kind in labelled:
+            covered = all(any(s <= i < e for s, e, _ in replaced) for i in range(start, end))
+            counts = recall.setdefault(kind, [0, 0])
+            counts[0] += 1
+            counts[1] += covered
+            if not covered:
+                mistakes.append(f"missed {kind} {text[start:end]!r}: {scrubbed!r}")
+        for start, end, placeholder in replaced:
+            kind = TYPE_OF_PLACEHOLDER[placeholder]
+            correct = any(start < e and s < end for s, e, _ in labelled)
+            counts = precision.setdefault(kind, [0, 0])
+            counts[0] += 1
+            counts[1] += correct
+            if not correct:
+                mistakes.append(f"false {kind} {text[start:end]!r}: {scrubbed!r}")
+    return recall, precision, mistakes
+
+
+def table(recall: dict, precision: dict) -> str:
+    lines = [f"{'type':<8} {'labelled':>8} {'recall':>7} {'replaced':>8} {'precision':>9}"]
+    for kind in sorted(set(recall) | set(precision)):
+        labelled, found = recall.get(kind, [0, 0])
+        replaced, correct = precision.get(kind, [0, 0])
+        lines.append(f"{kind:<8} {labelled:>8} {found / labelled if labelled else 1:>7.1%} {replaced:>8} "
+                     f"{correct / replaced if replaced else 1:>9.1%}")
+    replaced = sum(c[0] for c in precision.values())
+    correct = sum(c[1] for c in precision.values())
+    lines.append(f"{'overall':<8} {sum(c[0] for c in recall.values()):>8} "
+                 f"{sum(c[1] for c in recall.values()) / sum(c[0] for c in recall.values()):>7.1%} "
+                 f"{replaced:>8} {correct / replaced:>9.1%}")
+    return "\n".join(lines)
+
+
+def test_the_corpus_is_large_and_covers_every_type_and_plenty_of_negatives():
+    corpus = load_corpus()
+    assert len(corpus) >= 300
+    types = {span["type"] for record in corpus for span in record["spans"]}
+    assert types >= {"EMAIL", "PHONE", "CARD", "IBAN", "SSN", "IP", "SECRET", "ADDRESS", "PERSON"}
+    assert sum(1 for record in corpus if not record["spans"]) >= 100
+
+
+def test_recall_and_precision_per_type_on_the_labelled_corpus():
+    recall, precision, mistakes = measure(load_corpus())
+    report = table(recall, precision)
+    print("\n" + report)
+    low_recall = {kind: found / labelled for kind, (labelled, found) in recall.items()
+                  if found / labelled < MIN_RECALL.get(kind, 0.0)}
+    overall = sum(c[1] for c in precision.values()) / sum(c[0] for c in precision.values())
+    message = f"\n{report}\n" + "\n".join(mistakes)
+    assert not low_recall, message
+    assert overall >= MIN_PRECISION, message
+
+
+def test_replaced_spans_align_placeholders_with_the_source_text():
+    assert replaced_spans("call 212-555-0199 or mail a@b.io", "call <PHONE> or mail <EMAIL>") == [
+        (5, 17, "<PHONE>"), (26, 32, "<EMAIL>"),
+    ]
