@@ -28,7 +28,7 @@ class KafkaConfig(_Section):
     topic: str = "tickets.resolved"
     group_id: str = "ticketune"
     dlq_topic: str = "tickets.resolved.dlq"
-    format: Literal["canonical"] = "canonical"
+    format: Literal["canonical", "zendesk", "freshdesk", "intercom", "helpscout", "salesforce"] = "canonical"
     client_id: str = "ticketune"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

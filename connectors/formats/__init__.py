@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from daemon.tickets import Ticket
 
-FORMATS = ("canonical",)
+FORMATS = ("canonical", "zendesk", "freshdesk", "intercom", "helpscout", "salesforce")
 
 
 def parser_for(format_name: str) -> Callable[[bytes], Ticket]:
