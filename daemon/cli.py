@@ -66,17 +66,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from connectors.formats import parser_for
     from connectors.kafka import KafkaTicketSource
     from daemon.ingest import run_ingest
+    from daemon.service import build_quality_filter
     from daemon.store import store_lock
 
     settings = _settings(args)
     store = _store(settings)
     with store_lock(store.path, "ingest", wait_seconds=None if args.wait else 0):
+        quality = build_quality_filter(settings, store)
         source = KafkaTicketSource(settings.kafka)
         try:
             report = run_ingest(
                 source, parser_for(settings.kafka.format), store, system_prompt=settings.model.system_prompt,
                 max_records=args.max_records, idle_timeout_s=args.idle_timeout,
-                poll_timeout_s=settings.kafka.poll_timeout_ms / 1000,
+                poll_timeout_s=settings.kafka.poll_timeout_ms / 1000, quality=quality,
             )
         finally:
             source.close()

@@ -133,6 +133,27 @@ class LogConfig(_Section):
     format: Literal["text", "json"] = "text"
 
 
+class QualityConfig(_Section):
+    """Filters between a ticket and the store (daemon/filters.py); every drop is counted by its reason."""
+
+    min_csat: float | None = Field(default=None, ge=1, le=5)
+    require_csat: bool = False
+    languages: list[str] | None = None
+    require_language: bool = False
+    min_tokens: int = Field(default=8, ge=0)
+    max_tokens: int = Field(default=4096, ge=1)
+    drop_bot_only: bool = True
+    dedupe_exact: bool = True
+    dedupe_near: bool = True
+    near_duplicate_threshold: float = Field(default=0.9, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _token_range(self) -> QualityConfig:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError("min_tokens must not exceed max_tokens")
+        return self
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -146,6 +167,7 @@ class Settings(BaseModel):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
 
     def config_hash(self) -> str:
         """Stable hash of everything that shapes a candidate (secrets excluded)."""

@@ -13,10 +13,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from daemon import metrics
+from daemon.filters import QualityFilter
 from daemon.pairs import Example, Skip, ticket_to_example
 from daemon.store import (
     OUTCOME_DELETED,
@@ -153,22 +154,35 @@ def classify(
     parse: Callable[[bytes], Ticket],
     system_prompt: str | None,
     max_value_bytes: int | None,
+    quality: QualityFilter | None = None,
 ) -> Example | Deletion | Skip | _Rejected:
     """What one record asks for; bad input is a `_Rejected` (a dead letter), never an exception."""
     if record.value is None:
         if not record.key:
             return _Rejected(REASON_TOMBSTONE_WITHOUT_KEY, "a null value needs the ticket id as its key")
         try:
-            return Deletion(record.key.decode("utf-8"))
+            ticket_id = record.key.decode("utf-8")
         except UnicodeDecodeError as exc:
             return _Rejected(REASON_INVALID_KEY, f"a tombstone key must be a UTF-8 ticket id: {exc}")
+        if quality is not None:
+            quality.forget(ticket_id)
+        return Deletion(ticket_id)
     if max_value_bytes is not None and len(record.value) > max_value_bytes:
         return _Rejected(REASON_TOO_LARGE, f"{len(record.value)} bytes, the limit is {max_value_bytes}")
     try:
         ticket = parse(record.value)
     except TicketParseError as exc:
         return _Rejected(exc.reason, exc.detail)
-    return ticket_to_example(ticket, system_prompt)
+    if quality is not None and (reason := quality.check_ticket(ticket)):
+        return Skip(ticket.ticket_id, reason)
+    item = ticket_to_example(ticket, system_prompt)
+    if quality is not None and isinstance(item, Example):
+        if reason := quality.check_example(item):
+            return Skip(item.ticket_id, reason)
+        signature = quality.signature(item)
+        quality.remember(item)  # now, so that a near copy later in the same batch is caught
+        item = replace(item, quality_signature=signature)
+    return item
 
 
 def run_ingest(
@@ -182,6 +196,7 @@ def run_ingest(
     stop: threading.Event | None = None,
     on_batch: Callable[[IngestReport], None] | None = None,
     poll_timeout_s: float = 1.0,
+    quality: QualityFilter | None = None,
 ) -> IngestReport:
     """Runs until `max_records` are consumed, `idle_timeout_s` passes without a record, or `stop` is set.
 
@@ -207,7 +222,7 @@ def run_ingest(
         if records:
             last_record_at = time.monotonic()
             try:
-                _ingest_batch(records, source, parse, store, system_prompt, report, retrier)
+                _ingest_batch(records, source, parse, store, system_prompt, report, retrier, quality)
             except _Stopped:
                 log.info("ingest stopped before a batch was stored; its records will be redelivered")
                 break
@@ -227,13 +242,14 @@ def _ingest_batch(
     system_prompt: str | None,
     report: IngestReport,
     retrier: _Retrier,
+    quality: QualityFilter | None,
 ) -> None:
     changes: list[Example | Deletion] = []
     skipped: Counter[str] = Counter()
     dead_lettered: Counter[str] = Counter()
     for record in records:
         try:
-            item = classify(record, parse, system_prompt, source.max_value_bytes)
+            item = classify(record, parse, system_prompt, source.max_value_bytes, quality)
         except Exception as exc:  # a bug met by one odd record must not stop the stream
             log.exception("internal error on record %s/%d@%d", record.topic, record.partition, record.offset)
             item = _Rejected(

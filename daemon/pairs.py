@@ -35,6 +35,7 @@ class Example:
     language: str | None = None
     group_key: str = ""
     placeholders: list[str] = field(default_factory=list)
+    quality_signature: bytes | None = None  # set by the quality filter; the store keeps it for dedupe
 
     def to_json(self) -> str:
         return json.dumps(

@@ -23,6 +23,7 @@ from connectors.registry import AdapterRegistry, RegistryError, set_mlflow_http_
 from daemon import metrics
 from daemon.config import LogConfig, Settings
 from daemon.cycle import CycleOutcome, CycleRunner
+from daemon.filters import QualityFilter, tokenizer_json_for
 from daemon.http import AdminError, Endpoints, start_http_server
 from daemon.ingest import IngestReport, run_ingest
 from daemon.scheduler import next_run_time, start_scheduler
@@ -71,6 +72,14 @@ def build_registry(settings: Settings) -> AdapterRegistry:
 
 def build_cycle_runner(settings: Settings, store: ExampleStore, registry: AdapterRegistry) -> CycleRunner:
     return CycleRunner(settings, store, registry, LocalProcessExecutor(python=settings.training.python))
+
+
+def build_quality_filter(settings: Settings, store: ExampleStore) -> QualityFilter:
+    """The quality filter with its dedupe index rebuilt from what the store already holds."""
+    quality = QualityFilter(settings.quality, tokenizer_json_for(settings.model.base))
+    loaded = quality.load(store.quality_signatures())
+    log.info("quality filter ready: %d stored examples in the dedupe index", loaded)
+    return quality
 
 
 class Service:
@@ -164,12 +173,14 @@ class Service:
         while not self.stop.is_set():
             try:
                 with store_lock(self.store.path, "ingest", wait_seconds=5.0):
+                    quality = build_quality_filter(cfg, self.store)
                     source = KafkaTicketSource(cfg.kafka)
                     self.ingest_running = True
                     try:
                         report = run_ingest(
                             source, parse, self.store, system_prompt=cfg.model.system_prompt, stop=self.stop,
                             on_batch=self._add_ingest_batch, poll_timeout_s=cfg.kafka.poll_timeout_ms / 1000,
+                            quality=quality,
                         )
                         log.info("ingest loop ended: %s", report.to_json())
                     finally:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from daemon.filters import example_signature
 from daemon.pairs import PIPELINE_VERSION, Example
 
 SCHEMA_V1 = """
@@ -89,6 +90,7 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE examples ADD COLUMN pipeline_version TEXT NOT NULL DEFAULT '1'",
         "CREATE INDEX IF NOT EXISTS examples_stored_at ON examples(stored_at)",
     ],
+    ["ALTER TABLE examples ADD COLUMN quality_signature BLOB"],
 ]
 
 OUTCOME_STORED = "stored"
@@ -276,11 +278,12 @@ class ExampleStore:
             outcome = OUTCOME_REVISED
         db.execute(
             "INSERT INTO examples (ticket_id, revision, example_json, category, group_key, split, batch_id,"
-            " stored_at, pipeline_version) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)"
+            " stored_at, pipeline_version, quality_signature) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)"
             " ON CONFLICT(ticket_id) DO UPDATE SET revision = excluded.revision,"
             " example_json = excluded.example_json, category = excluded.category,"
             " group_key = excluded.group_key, split = excluded.split, batch_id = NULL,"
-            " stored_at = excluded.stored_at, pipeline_version = excluded.pipeline_version",
+            " stored_at = excluded.stored_at, pipeline_version = excluded.pipeline_version,"
+            " quality_signature = excluded.quality_signature",
             (
                 example.ticket_id,
                 example.revision,
@@ -290,6 +293,7 @@ class ExampleStore:
                 self.split_for(example.group_key),
                 _now(),
                 PIPELINE_VERSION,
+                example.quality_signature,
             ),
         )
         return outcome
@@ -334,6 +338,24 @@ class ExampleStore:
         if len(rows) > top_categories:
             by_category["other"] = sum(r["n"] for r in rows[top_categories:])
         return {"newest_stored_at": newest, "by_category": by_category}
+
+    def quality_signatures(self) -> list[tuple[str, bytes]]:
+        """(ticket_id, dedupe signature) of every stored example, computing those never recorded."""
+        rows = self._db.execute("SELECT ticket_id, quality_signature, example_json FROM examples").fetchall()
+        missing = [r for r in rows if r["quality_signature"] is None]
+        computed = {
+            r["ticket_id"]: example_signature(
+                Example(ticket_id=r["ticket_id"], revision="", messages=json.loads(r["example_json"])["messages"])
+            )
+            for r in missing
+        }
+        if computed:
+            with self._write() as db:
+                db.executemany(
+                    "UPDATE examples SET quality_signature = ? WHERE ticket_id = ? AND quality_signature IS NULL",
+                    [(sig, ticket_id) for ticket_id, sig in computed.items()],
+                )
+        return [(r["ticket_id"], r["quality_signature"] or computed[r["ticket_id"]]) for r in rows]
 
     def pending_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM examples WHERE batch_id IS NULL").fetchone()[0]

@@ -352,3 +352,28 @@ def test_a_broker_that_fails_to_start_is_reported_with_its_log(tmp_path):
 
     with pytest.raises(BrokerError, match=r"(?s)exited with code 3.*Address already in use"):
         EmbeddedBroker(binary=str(fake), port=free_loopback_port(), log_dir=tmp_path).start()
+
+
+def test_quality_filters_skip_duplicates_and_low_csat_and_remember_across_restarts(broker, unique_topic, store):
+    from daemon.config import QualityConfig
+    from daemon.filters import QualityFilter
+
+    def fresh_filter() -> QualityFilter:  # what the service builds at start
+        quality = QualityFilter(QualityConfig(min_csat=3), tokenizer_path=None)
+        quality.load(store.quality_signatures())
+        return quality
+
+    topic = unique_topic("quality")
+    original = canonical_ticket("q1", requester="Ana Ruiz")
+    copy_in_batch = {**original, "ticket_id": "q2"}
+    unhappy = {**canonical_ticket("q3", requester="Bo Li"), "csat": 1}
+    produce(broker.bootstrap_servers, topic, [("q1", original), ("q2", copy_in_batch), ("q3", unhappy)])
+    report, _ = ingest(kafka_config(broker, topic), store, quality=fresh_filter())
+    assert report.stored == 1
+    assert report.skipped == {"exact_duplicate": 1, "low_csat": 1}
+
+    produce(broker.bootstrap_servers, topic, [("q4", {**original, "ticket_id": "q4"})])
+    group = "after-restart"
+    report, _ = ingest(kafka_config(broker, topic, group_id=group), store, quality=fresh_filter())
+    # a new group reads all four: q1 is a redelivery, q2 and q4 copy it, q3 is still unhappy
+    assert report.skipped == {"duplicate": 1, "exact_duplicate": 2, "low_csat": 1} and report.stored == 0

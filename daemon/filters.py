@@ -1,0 +1,282 @@
+"""Quality filters between a ticket and the store: each drop has one reason code (a bounded metric label).
+
+Ticket checks (CSAT, language) run before pairs.py; example checks (token length, auto-reply answers,
+exact and near duplicates of another ticket's example) run on the scrubbed example. The dedupe index
+lives in memory and is rebuilt at start from the signatures the store keeps (`example_signature`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from daemon.config import QualityConfig
+from daemon.pairs import Example
+from daemon.tickets import Ticket
+
+log = logging.getLogger(__name__)
+
+REASON_LOW_CSAT = "low_csat"
+REASON_LANGUAGE = "language_not_allowed"
+REASON_TOO_SHORT = "too_short"
+REASON_TOO_LONG = "too_long"
+REASON_AUTOMATED = "automated_answer"
+REASON_EXACT_DUPLICATE = "exact_duplicate"
+REASON_NEAR_DUPLICATE = "near_duplicate"
+REASONS = (
+    REASON_LOW_CSAT,
+    REASON_LANGUAGE,
+    REASON_TOO_SHORT,
+    REASON_TOO_LONG,
+    REASON_AUTOMATED,
+    REASON_EXACT_DUPLICATE,
+    REASON_NEAR_DUPLICATE,
+)
+
+NUM_PERM = 128
+SHINGLE_WORDS = 5
+CHARS_PER_TOKEN = 4  # the fallback estimate when the base model's tokenizer.json is not on disk
+TOKENS_PER_MESSAGE = 4  # what a chat template adds around each turn (role marker, newline, end-of-turn)
+SIGNATURE_VERSION = 1
+_EXACT_BYTES = 16
+_SIGNATURE_BYTES = 1 + _EXACT_BYTES + 4 * NUM_PERM
+
+# An assistant turn is an auto-reply when, without its sentences that carry one of these markers, hardly
+# anything is left: a real answer that merely ends with a "do not reply" footer is kept.
+AUTOREPLY_MAX_OTHER_WORDS = 25
+AUTOREPLY_MARKERS = re.compile(
+    r"this is an automated|automatic(?:ally generated)? (?:reply|response|message)|auto-?reply"
+    r"|out of (?:the )?office|do not (?:reply|respond) to this"
+    r"|we(?: have|'ve)? received your (?:request|message|email|ticket|enquiry|inquiry)"
+    r"|your (?:request|ticket|message)(?: #?\S+)? has been received"
+    r"|(?:an agent|a member of our team|one of our agents) will (?:get back to you|reply|respond|be in touch)",
+    re.IGNORECASE,
+)
+_SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
+_WORDS = re.compile(r"<[A-Z][A-Z0-9_]*>|\w+")
+
+
+def tokenizer_json_for(model_base: str) -> Path | None:
+    """`<model.base>/tokenizer.json` when the base is a local directory that has one, else None."""
+    path = Path(model_base).expanduser() / "tokenizer.json"
+    return path if path.is_file() else None
+
+
+def _conversation_text(example: Example) -> str:
+    """The user and assistant turns, lowercased with whitespace collapsed (the system prompt is not content)."""
+    return "\n".join(
+        f"{m['role']}: {' '.join(m['content'].lower().split())}" for m in example.messages if m["role"] != "system"
+    )
+
+
+_PRIME = 4_294_967_311  # the smallest prime above 2**32: (a*x + b) mod p is a universal hash of a uint32
+_rng = np.random.default_rng(20261128)  # fixed: stored signatures must stay comparable across restarts
+_PERM_A = _rng.integers(1, 2**32, NUM_PERM, dtype=np.uint64)
+_PERM_B = _rng.integers(0, 2**32, NUM_PERM, dtype=np.uint64)
+
+
+def _minhash(text: str) -> np.ndarray:
+    """128 MinHash values (uint32) of the text's word 5-gram shingles."""
+    words = _WORDS.findall(text)
+    shingles = {" ".join(words[i : i + SHINGLE_WORDS]) for i in range(max(1, len(words) - SHINGLE_WORDS + 1))}
+    hashes = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(s.encode(), digest_size=4).digest(), "little") for s in shingles),
+        dtype=np.uint64,
+        count=len(shingles),
+    )
+    permuted = (hashes[:, None] * _PERM_A + _PERM_B) % _PRIME  # < 2**64: no overflow for 32-bit inputs
+    return (permuted.min(axis=0) & 0xFFFFFFFF).astype(np.uint32)
+
+
+def lsh_bands(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
+    """(bands, rows) whose S-curve 1 - (1 - j**rows)**bands best separates pairs around the threshold.
+
+    Missed pairs (above it) weigh 4x false candidates (below it): candidates are verified anyway.
+    """
+    j = np.linspace(0.0, 1.0, 1001)
+    best = None
+    for bands in range(1, num_perm + 1):
+        rows = num_perm // bands
+        p = 1 - (1 - j**rows) ** bands
+        cost = float(np.sum(np.where(j < threshold, p, 4 * (1 - p))))
+        if best is None or cost < best[0]:
+            best = (cost, bands, rows)
+    return best[1], best[2]
+
+
+def example_signature(example: Example) -> bytes:
+    """What the store keeps per example so the dedupe index survives restarts (529 bytes).
+
+    Version byte, 16 bytes of the normalised conversation's SHA-256, 128 MinHash values as uint32.
+    Independent of the configuration, so the store can compute it itself.
+    """
+    text = _conversation_text(example)
+    exact = hashlib.sha256(text.encode()).digest()[:_EXACT_BYTES]
+    return bytes([SIGNATURE_VERSION]) + exact + _minhash(text).astype("<u4").tobytes()
+
+
+def _split_signature(signature: bytes) -> tuple[bytes, np.ndarray] | None:
+    if len(signature) != _SIGNATURE_BYTES or signature[0] != SIGNATURE_VERSION:
+        return None
+    exact = signature[1 : 1 + _EXACT_BYTES]
+    return exact, np.frombuffer(signature, dtype="<u4", offset=1 + _EXACT_BYTES).astype(np.uint32)
+
+
+def is_autoreply(text: str) -> bool:
+    sentences = [sentence for sentence in _SENTENCES.split(text) if sentence.strip()]
+    other = [sentence for sentence in sentences if not AUTOREPLY_MARKERS.search(sentence)]
+    return len(other) < len(sentences) and len(" ".join(other).split()) <= AUTOREPLY_MAX_OTHER_WORDS
+
+
+class TokenCounter:
+    """Counts an example's tokens with the base model's tokenizer.json, or estimates chars/4 without one."""
+
+    def __init__(self, tokenizer_path: Path | None) -> None:
+        self._tokenizer = None
+        if tokenizer_path is not None and tokenizer_path.is_file():
+            try:
+                from tokenizers import Tokenizer
+
+                self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
+            except Exception as exc:  # not installed, or not a tokenizer file: estimate rather than stop ingest
+                log.warning(
+                    "cannot load %s (%s); estimating example length as characters/%d",
+                    tokenizer_path,
+                    type(exc).__name__,
+                    CHARS_PER_TOKEN,
+                )
+        else:
+            log.info(
+                "no tokenizer.json for the base model; estimating example length as characters/%d", CHARS_PER_TOKEN
+            )
+
+    @property
+    def exact(self) -> bool:
+        return self._tokenizer is not None
+
+    def count(self, messages: list[dict[str, str]]) -> int:
+        overhead = 1 + TOKENS_PER_MESSAGE * len(messages)  # bos, then each turn's template markers
+        if self._tokenizer is None:
+            return overhead + sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN
+        encodings = self._tokenizer.encode_batch([m["content"] for m in messages], add_special_tokens=False)
+        return overhead + sum(len(e.ids) for e in encodings)
+
+
+class QualityFilter:
+    """Applies the `quality:` settings. Call `remember` for each example right after accepting it (so a
+    second copy in the same batch is caught), `forget` after a deletion, and `load` once at start."""
+
+    def __init__(self, cfg: QualityConfig, tokenizer_path: Path | None) -> None:
+        self.cfg = cfg
+        self.tokens = TokenCounter(tokenizer_path)
+        self._languages = {code.lower() for code in cfg.languages} if cfg.languages is not None else None
+        self._bands, self._rows = lsh_bands(cfg.near_duplicate_threshold)
+        self._buckets: list[dict[int, set[str]]] = [{} for _ in range(self._bands)]
+        self._by_ticket: dict[str, tuple[bytes, np.ndarray]] = {}
+        self._by_exact: dict[bytes, set[str]] = {}
+        self._last: tuple[Example, bytes] | None = None  # the signature check_example just computed
+
+    def __len__(self) -> int:
+        return len(self._by_ticket)
+
+    def check_ticket(self, ticket: Ticket) -> str | None:
+        cfg = self.cfg
+        if cfg.min_csat is not None:
+            if ticket.csat is None:
+                if cfg.require_csat:
+                    return REASON_LOW_CSAT
+            elif ticket.csat < cfg.min_csat:
+                return REASON_LOW_CSAT
+        if self._languages is not None:
+            language = (ticket.language or "").strip().lower()
+            if language:
+                if language not in self._languages and language.split("-")[0] not in self._languages:
+                    return REASON_LANGUAGE
+            elif cfg.require_language:
+                return REASON_LANGUAGE
+        return None
+
+    def check_example(self, example: Example) -> str | None:
+        cfg = self.cfg
+        tokens = self.tokens.count(example.messages)
+        if tokens < cfg.min_tokens:
+            return REASON_TOO_SHORT
+        if tokens > cfg.max_tokens:
+            return REASON_TOO_LONG
+        answers = [m["content"] for m in example.messages if m["role"] == "assistant"]
+        if cfg.drop_bot_only and all(is_autoreply(answer) for answer in answers):
+            return REASON_AUTOMATED
+        if not (cfg.dedupe_exact or cfg.dedupe_near):
+            return None
+        signature = self.signature(example)
+        self._last = (example, signature)
+        exact, values = _split_signature(signature)
+        if cfg.dedupe_exact and self._by_exact.get(exact, set()) - {example.ticket_id}:
+            return REASON_EXACT_DUPLICATE
+        if cfg.dedupe_near:
+            needed = cfg.near_duplicate_threshold * NUM_PERM
+            for other in self._candidates(values) - {example.ticket_id}:
+                # LSH only proposes candidates; the share of equal MinHash values estimates the Jaccard
+                if np.count_nonzero(self._by_ticket[other][1] == values) >= needed:
+                    return REASON_NEAR_DUPLICATE
+        return None
+
+    def signature(self, example: Example) -> bytes:
+        if self._last is not None and self._last[0] is example:
+            return self._last[1]
+        return example_signature(example)
+
+    def remember(self, example: Example) -> None:
+        self._add(example.ticket_id, self.signature(example))
+        self._last = None
+
+    def forget(self, ticket_id: str) -> None:
+        known = self._by_ticket.pop(ticket_id, None)
+        if known is None:
+            return
+        exact, values = known
+        owners = self._by_exact[exact]
+        owners.discard(ticket_id)
+        if not owners:
+            del self._by_exact[exact]
+        for buckets, key in zip(self._buckets, self._band_keys(values), strict=True):
+            members = buckets[key]
+            members.discard(ticket_id)
+            if not members:
+                del buckets[key]
+
+    def load(self, rows: Iterable[tuple[str, bytes | None]]) -> int:
+        """Rebuilds the dedupe index from stored (ticket_id, signature) rows; returns how many it took.
+
+        Rows without a signature of this version are skipped: the store backfills them with
+        `example_signature`.
+        """
+        loaded = 0
+        for ticket_id, signature in rows:
+            if signature is not None and _split_signature(signature) is not None:
+                self._add(ticket_id, signature)
+                loaded += 1
+        return loaded
+
+    def _band_keys(self, values: np.ndarray) -> list[int]:
+        rows = self._rows
+        return [hash(values[band * rows : (band + 1) * rows].tobytes()) for band in range(self._bands)]
+
+    def _candidates(self, values: np.ndarray) -> set[str]:
+        found: set[str] = set()
+        for buckets, key in zip(self._buckets, self._band_keys(values), strict=True):
+            found |= buckets.get(key, set())
+        return found
+
+    def _add(self, ticket_id: str, signature: bytes) -> None:
+        self.forget(ticket_id)  # a revision replaces the ticket's earlier text
+        exact, values = _split_signature(signature)
+        self._by_ticket[ticket_id] = (exact, values)
+        self._by_exact.setdefault(exact, set()).add(ticket_id)
+        for buckets, key in zip(self._buckets, self._band_keys(values), strict=True):
+            buckets.setdefault(key, set()).add(ticket_id)

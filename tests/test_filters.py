@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+from daemon.config import ConfigError, QualityConfig, load_settings
+from daemon.filters import (
+    REASON_AUTOMATED,
+    REASON_EXACT_DUPLICATE,
+    REASON_LANGUAGE,
+    REASON_LOW_CSAT,
+    REASON_NEAR_DUPLICATE,
+    REASON_TOO_LONG,
+    REASON_TOO_SHORT,
+    QualityFilter,
+    TokenCounter,
+    example_signature,
+    tokenizer_json_for,
+)
+from daemon.pairs import Example, ticket_to_example
+from daemon.samples import generate_tickets
+from daemon.tickets import Ticket
+
+ANSWER = (
+    "Hi <CUSTOMER_FIRST_NAME>,\n\nI've issued a full refund of $42 for order 1182. It goes back to your original "
+    "payment method, and most banks show it within 5-10 business days. You'll also get a confirmation email "
+    "shortly. If it hasn't appeared after 10 business days, reply here and we'll trace it with your bank.\n\n"
+    "The original shipping fee is included in the refund, because the return was approved. Return labels we "
+    "provide are always free, so there is nothing more you need to pay or do.\n\nIf you would like a replacement "
+    "instead, you can place a new order at any time and we will ship it with free express delivery. Store credit "
+    "is also possible: it is added to your account within one business day and never expires, and you can use "
+    "it on any product in our shop, including items on sale. Let me know if you have any other questions about "
+    "this order or anything else, I'm happy to help.\n\nBest regards,\n<AGENT_FIRST_NAME>"
+)
+QUESTION = "I returned the blender from order 1182 last week and I'd like my refund please."
+
+
+def example(ticket_id: str = "1", question: str = QUESTION, answer: str = ANSWER, revision: str = "r1") -> Example:
+    return Example(
+        ticket_id=ticket_id,
+        revision=revision,
+        messages=[
+            {"role": "system", "content": "You are a helpful customer support agent."},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ],
+    )
+
+
+def ticket(**fields) -> Ticket:
+    data = {"ticket_id": "7", "status": "solved", "messages": [{"author_role": "customer", "body": "hi"}]}
+    return Ticket.model_validate(data | fields)
+
+
+def quality(**settings) -> QualityFilter:
+    return QualityFilter(QualityConfig(**settings), None)
+
+
+def accept(qf: QualityFilter, ex: Example) -> str | None:
+    reason = qf.check_example(ex)
+    if reason is None:
+        qf.remember(ex)
+    return reason
+
+
+def test_csat_below_minimum_is_dropped_and_missing_rating_passes_unless_required() -> None:
+    qf = quality(min_csat=4)
+    assert qf.check_ticket(ticket(csat=3)) == REASON_LOW_CSAT
+    assert qf.check_ticket(ticket(csat=4)) is None
+    assert qf.check_ticket(ticket()) is None
+    assert quality(min_csat=4, require_csat=True).check_ticket(ticket()) == REASON_LOW_CSAT
+    assert quality().check_ticket(ticket(csat=1)) is None
+
+
+def test_language_outside_the_allow_list_is_dropped() -> None:
+    qf = quality(languages=["en", "de"])
+    assert qf.check_ticket(ticket(language="fr")) == REASON_LANGUAGE
+    assert qf.check_ticket(ticket(language="EN")) is None
+    assert qf.check_ticket(ticket(language="en-GB")) is None
+    assert qf.check_ticket(ticket()) is None
+    assert quality(languages=["en"], require_language=True).check_ticket(ticket()) == REASON_LANGUAGE
+
+
+def test_min_tokens_above_max_tokens_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("quality: {min_tokens: 100, max_tokens: 10}\n")
+    with pytest.raises(ConfigError, match="quality"):
+        load_settings(config, environ={})
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(
+        ["I returned the blender and I'd like my refund please.", "Your refund is on its way."],
+        trainers.WordLevelTrainer(special_tokens=["[UNK]"]),
+    )
+    path = tmp_path_factory.mktemp("base") / "tokenizer.json"
+    tokenizer.save(str(path))
+    return path
+
+
+def test_token_counter_counts_with_the_base_models_tokenizer_json(tiny_tokenizer: Path) -> None:
+    counter = TokenCounter(tiny_tokenizer)
+    assert counter.exact
+    messages = [{"role": "user", "content": "my refund please"}, {"role": "assistant", "content": "Your refund!"}]
+    # 3 + 3 word-level tokens, plus bos and 4 template tokens per turn
+    assert counter.count(messages) == 6 + 1 + 4 * 2
+    assert tokenizer_json_for(str(tiny_tokenizer.parent)) == tiny_tokenizer
+
+
+def test_token_counter_falls_back_to_chars_over_4_and_says_so(tmp_path: Path, caplog) -> None:
+    assert tokenizer_json_for("meta-llama/Llama-3.2-1B") is None
+    with caplog.at_level(logging.INFO, logger="daemon.filters"):
+        counter = TokenCounter(tmp_path / "missing" / "tokenizer.json")
+    assert not counter.exact
+    assert "characters/4" in caplog.text
+    assert counter.count([{"role": "user", "content": "x" * 400}]) == 100 + 1 + 4
+
+
+def test_examples_outside_the_token_range_are_dropped(tiny_tokenizer: Path) -> None:
+    qf = QualityFilter(QualityConfig(min_tokens=30, max_tokens=60), tiny_tokenizer)
+    assert qf.check_example(example(question="refund?", answer="Done.")) == REASON_TOO_SHORT
+    assert qf.check_example(example(answer="refund " * 80)) == REASON_TOO_LONG
+    assert qf.check_example(example(answer="Your refund is on its way and shows in a few days.")) is None
+    # the system prompt counts: it is part of what the model is trained on
+    assert QualityFilter(QualityConfig(min_tokens=10), tiny_tokenizer).check_example(example(answer="ok")) is None
+
+
+def test_an_example_whose_answers_are_all_auto_replies_is_dropped() -> None:
+    qf = quality()
+    auto = (
+        "Hi <CUSTOMER_FIRST_NAME>,\n\nThis is an automated message: we have received your request.\n"
+        "An agent will reply within 24 hours."
+    )
+    assert qf.check_example(example(answer=auto)) == REASON_AUTOMATED
+    assert qf.check_example(example(answer="Please do not reply to this email.")) == REASON_AUTOMATED
+    two_turns = example(answer="Your request #1182 has been received.")
+    two_turns.messages.extend([{"role": "user", "content": "ok?"}, {"role": "assistant", "content": ANSWER}])
+    assert qf.check_example(two_turns) is None
+    assert qf.check_example(example(answer=ANSWER)) is None
+    # a real answer that merely carries a no-reply footer is kept
+    assert qf.check_example(example(answer=ANSWER + "\n\nPlease do not reply to this email.")) is None
+    assert quality(drop_bot_only=False).check_example(example(answer=auto)) is None
+
+
+def test_exact_duplicate_of_another_ticket_is_dropped_but_a_revision_of_the_same_ticket_is_not() -> None:
+    qf = quality()
+    assert accept(qf, example("1")) is None
+    assert qf.check_example(example("1", revision="r2")) is None
+    assert qf.check_example(example("2", question="  " + QUESTION.upper())) == REASON_EXACT_DUPLICATE
+    assert quality(dedupe_exact=False, dedupe_near=False).check_example(example("2")) is None
+
+
+def test_a_templated_answer_with_one_changed_word_is_a_near_duplicate_and_another_intent_is_not() -> None:
+    qf = quality()
+    assert accept(qf, example("1")) is None
+    assert qf.check_example(example("2", answer=ANSWER.replace("shortly", "soon"))) == REASON_NEAR_DUPLICATE
+    other = (
+        "Hello <CUSTOMER_FIRST_NAME>,\n\nI've sent a fresh password reset link to the email on your account. "
+        "The link is valid for 60 minutes, so please use it soon. If you don't see it within a few minutes, "
+        "check your spam or promotions folder.\n\nBest regards,\n<AGENT_FIRST_NAME>"
+    )
+    login = "I can't log in, the reset link never arrives."
+    assert qf.check_example(example("3", question=login, answer=other)) is None
+    assert quality(dedupe_near=False).check_example(example("2", answer=ANSWER.replace("shortly", "soon"))) is None
+
+
+def test_second_near_identical_example_of_one_batch_is_caught_once_the_first_is_remembered() -> None:
+    qf = quality()
+    first, second = example("1"), example("2", answer=ANSWER.replace("$42", "$43"))
+    assert [accept(qf, first), accept(qf, second)] == [None, REASON_NEAR_DUPLICATE]
+
+
+def test_forgetting_a_deleted_ticket_frees_its_text() -> None:
+    qf = quality()
+    accept(qf, example("1"))
+    qf.forget("1")
+    assert qf.check_example(example("2")) is None
+    assert len(qf) == 0
+
+
+def test_index_rebuilt_from_stored_signatures_after_a_restart_still_catches_duplicates() -> None:
+    before = quality()
+    stored = [example("1"), example("2", question="Where is my order 5521?", answer="It ships tomorrow with UPS.")]
+    rows = []
+    for ex in stored:
+        assert accept(before, ex) is None
+        rows.append((ex.ticket_id, before.signature(ex)))
+    assert rows[0][1] == example_signature(stored[0])
+
+    after = quality()
+    assert after.load(rows + [("3", None), ("4", b"\x00old")]) == 2
+    assert after.check_example(example("9")) == REASON_EXACT_DUPLICATE
+    assert after.check_example(example("9", answer=ANSWER.replace("shortly", "soon"))) == REASON_NEAR_DUPLICATE
+    assert after.check_example(example("1", revision="r2")) is None
+
+
+def test_default_config_keeps_the_demo_samples() -> None:
+    qf = quality()
+    examples, dropped = 0, Counter()
+    for data in generate_tickets(300):
+        item = ticket_to_example(Ticket.model_validate(data), "You are a helpful customer support agent.")
+        if not isinstance(item, Example):
+            continue
+        examples += 1
+        reason = qf.check_ticket(Ticket.model_validate(data)) or accept(qf, item)
+        if reason:
+            dropped[reason] += 1
+    assert examples > 250
+    assert sum(dropped.values()) <= 0.05 * examples, dropped
