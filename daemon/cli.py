@@ -30,7 +30,7 @@ def _emit(args: argparse.Namespace, data: object, human: str) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings(args.config)
+    settings = getattr(args, "config_settings", None) or load_settings(args.config)
     from daemon.service import configure_logging
 
     configure_logging(settings.log)
@@ -38,9 +38,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _store(settings: Settings):
-    from daemon.store import ExampleStore
+    from daemon.store import open_store
 
-    return ExampleStore(settings.store.path, settings.store.eval_fraction)
+    return open_store(settings.store)
 
 
 # verbs ---------------------------------------------------------------------------------------
@@ -176,6 +176,41 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    from daemon.cycle import tag_erased_versions
+    from daemon.service import build_registry
+
+    settings = _settings(args)
+    store = _store(settings)
+    try:
+        result = store.forget(ticket_id=args.ticket_id, requester_email=args.requester_email,
+                              requester_id=args.requester_id)
+        try:
+            result["erasures_pending"] = tag_erased_versions(store, build_registry(settings))
+        except Exception as exc:  # the registry may be down: the service tags the versions later
+            result["erasures_pending"] = len(store.pending_erasures())
+            print(f"the registry could not be tagged now ({exc}); the service retries", file=sys.stderr)
+    finally:
+        store.close()
+    versions = ", ".join(result["affected_versions"]) or "none"
+    _emit(args, result, f"erasure {result['erasure_id']}: {result['tickets_removed']} ticket(s) removed and "
+                        f"suppressed; model versions trained on them: {versions}")
+    return 0
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    """Rebuilds examples from the topic (a new consumer group from the earliest offset)."""
+    from datetime import datetime, timezone
+
+    settings = _settings(args)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    settings.kafka.group_id = f"{settings.kafka.group_id}.reprocess-{stamp}"
+    settings.kafka.auto_offset_reset = "earliest"
+    args.max_records = None
+    args.config_settings = settings
+    return cmd_ingest(args)
+
+
 def cmd_produce_sample(args: argparse.Namespace) -> int:
     from connectors.kafka import produce_tickets
     from daemon.samples import generate_tickets
@@ -260,6 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", default=None, metavar="VERSION")
     p.add_argument("--reason", default="operator rollback")
     verb("status", cmd_status, "store counts, champion and the last cycle")
+    p = verb("forget", cmd_forget, "erase a ticket or a requester's tickets everywhere, and never store them again")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--ticket-id")
+    who.add_argument("--requester-email")
+    who.add_argument("--requester-id")
+    p = verb("reprocess", cmd_reprocess,
+             "rebuild examples by replaying the topic from the start (after a pipeline change)")
+    p.add_argument("--idle-timeout", type=float, default=30.0, help="stop after this many seconds with no record")
+    p.add_argument("--wait", action="store_true", help="wait for the ingest lock instead of exiting")
     p = verb("quarantine", cmd_quarantine, "list rejected batches, or release or discard one")
     p.add_argument("action", choices=["list", "release", "discard"])
     p.add_argument("batch", type=int, nargs="?")

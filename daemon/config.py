@@ -53,6 +53,8 @@ class KafkaConfig(_Section):
 class StoreConfig(_Section):
     path: Path = Path("./data/examples.db")
     eval_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    retention_days: float | None = Field(default=None, gt=0)
+    identity_key: SecretStr | None = None
 
 
 class ModelConfig(_Section):

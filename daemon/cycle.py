@@ -41,6 +41,7 @@ class Registry(Protocol):
     def end_run(self, run_id: str, status: str) -> None: ...
     def register_candidate(self, run_id: str, adapter_dir: Path, tags: dict[str, str]) -> str: ...
     def promote(self, version: str, *, reason: str, force: bool = False, actor: str = "cycle") -> str | None: ...
+    def set_version_tags(self, version: str, tags: dict[str, str]) -> None: ...
 
 
 class Executor(Protocol):
@@ -101,6 +102,21 @@ def _flatten_result_metrics(result: dict, has_champion: bool) -> dict:
     return {k: v for k, v in flat.items() if v is not None}
 
 
+def tag_erased_versions(store: ExampleStore, registry: Registry) -> int:
+    """Tags the model versions trained on erased examples; returns how many erasures are still pending."""
+    pending = store.pending_erasures()
+    for erasure in pending:
+        for version in erasure["affected_versions"]:
+            registry.set_version_tags(version, {
+                "ticketune.trained_on_erased_data": "true",
+                "ticketune.erasure_requested_at": erasure["requested_at"],
+            })
+        store.mark_erasure_tagged(erasure["erasure_id"])
+    left = len(store.pending_erasures())
+    metrics.ERASURES_PENDING.set(left)
+    return left
+
+
 class CycleRunner:
     """Runs cycles for one store against one registry; `run()` is safe to call from any thread."""
 
@@ -121,7 +137,17 @@ class CycleRunner:
         cfg = self.settings
         cycle_id = new_cycle_id()
         pending = self.store.pending_count()
-        if not force and pending < cfg.schedule.min_new_examples:
+        try:
+            champion = self.registry.champion_version()
+            tag_erased_versions(self.store, self.registry)
+        except Exception as exc:  # the registry is unreachable: nothing to compare with, so no cycle
+            metrics.CYCLES.labels(verdict=VERDICT_FAILED).inc()
+            return CycleOutcome(cycle_id, VERDICT_FAILED, reasons=[str(exc).splitlines()[0]])
+        retrain = champion is not None and champion in self.store.versions_trained_on_erased_data()
+        if retrain:
+            log.info("cycle %s: champion %s was trained on erased data: a fresh adapter on all trusted data",
+                     cycle_id, champion)
+        if not (force or retrain) and pending < cfg.schedule.min_new_examples:
             metrics.CYCLES.labels(verdict=VERDICT_SKIPPED).inc()
             return CycleOutcome(
                 cycle_id,
@@ -136,23 +162,23 @@ class CycleRunner:
         started = time.monotonic()
         metrics.CYCLE_RUNNING.set(1)
         try:
-            champion = self.registry.champion_version()
             snapshot = self.store.create_snapshot(
-                cycle_id, champion, replay_fraction=cfg.training.replay_fraction, seed=cfg.training.seed
+                cycle_id, champion, replay_fraction=cfg.training.replay_fraction, seed=cfg.training.seed,
+                replay_all=retrain,
             )
-            skip = self._why_skip(snapshot)
+            skip = self._why_skip(snapshot, retrain)
             if skip:
                 outcome = CycleOutcome(cycle_id, VERDICT_SKIPPED, reasons=[skip])
                 return outcome
             log.info("cycle %s: training on %s (champion %s)", cycle_id, snapshot.counts, champion)
             cycle_dir = cfg.training.work_dir / cycle_id
-            spec_path = self._write_spec(cycle_dir, snapshot, champion)
+            spec_path = self._write_spec(cycle_dir, snapshot, champion, warm=not retrain)
             run_id = self.registry.start_cycle_run(cycle_id, self._run_params(snapshot), self._run_tags(snapshot))
             result = self.executor.run(
                 spec_path, cycle_dir / "out" / "result.json",
                 timeout_s=cfg.training.timeout_minutes * 60, stop=stop,
             )
-            outcome = self._judge_and_register(cycle_id, run_id, snapshot, champion, result)
+            outcome = self._judge_and_register(cycle_id, run_id, snapshot, champion, result, retrain)
             self.registry.log_artifacts(run_id, cycle_dir / "out", "worker")
             self.registry.end_run(run_id, "FINISHED")
             metrics.LAST_SUCCESSFUL_CYCLE.set(time.time())
@@ -176,8 +202,8 @@ class CycleRunner:
             )
             self._prune_cycle_dirs()
 
-    def _why_skip(self, snapshot: Snapshot) -> str | None:
-        if not snapshot.batch_train:
+    def _why_skip(self, snapshot: Snapshot, retrain: bool) -> str | None:
+        if not snapshot.batch_train and not (retrain and snapshot.replay):
             return "no new training examples in the batch"
         need = self.settings.gate.min_eval_examples
         have = len(snapshot.trusted_eval)
@@ -186,20 +212,21 @@ class CycleRunner:
                     f"data before training")
         return None
 
-    def _write_spec(self, cycle_dir: Path, snapshot: Snapshot, champion: str | None) -> Path:
+    def _write_spec(self, cycle_dir: Path, snapshot: Snapshot, champion: str | None, *, warm: bool) -> Path:
+        """`warm=False` trains a fresh adapter: the champion was trained on data erased since."""
         cfg = self.settings
         files = snapshot.write_jsonl(cycle_dir / "data")
         champion_dir = None
         if champion is not None:
             champion_dir = self.registry.download_adapter(champion, cycle_dir / "champion")
-        warm = champion_dir if cfg.training.warm_start == "champion" else None
+        init = champion_dir if warm and cfg.training.warm_start == "champion" else None
         spec = {
             "cycle_id": snapshot.cycle_id,
             "base_model": cfg.model.base,
             "base_revision": cfg.model.revision,
             "output_dir": str(cycle_dir / "out"),
             "adapter": cfg.adapter.model_dump(mode="json"),
-            "init_adapter": str(warm) if warm else None,
+            "init_adapter": str(init) if init else None,
             "training": cfg.training.model_dump(
                 mode="json", include={"device", "epochs", "max_steps", "learning_rate", "batch_size",
                                       "max_seq_len", "seed"}
@@ -236,16 +263,21 @@ class CycleRunner:
         }
 
     def _judge_and_register(
-        self, cycle_id: str, run_id: str, snapshot: Snapshot, champion: str | None, result: dict
+        self, cycle_id: str, run_id: str, snapshot: Snapshot, champion: str | None, result: dict, retrain: bool
     ) -> CycleOutcome:
+        """`retrain`: the champion was trained on erased data and must be replaced, so the fresh
+        candidate is judged against the base model, not against the champion it replaces."""
         cfg = self.settings
         flat = _flatten_result_metrics(result, has_champion=champion is not None)
         verdict = judge(
-            inputs_from_result(result, has_champion=champion is not None),
+            inputs_from_result(result, has_champion=champion is not None and not retrain),
             min_eval_examples=cfg.gate.min_eval_examples,
             min_improvement=cfg.gate.min_improvement,
         )
         reasons = verdict.reasons
+        if retrain:
+            reasons.append(f"note: retrained from scratch without erased data; champion {champion} was "
+                           "trained on it, so the reference is the base model")
         numeric = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float))}
         self.registry.log_metrics(run_id, numeric)
         for step, loss in result.get("train", {}).get("loss_curve", []):

@@ -24,6 +24,7 @@ from daemon.store import (
     OUTCOME_REVISED,
     OUTCOME_STALE,
     OUTCOME_STORED,
+    OUTCOME_SUPPRESSED,
     OUTCOME_UNCHANGED,
     Deletion,
 )
@@ -37,6 +38,7 @@ REASON_TOMBSTONE_WITHOUT_KEY = "tombstone_without_key"
 REASON_INVALID_KEY = "invalid_key"
 SKIP_DUPLICATE = "duplicate"
 SKIP_STALE_REVISION = "stale_revision"
+SKIP_ERASED = "erased"  # the ticket or its requester asked to be forgotten
 
 T = TypeVar("T")
 
@@ -273,6 +275,8 @@ def _ingest_batch(
             skipped[SKIP_DUPLICATE] += 1
         elif outcome == OUTCOME_STALE:
             skipped[SKIP_STALE_REVISION] += 1
+        elif outcome == OUTCOME_SUPPRESSED:
+            skipped[SKIP_ERASED] += 1
         elif outcome == OUTCOME_DELETED:
             deleted += 1
 

@@ -37,6 +37,12 @@ STORE_PENDING_EXAMPLES = Gauge(
     "ticketune_store_pending_examples", "Examples stored since the last cycle that promoted or rejected."
 )
 
+ERASURES_PENDING = Gauge(
+    "ticketune_erasures_pending",
+    "Erasure requests whose model versions are not yet tagged in the registry as trained on erased data.",
+)
+RETENTION_DELETED = Counter("ticketune_retention_deleted_total", "Examples deleted by the retention policy.")
+
 CYCLES = Counter("ticketune_cycles_total", "Retrain cycles by verdict.", ["verdict"])
 CYCLE_RUNNING = Gauge("ticketune_cycle_running", "1 while a retrain cycle is running.")
 CYCLE_DURATION = Histogram(

@@ -36,6 +36,7 @@ class Example:
     group_key: str = ""
     placeholders: list[str] = field(default_factory=list)
     quality_signature: bytes | None = None  # set by the quality filter; the store keeps it for dedupe
+    identities: tuple[str, ...] = ()  # the requester's normalised ids; the store keeps only keyed hashes
 
     def to_json(self) -> str:
         return json.dumps(
@@ -55,6 +56,19 @@ class Example:
 class Skip:
     ticket_id: str
     reason: str
+
+
+def requester_identities(ticket: Ticket) -> tuple[str, ...]:
+    """`email:...` and `id:...` of the requester, normalised, for erasure requests by email or id."""
+    requester = ticket.requester
+    if requester is None:
+        return ()
+    found = []
+    if requester.email and requester.email.strip():
+        found.append("email:" + requester.email.strip().lower())
+    if requester.id:
+        found.append("id:" + requester.id)
+    return tuple(found)
 
 
 def group_key_for(ticket: Ticket) -> str:
@@ -114,4 +128,5 @@ def ticket_to_example(ticket: Ticket, system_prompt: str | None = None) -> Examp
         language=ticket.language,
         group_key=group_key_for(ticket),
         placeholders=sorted(scrubber.used_placeholders),
+        identities=requester_identities(ticket),
     )

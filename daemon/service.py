@@ -22,14 +22,16 @@ from connectors.kafka import KafkaTicketSource
 from connectors.registry import AdapterRegistry, RegistryError, set_mlflow_http_defaults
 from daemon import metrics
 from daemon.config import LogConfig, Settings
-from daemon.cycle import CycleOutcome, CycleRunner
+from daemon.cycle import CycleOutcome, CycleRunner, tag_erased_versions
 from daemon.filters import QualityFilter, tokenizer_json_for
 from daemon.http import AdminError, Endpoints, start_http_server
 from daemon.ingest import IngestReport, run_ingest
 from daemon.scheduler import next_run_time, start_scheduler
-from daemon.store import ExampleStore, LockBusy, store_lock
+from daemon.store import ExampleStore, LockBusy, open_store, store_lock
 
 log = logging.getLogger("ticketune.service")
+
+UPKEEP_INTERVAL_S = 600.0
 
 
 class _JsonFormatter(logging.Formatter):
@@ -88,7 +90,7 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stop = threading.Event()
-        self.store = ExampleStore(settings.store.path, settings.store.eval_fraction)
+        self.store = open_store(settings.store)
         self.registry = build_registry(settings)
         self.cycles = build_cycle_runner(settings, self.store, self.registry)
         self.ingest_totals = IngestReport()
@@ -127,6 +129,7 @@ class Service:
         if failed:
             log.warning("marked %d interrupted cycle(s) as failed", failed)
         self._refresh_gauges(include_registry=True)
+        self.upkeep()
         server = self.settings.server
         token = server.admin_token.get_secret_value() if server.admin_token else None
         self._http = start_http_server(server.host, server.port, Endpoints(
@@ -141,8 +144,25 @@ class Service:
             self._scheduler = start_scheduler(self.settings.schedule, self._scheduled_cycle)
 
     def main_loop(self) -> None:
+        last_upkeep = 0.0
         while not self.stop.wait(5.0):
             self._refresh_gauges()
+            if time.monotonic() - last_upkeep >= UPKEEP_INTERVAL_S:
+                last_upkeep = time.monotonic()
+                self.upkeep()
+
+    def upkeep(self) -> None:
+        """Retention and erasure tagging; failures are logged and retried at the next round."""
+        try:
+            if self.settings.store.retention_days is not None:
+                purged = self.store.purge_older_than(self.settings.store.retention_days)
+                metrics.RETENTION_DELETED.inc(purged)
+                if purged:
+                    log.info("retention: deleted %d examples older than %s days", purged,
+                             self.settings.store.retention_days)
+            tag_erased_versions(self.store, self.registry)
+        except Exception as exc:
+            log.warning("upkeep failed, retrying later: %s", exc)
 
     def shutdown(self) -> None:
         self.stop.set()

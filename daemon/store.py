@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from daemon.config import StoreConfig
 from daemon.filters import example_signature
 from daemon.pairs import PIPELINE_VERSION, Example
 
@@ -91,6 +94,16 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX IF NOT EXISTS examples_stored_at ON examples(stored_at)",
     ],
     ["ALTER TABLE examples ADD COLUMN quality_signature BLOB"],
+    [
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS example_identities (ticket_id TEXT NOT NULL, identity TEXT NOT NULL,"
+        " PRIMARY KEY (ticket_id, identity))",
+        "CREATE INDEX IF NOT EXISTS example_identities_identity ON example_identities(identity)",
+        "CREATE TABLE IF NOT EXISTS suppressions (subject TEXT PRIMARY KEY, added_at TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS erasures (id INTEGER PRIMARY KEY AUTOINCREMENT, requested_at TEXT NOT NULL,"
+        " kind TEXT NOT NULL, subject TEXT NOT NULL, tickets_removed INTEGER NOT NULL,"
+        " affected_versions TEXT NOT NULL, tagged_at TEXT)",
+    ],
 ]
 
 OUTCOME_STORED = "stored"
@@ -99,6 +112,7 @@ OUTCOME_UNCHANGED = "unchanged"
 OUTCOME_STALE = "stale"
 OUTCOME_DELETED = "deleted"
 OUTCOME_ABSENT = "absent"
+OUTCOME_SUPPRESSED = "suppressed"
 
 
 @dataclass(frozen=True)
@@ -183,10 +197,15 @@ def store_lock(store_path: Path, name: str, *, wait_seconds: float | None = None
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def open_store(cfg: StoreConfig) -> ExampleStore:
+    key = cfg.identity_key.get_secret_value().encode() if cfg.identity_key else None
+    return ExampleStore(cfg.path, cfg.eval_fraction, identity_key=key)
+
+
 class ExampleStore:
     """SQLite example store; safe to share between threads (one connection per thread)."""
 
-    def __init__(self, path: str | Path, eval_fraction: float = 0.2) -> None:
+    def __init__(self, path: str | Path, eval_fraction: float = 0.2, identity_key: bytes | None = None) -> None:
         self.path = Path(path)
         self.eval_fraction = eval_fraction
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,6 +213,20 @@ class ExampleStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self.schema_version = self._migrate()
+        self._identity_key = identity_key or self._stored_identity_key()
+
+    def _stored_identity_key(self) -> bytes:
+        """A random HMAC key kept in the store, for when `store.identity_key` is not configured."""
+        with self._write() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'identity_key'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta (key, value) VALUES ('identity_key', ?)", (secrets.token_hex(32),))
+                row = db.execute("SELECT value FROM meta WHERE key = 'identity_key'").fetchone()
+        return bytes.fromhex(row["value"])
+
+    def keyed(self, value: str) -> str:
+        """A keyed hash (HMAC-SHA256) of an identifier: matchable later, not reversible without the key."""
+        return hmac.new(self._identity_key, value.encode(), hashlib.sha256).hexdigest()[:32]
 
     # connections ---------------------------------------------------------------------------
     @property
@@ -262,7 +295,13 @@ class ExampleStore:
         return outcomes
 
     def _upsert(self, db: sqlite3.Connection, example: Example) -> str:
-        row = db.execute("SELECT revision FROM examples WHERE ticket_id = ?", (example.ticket_id,)).fetchone()
+        subjects = [self.keyed("ticket:" + example.ticket_id)] + [self.keyed(i) for i in example.identities]
+        marks = ",".join("?" * len(subjects))
+        if db.execute(f"SELECT 1 FROM suppressions WHERE subject IN ({marks}) LIMIT 1", subjects).fetchone():
+            return OUTCOME_SUPPRESSED  # the customer asked to be forgotten: a replay must not bring it back
+        row = db.execute(
+            "SELECT revision, pipeline_version FROM examples WHERE ticket_id = ?", (example.ticket_id,)
+        ).fetchone()
         if row is None:
             deleted = db.execute(
                 "SELECT revision FROM deletions WHERE ticket_id = ?", (example.ticket_id,)
@@ -270,12 +309,12 @@ class ExampleStore:
             if deleted is not None and example.revision <= deleted["revision"]:
                 return OUTCOME_STALE  # a redelivered revision of a ticket the customer had deleted
             outcome = OUTCOME_STORED
-        elif example.revision == row["revision"]:
+        elif example.revision == row["revision"] and row["pipeline_version"] == PIPELINE_VERSION:
             return OUTCOME_UNCHANGED
         elif example.revision < row["revision"]:
             return OUTCOME_STALE
         else:
-            outcome = OUTCOME_REVISED
+            outcome = OUTCOME_REVISED  # a later revision, or the same one rebuilt by a newer pipeline
         db.execute(
             "INSERT INTO examples (ticket_id, revision, example_json, category, group_key, split, batch_id,"
             " stored_at, pipeline_version, quality_signature) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)"
@@ -289,12 +328,17 @@ class ExampleStore:
                 example.revision,
                 example.to_json(),
                 example.category,
-                example.group_key,
-                self.split_for(example.group_key),
+                self.keyed("group:" + example.group_key),
+                self.split_for(example.group_key),  # from the unkeyed group hash: the same in every store
                 _now(),
                 PIPELINE_VERSION,
                 example.quality_signature,
             ),
+        )
+        db.execute("DELETE FROM example_identities WHERE ticket_id = ?", (example.ticket_id,))
+        db.executemany(
+            "INSERT OR IGNORE INTO example_identities (ticket_id, identity) VALUES (?, ?)",
+            [(example.ticket_id, self.keyed(identity)) for identity in example.identities],
         )
         return outcome
 
@@ -304,6 +348,7 @@ class ExampleStore:
         db.execute("DELETE FROM examples WHERE ticket_id = ?", (ticket_id,))
         db.execute("DELETE FROM snapshot_items WHERE ticket_id = ?", (ticket_id,))
         db.execute("DELETE FROM trusted_sets WHERE ticket_id = ?", (ticket_id,))
+        db.execute("DELETE FROM example_identities WHERE ticket_id = ?", (ticket_id,))
         revision = row["revision"] if row is not None else ""
         db.execute(
             "INSERT INTO deletions (ticket_id, revision, deleted_at) VALUES (?, ?, ?)"
@@ -312,6 +357,75 @@ class ExampleStore:
             (ticket_id, revision, _now()),
         )
         return OUTCOME_DELETED if row is not None else OUTCOME_ABSENT
+
+    # erasure and retention ----------------------------------------------------------------
+    def forget(self, *, ticket_id: str | None = None, requester_email: str | None = None,
+               requester_id: str | None = None) -> dict:
+        """Erases a ticket, or every ticket of a requester, everywhere the store keeps it, and
+        suppresses it for good (a replay or redelivery is not stored again).
+
+        Returns the erasure id, how many tickets went, and the model versions trained on them
+        (they get tagged in the registry; the next cycle retrains without them). The audit row
+        keeps only keyed hashes, never the id or address itself.
+        """
+        if sum(x is not None for x in (ticket_id, requester_email, requester_id)) != 1:
+            raise ValueError("forget takes exactly one of ticket_id, requester_email, requester_id")
+        if ticket_id is not None:
+            kind, subject = "ticket", self.keyed("ticket:" + ticket_id)
+        elif requester_email is not None:
+            kind, subject = "requester_email", self.keyed("email:" + requester_email.strip().lower())
+        else:
+            kind, subject = "requester_id", self.keyed(f"id:{requester_id}")
+        with self._write() as db:
+            if ticket_id is not None:
+                tickets = [ticket_id]
+            else:
+                tickets = [r[0] for r in db.execute(
+                    "SELECT DISTINCT ticket_id FROM example_identities WHERE identity = ?", (subject,))]
+            marks = ",".join("?" * len(tickets))
+            affected = sorted({r[0] for r in db.execute(
+                "SELECT DISTINCT c.model_version FROM snapshot_items s JOIN cycles c ON c.snapshot_id = s.snapshot_id"
+                f" WHERE s.ticket_id IN ({marks}) AND s.part IN ('batch_train', 'replay')"
+                " AND c.model_version IS NOT NULL", tickets)}, key=lambda v: (len(v), v)) if tickets else []
+            removed = sum(self._delete(db, t) == OUTCOME_DELETED for t in tickets)
+            db.execute("INSERT OR IGNORE INTO suppressions (subject, added_at) VALUES (?, ?)", (subject, _now()))
+            for t in tickets:
+                db.execute("INSERT OR IGNORE INTO suppressions (subject, added_at) VALUES (?, ?)",
+                           (self.keyed("ticket:" + t), _now()))
+            cursor = db.execute(
+                "INSERT INTO erasures (requested_at, kind, subject, tickets_removed, affected_versions, tagged_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (_now(), kind, subject, removed, json.dumps(affected), None if affected else _now()),
+            )
+        return {"erasure_id": cursor.lastrowid, "tickets_removed": removed, "affected_versions": affected}
+
+    def pending_erasures(self) -> list[dict]:
+        """Erasures whose affected model versions are not tagged in the registry yet."""
+        rows = self._db.execute(
+            "SELECT id, requested_at, kind, affected_versions FROM erasures WHERE tagged_at IS NULL ORDER BY id"
+        ).fetchall()
+        return [{"erasure_id": r["id"], "requested_at": r["requested_at"], "kind": r["kind"],
+                 "affected_versions": json.loads(r["affected_versions"])} for r in rows]
+
+    def mark_erasure_tagged(self, erasure_id: int) -> None:
+        with self._write() as db:
+            db.execute("UPDATE erasures SET tagged_at = ? WHERE id = ?", (_now(), erasure_id))
+
+    def versions_trained_on_erased_data(self) -> set[str]:
+        versions: set[str] = set()
+        for (affected,) in self._db.execute("SELECT affected_versions FROM erasures"):
+            versions.update(json.loads(affected))
+        return versions
+
+    def purge_older_than(self, days: float) -> int:
+        """Retention: deletes examples whose ticket revision is older than `days` (not suppressed)."""
+        cutoff = datetime.fromtimestamp(time.time() - days * 86400, timezone.utc).isoformat(timespec="microseconds")
+        with self._write() as db:
+            old = [r[0] for r in db.execute(
+                "SELECT ticket_id FROM examples WHERE revision != '' AND revision < ?", (cutoff,))]
+            for ticket_id in old:
+                self._delete(db, ticket_id)
+        return len(old)
 
     # reads ---------------------------------------------------------------------------------
     def get_example(self, ticket_id: str) -> dict | None:
@@ -362,7 +476,8 @@ class ExampleStore:
 
     # snapshots -----------------------------------------------------------------------------
     def create_snapshot(
-        self, cycle_id: str, champion_version: str | None, *, replay_fraction: float, seed: int = 0
+        self, cycle_id: str, champion_version: str | None, *, replay_fraction: float, seed: int = 0,
+        replay_all: bool = False,
     ) -> Snapshot:
         """Copies the pending batch, a replay sample of trusted training data and the trusted eval set.
 
@@ -377,14 +492,18 @@ class ExampleStore:
             batch_train = [r for r in pending if r["split"] == "train"]
             batch_eval = [r for r in pending if r["split"] == "eval"]
             replay: list[sqlite3.Row] = []
-            if replay_fraction > 0 and batch_train:
-                wanted = round(len(batch_train) * replay_fraction / (1.0 - replay_fraction))
-                if replay_fraction >= 1.0:
-                    wanted = len(batch_train)
+            if replay_all or (replay_fraction > 0 and batch_train):
                 candidates = db.execute(
                     "SELECT e.ticket_id, e.revision, e.example_json FROM examples e"
                     " JOIN batches b ON e.batch_id = b.id WHERE b.state = 'promoted' AND e.split = 'train'"
+                    " ORDER BY e.ticket_id"
                 ).fetchall()
+                if replay_all:  # a full retrain on every trusted training example (after an erasure)
+                    wanted = len(candidates)
+                elif replay_fraction >= 1.0:
+                    wanted = len(batch_train)
+                else:
+                    wanted = round(len(batch_train) * replay_fraction / (1.0 - replay_fraction))
                 candidates.sort(key=lambda r: _unit_hash(f"replay:{seed}:{cycle_id}:{r['ticket_id']}"))
                 replay = candidates[:wanted]
             if champion_version is None:

@@ -189,3 +189,81 @@ def test_freshness_reports_the_newest_example_and_bounded_categories(store):
     assert fresh["newest_stored_at"] is not None
     assert len(fresh["by_category"]) == 21 and sum(fresh["by_category"].values()) == 50
     assert fresh["by_category"]["other"] == 10
+
+
+def person_example(ticket_id: str, email: str, revision: str = "2026-11-01T10:00:00.000000+00:00") -> Example:
+    return Example(ticket_id=ticket_id, revision=revision,
+                   messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                   group_key=f"g-{email}", identities=(f"email:{email}", f"id:{email[:3]}"))
+
+
+def test_forget_by_requester_email_erases_everywhere_and_suppresses_replays(store):
+    store.apply([person_example("1", "ana@example.com"), person_example("2", "ana@example.com"),
+                 person_example("3", "bo@example.com")])
+    snap = store.create_snapshot("c1", None, replay_fraction=0.0)
+    store.start_cycle("c1", "test")
+    store.finish_cycle("c1", verdict="promoted", model_version="1", snapshot_id=snap.id, reasons=[], metrics={})
+    store.freeze_trusted_set("1", snap.id, None, cap=100)
+
+    result = store.forget(requester_email="  ANA@example.com ")
+    assert result["tickets_removed"] == 2
+    trained = {e["ticket_id"] for e in snap.batch_train}
+    assert result["affected_versions"] == (["1"] if trained & {"1", "2"} else [])
+    assert store.get_example("1") is None and store.get_example("2") is None and store.get_example("3")
+    for table in ("snapshot_items", "trusted_sets", "example_identities"):
+        assert store._db.execute(f"SELECT count(*) FROM {table} WHERE ticket_id IN ('1', '2')").fetchone()[0] == 0
+    # a replay of the same tickets, or a new ticket of the same requester, is not stored again
+    later = "2027-01-01T00:00:00.000000+00:00"
+    assert store.apply([person_example("1", "ana@example.com", later),
+                        person_example("9", "ana@example.com")]) == ["suppressed", "suppressed"]
+    dump = b"".join(row[0].encode() for row in store._db.execute("SELECT subject FROM erasures"))
+    assert b"ana" not in dump.lower() and len(dump) == 32
+
+
+def test_forget_by_ticket_id_and_the_erasure_tagging_queue(store):
+    store.apply([person_example("7", "cy@example.com")])
+    snap = store.create_snapshot("c1", None, replay_fraction=0.0)
+    store.start_cycle("c1", "test")
+    store.finish_cycle("c1", verdict="promoted", model_version="4", snapshot_id=snap.id, reasons=[], metrics={})
+    in_training = bool(snap.batch_train)
+    result = store.forget(ticket_id="7")
+    assert result["tickets_removed"] == 1
+    pending = store.pending_erasures()
+    if in_training:
+        assert pending[0]["affected_versions"] == ["4"] and store.versions_trained_on_erased_data() == {"4"}
+        store.mark_erasure_tagged(pending[0]["erasure_id"])
+    assert store.pending_erasures() == []
+    assert store.apply([person_example("7", "cy@example.com", "2030-01-01T00:00:00.000000+00:00")]) == ["suppressed"]
+    with pytest.raises(ValueError):
+        store.forget(ticket_id="1", requester_email="x@example.com")
+
+
+def test_identities_and_group_keys_are_kept_only_as_keyed_hashes(tmp_path):
+    a = ExampleStore(tmp_path / "a.db", identity_key=b"k1")
+    b = ExampleStore(tmp_path / "b.db", identity_key=b"k2")
+    for s in (a, b):
+        s.apply([person_example("1", "ana@example.com")])
+    raw = (tmp_path / "a.db").read_bytes() + (tmp_path / "a.db-wal").read_bytes()
+    assert b"ana@example.com" not in raw
+    key_a = a._db.execute("SELECT group_key FROM examples").fetchone()[0]
+    key_b = b._db.execute("SELECT group_key FROM examples").fetchone()[0]
+    assert key_a != key_b and "ana" not in key_a
+    a.close()
+    b.close()
+
+
+def test_retention_deletes_examples_older_than_the_limit(store):
+    store.apply([example("old", "2020-01-01T00:00:00.000000+00:00"), example("new", "2099-01-01T00:00:00.000000+00:00"),
+                 example("undated", "")])
+    assert store.purge_older_than(365) == 1
+    assert store.get_example("old") is None and store.get_example("new") and store.get_example("undated")
+
+
+def test_a_newer_pipeline_version_rebuilds_the_same_revision(store, monkeypatch):
+    import daemon.store as store_module
+
+    store.apply([example("1")])
+    assert store.apply([example("1")]) == ["unchanged"]
+    monkeypatch.setattr(store_module, "PIPELINE_VERSION", "2")
+    assert store.apply([example("1")]) == ["revised"]
+    assert store.apply([example("1")]) == ["unchanged"]

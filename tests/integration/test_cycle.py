@@ -1,6 +1,9 @@
 """Retrain cycles on real parts: the real store, a real MLflow store, the real worker (forward and
 backward passes of the tiny Llama model in a child process)."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from daemon.config import load_settings
@@ -91,3 +94,24 @@ def test_a_worker_failure_is_a_failed_cycle_that_keeps_the_batch_pending(setup, 
     assert registry.history() == []
     assert store.cycles()[0]["verdict"] == "failed"
 
+
+
+def test_an_erasure_tags_the_champion_and_the_next_cycle_retrains_fresh_without_it(setup):
+    settings, store, registry, runner = setup
+    store.apply(examples(90, seed=7, start_id=7000))
+    first = runner.run(trigger="test")
+    assert first.verdict == "promoted", first.reasons
+    erased = store._db.execute("SELECT ticket_id FROM snapshot_items WHERE part = 'batch_train' LIMIT 1").fetchone()[0]
+    trained_before = store._db.execute("SELECT count(*) FROM snapshot_items WHERE part = 'batch_train'").fetchone()[0]
+
+    assert store.forget(ticket_id=erased)["affected_versions"] == [first.version]
+    second = runner.run(trigger="schedule")  # no new data, yet it runs: the champion must be replaced
+    assert second.verdict in ("promoted", "rejected") and second.version == "2"
+    assert any("retrained from scratch" in r for r in second.reasons)
+    assert registry.get_version_tags(first.version)["ticketune.trained_on_erased_data"] == "true"
+    assert store.pending_erasures() == []
+
+    spec = json.loads((settings.training.work_dir / second.cycle_id / "spec.json").read_text())
+    assert spec["init_adapter"] is None
+    train_ids = {json.loads(line)["ticket_id"] for line in Path(spec["train_file"]).read_text().splitlines()}
+    assert erased not in train_ids and len(train_ids) == trained_before - 1
