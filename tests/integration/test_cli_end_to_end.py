@@ -95,3 +95,22 @@ def test_produce_ingest_cycle_history_status_promote_and_rollback(
 
     no_earlier = ticketune(config, "rollback", check=False)
     assert no_earlier.returncode == 1 and "no earlier" in no_earlier.stderr.lower()
+
+    # right to erasure, then a replay of the whole topic: the erased customer does not come back
+    from daemon.pairs import Example, ticket_to_example
+    from daemon.samples import generate_tickets
+    from daemon.tickets import ticket_from_dict
+
+    stored = [t for t in generate_tickets(70, seed=5)
+              if isinstance(ticket_to_example(ticket_from_dict(t)), Example)]
+    email = stored[0]["requester"]["email"]
+    theirs = sum(1 for t in stored if t["requester"]["email"] == email)
+    forgot = ticketune_json(config, "forget", "--requester-email", email.upper())
+    assert forgot["tickets_removed"] == theirs and forgot["erasures_pending"] == 0
+    assert email not in (tmp_path / "store" / "examples.db").read_bytes().decode("latin-1")
+    after = ticketune_json(config, "status")
+    assert after["examples"] == status["examples"] - theirs
+
+    replay = ticketune_json(config, "reprocess", "--idle-timeout", "8")
+    assert replay["consumed"] == 140 and replay["stored"] == 0
+    assert replay["skipped"]["erased"] == theirs
