@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+HEADER_ERROR = "ticketune.error"  # "<reason>: <detail>", the one header a person reads first
 HEADER_REASON = "ticketune.error.reason"
 HEADER_DETAIL = "ticketune.error.detail"
 HEADER_SOURCE_TOPIC = "ticketune.source.topic"
@@ -32,6 +33,7 @@ HEADER_FAILED_AT = "ticketune.failed_at"
 HEADER_VALUE_OMITTED = "ticketune.error.value_omitted"
 ERROR_HEADERS = frozenset(
     {
+        HEADER_ERROR,
         HEADER_REASON,
         HEADER_DETAIL,
         HEADER_SOURCE_TOPIC,
@@ -153,6 +155,7 @@ class KafkaTicketSource:
         """Sends the original key and value with the error headers; returns once the brokers have it."""
         headers = [(name, value) for name, value in record.headers if name not in ERROR_HEADERS]
         headers += [
+            (HEADER_ERROR, f"{reason}: {detail}".encode("utf-8", errors="replace")),
             (HEADER_REASON, reason.encode()),
             (HEADER_DETAIL, detail.encode("utf-8", errors="replace")),
             (HEADER_SOURCE_TOPIC, record.topic.encode()),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -42,7 +43,7 @@ NUM_PERM = 128
 SHINGLE_WORDS = 5
 CHARS_PER_TOKEN = 4  # the fallback estimate when the base model's tokenizer.json is not on disk
 TOKENS_PER_MESSAGE = 4  # what a chat template adds around each turn (role marker, newline, end-of-turn)
-SIGNATURE_VERSION = 1
+SIGNATURE_VERSION = 2
 _EXACT_BYTES = 16
 _SIGNATURE_BYTES = 1 + _EXACT_BYTES + 4 * NUM_PERM
 
@@ -74,23 +75,22 @@ def _conversation_text(example: Example) -> str:
     )
 
 
-_PRIME = 4_294_967_311  # the smallest prime above 2**32: (a*x + b) mod p is a universal hash of a uint32
 _rng = np.random.default_rng(20261128)  # fixed: stored signatures must stay comparable across restarts
-_PERM_A = _rng.integers(1, 2**32, NUM_PERM, dtype=np.uint64)
-_PERM_B = _rng.integers(0, 2**32, NUM_PERM, dtype=np.uint64)
+_PERM_A = _rng.integers(1, 2**63, NUM_PERM, dtype=np.uint64) | np.uint64(1)  # odd multipliers
+_PERM_B = _rng.integers(0, 2**63, NUM_PERM, dtype=np.uint64)
 
 
 def _minhash(text: str) -> np.ndarray:
-    """128 MinHash values (uint32) of the text's word 5-gram shingles."""
+    """128 MinHash values (uint32) of the text's word 5-gram shingles.
+
+    Shingles are hashed with CRC-32 (C speed, stable across processes), then permuted 128 ways by
+    multiply-shift hashing, (a*x + b) mod 2**64 >> 32, which needs no modulo in numpy.
+    """
     words = _WORDS.findall(text)
     shingles = {" ".join(words[i : i + SHINGLE_WORDS]) for i in range(max(1, len(words) - SHINGLE_WORDS + 1))}
-    hashes = np.fromiter(
-        (int.from_bytes(hashlib.blake2b(s.encode(), digest_size=4).digest(), "little") for s in shingles),
-        dtype=np.uint64,
-        count=len(shingles),
-    )
-    permuted = (hashes[:, None] * _PERM_A + _PERM_B) % _PRIME  # < 2**64: no overflow for 32-bit inputs
-    return (permuted.min(axis=0) & 0xFFFFFFFF).astype(np.uint32)
+    hashes = np.fromiter((zlib.crc32(s.encode()) for s in shingles), dtype=np.uint64, count=len(shingles))
+    permuted = (hashes[:, None] * _PERM_A + _PERM_B) >> np.uint64(32)
+    return permuted.min(axis=0).astype(np.uint32)
 
 
 def lsh_bands(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
@@ -118,6 +118,10 @@ def example_signature(example: Example) -> bytes:
     text = _conversation_text(example)
     exact = hashlib.sha256(text.encode()).digest()[:_EXACT_BYTES]
     return bytes([SIGNATURE_VERSION]) + exact + _minhash(text).astype("<u4").tobytes()
+
+
+def signature_is_current(signature: bytes | None) -> bool:
+    return signature is not None and _split_signature(signature) is not None
 
 
 def _split_signature(signature: bytes) -> tuple[bytes, np.ndarray] | None:
@@ -163,8 +167,9 @@ class TokenCounter:
         overhead = 1 + TOKENS_PER_MESSAGE * len(messages)  # bos, then each turn's template markers
         if self._tokenizer is None:
             return overhead + sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN
-        encodings = self._tokenizer.encode_batch([m["content"] for m in messages], add_special_tokens=False)
-        return overhead + sum(len(e.ids) for e in encodings)
+        # one encode call per message: encode_batch's thread pool costs more than it saves on a few texts
+        encode = self._tokenizer.encode
+        return overhead + sum(len(encode(m["content"], add_special_tokens=False).ids) for m in messages)
 
 
 class QualityFilter:

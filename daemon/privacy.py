@@ -7,6 +7,7 @@ here logs, and no exception carries text.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import unicodedata
@@ -414,8 +415,13 @@ def _strip_accents(text: str) -> str:
 def _compile_names(names: dict[str, str]) -> re.Pattern[str] | None:
     if not names:
         return None
-    # Compiled once per ticket, so kept small: one case-insensitive alternation, longest names first.
-    alternatives = "|".join(_name_regex(key) for key in sorted(names, key=len, reverse=True))
+    # One case-insensitive alternation, longest names first; the same people recur across tickets
+    # (agents above all), so compiled patterns are cached beyond re's own 512 entries.
+    return _compile_alternation("|".join(_name_regex(key) for key in sorted(names, key=len, reverse=True)))
+
+
+@functools.lru_cache(maxsize=8192)
+def _compile_alternation(alternatives: str) -> re.Pattern[str]:
     return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
 

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from daemon.config import StoreConfig
-from daemon.filters import example_signature
+from daemon.filters import example_signature, signature_is_current
 from daemon.pairs import PIPELINE_VERSION, Example
 
 SCHEMA_V1 = """
@@ -454,9 +454,9 @@ class ExampleStore:
         return {"newest_stored_at": newest, "by_category": by_category}
 
     def quality_signatures(self) -> list[tuple[str, bytes]]:
-        """(ticket_id, dedupe signature) of every stored example, computing those never recorded."""
+        """(ticket_id, dedupe signature) of every stored example, computing missing or outdated ones."""
         rows = self._db.execute("SELECT ticket_id, quality_signature, example_json FROM examples").fetchall()
-        missing = [r for r in rows if r["quality_signature"] is None]
+        missing = [r for r in rows if not signature_is_current(r["quality_signature"])]
         computed = {
             r["ticket_id"]: example_signature(
                 Example(ticket_id=r["ticket_id"], revision="", messages=json.loads(r["example_json"])["messages"])
@@ -466,10 +466,10 @@ class ExampleStore:
         if computed:
             with self._write() as db:
                 db.executemany(
-                    "UPDATE examples SET quality_signature = ? WHERE ticket_id = ? AND quality_signature IS NULL",
+                    "UPDATE examples SET quality_signature = ? WHERE ticket_id = ?",
                     [(sig, ticket_id) for ticket_id, sig in computed.items()],
                 )
-        return [(r["ticket_id"], r["quality_signature"] or computed[r["ticket_id"]]) for r in rows]
+        return [(r["ticket_id"], computed.get(r["ticket_id"]) or r["quality_signature"]) for r in rows]
 
     def pending_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM examples WHERE batch_id IS NULL").fetchone()[0]

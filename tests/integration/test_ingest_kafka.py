@@ -132,6 +132,7 @@ def test_stores_tickets_and_dead_letters_bad_messages_with_their_origin_then_goe
         headers = {name: value.decode() for name, value in record.headers}
         assert headers["ticketune.error.reason"] == expected_reasons[key]
         assert headers["ticketune.error.detail"]
+        assert headers["ticketune.error"].startswith(expected_reasons[key] + ": ")
         assert headers["ticketune.source.topic"] == topic
         assert (
             int(headers["ticketune.source.partition"]),
@@ -377,3 +378,20 @@ def test_quality_filters_skip_duplicates_and_low_csat_and_remember_across_restar
     report, _ = ingest(kafka_config(broker, topic, group_id=group), store, quality=fresh_filter())
     # a new group reads all four: q1 is a redelivery, q2 and q4 copy it, q3 is still unhappy
     assert report.skipped == {"duplicate": 1, "exact_duplicate": 2, "low_csat": 1} and report.stored == 0
+
+
+@pytest.mark.parametrize("vendor", ["zendesk", "freshdesk", "intercom", "helpscout", "salesforce"])
+def test_each_helpdesk_format_is_ingested_from_the_broker(vendor, broker, unique_topic, store):
+    from pathlib import Path
+
+    payload = (Path(__file__).resolve().parents[1] / "data" / "formats" / f"{vendor}.json").read_bytes()
+    topic = unique_topic(vendor)
+    produce(broker.bootstrap_servers, topic, [("t-1", payload), ("t-2", payload[: len(payload) // 2])])
+    source = KafkaTicketSource(kafka_config(broker, topic, format=vendor))
+    try:
+        report = run_ingest(source, parser_for(vendor), store, idle_timeout_s=3.0, poll_timeout_s=0.2)
+    finally:
+        source.close()
+    assert (report.consumed, report.stored, report.dead_lettered) == (2, 1, 1)
+    stored = store._db.execute("SELECT example_json FROM examples").fetchone()[0]
+    assert json.loads(stored)["messages"][-1]["role"] == "assistant"
