@@ -100,15 +100,22 @@ class TicketParseError(ValueError):
         self.detail = detail
 
 
-def parse_canonical(value: bytes) -> Ticket:
-    """Parses one canonical ticket JSON document (UTF-8) into a `Ticket`."""
+def load_json_object(value: bytes) -> dict:
+    """One UTF-8 JSON object, or a `TicketParseError` saying why not (every format starts here)."""
     try:
         data = json.loads(value.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise TicketParseError("invalid_utf8", str(exc)) from None
     except (json.JSONDecodeError, RecursionError) as exc:
         raise TicketParseError("invalid_json", str(exc)[:300]) from None
-    return ticket_from_dict(data)
+    if not isinstance(data, dict):
+        raise TicketParseError("not_an_object", f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def parse_canonical(value: bytes) -> Ticket:
+    """Parses one canonical ticket JSON document (UTF-8) into a `Ticket`."""
+    return ticket_from_dict(load_json_object(value))
 
 
 def ticket_from_dict(data: object) -> Ticket:

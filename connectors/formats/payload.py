@@ -5,23 +5,12 @@ Errors name the vendor's field path (`ticket.status: Field required`), never a f
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any
 
-from daemon.tickets import Ticket, TicketParseError, ticket_from_dict
+from daemon.tickets import Ticket, TicketParseError, load_json_object, ticket_from_dict
 
-
-def load_object(value: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(value.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise TicketParseError("invalid_utf8", str(exc)) from None
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise TicketParseError("invalid_json", str(exc)[:300]) from None
-    if not isinstance(data, dict):
-        raise TicketParseError("not_an_object", f"expected a JSON object, got {type(data).__name__}")
-    return data
+load_object = load_json_object  # the vendor payloads decode exactly as the canonical one
 
 
 def unsupported(vendor: str, path: str, expected: str) -> TicketParseError:
