@@ -22,6 +22,7 @@ from typing import Protocol
 from daemon import code_version, metrics
 from daemon.config import Settings
 from daemon.gate import inputs_from_result, judge
+from daemon.privacy import PLACEHOLDERS
 from daemon.store import ExampleStore, Snapshot, store_lock
 
 log = logging.getLogger("ticketune.cycle")
@@ -292,7 +293,10 @@ class CycleRunner:
             "ticketune.adapter_method": cfg.adapter.method,
             "ticketune.gate_profile": cfg.gate.profile,
         }
-        version = self.registry.register_candidate(run_id, Path(result["adapter_dir"]), tags)
+        adapter_dir = Path(result["adapter_dir"])
+        # the placeholder vocabulary travels with the adapter: serving fills or strips what the model writes
+        (adapter_dir / "ticketune_placeholders.json").write_text(json.dumps(PLACEHOLDERS, indent=2), "utf-8")
+        version = self.registry.register_candidate(run_id, adapter_dir, tags)
         self.store.freeze_trusted_set(version, snapshot.id, champion, cfg.gate.trusted_eval_cap)
         if verdict.passed:
             self.registry.promote(version, reason=f"cycle {cycle_id} passed the gate")

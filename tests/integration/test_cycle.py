@@ -59,6 +59,10 @@ def test_clean_batch_promotes_then_a_poisoned_batch_is_rejected_and_quarantined(
                 "ticketune.code_version", "ticketune.reasons", "ticketune.metrics"):
         assert tags.get(key), key
     assert store.pending_count() == 0
+    adapter = registry.download_adapter(first.version, settings.training.work_dir / "download")
+    vocabulary = json.loads((adapter / "ticketune_placeholders.json").read_text())
+    assert "<CUSTOMER_FIRST_NAME>" in vocabulary and "<EMAIL>" in vocabulary
+    assert (adapter / "adapter_config.json").exists()
 
     store.apply(examples(90, seed=2, start_id=2000, corrupt=1.0))
     second = runner.run(trigger="test")
