@@ -30,7 +30,7 @@ def _emit(args: argparse.Namespace, data: object, human: str) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = getattr(args, "config_settings", None) or load_settings(args.config)
+    settings = load_settings(args.config)
     from daemon.service import configure_logging
 
     configure_logging(settings.log)
@@ -63,13 +63,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    return _ingest(args, _settings(args))
+
+
+def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from connectors.formats import parser_for
     from connectors.kafka import KafkaTicketSource
     from daemon.ingest import run_ingest
     from daemon.service import build_quality_filter
     from daemon.store import store_lock
 
-    settings = _settings(args)
     store = _store(settings)
     with store_lock(store.path, "ingest", wait_seconds=None if args.wait else 0):
         quality = build_quality_filter(settings, store)
@@ -207,8 +210,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     settings.kafka.group_id = f"{settings.kafka.group_id}.reprocess-{stamp}"
     settings.kafka.auto_offset_reset = "earliest"
     args.max_records = None
-    args.config_settings = settings
-    return cmd_ingest(args)
+    return _ingest(args, settings)
 
 
 def cmd_produce_sample(args: argparse.Namespace) -> int:
