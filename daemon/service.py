@@ -199,7 +199,7 @@ class Service:
                     try:
                         report = run_ingest(
                             source, parse, self.store, system_prompt=cfg.model.system_prompt, stop=self.stop,
-                            on_batch=self._add_ingest_batch, poll_timeout_s=cfg.kafka.poll_timeout_ms / 1000,
+                            on_batch=self._note_ingest_progress, poll_timeout_s=cfg.kafka.poll_timeout_ms / 1000,
                             quality=quality,
                         )
                         log.info("ingest loop ended: %s", report.to_json())
@@ -215,8 +215,8 @@ class Service:
                 log.error("ingest: %s; retrying in 10 s", exc)
                 self.stop.wait(10.0)
 
-    def _add_ingest_batch(self, report: IngestReport) -> None:
-        self.ingest_totals = report
+    def _note_ingest_progress(self, report: IngestReport) -> None:
+        self.ingest_totals = report  # the running report of the current ingest loop
 
     # cycles ------------------------------------------------------------------------------
     def run_cycle(self, *, trigger: str, force: bool = False) -> CycleOutcome:

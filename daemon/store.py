@@ -435,7 +435,7 @@ class ExampleStore:
     def counts(self) -> dict[str, int]:
         db = self._db
         total = db.execute("SELECT count(*) FROM examples").fetchone()[0]
-        pending = db.execute("SELECT count(*) FROM examples WHERE batch_id IS NULL").fetchone()[0]
+        pending = self.pending_count()
         quarantined = db.execute(
             "SELECT count(*) FROM examples e JOIN batches b ON e.batch_id = b.id WHERE b.state = 'quarantined'"
         ).fetchone()[0]
