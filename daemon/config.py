@@ -64,11 +64,19 @@ class ModelConfig(_Section):
 
 
 class AdapterConfig(_Section):
-    method: Literal["lora"] = "lora"
+    method: Literal["lora", "dora", "ia3", "prompt_tuning"] = "lora"
     r: int = Field(default=16, ge=1, le=1024)
     alpha: int = Field(default=32, ge=1)
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    use_rslora: bool = False  # scale by alpha/sqrt(r) instead of alpha/r (lora and dora)
+    num_virtual_tokens: int = Field(default=20, ge=1, le=512)  # prompt_tuning only
+
+    @model_validator(mode="after")
+    def _rslora_needs_lora(self) -> AdapterConfig:
+        if self.use_rslora and self.method not in ("lora", "dora"):
+            raise ValueError(f"use_rslora applies to method lora or dora, not {self.method}")
+        return self
 
 
 class TrainingConfig(_Section):
@@ -76,8 +84,27 @@ class TrainingConfig(_Section):
     epochs: float = Field(default=2.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1)
     learning_rate: float = Field(default=2e-4, gt=0)
-    batch_size: int = Field(default=8, ge=1)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+    batch_size: int = Field(default=8, ge=1)  # examples per step when packing is off
     max_seq_len: int = Field(default=2048, ge=16)
+    packing: bool = True
+    row_tokens: int = Field(default=16384, ge=64)  # tokens per packed row (one micro-batch)
+    rows_per_step: int = Field(default=1, ge=1)  # packed rows per optimizer step, across all GPUs
+    cross_entropy: Literal["auto", "chunked", "liger", "full"] = "auto"
+    loss_chunk_tokens: int = Field(default=4096, ge=64)
+    gradient_checkpointing: bool | Literal["auto"] = "auto"  # auto: on for CUDA, off on CPU
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA when supported, else fp32
+    compile: bool = False
+    quantization: Literal["none", "nf4"] = "none"  # nf4 with LoRA/DoRA is QLoRA
+    max_minutes: float | None = Field(default=None, gt=0)  # soft budget: stop training, then evaluate
+    max_tokens: int | None = Field(default=None, ge=1)  # soft budget on tokens processed
+    validation_fraction: float = Field(default=0.1, ge=0.0, le=0.5)  # of the new batch, for early stop
+    eval_every_steps: int | None = Field(default=None, ge=1)  # default: about 10 validations per run
+    early_stop_patience: int = Field(default=3, ge=0)  # validations without improvement; 0 turns it off
+    checkpoint_every_steps: int = Field(default=50, ge=1)
+    max_attempts: int = Field(default=3, ge=1)  # tries of one cycle (same snapshot) before a fresh one
+    gpus: int = Field(default=1, ge=1)  # >1 runs the worker under torchrun, data parallel
     seed: int = 0
     warm_start: Literal["champion", "fresh"] = "champion"
     replay_fraction: float = Field(default=0.25, ge=0.0, le=1.0)
@@ -85,6 +112,15 @@ class TrainingConfig(_Section):
     work_dir: Path = Path("./data/cycles")
     keep_cycle_dirs: int = Field(default=5, ge=1)
     python: str | None = None
+
+    @model_validator(mode="after")
+    def _rows_hold_a_sequence(self) -> TrainingConfig:
+        if self.packing and self.row_tokens < self.max_seq_len:
+            raise ValueError(
+                f"row_tokens ({self.row_tokens}) must be at least max_seq_len ({self.max_seq_len}) so that "
+                "no example is split across rows"
+            )
+        return self
 
 
 class ScheduleConfig(_Section):

@@ -15,12 +15,14 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from daemon.config import TrainingConfig
 from daemon.training.chat_examples import IGNORE_INDEX, tokenize_conversation, tokenize_file
 from daemon.training.lora_recipe import Runtime, evaluate_all, evaluate_examples, prepare_model
 from daemon.training.spec import parse_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CPU = Runtime(torch.device("cpu"), torch.float32)
+PADDED_BY_TWO = TrainingConfig(batch_size=1, max_seq_len=512, packing=False)  # eval batches of 2
 SYSTEM = "You are a helpful customer support agent."
 
 # A few support intents: customer phrasings and one templated agent answer each.
@@ -103,6 +105,7 @@ def make_spec(base: Path, out: Path, train_file: Path, eval_files: dict[str, Pat
             "learning_rate": 0.002,
             "batch_size": 8,
             "max_seq_len": 512,
+            "row_tokens": 1024,
             "seed": 0,
         },
         "train_file": str(train_file),
@@ -229,7 +232,7 @@ def test_eval_loss_is_token_weighted_over_assistant_tokens(tiny_model_dir: Path,
     tokenized = tokenize_file(write_jsonl(tmp_path / "w.jsonl", records), tokenizer, max_seq_len=512)
 
     scores = evaluate_examples(
-        model, tokenized.examples, batch_size=2, device=CPU.device, pad_token_id=tokenizer.pad_token_id
+        model, tokenized.examples, PADDED_BY_TWO, CPU, packing=False, pad_token_id=tokenizer.pad_token_id
     )
 
     sums, counts = [], []
@@ -253,8 +256,10 @@ def test_train_cli_writes_an_adapter_that_beats_the_base_on_heldout(
 ) -> None:
     assert first_run["status"] == "ok" and first_run["error"] is None and first_run["device"] == "cpu"
     train = first_run["train"]
-    assert train["examples"] == 96 and train["dropped_examples"] == 0 and train["steps"] == 24
-    assert train["supervised_tokens"] < train["tokens"] and len(train["loss_curve"]) == 24
+    assert train["examples"] == 96 and train["dropped_examples"] == 0 and train["packing"] is True
+    assert train["steps"] == train["planned_steps"] == len(train["loss_curve"]) >= 8
+    assert 0.9 < train["row_fill"] <= 1.0
+    assert train["supervised_tokens"] < train["tokens"]
     heldout = first_run["eval"]["batch_heldout"]
     assert set(heldout) == {"candidate", "base"}
     assert heldout["candidate"]["examples"] == 24
@@ -267,7 +272,8 @@ def test_train_cli_writes_an_adapter_that_beats_the_base_on_heldout(
     assert recorded["chat_template_sha256"] == hashlib.sha256(tokenizer.chat_template.encode()).hexdigest()
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter_dir)
     examples = tokenize_file(data_files["heldout"], tokenizer, 512).examples
-    scores = evaluate_examples(reloaded, examples, 16, CPU.device, tokenizer.pad_token_id)
+    # reloaded with plain sdpa and scored on padded batches: the same loss as packed scoring in the worker
+    scores = evaluate_examples(reloaded, examples, PADDED_BY_TWO, CPU, False, tokenizer.pad_token_id)
     assert scores["loss"] == pytest.approx(heldout["candidate"]["loss"], rel=1e-5)
 
 
@@ -301,11 +307,12 @@ def test_warm_start_begins_from_the_init_adapter(
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     heldout = tokenize_file(data_files["heldout"], tokenizer, 512)
     model = prepare_model(parse_spec(spec), CPU)
-    before = evaluate_examples(model, heldout.examples, 16, CPU.device, tokenizer.pad_token_id)["loss"]
+    options = parse_spec(spec).training
+    before = evaluate_examples(model, heldout.examples, options, CPU, True, tokenizer.pad_token_id)["loss"]
     assert before == pytest.approx(champion_loss, rel=1e-5)
     # Scoring another adapter and the base beside it leaves the trained adapter as it was.
     evaluate_all(model, {"batch_heldout": heldout}, parse_spec(spec), CPU, tokenizer.pad_token_id)
-    after = evaluate_examples(model, heldout.examples, 16, CPU.device, tokenizer.pad_token_id)["loss"]
+    after = evaluate_examples(model, heldout.examples, options, CPU, True, tokenizer.pad_token_id)["loss"]
     assert after == before
 
     # Through the command line: the first step already sits at the champion's level, far below a fresh start.

@@ -1,8 +1,10 @@
 """Command line of the training worker: `python -m daemon.training make-base-model DIR | train --spec SPEC`.
 
-`train` always leaves `output_dir/result.json` (written atomically) when the spec names an output_dir:
-status ok and exit 0, or status failed with a one-sentence error and exit 2 (spec, model or data
-problem the user can fix) or 1 (anything else). Progress goes to stderr without ticket text.
+`train` always leaves `output_dir/result.json` (written atomically, by rank 0 under torchrun) when the
+spec names an output_dir: status ok and exit 0; status failed with a one-sentence error and exit 2
+(spec, model or data problem the user can fix) or 1 (anything else); or status interrupted and exit 3
+(SIGTERM: a checkpoint was saved, and a retry of the same cycle resumes from it). Progress goes to
+stderr and the spec's progress file, without ticket text.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -20,11 +24,12 @@ from typing import Any
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from daemon.training.base_model import DEFAULT_PRETRAIN_STEPS, make_base_model  # noqa: E402
-from daemon.training.lora_recipe import run_training, versions  # noqa: E402
+from daemon.training.lora_recipe import Interrupted, run_training, versions  # noqa: E402
 from daemon.training.spec import SpecError, load_spec_json, parse_spec  # noqa: E402
 
 EXIT_FAILED = 1
 EXIT_BAD_SPEC = 2
+EXIT_INTERRUPTED = 3
 log = logging.getLogger("daemon.training")
 
 
@@ -59,32 +64,43 @@ def train_command(spec_path: Path) -> int:
     started = time.perf_counter()
     output_dir: Path | None = None
     cycle_id = None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # checkpoint at the end of the step, then exit 3
+    main_rank = os.environ.get("RANK", "0") == "0"
     try:
         raw = load_spec_json(spec_path)
         if isinstance(raw.get("output_dir"), str):
             Path(raw["output_dir"]).mkdir(parents=True, exist_ok=True)
             output_dir = Path(raw["output_dir"])
-            (output_dir / "result.json").unlink(missing_ok=True)  # a killed run must not leave an old one
+            if main_rank:  # a killed run must not leave an old one
+                (output_dir / "result.json").unlink(missing_ok=True)
         cycle_id = raw.get("cycle_id")
-        result = run_training(parse_spec(raw))
+        result = run_training(parse_spec(raw), stop_requested=stop.is_set)
     except SpecError as exc:
-        return _fail(output_dir, cycle_id, str(exc), EXIT_BAD_SPEC)
+        return _fail(output_dir if main_rank else None, cycle_id, str(exc), EXIT_BAD_SPEC)
+    except Interrupted as exc:
+        return _fail(output_dir if main_rank else None, cycle_id, str(exc), EXIT_INTERRUPTED, "interrupted")
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         reason = (str(exc).strip().splitlines() or [""])[0]
         return _fail(
-            output_dir, cycle_id, f"training failed with {type(exc).__name__}: {reason}", EXIT_FAILED
+            output_dir if main_rank else None,
+            cycle_id,
+            f"training failed with {type(exc).__name__}: {reason}",
+            EXIT_FAILED,
         )
+    if result is None:  # not rank 0: rank 0 writes the result
+        return 0
     write_result(output_dir, result)
     log.info("done cycle_id=%s seconds=%.1f", cycle_id, time.perf_counter() - started)
     return 0
 
 
-def _fail(output_dir: Path | None, cycle_id: Any, error: str, code: int) -> int:
-    log.error("failed: %s", error)
+def _fail(output_dir: Path | None, cycle_id: Any, error: str, code: int, status: str = "failed") -> int:
+    log.error("%s: %s", status, error)
     if output_dir is not None:
         result = {
-            "status": "failed",
+            "status": status,
             "error": error,
             "cycle_id": cycle_id,
             "adapter_dir": None,

@@ -1,15 +1,21 @@
-"""LoRA training recipe: a spec in; an adapter directory and the result dict out.
+"""The training recipe: a spec in; an adapter directory and the result dict out.
 
-Supports: LoRA on any causal LM that transformers loads (a local directory or a hub id in the local
-cache), `target_modules="all-linear"` or a list, a warm start from a previous adapter, epochs or a
-step budget, evaluation of the candidate, of other adapters and of the base on every eval file.
-Assumes: a fast tokenizer with a chat template; one device (cuda in bf16 when available, else cpu in
-float32); the whole base fits on it. Not yet: QLoRA, packing, resume, several GPUs.
+Supports: LoRA (default), DoRA, rsLoRA scaling, IA3 and prompt tuning through PEFT; QLoRA (an NF4
+base with double quantisation, bitsandbytes); examples packed best-fit into rows of
+`training.row_tokens` with attention kept inside each example (varlen kernel on CUDA, block-diagonal
+on CPU) and positions restarting per example; a cross-entropy that never holds full-vocabulary logits
+for every token (Liger's fused kernel on CUDA when installed, chunked elsewhere); gradient
+checkpointing, bf16 on CUDA, fused AdamW, regional torch.compile; warmup then a cosine/linear/constant
+LR schedule; early stop on a validation slice of the new batch, restoring the best weights;
+`max_minutes`/`max_tokens` budgets; checkpoints every N steps and on SIGTERM, resumed when the same
+cycle and snapshot are retried; data parallelism across GPUs under torchrun.
+Assumes: a fast tokenizer with a chat template; the base fits on each GPU (QLoRA for the ones that
+would not); prompt tuning trains on padded batches (its virtual tokens lead every row).
 
 Loss everywhere is the token-weighted mean cross-entropy over assistant tokens, in nats: the sum of
-token losses divided by the number of supervised tokens. `train.tokens` and `train.supervised_tokens`
-count the non-padding and the labelled tokens processed by all steps; `train.final_loss` is the
-token-weighted loss over the last epoch's worth of steps.
+token losses divided by the number of supervised tokens (of the whole step, across all ranks).
+`train.tokens` and `train.supervised_tokens` count the real (non-padding) and labelled tokens of all
+steps; `train.final_loss` is the token-weighted loss over the last epoch's worth of steps.
 """
 
 from __future__ import annotations
@@ -20,51 +26,78 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import peft
 import torch
-import torch.nn.functional as F
 import transformers
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedTokenizerBase,
-    get_linear_schedule_with_warmup,
-)
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase, get_scheduler
 
-from daemon.training.chat_examples import (
-    IGNORE_INDEX,
-    TokenizedExample,
-    TokenizedSet,
-    collate,
-    eval_batches,
-    length_grouped_batches,
-    steps_per_epoch,
-    tokenize_file,
-)
+from daemon.adapter_methods import describe
+from daemon.config import TrainingConfig
+from daemon.training.adapters import attach_adapter, load_base, saved_method
+from daemon.training.attention import register_packed_attention
+from daemon.training.chat_examples import TokenizedExample, TokenizedSet, length_grouped_batches, tokenize_file
+from daemon.training.checkpoints import Checkpointer, fingerprint, load_trainable_state, trainable_state
+from daemon.training.distributed import World, close_world, init_world, sum_gradients, sum_values
+from daemon.training.losses import token_loss_sums
+from daemon.training.packing import PackedBatch, best_fit_rows, collate_packed, collate_padded
+from daemon.training.progress import ProgressReporter
 from daemon.training.spec import SpecError, TrainSpec
 
 CANDIDATE = "default"  # peft's name for the adapter being trained
-WARMUP_FRACTION = 0.05
 MAX_GRAD_NORM = 1.0
+VALIDATIONS_PER_RUN = 10
+PEFT_TYPES = {"lora": "LORA", "dora": "LORA", "ia3": "IA3", "prompt_tuning": "PROMPT_TUNING"}
 
 log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """SIGTERM arrived; a checkpoint was saved and the retry of this cycle resumes from it."""
 
 
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
     dtype: torch.dtype
+    world: World = field(default_factory=World)
 
 
-def run_training(spec: TrainSpec) -> dict[str, Any]:
-    """The whole recipe; returns the result dict (the caller writes it)."""
+@dataclass
+class LoopState:
+    """What a checkpoint carries besides the weights: counters, curves and the early-stop record."""
+
+    step: int = 0
+    tokens: int = 0
+    supervised_tokens: int = 0
+    seconds: float = 0.0
+    curve: list[list[float]] = field(default_factory=list)
+    step_sums: list[list[float]] = field(default_factory=list)
+    validation_curve: list[list[float]] = field(default_factory=list)
+    best_validation: float | None = None
+    best_step: int | None = None
+    validations_without_improvement: int = 0
+    stopped_by: str | None = None
+
+
+def run_training(spec: TrainSpec, stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any] | None:
+    """The whole recipe; returns the result dict on the main rank (None on the others)."""
     started = time.perf_counter()
-    runtime = select_runtime(spec.training.device)
+    runtime = select_runtime(spec.training.device, spec.training.precision)
+    try:
+        return _run(spec, runtime, started, stop_requested)
+    finally:
+        close_world(runtime.world)
+
+
+def _run(
+    spec: TrainSpec, runtime: Runtime, started: float, stop_requested: Callable[[], bool]
+) -> dict[str, Any] | None:
     tokenizer = load_tokenizer(spec)
     max_seq_len = effective_max_seq_len(spec, tokenizer)
     train_set = tokenize_file(spec.train_file, tokenizer, max_seq_len)
@@ -73,27 +106,59 @@ def run_training(spec: TrainSpec) -> dict[str, Any]:
             f"train_file {spec.train_file} has no example with an assistant token "
             f"within max_seq_len={max_seq_len}; check the export and the limit"
         )
+    validation = tokenize_file(spec.validation_file, tokenizer, max_seq_len) if spec.validation_file else None
     eval_sets = {name: tokenize_file(path, tokenizer, max_seq_len) for name, path in spec.eval_files.items()}
 
     model = prepare_model(spec, runtime)
     log.info(
-        "model ready device=%s dtype=%s trainable_params=%d train_examples=%d",
+        "model ready device=%s dtype=%s method=%s trainable_params=%d train_examples=%d world=%d packing=%s",
         runtime.device,
         runtime.dtype,
+        describe(spec.adapter.method, spec.adapter.use_rslora, spec.training.quantization),
         count_trainable(model),
         len(train_set.examples),
+        runtime.world.size,
+        uses_packing(spec),
     )
-    train = train_adapter(model, train_set, spec, runtime, tokenizer.pad_token_id)
+    checkpointer = None
+    if spec.checkpoint_dir is not None:
+        checkpointer = Checkpointer(spec.checkpoint_dir, run_manifest(spec, max_seq_len))
+    progress = ProgressReporter(spec.progress_file, spec.cycle_id, 0, enabled=runtime.world.is_main)
+    train = train_adapter(
+        model,
+        train_set.examples,
+        spec.training,
+        runtime,
+        pad_token_id=tokenizer.pad_token_id,
+        packing=uses_packing(spec),
+        validation=validation.examples if validation else None,
+        checkpointer=checkpointer,
+        progress=progress,
+        stop_requested=stop_requested,
+    )
+    train.update(
+        {
+            "dropped_examples": train_set.dropped,
+            "truncated_examples": train_set.truncated,
+            "init_adapter": None if spec.init_adapter is None else str(spec.init_adapter),
+        }
+    )
 
+    progress.phase("evaluate", step=train["steps"])
+    evaluation = evaluate_all(model, eval_sets, spec, runtime, tokenizer.pad_token_id)
+    if not runtime.world.is_main:
+        return None
     adapter_dir = spec.output_dir / "adapter"
     save_adapter(model, tokenizer, spec, adapter_dir)
-    evaluation = evaluate_all(model, eval_sets, spec, runtime, tokenizer.pad_token_id)
     return {
         "status": "ok",
         "error": None,
         "cycle_id": spec.cycle_id,
+        "snapshot_id": spec.snapshot_id,
         "adapter_dir": str(adapter_dir.resolve()),
+        "adapter_method": describe(spec.adapter.method, spec.adapter.use_rslora, spec.training.quantization),
         "device": runtime.device.type,
+        "world_size": runtime.world.size,
         "train": train,
         "eval": evaluation,
         "seconds": round(time.perf_counter() - started, 2),
@@ -101,19 +166,30 @@ def run_training(spec: TrainSpec) -> dict[str, Any]:
     }
 
 
-def select_runtime(requested: str) -> Runtime:
+def select_runtime(requested: str, precision: str = "auto") -> Runtime:
     if requested == "cuda" and not torch.cuda.is_available():
         raise SpecError("training.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    if requested in ("auto", "cuda") and torch.cuda.is_available():
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-        return Runtime(torch.device("cuda"), dtype)
-    return Runtime(torch.device("cpu"), torch.float32)
+    use_cuda = requested in ("auto", "cuda") and torch.cuda.is_available()
+    world = init_world(use_cuda)
+    if use_cuda:
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise SpecError("training.precision is 'bf16' but this GPU has no bf16; use 'auto' or 'fp32'")
+        bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported())
+        return Runtime(torch.device("cuda", world.local_rank), torch.bfloat16 if bf16 else torch.float32, world)
+    if precision == "bf16":
+        raise SpecError("training.precision 'bf16' is for CUDA devices; on CPU use 'auto' or 'fp32'")
+    return Runtime(torch.device("cpu"), torch.float32, world)
+
+
+def uses_packing(spec: TrainSpec) -> bool:
+    """Prompt tuning's virtual tokens lead a row, so it trains on padded batches."""
+    return spec.training.packing and spec.adapter.method != "prompt_tuning"
 
 
 def load_tokenizer(spec: TrainSpec) -> PreTrainedTokenizerBase:
     _check_base_exists(spec.base_model)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.base_model, revision=spec.base_revision)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(spec.base_model, revision=spec.base_revision)
     except (OSError, ValueError) as exc:
         raise SpecError(_base_load_message(spec.base_model, exc)) from None
     if not tokenizer.is_fast:
@@ -131,143 +207,319 @@ def load_tokenizer(spec: TrainSpec) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_base_model(spec: TrainSpec, runtime: Runtime) -> torch.nn.Module:
-    _check_base_exists(spec.base_model)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            spec.base_model, revision=spec.base_revision, dtype=runtime.dtype
-        )
-    except (OSError, ValueError) as exc:
-        raise SpecError(_base_load_message(spec.base_model, exc)) from None
-    return model.to(runtime.device)
-
-
 def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
-    """The base with a trainable adapter: the init adapter when given, else a fresh LoRA from the seed."""
-    transformers.set_seed(spec.training.seed)
-    base = load_base_model(spec, runtime)
-    if spec.init_adapter is not None:
-        model = PeftModel.from_pretrained(base, str(spec.init_adapter), is_trainable=True)
-        log.info("warm start from %s (its r and alpha apply)", spec.init_adapter)
-    else:
-        config = LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=spec.adapter.r,
-            lora_alpha=spec.adapter.alpha,
-            lora_dropout=spec.adapter.dropout,
-            target_modules=spec.adapter.target_modules,
-        )
-        model = get_peft_model(base, config)
-    return model.to(runtime.device)
-
-
-def train_adapter(
-    model: PeftModel, train_set: TokenizedSet, spec: TrainSpec, runtime: Runtime, pad_token_id: int
-) -> dict[str, Any]:
+    """The base (quantised when asked) with a trainable adapter: the init adapter or a fresh one."""
+    _check_base_exists(spec.base_model)
     settings = spec.training
-    examples = train_set.examples
-    per_epoch = steps_per_epoch(len(examples), settings.batch_size)
-    total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * per_epoch))
+    checkpointing = settings.gradient_checkpointing
+    if checkpointing == "auto":
+        checkpointing = runtime.device.type == "cuda"
+    attention = register_packed_attention() if uses_packing(spec) else "sdpa"
+    base = load_base(
+        spec.base_model,
+        spec.base_revision,
+        device=runtime.device,
+        dtype=runtime.dtype,
+        quantization=settings.quantization,
+        attn_implementation=attention,
+        gradient_checkpointing=bool(checkpointing),
+    )
+    model = attach_adapter(base, spec.adapter, init_adapter=spec.init_adapter, seed=settings.seed)
+    if settings.compile:
+        compile_layers(model)
+    return model
+
+
+def compile_layers(model: PeftModel) -> None:
+    """Regional compilation: each decoder layer once (they share one graph), not the whole model."""
+    body = getattr(model.get_base_model(), "model", None)
+    layers = getattr(body, "layers", None)
+    if layers is None:
+        raise SpecError("training.compile needs a decoder with a `model.layers` list; set training.compile: false")
+    for layer in layers:
+        layer.compile(dynamic=True)
+
+
+# the step plan ---------------------------------------------------------------------------------
+def epoch_steps(lengths: list[int], settings: TrainingConfig, packing: bool, epoch: int) -> list[list[list[int]]]:
+    """One epoch as optimizer steps, each a list of micro-batches (example indices); seeded by seed and epoch.
+
+    Packed: a seeded shuffle, best-fit rows of row_tokens, the rows shuffled, rows_per_step rows a step.
+    Padded: length-grouped batches of batch_size examples, rows_per_step batches a step.
+    """
+    rng = random.Random(f"ticketune-plan:{settings.seed}:{epoch}")
+    if packing:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        micro_batches = best_fit_rows(lengths, settings.row_tokens, order)
+        rng.shuffle(micro_batches)
+    else:
+        micro_batches = length_grouped_batches(lengths, settings.batch_size, rng)
+    per_step = settings.rows_per_step
+    return [micro_batches[i : i + per_step] for i in range(0, len(micro_batches), per_step)]
+
+
+def plan_from(
+    lengths: list[int], settings: TrainingConfig, packing: bool, start_step: int, total_steps: int
+) -> Iterator[tuple[int, list[list[int]]]]:
+    """(step number from 1, micro-batches) for steps start_step+1 .. total_steps, epoch after epoch."""
+    step, epoch = 0, 0
+    while step < total_steps:
+        for micro_batches in epoch_steps(lengths, settings, packing, epoch):
+            step += 1
+            if step > total_steps:
+                return
+            if step > start_step:
+                yield step, micro_batches
+        epoch += 1
+
+
+def total_steps_for(lengths: list[int], settings: TrainingConfig, packing: bool) -> tuple[int, int]:
+    """(total steps, steps in the first epoch)."""
+    per_epoch = len(epoch_steps(lengths, settings, packing, 0))
+    return settings.max_steps or max(1, math.ceil(settings.epochs * per_epoch)), per_epoch
+
+
+# the loop --------------------------------------------------------------------------------------
+def train_adapter(
+    model: torch.nn.Module,
+    examples: list[TokenizedExample],
+    settings: TrainingConfig,
+    runtime: Runtime,
+    *,
+    pad_token_id: int,
+    packing: bool = True,
+    validation: list[TokenizedExample] | None = None,
+    checkpointer: Checkpointer | None = None,
+    progress: ProgressReporter | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> dict[str, Any]:
+    """Trains the model's trainable parameters on the examples; returns the `train` part of the result."""
+    world = runtime.world
+    lengths = [len(example.input_ids) for example in examples]
+    supervised = [example.supervised_tokens for example in examples]
+    total_steps, per_epoch = total_steps_for(lengths, settings, packing)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0, fused=True)
-    schedule = get_linear_schedule_with_warmup(
-        optimizer, math.ceil(WARMUP_FRACTION * total_steps), total_steps
+    schedule = get_scheduler(
+        "constant_with_warmup" if settings.lr_schedule == "constant" else settings.lr_schedule,
+        optimizer,
+        num_warmup_steps=math.ceil(settings.warmup_fraction * total_steps),
+        num_training_steps=total_steps,
     )
-    rng = random.Random(settings.seed)
-    lengths = [len(example.input_ids) for example in examples]
-    log_every = max(1, total_steps // 20)
+    validate_every = settings.eval_every_steps or max(1, total_steps // VALIDATIONS_PER_RUN)
+    early_stop = bool(validation) and settings.early_stop_patience > 0
+    if progress is None:
+        progress = ProgressReporter(None, "", total_steps, enabled=False)
+    progress.total_steps = total_steps
+    progress.log_every = max(1, total_steps // 20)
 
-    curve: list[list[float]] = []
-    step_sums: list[tuple[float, int]] = []
-    tokens = supervised = 0
-    batches: list[list[int]] = []
+    state, best_weights, resumed_from = LoopState(), None, None
+    if checkpointer is not None:
+        found = checkpointer.latest()
+        if found is not None:
+            path, saved = found
+            best_weights = checkpointer.restore(path, model, optimizer, schedule)
+            state = LoopState(**saved["loop"])
+            resumed_from = state.step
+            log.info("resumed from checkpoint %s at step %d of %d", path.name, state.step, total_steps)
+
+    def collate(indices: list[int]) -> PackedBatch:
+        chosen = [examples[i] for i in indices]
+        batch = collate_packed(chosen) if packing else collate_padded(chosen, pad_token_id)
+        return batch.to(runtime.device)
+
+    def save_checkpoint() -> None:
+        if checkpointer is not None and world.is_main:
+            checkpointer.save(state.step, model, optimizer, schedule, asdict(state), best_weights)
+
     model.train()
-    started = time.perf_counter()
-    for step in range(1, total_steps + 1):
-        if not batches:
-            batches = length_grouped_batches(lengths, settings.batch_size, rng)
-        batch = collate([examples[i] for i in batches.pop()], pad_token_id)
-        loss_sums, counts = example_loss_sums(model, batch, runtime.device)
-        batch_tokens = int(counts.sum())
-        (loss_sums.sum() / batch_tokens).backward()
+    session_started = time.perf_counter()
+    seconds_before, tokens_before = state.seconds, state.tokens
+    steps_this_run = 0
+    for step, micro_batches in plan_from(lengths, settings, packing, state.step, total_steps):
+        torch.manual_seed(hash_seed(settings.seed, step, world.rank))  # dropout: a pure function of the step
+        step_supervised = sum(supervised[i] for batch in micro_batches for i in batch)
+        step_tokens = sum(lengths[i] for batch in micro_batches for i in batch)
+        local_loss = 0.0
+        for indices in micro_batches[world.rank :: world.size]:
+            total, _ = token_loss_sums(
+                model,
+                collate(indices),
+                cross_entropy=settings.cross_entropy,
+                chunk_tokens=settings.loss_chunk_tokens,
+                per_example=False,
+            )
+            (total / step_supervised).backward()
+            local_loss += float(total.detach())
+        sum_gradients(world, parameters)
         torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
 
-        loss_sum = float(loss_sums.detach().sum())
-        step_sums.append((loss_sum, batch_tokens))
-        curve.append([step, round(loss_sum / batch_tokens, 4)])
-        tokens += int(batch["attention_mask"].sum())
-        supervised += batch_tokens
-        if step % log_every == 0 or step == total_steps:
-            elapsed = time.perf_counter() - started
+        stop_votes = 1.0 if stop_requested() else 0.0
+        step_loss, stop_votes = sum_values(world, [local_loss, stop_votes], runtime.device)
+        steps_this_run += 1
+        state.step = step
+        state.tokens += step_tokens
+        state.supervised_tokens += step_supervised
+        state.seconds = seconds_before + (time.perf_counter() - session_started)
+        state.step_sums.append([step_loss, step_supervised])
+        state.step_sums = state.step_sums[-per_epoch:]
+        state.curve.append([step, round(step_loss / step_supervised, 4)])
+        run_seconds = state.seconds - seconds_before
+        progress.step(
+            step,
+            step_loss / step_supervised,
+            (state.tokens - tokens_before) / max(run_seconds, 1e-9),
+            run_seconds,
+            steps_this_run,
+        )
+
+        if early_stop and (step % validate_every == 0 or step == total_steps):
+            progress.phase("validate", step=step)
+            loss = validation_loss(model, validation, settings, runtime, packing, pad_token_id)
+            state.validation_curve.append([step, round(loss, 5)])
+            if state.best_validation is None or loss < state.best_validation - 1e-6:
+                state.best_validation, state.best_step = loss, step
+                state.validations_without_improvement = 0
+                best_weights = trainable_state(model)
+            else:
+                state.validations_without_improvement += 1
             log.info(
-                "train step=%d/%d loss=%.4f tokens_per_s=%.0f",
-                step,
-                total_steps,
-                curve[-1][1],
-                tokens / elapsed,
+                "validation step=%d loss=%.4f best=%.4f at step %s", step, loss, state.best_validation, state.best_step
             )
-    seconds = time.perf_counter() - started
+            if state.validations_without_improvement >= settings.early_stop_patience:
+                state.stopped_by = "early_stop"
+        if settings.max_minutes is not None and state.seconds >= settings.max_minutes * 60:
+            state.stopped_by = state.stopped_by or "max_minutes"
+        if settings.max_tokens is not None and state.tokens >= settings.max_tokens:
+            state.stopped_by = state.stopped_by or "max_tokens"
+        if stop_votes > 0:
+            save_checkpoint()
+            raise Interrupted(f"stopped by SIGTERM at step {step}; checkpoint saved")
+        if state.stopped_by:
+            log.info("training stops at step %d of %d: %s", step, total_steps, state.stopped_by)
+            break
+        if step % settings.checkpoint_every_steps == 0 and step < total_steps:
+            save_checkpoint()
     model.eval()
 
-    last_epoch = step_sums[-min(per_epoch, len(step_sums)) :]
+    restored_best = False
+    if early_stop and best_weights is not None and state.best_step != state.step:
+        load_trainable_state(model, best_weights)
+        restored_best = True
+    sums = state.step_sums or [[0.0, 1]]
     return {
         "examples": len(examples),
-        "dropped_examples": train_set.dropped,
-        "truncated_examples": train_set.truncated,
-        "steps": total_steps,
-        "epochs": round(total_steps / per_epoch, 4),
-        "supervised_tokens": supervised,
-        "tokens": tokens,
-        "seconds": round(seconds, 2),
-        "tokens_per_second": round(tokens / seconds, 1),
-        "loss_curve": curve,
-        "final_loss": round(sum(s for s, _ in last_epoch) / sum(n for _, n in last_epoch), 4),
-        "init_adapter": None if spec.init_adapter is None else str(spec.init_adapter),
+        "validation_examples": len(validation or []),
+        "steps": state.step,
+        "planned_steps": total_steps,
+        "epochs": round(state.step / per_epoch, 4),
+        "supervised_tokens": state.supervised_tokens,
+        "tokens": state.tokens,
+        "seconds": round(state.seconds, 2),
+        "tokens_per_second": round(state.tokens / state.seconds, 1) if state.seconds else None,
+        "loss_curve": state.curve,
+        "validation_curve": state.validation_curve,
+        "best_step": state.best_step,
+        "restored_best_weights": restored_best,
+        "final_loss": round(math.fsum(s for s, _ in sums) / sum(n for _, n in sums), 4),
+        "stopped_by": state.stopped_by or "steps",
+        "resumed_from_step": resumed_from,
+        "packing": packing,
+        "row_fill": row_fill(lengths, settings) if packing else None,
+        "world_size": world.size,
     }
 
 
-def example_loss_sums(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per example: the summed next-token cross-entropy over supervised tokens, and their count."""
-    input_ids = batch["input_ids"].to(device)
-    labels = batch["labels"].to(device)
-    logits = model(
-        input_ids=input_ids, attention_mask=batch["attention_mask"].to(device), use_cache=False
-    ).logits
-    targets = labels[:, 1:]
-    token_losses = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.size(-1)),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view(targets.shape)
-    return token_losses.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
+def hash_seed(seed: int, step: int, rank: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{step}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def row_fill(lengths: list[int], settings: TrainingConfig) -> float:
+    """Real tokens over row capacity in the first epoch's rows (1.0 = no wasted room)."""
+    rows = best_fit_rows(lengths, settings.row_tokens)
+    return round(sum(lengths) / (len(rows) * settings.row_tokens), 4)
+
+
+def run_manifest(spec: TrainSpec, max_seq_len: int) -> dict[str, str]:
+    """What a checkpoint must match to be resumed: this cycle, this snapshot, the same data and plan."""
+    shaping = spec.training.model_dump(
+        mode="json",
+        include={
+            "epochs",
+            "max_steps",
+            "learning_rate",
+            "lr_schedule",
+            "warmup_fraction",
+            "batch_size",
+            "packing",
+            "row_tokens",
+            "rows_per_step",
+            "seed",
+            "quantization",
+            "precision",
+        },
+    )
+    parts = {
+        "adapter": spec.adapter.model_dump(mode="json"),
+        "training": shaping,
+        "max_seq_len": max_seq_len,
+        "base": spec.base_model,
+        "init_adapter": str(spec.init_adapter),
+    }
+    files = [spec.train_file] + ([spec.validation_file] if spec.validation_file else [])
+    return {"cycle_id": spec.cycle_id, "snapshot_id": spec.snapshot_id, "fingerprint": fingerprint(parts, files)}
+
+
+# evaluation ------------------------------------------------------------------------------------
 @torch.inference_mode()
 def evaluate_examples(
     model: torch.nn.Module,
     examples: list[TokenizedExample],
-    batch_size: int,
-    device: torch.device,
+    settings: TrainingConfig,
+    runtime: Runtime,
+    packing: bool,
     pad_token_id: int,
 ) -> dict[str, Any]:
-    """Token-weighted loss over the set, and `[ticket_id, loss_sum, tokens]` per example for bootstraps."""
+    """Token-weighted loss over the set, and `[ticket_id, loss_sum, tokens]` per example for bootstraps.
+
+    Examples are spread over the ranks and gathered; every rank returns the whole result."""
+    world = runtime.world
     was_training = model.training
     model.eval()
-    per_example: list[list[Any]] = []
-    for indices in eval_batches([len(e.input_ids) for e in examples], batch_size):
-        chunk = [examples[i] for i in indices]
-        sums, counts = example_loss_sums(model, collate(chunk, pad_token_id), device)
-        for example, loss_sum, count in zip(chunk, sums.tolist(), counts.tolist(), strict=True):
-            per_example.append([example.ticket_id, loss_sum, int(count)])
+    lengths = [len(e.input_ids) for e in examples]
+    if packing:
+        groups = best_fit_rows(lengths, settings.row_tokens)
+    else:
+        order = sorted(range(len(examples)), key=lambda i: lengths[i])
+        size = settings.batch_size * 2
+        groups = [order[i : i + size] for i in range(0, len(order), size)]
+    sums = [0.0] * len(examples)
+    counts = [0.0] * len(examples)
+    for indices in groups[world.rank :: world.size]:
+        chosen = [examples[i] for i in indices]
+        batch = collate_packed(chosen) if packing else collate_padded(chosen, pad_token_id)
+        loss_sums, token_counts = token_loss_sums(
+            model,
+            batch.to(runtime.device),
+            cross_entropy="chunked",
+            chunk_tokens=settings.loss_chunk_tokens,
+            per_example=True,
+        )
+        for index, loss_sum, count in zip(indices, loss_sums.tolist(), token_counts.tolist(), strict=True):
+            sums[index], counts[index] = loss_sum, count
+    if world.active:
+        gathered = sum_values(world, sums + counts, runtime.device)
+        sums, counts = gathered[: len(examples)], gathered[len(examples) :]
     model.train(was_training)
+    per_example = sorted(
+        ([e.ticket_id, s, int(c)] for e, s, c in zip(examples, sums, counts, strict=True)), key=lambda row: row[0]
+    )
     total_tokens = sum(row[2] for row in per_example)
-    per_example.sort(key=lambda row: row[0])
     return {
         "loss": math.fsum(row[1] for row in per_example) / total_tokens if total_tokens else None,
         "tokens": total_tokens,
@@ -276,34 +528,51 @@ def evaluate_examples(
     }
 
 
+def validation_loss(
+    model: torch.nn.Module,
+    examples: list[TokenizedExample],
+    settings: TrainingConfig,
+    runtime: Runtime,
+    packing: bool,
+    pad_token_id: int,
+) -> float:
+    return evaluate_examples(model, examples, settings, runtime, packing, pad_token_id)["loss"]
+
+
 def evaluate_all(
     model: PeftModel, eval_sets: dict[str, TokenizedSet], spec: TrainSpec, runtime: Runtime, pad_token_id: int
 ) -> dict[str, dict[str, Any]]:
     """Every eval file under the candidate, each compare adapter (loaded beside it) and the base."""
-    batch_size = spec.training.batch_size * 2
     results: dict[str, dict[str, Any]] = {name: {} for name in eval_sets}
 
-    def evaluate_into(label: str) -> None:
+    def evaluate_into(label: str, scored: torch.nn.Module, packing: bool) -> None:
         for name, eval_set in eval_sets.items():
-            scores = evaluate_examples(model, eval_set.examples, batch_size, runtime.device, pad_token_id)
+            scores = evaluate_examples(scored, eval_set.examples, spec.training, runtime, packing, pad_token_id)
             results[name][label] = {**scores, "dropped_examples": eval_set.dropped}
-            log.info(
-                "eval set=%s model=%s loss=%s examples=%d", name, label, scores["loss"], scores["examples"]
-            )
+            if runtime.world.is_main:
+                log.info("eval set=%s model=%s loss=%s examples=%d", name, label, scores["loss"], scores["examples"])
 
-    evaluate_into("candidate")
+    packing = uses_packing(spec)
+    evaluate_into("candidate", model, packing)
     for label, adapter_dir in spec.compare_adapters.items():
+        method = saved_method(adapter_dir)
+        if PEFT_TYPES[method] != PEFT_TYPES[spec.adapter.method]:
+            # peft holds one adapter type per model: an adapter of another method gets its own copy of the base
+            adapter = spec.adapter.model_copy(update={"method": method, "use_rslora": False})
+            other_spec = replace(spec, init_adapter=adapter_dir, adapter=adapter)
+            evaluate_into(label, prepare_model(other_spec, runtime), uses_packing(other_spec))
+            continue
         name = f"compare-{label}"
         model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=False)
         model.set_adapter(name)
         try:
-            evaluate_into(label)
+            evaluate_into(label, model, packing)
         finally:
             model.set_adapter(CANDIDATE)
             model.delete_adapter(name)
     if spec.evaluate_base:
         with model.disable_adapter():
-            evaluate_into("base")
+            evaluate_into("base", model, packing)
     return results
 
 
@@ -315,21 +584,26 @@ def save_adapter(
     model.save_pretrained(str(adapter_dir), selected_adapters=[CANDIDATE])
     tokenizer.save_pretrained(str(adapter_dir))
     config = model.peft_config[CANDIDATE]
+    target_modules = getattr(config, "target_modules", None)
     description = {
-        "method": "lora",
-        "r": config.r,
-        "alpha": config.lora_alpha,
-        "dropout": config.lora_dropout,
-        "target_modules": sorted(config.target_modules) if config.target_modules else None,
+        "method": spec.adapter.method,
+        "description": describe(spec.adapter.method, spec.adapter.use_rslora, spec.training.quantization),
+        "peft_type": str(config.peft_type.value if hasattr(config.peft_type, "value") else config.peft_type),
+        "r": getattr(config, "r", None),
+        "alpha": getattr(config, "lora_alpha", None),
+        "use_rslora": getattr(config, "use_rslora", False),
+        "use_dora": getattr(config, "use_dora", False),
+        "dropout": getattr(config, "lora_dropout", None),
+        "target_modules": sorted(target_modules) if isinstance(target_modules, (set, list)) else target_modules,
+        "quantization": spec.training.quantization,
         "base_model": spec.base_model,
         "base_revision": spec.base_revision,
         "chat_template_sha256": hashlib.sha256(tokenizer.chat_template.encode("utf-8")).hexdigest(),
         "cycle_id": spec.cycle_id,
+        "snapshot_id": spec.snapshot_id,
         "init_adapter": None if spec.init_adapter is None else str(spec.init_adapter),
     }
-    (adapter_dir / "ticketune_adapter.json").write_text(
-        json.dumps(description, indent=2) + "\n", encoding="utf-8"
-    )
+    (adapter_dir / "ticketune_adapter.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
 
 
 def effective_max_seq_len(spec: TrainSpec, tokenizer: PreTrainedTokenizerBase) -> int:

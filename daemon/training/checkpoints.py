@@ -1,0 +1,127 @@
+"""Checkpoints of one cycle's training, so a killed worker resumes where it stopped.
+
+A checkpoint is a directory `step-<N>` holding the trainable (adapter) weights, the optimizer and LR
+schedule state, and `state.json` with the loop's counters and the manifest that says which run it
+belongs to: the cycle id, the snapshot id and a fingerprint of the data and every setting that shapes
+the step plan. It is written into a temporary directory and renamed, so a kill mid-write leaves the
+previous checkpoint intact. The data position needs no saving: the step plan is a pure function of the
+seed, so resuming at step N replays the same rows from N on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("daemon.training")
+STATE_FILE = "state.json"
+KEEP = 2  # the newest two: if the newest is unreadable the one before still is
+
+
+def fingerprint(parts: dict[str, Any], files: list[Path]) -> str:
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    for path in files:
+        with open(path, "rb") as data:
+            for block in iter(lambda: data.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:24]
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing = set(parameters) ^ set(state)
+    if missing:
+        raise ValueError(f"checkpoint does not match the adapter ({len(missing)} parameters differ)")
+    with torch.no_grad():
+        for name, parameter in parameters.items():
+            parameter.copy_(state[name].to(parameter.device, parameter.dtype))
+
+
+class Checkpointer:
+    """Saves and finds the checkpoints of one run in `directory`."""
+
+    def __init__(self, directory: Path, manifest: dict[str, str]) -> None:
+        self.directory = directory
+        self.manifest = manifest
+
+    def save(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        loop_state: dict[str, Any],
+        best_weights: dict[str, torch.Tensor] | None,
+    ) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / f"step-{step:08d}"
+        partial = self.directory / f".partial-step-{step:08d}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        torch.save(trainable_state(model), partial / "adapter.pt")
+        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+        torch.save(scheduler.state_dict(), partial / "scheduler.pt")
+        if best_weights is not None:
+            torch.save(best_weights, partial / "best_adapter.pt")
+        state = {"manifest": self.manifest, "step": step, "loop": loop_state}
+        (partial / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+        for item in partial.iterdir():
+            with open(item, "rb") as handle:
+                os.fsync(handle.fileno())
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        for old in self._complete()[:-KEEP]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest complete checkpoint of this run; checkpoints of another run are removed."""
+        for candidate in reversed(self._complete()):
+            try:
+                state = json.loads((candidate / STATE_FILE).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            if state.get("manifest") != self.manifest:
+                log.info(
+                    "checkpoints in %s belong to another run (%s); starting fresh",
+                    self.directory,
+                    _difference(state.get("manifest") or {}, self.manifest),
+                )
+                self.remove_all()
+                return None
+            return candidate, state
+        return None
+
+    def restore(
+        self, checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    ) -> dict[str, torch.Tensor] | None:
+        """Loads weights, optimizer and schedule; returns the best weights saved with it, if any."""
+        load_trainable_state(model, torch.load(checkpoint / "adapter.pt", weights_only=True))
+        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+        best = checkpoint / "best_adapter.pt"
+        return torch.load(best, weights_only=True) if best.exists() else None
+
+    def remove_all(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _complete(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.glob("step-*") if (p / STATE_FILE).is_file())
+
+
+def _difference(found: dict[str, str], wanted: dict[str, str]) -> str:
+    keys = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+    return ", ".join(f"{k} differs" for k in keys) or "unknown"

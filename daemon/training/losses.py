@@ -1,0 +1,158 @@
+"""Summed next-token cross-entropy for a PackedBatch without full-vocabulary logits for every token.
+
+The decoder body gives hidden states; only the positions with a target go through the output head,
+a chunk at a time under activation checkpointing ("chunked"), or fused by Liger's kernel on CUDA
+("liger", totals only). "full" computes logits for every token: the reference the others match.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from peft import PeftConfig, PeftModel, PeftType
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
+
+from daemon.training.attention import PACKED_ATTENTION
+from daemon.training.packing import PackedBatch
+
+CROSS_ENTROPY_MODES = ("auto", "chunked", "full", "liger")
+# Attention implementations that read cu_seq_lens_q and so keep the examples of a packed row apart.
+PACKING_ATTENTIONS = (PACKED_ATTENTION, "flash_attention_2", "flash_attention_3")
+# Config fields of models whose logits are more than the head's output (Gemma 2, Cohere, Granite).
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def token_loss_sums(
+    model: PreTrainedModel | PeftModel,
+    batch: PackedBatch,
+    *,
+    cross_entropy: str = "chunked",
+    chunk_tokens: int = 4096,
+    per_example: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed token cross-entropy in float32, supervised token count), gradients through the sums.
+
+    per_example=True gives both as [n] tensors, one entry per example of the batch (any mode but
+    "liger", which then falls back to "chunked"); per_example=False gives scalars, all a training
+    step needs. "auto" is "liger" where liger_kernel imports and the model is on CUDA, else "chunked".
+    """
+    if cross_entropy not in CROSS_ENTROPY_MODES:
+        raise ValueError(f"cross_entropy must be one of {', '.join(CROSS_ENTROPY_MODES)}, not {cross_entropy!r}")
+    causal_lm, hidden = _hidden_states(model, batch)
+    head = causal_lm.get_output_embeddings()
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    positions = batch.supervised_positions
+    targets = batch.targets.reshape(-1).index_select(0, positions)
+    if cross_entropy == "full":
+        all_losses = F.cross_entropy(head(hidden).float(), batch.targets.reshape(-1), reduction="none")
+        token_losses = all_losses.index_select(0, positions)
+    else:
+        hidden = hidden.index_select(0, positions)
+        if not per_example and _liger_applies(cross_entropy, head, hidden):
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+            total = LigerFusedLinearCrossEntropyLoss(reduction="sum")(head.weight, hidden, targets, head.bias)
+            return total.float(), torch.tensor(targets.numel(), device=targets.device)
+        token_losses = _chunked_cross_entropy(head, hidden, targets, chunk_tokens)
+    if not per_example:
+        return token_losses.sum(), torch.tensor(targets.numel(), device=targets.device)
+    segments = batch.segment_ids.index_select(0, positions)
+    return (
+        token_losses.new_zeros(batch.num_examples).index_add(0, segments, token_losses),
+        torch.bincount(segments, minlength=batch.num_examples),
+    )
+
+
+def _hidden_states(model: PreTrainedModel | PeftModel, batch: PackedBatch) -> tuple[PreTrainedModel, torch.Tensor]:
+    """The causal LM that owns the output head, and the body's last hidden states [B, W, hidden]."""
+    causal_lm = model.get_base_model() if isinstance(model, PeftModel) else model
+    text_config = causal_lm.config.get_text_config()
+    for field in _LOGIT_TRANSFORMS:
+        if getattr(text_config, field, None) not in (None, 1.0):
+            raise ValueError(f"this model's config sets {field}, which token_loss_sums does not apply")
+    body = causal_lm.get_decoder()
+    if isinstance(model, PeftModel) and model.active_peft_config.is_prompt_learning:
+        return causal_lm, _prompt_hidden_states(model, model.active_peft_config, body, batch)
+    if not batch.packed:
+        output = body(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        )
+        return causal_lm, output.last_hidden_state
+    attention = causal_lm.config._attn_implementation
+    if attention not in PACKING_ATTENTIONS:
+        raise ValueError(
+            f"a packed batch needs attention that keeps its examples apart, and this model uses {attention!r}; "
+            f"load it with attn_implementation=register_packed_attention(), or collate with collate_padded"
+        )
+    output = body(
+        input_ids=batch.input_ids,
+        position_ids=batch.position_ids,
+        cu_seq_lens_q=batch.cu_seq_lens,
+        cu_seq_lens_k=batch.cu_seq_lens,
+        max_length_q=batch.max_length,
+        max_length_k=batch.max_length,
+        use_cache=False,
+    )
+    return causal_lm, output.last_hidden_state
+
+
+def _prompt_hidden_states(
+    model: PeftModel, config: PeftConfig, body: torch.nn.Module, batch: PackedBatch
+) -> torch.Tensor:
+    """As PEFT's own forward: virtual prompt embeddings before the input, mask extended, positions 0.. over both."""
+    if config.peft_type not in (PeftType.PROMPT_TUNING, PeftType.P_TUNING):
+        raise ValueError(f"token_loss_sums supports prompt and p-tuning among prompt methods, not {config.peft_type}")
+    if batch.packed:
+        raise ValueError("prompt tuning takes padded batches: collate with collate_padded")
+    rows, virtual = batch.input_ids.shape[0], config.num_virtual_tokens
+    embeds = model.get_base_model().get_input_embeddings()(batch.input_ids)
+    prompts = model.get_prompt(batch_size=rows).to(embeds.dtype)
+    attention_mask = torch.cat([batch.attention_mask.new_ones(rows, virtual), batch.attention_mask], dim=1)
+    output = body(inputs_embeds=torch.cat([prompts, embeds], dim=1), attention_mask=attention_mask, use_cache=False)
+    return output.last_hidden_state[:, virtual:]
+
+
+def _chunked_cross_entropy(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int
+) -> torch.Tensor:
+    """Per-token losses [S]; each chunk's logits are recomputed in backward instead of kept."""
+    # At least one (possibly empty) chunk, so a batch without targets still gives a differentiable zero.
+    starts = range(0, max(targets.numel(), 1), chunk_tokens)
+    return torch.cat(
+        [
+            checkpoint(
+                _chunk_cross_entropy,
+                head,
+                hidden[start : start + chunk_tokens],
+                targets[start : start + chunk_tokens],
+                use_reentrant=False,
+            )
+            for start in starts
+        ]
+    )
+
+
+def _chunk_cross_entropy(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
+def _liger_applies(cross_entropy: str, head: torch.nn.Module, hidden: torch.Tensor) -> bool:
+    usable = _liger_installed() and hidden.is_cuda and isinstance(head, torch.nn.Linear)
+    if cross_entropy == "liger" and not usable:
+        raise ValueError(
+            "cross_entropy 'liger' needs the liger-kernel package, a CUDA device and a plain linear output head; "
+            "use 'auto' or 'chunked'"
+        )
+    return cross_entropy in ("liger", "auto") and usable
+
+
+@cache
+def _liger_installed() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None

@@ -1,0 +1,211 @@
+"""The training loop: resume after a kill, data parallel = one process, budgets, early stop, switches that
+must not change the maths (gradient checkpointing, chunked cross-entropy), and the progress file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_training import REPO_ROOT, make_spec, support_examples, write_jsonl
+from transformers import AutoTokenizer
+
+from daemon.config import TrainingConfig
+from daemon.training.chat_examples import tokenize_file
+from daemon.training.lora_recipe import Runtime, plan_from, prepare_model, total_steps_for, train_adapter
+from daemon.training.spec import parse_spec
+
+CPU = Runtime(torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="module")
+def engine_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("engine-data")
+    return {
+        "train": write_jsonl(root / "train.jsonl", support_examples(160, seed=11, prefix="t")),
+        "validation": write_jsonl(root / "validation.jsonl", support_examples(24, seed=12, prefix="v")),
+        "heldout": write_jsonl(root / "heldout.jsonl", support_examples(16, seed=13, prefix="h")),
+    }
+
+
+def engine_spec(tiny_model_dir: Path, data: dict[str, Path], out: Path, **training: Any) -> dict[str, Any]:
+    spec = make_spec(tiny_model_dir, out / "out", data["train"], {"heldout": data["heldout"]})
+    spec.update(snapshot_id="snap-1", checkpoint_dir=str(out / "checkpoints"),
+                progress_file=str(out / "out" / "progress.json"))
+    spec["adapter"]["dropout"] = 0.0
+    spec["training"].update({"row_tokens": 512, "max_steps": 24, "learning_rate": 0.003,
+                             "checkpoint_every_steps": 4, **training})
+    return spec
+
+
+def start_worker(
+    spec: dict[str, Any], spec_path: Path, *, nproc: int = 1, threads: int | None = None
+) -> subprocess.Popen:
+    spec_path.write_text(json.dumps(spec), encoding="utf-8")
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    command = [sys.executable, "-m", "daemon.training", "train", "--spec", str(spec_path)]
+    if nproc > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                   "-m", "daemon.training", "train", "--spec", str(spec_path)]
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-4000:]
+    return json.loads((Path(spec["output_dir"]) / "result.json").read_text(encoding="utf-8")), output
+
+
+def adapter_weights(result: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(result["adapter_dir"]) / "adapter_model.safetensors"))
+
+
+def losses(curve: list[list[float]]) -> list[float]:
+    return [loss for _, loss in curve]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= atol, f"largest difference {worst}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir: Path, engine_data: dict[str, Path], tmp_path_factory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    spec = engine_spec(tiny_model_dir, engine_data, root)
+    result, _ = finish(start_worker(spec, root / "spec.json"), spec)
+    return result
+
+
+def test_a_killed_worker_resumes_from_its_last_checkpoint_and_ends_where_an_unbroken_run_ends(
+    tiny_model_dir: Path, engine_data: dict[str, Path], tmp_path: Path, uninterrupted: dict[str, Any]
+) -> None:
+    spec = engine_spec(tiny_model_dir, engine_data, tmp_path)
+    checkpoints = Path(spec["checkpoint_dir"])
+    proc = start_worker(spec, tmp_path / "spec.json")
+    deadline = time.monotonic() + 120
+    while not list(checkpoints.glob("step-*/state.json")):
+        assert proc.poll() is None, "the worker ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (Path(spec["output_dir"]) / "result.json").exists()
+    saved = sorted(checkpoints.glob("step-*"))
+    assert saved, "the kill must leave the checkpoint it had written"
+
+    resumed, log_text = finish(start_worker(spec, tmp_path / "spec.json"), spec)
+    train = resumed["train"]
+    assert train["resumed_from_step"] is not None and 4 <= train["resumed_from_step"] < 24
+    assert "resumed from checkpoint" in log_text
+    assert train["steps"] == 24 and [s for s, _ in train["loss_curve"]] == list(range(1, 25))
+    assert losses(train["loss_curve"]) == pytest.approx(losses(uninterrupted["train"]["loss_curve"]), abs=1e-4)
+    assert_same_weights(adapter_weights(resumed), adapter_weights(uninterrupted), atol=1e-5)
+    assert resumed["eval"]["heldout"]["candidate"]["loss"] == pytest.approx(
+        uninterrupted["eval"]["heldout"]["candidate"]["loss"], rel=1e-5)
+
+
+def test_checkpoints_of_another_snapshot_are_not_resumed(
+    tiny_model_dir: Path, engine_data: dict[str, Path], tmp_path: Path
+) -> None:
+    first = engine_spec(tiny_model_dir, engine_data, tmp_path, max_steps=8)
+    finish(start_worker(first, tmp_path / "spec.json"), first)
+    assert list(Path(first["checkpoint_dir"]).glob("step-*"))
+    other = {**first, "snapshot_id": "snap-2"}
+    result, log_text = finish(start_worker(other, tmp_path / "spec.json"), other)
+    assert result["train"]["resumed_from_step"] is None
+    assert "belong to another run (snapshot_id differs" in log_text
+
+
+def test_two_gloo_processes_train_the_same_adapter_as_one(
+    tiny_model_dir: Path, engine_data: dict[str, Path], tmp_path: Path
+) -> None:
+    shared = {"rows_per_step": 3, "max_steps": 6}
+    single_spec = engine_spec(tiny_model_dir, engine_data, tmp_path / "one", **shared)
+    double_spec = engine_spec(tiny_model_dir, engine_data, tmp_path / "two", **shared)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    single, _ = finish(start_worker(single_spec, tmp_path / "one" / "spec.json", threads=1), single_spec)
+    double, _ = finish(start_worker(double_spec, tmp_path / "two" / "spec.json", nproc=2, threads=1), double_spec)
+    assert double["world_size"] == 2 and single["world_size"] == 1
+    assert double["train"]["tokens"] == single["train"]["tokens"]
+    assert losses(double["train"]["loss_curve"]) == pytest.approx(losses(single["train"]["loss_curve"]), abs=1e-4)
+    # float sums in another order, through six Adam steps: equal to about 1e-5 (weights are ~1e-2)
+    assert_same_weights(adapter_weights(double), adapter_weights(single), atol=1e-4)
+    assert double["eval"]["heldout"]["candidate"]["loss"] == pytest.approx(
+        single["eval"]["heldout"]["candidate"]["loss"], rel=1e-4)
+
+
+# in process: the loop itself --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def loop_inputs(tiny_model_dir: Path, engine_data: dict[str, Path], tmp_path_factory) -> dict[str, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    out = tmp_path_factory.mktemp("loop")
+    return {
+        "tokenizer": tokenizer,
+        "train": tokenize_file(engine_data["train"], tokenizer, 512).examples,
+        "validation": tokenize_file(engine_data["validation"], tokenizer, 512).examples,
+        "spec": parse_spec(engine_spec(tiny_model_dir, engine_data, out)),
+    }
+
+
+def run_loop(loop_inputs: dict[str, Any], **settings: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    spec = loop_inputs["spec"]
+    options = spec.training.model_copy(update=settings)
+    spec = type(spec)(**{**spec.__dict__, "training": options})
+    model = prepare_model(spec, CPU)
+    validation = loop_inputs["validation"] if options.early_stop_patience else None
+    pad = loop_inputs["tokenizer"].pad_token_id
+    result = train_adapter(model, loop_inputs["train"], options, CPU, pad_token_id=pad, validation=validation)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return result, weights
+
+
+def test_gradient_checkpointing_and_the_cross_entropy_mode_do_not_change_the_update(loop_inputs) -> None:
+    reference, weights = run_loop(loop_inputs, max_steps=3, early_stop_patience=0, cross_entropy="full")
+    for variant in ({"gradient_checkpointing": True}, {"cross_entropy": "chunked", "loss_chunk_tokens": 64}):
+        result, other = run_loop(loop_inputs, max_steps=3, early_stop_patience=0, **variant)
+        assert losses(result["loss_curve"]) == pytest.approx(losses(reference["loss_curve"]), abs=1e-5), variant
+        assert_same_weights(other, weights, atol=1e-5)
+
+
+def test_token_and_time_budgets_stop_training_early(loop_inputs) -> None:
+    by_tokens, _ = run_loop(loop_inputs, max_steps=20, max_tokens=1500, early_stop_patience=0)
+    assert by_tokens["stopped_by"] == "max_tokens" and by_tokens["steps"] < 20
+    assert by_tokens["tokens"] >= 1500
+    by_time, _ = run_loop(loop_inputs, max_steps=20, max_minutes=1e-6, early_stop_patience=0)
+    assert by_time["stopped_by"] == "max_minutes" and by_time["steps"] == 1
+
+
+def test_early_stop_on_the_validation_slice_restores_the_best_weights(loop_inputs) -> None:
+    # A learning rate far too high: validation loss rises after the first steps, and training stops.
+    result, _ = run_loop(loop_inputs, max_steps=24, learning_rate=0.5, eval_every_steps=2, early_stop_patience=2,
+                         lr_schedule="constant", warmup_fraction=0.0)
+    assert result["stopped_by"] == "early_stop" and result["steps"] < 24
+    curve = losses(result["validation_curve"])
+    assert result["best_step"] == result["validation_curve"][curve.index(min(curve))][0]
+    assert result["restored_best_weights"] is True
+
+
+def test_the_step_plan_packs_every_example_once_per_epoch_and_restarts_identically() -> None:
+    lengths = [37 + (i * 53) % 400 for i in range(300)]
+    settings = TrainingConfig(row_tokens=1024, rows_per_step=2, epochs=1, max_seq_len=512, seed=3)
+    total, per_epoch = total_steps_for(lengths, settings, packing=True)
+    steps = list(plan_from(lengths, settings, True, 0, total))
+    assert total == per_epoch == len(steps)
+    seen = sorted(i for _, micro in steps for row in micro for i in row)
+    assert seen == list(range(300))
+    assert all(sum(lengths[i] for i in row) <= 1024 for _, micro in steps for row in micro)
+    assert list(plan_from(lengths, settings, True, 5, total)) == steps[5:]
