@@ -236,6 +236,25 @@ def cmd_make_base_model(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
+def cmd_export_merged(args: argparse.Namespace) -> int:
+    """Downloads VERSION's adapter and merges it into the configured base in the training worker."""
+    import tempfile
+
+    from daemon.service import build_registry
+
+    settings = _settings(args)
+    with tempfile.TemporaryDirectory(prefix="ticketune-export-") as scratch:
+        adapter_dir = build_registry(settings).download_adapter(args.version, Path(scratch))
+        command = [settings.training.python or sys.executable, "-m", "daemon.training", "export-merged",
+                   "--base", settings.model.base, "--adapter", str(adapter_dir), "--out", str(args.out)]
+        if settings.model.revision:
+            command += ["--revision", settings.model.revision]
+        code = subprocess.call(command, stdout=sys.stderr)
+    if code == 0:
+        _emit(args, {"version": args.version, "out": str(args.out)}, f"version {args.version} merged into {args.out}")
+    return code
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -321,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None)
+    p = verb("export-merged", cmd_export_merged,
+             "merge VERSION's adapter into the full-precision base model and save it to OUT (for serving)")
+    p.add_argument("version")
+    p.add_argument("out", type=Path)
     p = verb("broker", cmd_broker, "run the embedded Kafka-compatible broker in the foreground")
     p.add_argument("--port", type=int, default=9092)
     p = verb("validate-config", cmd_validate_config, "check a config file; print every problem with its field")

@@ -36,7 +36,7 @@ def _demo_config(work_dir: Path, bootstrap: str) -> Path:
         "store": {"path": "./data/examples.db"},
         "model": {"base": "./models/tiny"},
         "adapter": {"method": "lora", "r": 16, "alpha": 32},
-        "training": {"epochs": 6, "batch_size": 8, "learning_rate": 0.01, "max_seq_len": 512,
+        "training": {"epochs": 6, "learning_rate": 0.01, "max_seq_len": 512, "row_tokens": 1024,
                      "work_dir": "./data/cycles"},
         "schedule": {"enabled": False, "min_new_examples": 100},
         "gate": {"min_eval_examples": 20, "min_improvement": 0.0, "profile": "demo"},

@@ -40,8 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     base.add_argument("dir", type=Path)
     base.add_argument("--seed", type=int, default=0)
     base.add_argument("--steps", type=int, default=DEFAULT_PRETRAIN_STEPS, help="pretraining steps")
-    train = verbs.add_parser("train", help="train and evaluate a LoRA adapter as the spec says")
+    train = verbs.add_parser("train", help="train and evaluate an adapter as the spec says")
     train.add_argument("--spec", type=Path, required=True)
+    merged = verbs.add_parser("export-merged", help="merge an adapter into its full-precision base and save it")
+    merged.add_argument("--base", required=True, help="the base model directory or hub id")
+    merged.add_argument("--revision", default=None)
+    merged.add_argument("--adapter", type=Path, required=True, help="an adapter directory the worker saved")
+    merged.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
@@ -57,7 +62,22 @@ def main(argv: list[str] | None = None) -> int:
             description["seconds"],
         )
         return 0
+    if args.verb == "export-merged":
+        return export_command(args.base, args.revision, args.adapter, args.out)
     return train_command(args.spec)
+
+
+def export_command(base: str, revision: str | None, adapter_dir: Path, out_dir: Path) -> int:
+    from daemon.adapter_methods import UnsupportedAdapter
+    from daemon.training.adapters import export_merged
+
+    try:
+        path = export_merged(base, adapter_dir, out_dir, revision=revision)
+    except (SpecError, UnsupportedAdapter) as exc:
+        log.error("export failed: %s", exc)
+        return EXIT_BAD_SPEC
+    log.info("merged model written dir=%s", path)
+    return 0
 
 
 def train_command(spec_path: Path) -> int:
