@@ -209,3 +209,25 @@ def test_the_step_plan_packs_every_example_once_per_epoch_and_restarts_identical
     assert seen == list(range(300))
     assert all(sum(lengths[i] for i in row) <= 1024 for _, micro in steps for row in micro)
     assert list(plan_from(lengths, settings, True, 5, total)) == steps[5:]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_3_with_an_interrupted_result(
+    tiny_model_dir: Path, engine_data: dict[str, Path], tmp_path: Path
+) -> None:
+    spec = engine_spec(tiny_model_dir, engine_data, tmp_path, max_steps=200, checkpoint_every_steps=1000)
+    progress = Path(spec["progress_file"])
+    proc = start_worker(spec, tmp_path / "spec.json")
+    deadline = time.monotonic() + 120
+    while not (progress.exists() and json.loads(progress.read_text() or "{}").get("step", 0) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3, output[-3000:]
+    result = json.loads((Path(spec["output_dir"]) / "result.json").read_text())
+    assert result["status"] == "interrupted" and "checkpoint saved" in result["error"]
+    saved = sorted(Path(spec["checkpoint_dir"]).glob("step-*"))
+    assert len(saved) == 1 and 2 <= int(saved[0].name.split("-")[1]) < 200
+    state = json.loads((saved[0] / "state.json").read_text())
+    assert state["manifest"]["cycle_id"] == "c-test" and state["manifest"]["snapshot_id"] == "snap-1"
+    assert progress.exists() and json.loads(progress.read_text())["total_steps"] == 200

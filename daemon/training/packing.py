@@ -19,10 +19,10 @@ from daemon.training.chat_examples import IGNORE_INDEX, TokenizedExample
 class PackedBatch:
     """One batch, packed ([1, T], attention_mask None) or padded ([B, W]).
 
-    targets[t] is the label of token t+1 of the same example, IGNORE_INDEX at each example's last token
-    and on padding. segment_ids gives each token's example slot (0..n-1), -1 on padding.
-    supervised_positions holds the flat indices (into input_ids.view(-1)) of the tokens with a target.
-    cu_seq_lens ([n+1], int32) is set for packed batches only.
+    input_ids, position_ids, targets: [B, W]. targets[t] is the label of token t+1 of the same example,
+    IGNORE_INDEX at each example's last token and on padding. segment_ids, flat [B*W]: each token's
+    example slot 0..n-1, -1 on padding. supervised_positions: the flat indices of the tokens with a
+    target. cu_seq_lens ([n+1], int32): example starts in the row, packed batches only.
     """
 
     input_ids: torch.Tensor
@@ -48,7 +48,7 @@ class PackedBatch:
 
     def to(self, device: torch.device | str) -> PackedBatch:
         def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            return None if tensor is None else tensor.to(device, non_blocking=True)
+            return None if tensor is None else tensor.to(device)
 
         return replace(
             self,
