@@ -1,7 +1,9 @@
-"""Where the training worker runs. Here: a local child process (`python -m daemon.training train`).
+"""Where the training worker runs. Here: a local child process (`python -m daemon.training train`),
+under torchrun when the spec asks for several GPUs.
 
-The child owns the GPU for the length of one cycle and gives it back by exiting; its crash or
-timeout is a failed cycle, never a crashed service.
+The child owns the GPUs for the length of one cycle and gives them back by exiting; its crash or
+timeout is a failed cycle, never a crashed service. While it runs, its progress file feeds the
+training gauges.
 """
 
 from __future__ import annotations
@@ -15,9 +17,56 @@ import threading
 import time
 from pathlib import Path
 
+from daemon import metrics
+
+# The worker's exit codes (daemon/training/__main__.py). Under torchrun a failed rank makes torchrun
+# exit 1 whatever the rank's code, so the result file's status is read as well.
+EXIT_BAD_SPEC = 2  # a spec, model or data problem: the same spec fails again
+EXIT_INTERRUPTED = 3  # SIGTERM: a checkpoint was saved, a retry resumes from it
+PROGRESS_POLL_S = 1.0
+KILL_GRACE_S = 20  # SIGTERM to SIGKILL: time for the worker to finish its step and checkpoint
+
 
 class WorkerFailed(RuntimeError):
-    """The training worker did not produce a usable result; the message says why."""
+    """The training worker did not produce a usable result; the message says why.
+
+    `retryable` is False when running the same spec again cannot help (a bad spec, model or data).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def worker_command(python: str, spec_path: Path, gpus: int = 1) -> list[str]:
+    """The worker's command line: plain for one GPU (or the CPU), torchrun for several."""
+    train = ["-m", "daemon.training", "train", "--spec", str(spec_path)]
+    if gpus > 1:
+        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", *train]
+    return [python, *train]
+
+
+def read_json_object(path: Path) -> dict | None:
+    """The JSON object in `path`, or None while it is missing, partial or not an object."""
+    try:
+        value = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def report_progress(progress: dict) -> None:
+    """Sets the training gauges from one progress record; fields that are absent or null are left alone."""
+    for key, gauge in (
+        ("step", metrics.TRAINING_STEP),
+        ("total_steps", metrics.TRAINING_TOTAL_STEPS),
+        ("loss", metrics.TRAINING_LOSS),
+        ("tokens_per_second", metrics.TRAINING_TOKENS_PER_SECOND),
+        ("eta_seconds", metrics.TRAINING_ETA),
+    ):
+        value = progress.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            gauge.set(value)
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -37,42 +86,72 @@ class LocalProcessExecutor:
     def run(
         self, spec_path: Path, result_path: Path, *, timeout_s: float, stop: threading.Event | None = None
     ) -> dict:
+        """Runs the worker on `spec_path`; its `training.gpus` picks torchrun, its `progress_file` is polled."""
+        spec = read_json_object(spec_path) or {}  # an unreadable spec is the worker's to report
+        gpus = int((spec.get("training") or {}).get("gpus") or 1)
+        progress_path = Path(spec["progress_file"]) if spec.get("progress_file") else None
         log_path = spec_path.parent / "worker.log"
         env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
-        command = [self.python, "-m", "daemon.training", "train", "--spec", str(spec_path)]
         result_path.unlink(missing_ok=True)
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-            deadline = time.monotonic() + timeout_s
-            while proc.poll() is None:
-                if time.monotonic() > deadline:
-                    self._kill(proc)
-                    raise WorkerFailed(f"training worker exceeded training.timeout_minutes ({timeout_s / 60:.0f} min)")
-                if stop is not None and stop.is_set():
-                    self._kill(proc)
-                    raise WorkerFailed("training worker stopped: the service is shutting down")
-                time.sleep(0.2)
-        result = None
-        if result_path.exists():
-            try:
-                result = json.loads(result_path.read_text("utf-8"))
-            except json.JSONDecodeError:
-                result = None
-        if proc.returncode != 0 or result is None or result.get("status") != "ok":
-            error = (result or {}).get("error") or f"exit code {proc.returncode}"
-            raise WorkerFailed(f"training worker failed: {error} (log: {log_path})\n{_tail(log_path)}")
-        return result
+        if progress_path is not None:
+            progress_path.unlink(missing_ok=True)  # an earlier attempt's progress is not this one's
+        try:
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(
+                    worker_command(self.python, spec_path, gpus), stdout=log, stderr=subprocess.STDOUT, env=env,
+                    start_new_session=True,
+                )
+                deadline = time.monotonic() + timeout_s
+                next_poll = time.monotonic()
+                while proc.poll() is None:
+                    if time.monotonic() > deadline:
+                        self._kill(proc)
+                        raise WorkerFailed(f"training worker exceeded training.timeout_minutes "
+                                           f"({timeout_s / 60:.0f} min){_checkpoint_note(proc, result_path)}")
+                    if stop is not None and stop.is_set():
+                        self._kill(proc)
+                        raise WorkerFailed(f"training worker stopped: the service is shutting down"
+                                           f"{_checkpoint_note(proc, result_path)}")
+                    if progress_path is not None and time.monotonic() >= next_poll:
+                        next_poll = time.monotonic() + PROGRESS_POLL_S
+                        progress = read_json_object(progress_path)
+                        if progress is not None:
+                            report_progress(progress)
+                    time.sleep(0.2)
+        finally:
+            metrics.TRAINING_STEP.set(0)
+            metrics.TRAINING_ETA.set(0)
+        result = read_json_object(result_path) or {}
+        if proc.returncode == 0 and result.get("status") == "ok":
+            return result
+        error = result.get("error") or f"exit code {proc.returncode}"
+        if _interrupted(proc, result):
+            raise WorkerFailed(f"training worker interrupted: {error}; the retry of this cycle resumes from "
+                               f"its checkpoint (log: {log_path})")
+        raise WorkerFailed(
+            f"training worker failed: {error} (log: {log_path})\n{_tail(log_path)}",
+            retryable=proc.returncode != EXIT_BAD_SPEC,
+        )
 
     @staticmethod
     def _kill(proc: subprocess.Popen) -> None:
         """SIGTERM the worker's process group, SIGKILL after 20 s: checkpoints get a chance to land."""
         try:
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
+            proc.wait(timeout=KILL_GRACE_S)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         except ProcessLookupError:
-            pass
+            proc.wait()
+
+
+def _interrupted(proc: subprocess.Popen, result: dict) -> bool:
+    """The worker stopped on SIGTERM after saving a checkpoint (its exit code, or its result under torchrun)."""
+    return proc.returncode == EXIT_INTERRUPTED or result.get("status") == "interrupted"
+
+
+def _checkpoint_note(proc: subprocess.Popen, result_path: Path) -> str:
+    if _interrupted(proc, read_json_object(result_path) or {}):
+        return "; it saved a checkpoint and the retry of this cycle resumes from it"
+    return ""

@@ -2,7 +2,8 @@
 
 The cycle lock keeps cycles of one store from overlapping, across processes. Whatever goes wrong
 inside a cycle (worker crash, MLflow unreachable) makes it a `failed` cycle whose batch stays
-pending; it never propagates into the service.
+pending; it never propagates into the service. The next run retries a failed cycle with the same
+id, snapshot and spec, so the worker resumes from its checkpoints, up to `training.max_attempts`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
-from daemon import code_version, metrics
+from daemon import adapter_methods, code_version, metrics
 from daemon.config import Settings
 from daemon.gate import inputs_from_result, judge
 from daemon.privacy import PLACEHOLDERS
@@ -31,6 +32,14 @@ VERDICT_PROMOTED = "promoted"
 VERDICT_REJECTED = "rejected"
 VERDICT_SKIPPED = "skipped"
 VERDICT_FAILED = "failed"
+
+# The training settings the worker reads; the rest of `training` is the service's (see test_cycle_resume).
+WORKER_TRAINING_FIELDS = frozenset({
+    "device", "epochs", "max_steps", "learning_rate", "lr_schedule", "warmup_fraction", "batch_size",
+    "max_seq_len", "packing", "row_tokens", "rows_per_step", "cross_entropy", "loss_chunk_tokens",
+    "gradient_checkpointing", "precision", "compile", "quantization", "max_minutes", "max_tokens",
+    "eval_every_steps", "early_stop_patience", "checkpoint_every_steps", "gpus", "seed",
+})
 
 
 class Registry(Protocol):
@@ -46,6 +55,9 @@ class Registry(Protocol):
 
 
 class Executor(Protocol):
+    """Runs the worker on a spec and returns its result; raises when there is none. An exception
+    with `retryable = False` says the same spec cannot succeed, so the cycle is not retried."""
+
     def run(
         self, spec_path: Path, result_path: Path, *, timeout_s: float, stop: threading.Event | None = None
     ) -> dict: ...
@@ -61,6 +73,12 @@ class CycleOutcome:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Resumption:
+    cycle_id: str
+    snapshot: Snapshot
 
 
 def new_cycle_id() -> str:
@@ -136,50 +154,65 @@ class CycleRunner:
 
     def _run_locked(self, *, trigger: str, force: bool, stop: threading.Event | None) -> CycleOutcome:
         cfg = self.settings
-        cycle_id = new_cycle_id()
-        pending = self.store.pending_count()
         try:
             champion = self.registry.champion_version()
             tag_erased_versions(self.store, self.registry)
         except Exception as exc:  # the registry is unreachable: nothing to compare with, so no cycle
             metrics.CYCLES.labels(verdict=VERDICT_FAILED).inc()
-            return CycleOutcome(cycle_id, VERDICT_FAILED, reasons=[str(exc).splitlines()[0]])
+            return CycleOutcome(new_cycle_id(), VERDICT_FAILED, reasons=[str(exc).splitlines()[0]])
         retrain = champion is not None and champion in self.store.versions_trained_on_erased_data()
-        if retrain:
-            log.info("cycle %s: champion %s was trained on erased data: a fresh adapter on all trusted data",
-                     cycle_id, champion)
-        if not (force or retrain) and pending < cfg.schedule.min_new_examples:
-            metrics.CYCLES.labels(verdict=VERDICT_SKIPPED).inc()
-            return CycleOutcome(
-                cycle_id,
-                VERDICT_SKIPPED,
-                reasons=[f"{pending} new examples since the last cycle, schedule.min_new_examples is "
-                         f"{cfg.schedule.min_new_examples}"],
-            )
-        self.store.start_cycle(cycle_id, trigger)
-        outcome = CycleOutcome(cycle_id, VERDICT_FAILED)
-        snapshot: Snapshot | None = None
+        resumption = self._resumption(champion, retrain)
+        if resumption is not None:
+            cycle_id, snapshot = resumption.cycle_id, resumption.snapshot
+        else:
+            self._remove_stale_checkpoints()
+            cycle_id, snapshot = new_cycle_id(), None
+            pending = self.store.pending_count()
+            if retrain:
+                log.info("cycle %s: champion %s was trained on erased data: a fresh adapter on all trusted data",
+                         cycle_id, champion)
+            if not (force or retrain) and pending < cfg.schedule.min_new_examples:
+                metrics.CYCLES.labels(verdict=VERDICT_SKIPPED).inc()
+                return CycleOutcome(
+                    cycle_id,
+                    VERDICT_SKIPPED,
+                    reasons=[f"{pending} new examples since the last cycle, schedule.min_new_examples is "
+                             f"{cfg.schedule.min_new_examples}"],
+                )
+        attempt = self.store.start_cycle(cycle_id, trigger)
+        notes = [f"resumes cycle {cycle_id} attempt {attempt}"] if resumption else []
+        outcome = CycleOutcome(cycle_id, VERDICT_FAILED, reasons=list(notes))
+        cycle_dir = cfg.training.work_dir / cycle_id
         run_id: str | None = None
+        retryable = False
         started = time.monotonic()
         metrics.CYCLE_RUNNING.set(1)
         try:
-            snapshot = self.store.create_snapshot(
-                cycle_id, champion, replay_fraction=cfg.training.replay_fraction, seed=cfg.training.seed,
-                replay_all=retrain,
-            )
+            if snapshot is None:
+                snapshot = self.store.create_snapshot(
+                    cycle_id, champion, replay_fraction=cfg.training.replay_fraction, seed=cfg.training.seed,
+                    replay_all=retrain,
+                )
             skip = self._why_skip(snapshot, retrain)
             if skip:
-                outcome = CycleOutcome(cycle_id, VERDICT_SKIPPED, reasons=[skip])
+                outcome = CycleOutcome(cycle_id, VERDICT_SKIPPED, reasons=notes + [skip])
                 return outcome
-            log.info("cycle %s: training on %s (champion %s)", cycle_id, snapshot.counts, champion)
-            cycle_dir = cfg.training.work_dir / cycle_id
-            spec_path = self._write_spec(cycle_dir, snapshot, champion, warm=not retrain)
-            run_id = self.registry.start_cycle_run(cycle_id, self._run_params(snapshot), self._run_tags(snapshot))
+            if resumption is not None:
+                log.info("cycle %s: attempt %d on snapshot %s, resuming from its checkpoints",
+                         cycle_id, attempt, snapshot.id)
+                spec_path = cycle_dir / "spec.json"
+            else:
+                log.info("cycle %s: training on %s (champion %s)", cycle_id, snapshot.counts, champion)
+                spec_path = self._write_spec(cycle_dir, snapshot, champion, warm=not retrain)
+            run_id = self.registry.start_cycle_run(
+                cycle_id, self._run_params(snapshot, attempt), self._run_tags(snapshot, attempt)
+            )
             result = self.executor.run(
                 spec_path, cycle_dir / "out" / "result.json",
                 timeout_s=cfg.training.timeout_minutes * 60, stop=stop,
             )
-            outcome = self._judge_and_register(cycle_id, run_id, snapshot, champion, result, retrain)
+            outcome = self._judge_and_register(cycle_id, run_id, snapshot, champion, result, retrain, attempt)
+            outcome.reasons = notes + outcome.reasons
             self.registry.log_artifacts(run_id, cycle_dir / "out", "worker")
             self.registry.end_run(run_id, "FINISHED")
             metrics.LAST_SUCCESSFUL_CYCLE.set(time.time())
@@ -187,7 +220,8 @@ class CycleRunner:
             return outcome
         except Exception as exc:  # a failed cycle is recorded, never raised into the service
             log.error("cycle %s failed: %s", cycle_id, str(exc).splitlines()[0])
-            outcome = CycleOutcome(cycle_id, VERDICT_FAILED, reasons=[str(exc).splitlines()[0]])
+            outcome = CycleOutcome(cycle_id, VERDICT_FAILED, reasons=notes + [str(exc).splitlines()[0]])
+            retryable = snapshot is not None and getattr(exc, "retryable", True)
             if run_id is not None:
                 try:
                     self.registry.end_run(run_id, "FAILED")
@@ -200,8 +234,65 @@ class CycleRunner:
             self.store.finish_cycle(
                 cycle_id, verdict=outcome.verdict, model_version=outcome.version,
                 snapshot_id=snapshot.id if snapshot else None, reasons=outcome.reasons, metrics=outcome.metrics,
+                retryable=retryable,
             )
+            if retryable and attempt < cfg.training.max_attempts:
+                log.info("cycle %s: attempt %d failed; the next run resumes it from its checkpoints",
+                         cycle_id, attempt)
+            else:
+                shutil.rmtree(cycle_dir / "checkpoints", ignore_errors=True)
             self._prune_cycle_dirs()
+
+    def _resumption(self, champion: str | None, retrain: bool) -> _Resumption | None:
+        """The failed cycle to retry with its own id, snapshot and spec, if every condition holds."""
+        failed = self.store.retryable_cycle()
+        if failed is None:
+            return None
+        attempts = self.settings.training.max_attempts
+        if failed.attempts >= attempts:
+            log.warning("cycle %s failed %d times (training.max_attempts %d): abandoning it for a fresh cycle "
+                        "with a fresh snapshot", failed.cycle_id, failed.attempts, attempts)
+            return None
+        snapshot = self.store.load_snapshot(failed.snapshot_id)
+        why_not = self._why_not_resume(failed.cycle_id, snapshot, champion, retrain)
+        if why_not:
+            log.info("cycle %s is not resumed (%s): starting a fresh cycle", failed.cycle_id, why_not)
+            return None
+        return _Resumption(failed.cycle_id, snapshot)
+
+    def _why_not_resume(self, cycle_id: str, snapshot: Snapshot, champion: str | None, retrain: bool) -> str | None:
+        cycle_dir = self.settings.training.work_dir / cycle_id
+        try:
+            spec = json.loads((cycle_dir / "spec.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            return f"no readable spec.json in {cycle_dir}"
+        named = [spec.get("train_file"), spec.get("validation_file"), spec.get("init_adapter"),
+                 *(spec.get("eval_files") or {}).values(), *(spec.get("compare_adapters") or {}).values()]
+        missing = [path for path in named if path is not None and not Path(path).exists()]
+        if missing or spec.get("snapshot_id") != snapshot.id:
+            return f"its data in {cycle_dir} is gone or belongs to another snapshot"
+        if snapshot.champion_version != champion:
+            return f"the champion is {champion} now, its snapshot was taken against {snapshot.champion_version}"
+        if {key: spec.get(key) for key in self._worker_settings()} != self._worker_settings():
+            return "the model, adapter or training settings changed since"
+        if retrain and spec.get("init_adapter") is not None:
+            return f"it starts from champion {champion}, which has since been found trained on erased data"
+        return None
+
+    def _worker_settings(self) -> dict:
+        """What the spec takes from the config; a retry needs them unchanged to resume its checkpoints."""
+        cfg = self.settings
+        return {
+            "base_model": cfg.model.base,
+            "base_revision": cfg.model.revision,
+            "adapter": cfg.adapter.model_dump(mode="json"),
+            "training": cfg.training.model_dump(mode="json", include=set(WORKER_TRAINING_FIELDS)),
+        }
+
+    def _remove_stale_checkpoints(self) -> None:
+        """A fresh cycle starts: no earlier cycle will resume from its checkpoints any more."""
+        for checkpoints in self.settings.training.work_dir.glob("c-*/checkpoints"):
+            shutil.rmtree(checkpoints, ignore_errors=True)
 
     def _why_skip(self, snapshot: Snapshot, retrain: bool) -> str | None:
         if not snapshot.batch_train and not (retrain and snapshot.replay):
@@ -216,32 +307,30 @@ class CycleRunner:
     def _write_spec(self, cycle_dir: Path, snapshot: Snapshot, champion: str | None, *, warm: bool) -> Path:
         """`warm=False` trains a fresh adapter: the champion was trained on data erased since."""
         cfg = self.settings
-        files = snapshot.write_jsonl(cycle_dir / "data")
+        files = snapshot.write_jsonl(cycle_dir / "data", cfg.training.validation_fraction)
         champion_dir = None
         if champion is not None:
             champion_dir = self.registry.download_adapter(champion, cycle_dir / "champion")
         init = champion_dir if warm and cfg.training.warm_start == "champion" else None
         spec = {
             "cycle_id": snapshot.cycle_id,
-            "base_model": cfg.model.base,
-            "base_revision": cfg.model.revision,
+            "snapshot_id": snapshot.id,
+            **self._worker_settings(),
             "output_dir": str(cycle_dir / "out"),
-            "adapter": cfg.adapter.model_dump(mode="json"),
             "init_adapter": str(init) if init else None,
-            "training": cfg.training.model_dump(
-                mode="json", include={"device", "epochs", "max_steps", "learning_rate", "batch_size",
-                                      "max_seq_len", "seed"}
-            ),
             "train_file": str(files["train"]),
+            "validation_file": str(files["validation"]),
             "eval_files": {"trusted": str(files["trusted"]), "batch_heldout": str(files["batch_heldout"])},
             "compare_adapters": {"champion": str(champion_dir)} if champion_dir else {},
             "evaluate_base": True,
+            "checkpoint_dir": str(cycle_dir / "checkpoints"),
+            "progress_file": str(cycle_dir / "out" / "progress.json"),
         }
         spec_path = cycle_dir / "spec.json"
         spec_path.write_text(json.dumps(spec, indent=2), "utf-8")
         return spec_path
 
-    def _run_params(self, snapshot: Snapshot) -> dict:
+    def _run_params(self, snapshot: Snapshot, attempt: int) -> dict:
         cfg = self.settings
         params = {f"adapter.{k}": v for k, v in cfg.adapter.model_dump(mode="json").items()}
         params.update({f"training.{k}": v for k, v in cfg.training.model_dump(mode="json").items()
@@ -249,12 +338,14 @@ class CycleRunner:
         params.update({f"gate.{k}": v for k, v in cfg.gate.model_dump(mode="json").items()})
         params.update({"model.base": cfg.model.base, "snapshot.id": snapshot.id})
         params.update({f"snapshot.{k}": v for k, v in snapshot.counts.items()})
+        params["cycle.attempt"] = attempt
         return params
 
-    def _run_tags(self, snapshot: Snapshot) -> dict:
+    def _run_tags(self, snapshot: Snapshot, attempt: int) -> dict:
         cfg = self.settings
         return {
             "ticketune.cycle_id": snapshot.cycle_id,
+            "ticketune.attempt": str(attempt),
             "ticketune.snapshot_id": snapshot.id,
             "ticketune.base_model": cfg.model.base,
             "ticketune.base_model_fingerprint": base_model_fingerprint(cfg.model.base, cfg.model.revision),
@@ -264,7 +355,8 @@ class CycleRunner:
         }
 
     def _judge_and_register(
-        self, cycle_id: str, run_id: str, snapshot: Snapshot, champion: str | None, result: dict, retrain: bool
+        self, cycle_id: str, run_id: str, snapshot: Snapshot, champion: str | None, result: dict, retrain: bool,
+        attempt: int,
     ) -> CycleOutcome:
         """`retrain`: the champion was trained on erased data and must be replaced, so the fresh
         candidate is judged against the base model, not against the champion it replaces."""
@@ -285,12 +377,14 @@ class CycleRunner:
             self.registry.log_metrics(run_id, {"train_loss": float(loss)}, step=int(step))
         decision = VERDICT_PROMOTED if verdict.passed else VERDICT_REJECTED
         tags = {
-            **self._run_tags(snapshot),
+            **self._run_tags(snapshot, attempt),
             "ticketune.verdict": decision,
             "ticketune.reasons": json.dumps(reasons),
             "ticketune.metrics": json.dumps(numeric, sort_keys=True),
             "ticketune.gate": json.dumps(verdict.to_dict()),
-            "ticketune.adapter_method": cfg.adapter.method,
+            "ticketune.adapter_method": adapter_methods.describe(
+                cfg.adapter.method, cfg.adapter.use_rslora, cfg.training.quantization
+            ),
             "ticketune.gate_profile": cfg.gate.profile,
         }
         adapter_dir = Path(result["adapter_dir"])

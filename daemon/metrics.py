@@ -61,5 +61,15 @@ CANDIDATE_EVAL_LOSS = Gauge(
 )
 CHAMPION_VERSION = Gauge("ticketune_champion_version", "Registered model version serving as champion (0: none).")
 TRAINING_TOKENS_PER_SECOND = Gauge(
-    "ticketune_training_tokens_per_second", "Training throughput of the last cycle's worker."
+    "ticketune_training_tokens_per_second", "Training throughput of the running (else the last) cycle's worker."
+)
+TRAINING_STEP = Gauge("ticketune_training_step", "Optimizer step the running training worker reached (0: none runs).")
+TRAINING_TOTAL_STEPS = Gauge(
+    "ticketune_training_total_steps", "Optimizer steps planned for the running (else the last) worker."
+)
+TRAINING_LOSS = Gauge(
+    "ticketune_training_loss_nats", "Training loss of the running (else the last) worker at its last step (nats/token)."
+)
+TRAINING_ETA = Gauge(
+    "ticketune_training_eta_seconds", "Estimated seconds until the running worker finishes training (0: none runs)."
 )

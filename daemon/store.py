@@ -104,7 +104,12 @@ MIGRATIONS: list[list[str]] = [
         " kind TEXT NOT NULL, subject TEXT NOT NULL, tickets_removed INTEGER NOT NULL,"
         " affected_versions TEXT NOT NULL, tagged_at TEXT)",
     ],
+    [
+        "ALTER TABLE cycles ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE cycles ADD COLUMN retryable INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
+MIN_VALIDATION_EXAMPLES = 8  # fewer make a validation loss too noisy to stop on
 
 OUTCOME_STORED = "stored"
 OUTCOME_REVISED = "revised"
@@ -143,18 +148,41 @@ class Snapshot:
             "trusted_eval": len(self.trusted_eval),
         }
 
-    def write_jsonl(self, directory: Path) -> dict[str, Path]:
-        """Writes train (batch + replay, deterministically shuffled), trusted and batch-held-out files."""
+    def write_jsonl(self, directory: Path, validation_fraction: float = 0.0) -> dict[str, Path]:
+        """Writes train (batch + replay, deterministically shuffled), validation, trusted and batch-held-out files.
+
+        Validation (for early stopping) is a slice of the new batch's training part chosen by a hash
+        of the ticket id, so a retry of the cycle picks the same one; replay and the eval sets never
+        join it. Under MIN_VALIDATION_EXAMPLES it stays empty and everything trains.
+        """
         directory.mkdir(parents=True, exist_ok=True)
-        train = sorted(self.batch_train + self.replay, key=lambda ex: _unit_hash(self.id + ex["ticket_id"]))
+        validation = [ex for ex in self.batch_train
+                      if _unit_hash("validation:" + ex["ticket_id"]) < validation_fraction]
+        if len(validation) < MIN_VALIDATION_EXAMPLES:
+            validation = []
+        held = {ex["ticket_id"] for ex in validation}
+        train = sorted(
+            [ex for ex in self.batch_train if ex["ticket_id"] not in held] + self.replay,
+            key=lambda ex: _unit_hash(self.id + ex["ticket_id"]),
+        )
         files = {
             "train": (directory / "train.jsonl", train),
+            "validation": (directory / "validation.jsonl", validation),
             "trusted": (directory / "trusted.jsonl", self.trusted_eval),
             "batch_heldout": (directory / "batch_heldout.jsonl", self.batch_eval),
         }
         for path, rows in files.values():
             path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), "utf-8")
         return {name: path for name, (path, _) in files.items()}
+
+
+@dataclass(frozen=True)
+class RetryableCycle:
+    """The most recent cycle, when it failed after its snapshot in a way a retry may fix."""
+
+    cycle_id: str
+    snapshot_id: str
+    attempts: int
 
 
 class LockBusy(RuntimeError):
@@ -539,11 +567,25 @@ class ExampleStore:
                 " VALUES (?, ?, ?, ?, ?)",
                 (snapshot_id, cycle_id, champion_version, json.dumps(snapshot.counts), _now()),
             )
+            db.execute("UPDATE cycles SET snapshot_id = ? WHERE cycle_id = ?", (snapshot_id, cycle_id))
             db.executemany(
                 "INSERT INTO snapshot_items (snapshot_id, part, ticket_id, revision, example_json)"
                 " VALUES (?, ?, ?, ?, ?)",
                 [(snapshot_id, part, t, rev, js) for part, rows in parts.items() for t, rev, js in rows],
             )
+        return snapshot
+
+    def load_snapshot(self, snapshot_id: str) -> Snapshot:
+        """The snapshot as `create_snapshot` returned it (minus anything erased since)."""
+        db = self._db
+        row = db.execute("SELECT cycle_id, champion_version FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"unknown snapshot {snapshot_id}")
+        snapshot = Snapshot(id=snapshot_id, cycle_id=row["cycle_id"], champion_version=row["champion_version"])
+        for item in db.execute(
+            "SELECT part, example_json FROM snapshot_items WHERE snapshot_id = ? ORDER BY rowid", (snapshot_id,)
+        ):
+            getattr(snapshot, item["part"]).append(json.loads(item["example_json"]))
         return snapshot
 
     def close_batch(self, snapshot_id: str, *, verdict: str, model_version: str | None) -> int:
@@ -640,11 +682,18 @@ class ExampleStore:
         return n
 
     # cycles --------------------------------------------------------------------------------
-    def start_cycle(self, cycle_id: str, trigger: str) -> None:
+    def start_cycle(self, cycle_id: str, trigger: str) -> int:
+        """Records the start of a cycle, or of another attempt of it (its end and verdict cleared);
+        returns the attempt number, 1 for a new cycle."""
         with self._write() as db:
             db.execute(
-                "INSERT INTO cycles (cycle_id, trigger, started_at) VALUES (?, ?, ?)", (cycle_id, trigger, _now())
+                "INSERT INTO cycles (cycle_id, trigger, started_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(cycle_id) DO UPDATE SET attempts = attempts + 1, trigger = excluded.trigger,"
+                " started_at = excluded.started_at, ended_at = NULL, verdict = NULL, model_version = NULL,"
+                " reasons_json = NULL, metrics_json = NULL, retryable = 0",
+                (cycle_id, trigger, _now()),
             )
+            return db.execute("SELECT attempts FROM cycles WHERE cycle_id = ?", (cycle_id,)).fetchone()[0]
 
     def finish_cycle(
         self,
@@ -655,13 +704,38 @@ class ExampleStore:
         snapshot_id: str | None,
         reasons: list[str],
         metrics: dict,
+        retryable: bool = False,
     ) -> None:
+        """`retryable`: a failure that another attempt with the same snapshot and spec may fix."""
         with self._write() as db:
             db.execute(
                 "UPDATE cycles SET ended_at = ?, verdict = ?, model_version = ?, snapshot_id = ?,"
-                " reasons_json = ?, metrics_json = ? WHERE cycle_id = ?",
-                (_now(), verdict, model_version, snapshot_id, json.dumps(reasons), json.dumps(metrics), cycle_id),
+                " reasons_json = ?, metrics_json = ?, retryable = ? WHERE cycle_id = ?",
+                (_now(), verdict, model_version, snapshot_id, json.dumps(reasons), json.dumps(metrics),
+                 int(retryable and verdict == "failed"), cycle_id),
             )
+
+    def retryable_cycle(self) -> RetryableCycle | None:
+        """The most recent cycle if it failed retryably after its snapshot, its batch is still open
+        and nothing of its snapshot was erased since; the caller checks the rest (files, champion,
+        attempts left)."""
+        db = self._db
+        row = db.execute(
+            "SELECT cycle_id, verdict, retryable, snapshot_id, attempts FROM cycles"
+            " ORDER BY started_at DESC, rowid DESC LIMIT 1"
+        ).fetchone()
+        if row is None or row["verdict"] != "failed" or not row["retryable"] or row["snapshot_id"] is None:
+            return None
+        snapshot_id = row["snapshot_id"]
+        if db.execute("SELECT 1 FROM batches WHERE snapshot_id = ?", (snapshot_id,)).fetchone():
+            return None
+        counts = db.execute("SELECT counts_json FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+        kept = dict(db.execute(
+            "SELECT part, count(*) FROM snapshot_items WHERE snapshot_id = ? GROUP BY part", (snapshot_id,)
+        ).fetchall())
+        if counts is None or any(kept.get(part, 0) != n for part, n in json.loads(counts[0]).items()):
+            return None  # an erasure or retention removed examples: its files on disk are out of date
+        return RetryableCycle(row["cycle_id"], snapshot_id, row["attempts"])
 
     def cycles(self, limit: int = 20) -> list[dict]:
         rows = self._db.execute(
@@ -676,9 +750,10 @@ class ExampleStore:
         return result
 
     def fail_unfinished_cycles(self, reason: str) -> int:
-        """Marks cycles that a crash left without an end as failed (run at service start)."""
+        """Marks cycles that a crash left without an end as failed, and retryable (run at service start)."""
         with self._write() as db:
             return db.execute(
-                "UPDATE cycles SET ended_at = ?, verdict = 'failed', reasons_json = ? WHERE ended_at IS NULL",
+                "UPDATE cycles SET ended_at = ?, verdict = 'failed', reasons_json = ?, retryable = 1"
+                " WHERE ended_at IS NULL",
                 (_now(), json.dumps([reason])),
             ).rowcount

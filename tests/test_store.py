@@ -267,3 +267,116 @@ def test_a_newer_pipeline_version_rebuilds_the_same_revision(store, monkeypatch)
     monkeypatch.setattr(store_module, "PIPELINE_VERSION", "2")
     assert store.apply([example("1")]) == ["revised"]
     assert store.apply([example("1")]) == ["unchanged"]
+
+
+def test_the_validation_slice_is_a_stable_part_of_the_new_batch_and_leaves_train(store, tmp_path):
+    store.apply([example(str(i)) for i in range(100)])
+    first = store.create_snapshot("c1", None, replay_fraction=0.0)
+    store.freeze_trusted_set("1", first.id, None, cap=1000)
+    store.close_batch(first.id, verdict="promoted", model_version="1")
+    store.apply([example(f"b{i}") for i in range(300)])
+    snap = store.create_snapshot("c2", "1", replay_fraction=0.25)
+    assert snap.replay
+
+    files = snap.write_jsonl(tmp_path / "a", validation_fraction=0.1)
+    again = store.load_snapshot(snap.id).write_jsonl(tmp_path / "b", validation_fraction=0.1)
+    read = lambda path: [json.loads(line)["ticket_id"] for line in path.read_text().splitlines()]  # noqa: E731
+    validation, train = read(files["validation"]), read(files["train"])
+    assert read(again["validation"]) == validation and read(again["train"]) == train
+    batch_train = {e["ticket_id"] for e in snap.batch_train}
+    assert 8 <= len(validation) < 0.2 * len(batch_train) and set(validation) <= batch_train
+    assert not set(validation) & set(train)
+    assert set(validation) | set(train) == batch_train | {e["ticket_id"] for e in snap.replay}
+    assert not set(validation) & {e["ticket_id"] for e in snap.batch_eval + snap.trusted_eval}
+
+
+def test_a_validation_slice_under_eight_examples_stays_empty_and_everything_trains(store, tmp_path):
+    store.apply([example(str(i)) for i in range(30)])
+    snap = store.create_snapshot("c1", None, replay_fraction=0.0)
+    files = snap.write_jsonl(tmp_path / "snap", validation_fraction=0.1)
+    assert files["validation"].read_text() == ""
+    assert len(files["train"].read_text().splitlines()) == len(snap.batch_train)
+    assert snap.write_jsonl(tmp_path / "none")["validation"].read_text() == ""
+
+
+def test_a_snapshot_loads_back_as_it_was_created(store):
+    store.apply([example(str(i)) for i in range(60)])
+    snap = store.create_snapshot("c1", None, replay_fraction=0.0)
+    assert store.load_snapshot(snap.id) == snap
+    with pytest.raises(KeyError):
+        store.load_snapshot("snap-nope")
+
+
+def test_starting_a_cycle_again_counts_the_attempt_and_clears_its_end(store):
+    assert store.start_cycle("c1", "schedule") == 1
+    store.finish_cycle("c1", verdict="failed", model_version=None, snapshot_id=None, reasons=["boom"], metrics={})
+    assert store.start_cycle("c1", "admin") == 2
+    row = store.cycles()[0]
+    assert (row["attempts"], row["trigger"], row["ended_at"], row["verdict"], row["reasons"]) == (
+        2, "admin", None, None, [])
+
+
+def _failed_after_snapshot(store, cycle_id="c1", *, retryable=True):
+    store.start_cycle(cycle_id, "test")
+    snap = store.create_snapshot(cycle_id, None, replay_fraction=0.0)
+    store.finish_cycle(cycle_id, verdict="failed", model_version=None, snapshot_id=snap.id, reasons=["x"],
+                       metrics={}, retryable=retryable)
+    return snap
+
+
+def test_the_retryable_cycle_is_the_last_one_when_it_failed_retryably_with_its_batch_open(store):
+    from daemon.store import RetryableCycle
+
+    store.apply([example(str(i)) for i in range(40)])
+    assert store.retryable_cycle() is None
+    snap = _failed_after_snapshot(store)
+    assert store.retryable_cycle() == RetryableCycle("c1", snap.id, 1)
+    store.start_cycle("c1", "test")
+    store.fail_unfinished_cycles("the service stopped while the cycle ran")  # a crash is retryable too
+    assert store.retryable_cycle() == RetryableCycle("c1", snap.id, 2)
+
+    store.close_batch(snap.id, verdict="rejected", model_version="1")
+    assert store.retryable_cycle() is None  # its batch is closed
+
+
+def test_no_retry_for_a_cycle_that_failed_for_good_was_followed_or_lost_snapshot_examples(store):
+    store.apply([example(str(i)) for i in range(40)])
+    _failed_after_snapshot(store, retryable=False)
+    assert store.retryable_cycle() is None
+
+    snap = _failed_after_snapshot(store, "c2")
+    store.start_cycle("c3", "test")
+    store.finish_cycle("c3", verdict="skipped", model_version=None, snapshot_id=None, reasons=[], metrics={})
+    assert store.retryable_cycle() is None  # not the most recent cycle any more
+
+    snap = _failed_after_snapshot(store, "c4")
+    assert store.retryable_cycle() is not None
+    store.forget(ticket_id=snap.batch_train[0]["ticket_id"])
+    assert store.retryable_cycle() is None  # its data files on disk still hold the erased example
+
+
+def test_the_attempts_migration_keeps_old_cycles_and_never_retries_them(tmp_path):
+    import sqlite3
+
+    from daemon.store import MIGRATIONS
+
+    path = tmp_path / "v4.db"
+    db = sqlite3.connect(path)
+    for statements in MIGRATIONS[:4]:
+        for statement in statements:
+            db.execute(statement)
+    db.execute("INSERT INTO snapshots (id, cycle_id, champion_version, counts_json, created_at)"
+               " VALUES ('snap-c0', 'c0', NULL, '{}', '2026-01-01T00:00:00+00:00')")
+    db.execute("INSERT INTO cycles (cycle_id, trigger, started_at, ended_at, verdict, snapshot_id)"
+               " VALUES ('c0', 'schedule', '2026-01-01T00:00:00+00:00', '2026-01-01T01:00:00+00:00', 'failed',"
+               " 'snap-c0')")
+    db.execute("PRAGMA user_version = 4")
+    db.commit()
+    db.close()
+    store = ExampleStore(path)
+    assert store.schema_version == len(MIGRATIONS) == 5
+    old = store.cycles()[0]
+    assert (old["cycle_id"], old["verdict"], old["attempts"], old["retryable"]) == ("c0", "failed", 1, 0)
+    assert store.retryable_cycle() is None
+    assert store.start_cycle("c0", "test") == 2
+    store.close()

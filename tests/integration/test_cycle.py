@@ -58,6 +58,10 @@ def test_clean_batch_promotes_then_a_poisoned_batch_is_rejected_and_quarantined(
     for key in ("ticketune.snapshot_id", "ticketune.base_model", "ticketune.config_hash",
                 "ticketune.code_version", "ticketune.reasons", "ticketune.metrics"):
         assert tags.get(key), key
+    assert (tags["ticketune.adapter_method"], tags["ticketune.attempt"]) == ("lora", "1")
+    first_dir = settings.training.work_dir / first.cycle_id
+    assert json.loads((first_dir / "spec.json").read_text())["checkpoint_dir"] == str(first_dir / "checkpoints")
+    assert not (first_dir / "checkpoints").exists()  # a cycle that ended leaves no checkpoints behind
     assert store.pending_count() == 0
     adapter = registry.download_adapter(first.version, settings.training.work_dir / "download")
     vocabulary = json.loads((adapter / "ticketune_placeholders.json").read_text())
@@ -97,7 +101,7 @@ def test_a_worker_failure_is_a_failed_cycle_that_keeps_the_batch_pending(setup, 
     assert store.pending_count() == len(examples(60, seed=4, start_id=4000))
     assert registry.history() == []
     assert store.cycles()[0]["verdict"] == "failed"
-
+    assert store.retryable_cycle() is None  # a missing model (worker exit 2) fails the same way again
 
 
 def test_an_erasure_tags_the_champion_and_the_next_cycle_retrains_fresh_without_it(setup):

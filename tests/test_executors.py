@@ -1,0 +1,180 @@
+"""The local executor against a fake worker: a real child process that plays the worker's side of the
+contract (argv, progress file, result file, exit codes, SIGTERM), without training anything."""
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from connectors.executors import LocalProcessExecutor, WorkerFailed, worker_command
+from daemon import metrics
+
+FAKE_WORKER = """#!{python}
+import json, signal, sys, time
+from pathlib import Path
+
+spec_path = Path(sys.argv[sys.argv.index("--spec") + 1])
+spec = json.loads(spec_path.read_text())
+plan = spec["fake"]
+out = Path(spec["output_dir"])
+out.mkdir(parents=True, exist_ok=True)
+(spec_path.parent / "argv.json").write_text(json.dumps(sys.argv[1:]))
+
+
+def write_result(status, error=None):
+    (out / "result.json").write_text(json.dumps({{"status": status, "error": error, "adapter_dir": "a"}}))
+
+
+def on_sigterm(*_):
+    write_result("interrupted", "stopped by SIGTERM at step 3; checkpoint saved")
+    sys.exit(3)
+
+
+signal.signal(signal.SIGTERM, on_sigterm)
+if plan.get("progress"):
+    progress = Path(spec["progress_file"])
+    progress.write_text('{{"cycle_id": "c1", "step": 1, "tot')  # half written, as a reader may catch it
+    time.sleep(1.3)
+    progress.write_text(json.dumps({{
+        "cycle_id": "c1", "phase": "train", "step": 3, "total_steps": 10, "loss": 1.25,
+        "tokens_per_second": 4321.5, "eta_seconds": 7.5, "elapsed_seconds": 2.0, "updated_at": "now",
+    }}))
+if plan.get("hold"):
+    deadline = time.monotonic() + 30
+    while not (spec_path.parent / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+write_result(plan["status"], plan.get("error"))
+sys.exit(plan["exit"])
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path) -> str:
+    path = tmp_path / "fake-python"
+    path.write_text(FAKE_WORKER.format(python=sys.executable))
+    path.chmod(0o755)
+    return str(path)
+
+
+def write_spec(tmp_path: Path, gpus: int = 1, **plan) -> Path:
+    cycle_dir = tmp_path / "c1"
+    cycle_dir.mkdir()
+    spec = {
+        "cycle_id": "c1",
+        "output_dir": str(cycle_dir / "out"),
+        "progress_file": str(cycle_dir / "out" / "progress.json"),
+        "training": {"gpus": gpus},
+        "fake": {"status": "ok", "exit": 0, **plan},
+    }
+    path = cycle_dir / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name)
+
+
+def wait_for(condition, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def run_in_thread(executor, spec, stop=None) -> tuple[threading.Thread, dict]:
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = executor.run(spec, spec.parent / "out" / "result.json", timeout_s=60, stop=stop)
+        except Exception as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, box
+
+
+def test_the_progress_file_feeds_the_training_gauges_and_step_and_eta_reset_when_the_worker_ends(
+    tmp_path, fake_python
+):
+    spec = write_spec(tmp_path, progress=True, hold=True)
+    metrics.TRAINING_STEP.set(0)
+    thread, box = run_in_thread(LocalProcessExecutor(python=fake_python), spec)
+    try:
+        wait_for(lambda: gauge("ticketune_training_step") == 3)
+        assert gauge("ticketune_training_total_steps") == 10
+        assert gauge("ticketune_training_loss_nats") == 1.25
+        assert gauge("ticketune_training_tokens_per_second") == 4321.5
+        assert gauge("ticketune_training_eta_seconds") == 7.5
+    finally:
+        (spec.parent / "release").touch()
+        thread.join(30)
+    assert box["result"]["status"] == "ok"
+    assert gauge("ticketune_training_step") == 0 and gauge("ticketune_training_eta_seconds") == 0
+    assert gauge("ticketune_training_loss_nats") == 1.25  # the last run's loss stays readable
+
+
+def test_a_worker_that_exits_3_failed_retryably_and_resumes_from_its_checkpoint(tmp_path, fake_python):
+    spec = write_spec(tmp_path, status="interrupted", exit=3, error="stopped by SIGTERM at step 4; checkpoint saved")
+    with pytest.raises(WorkerFailed, match="interrupted: stopped by SIGTERM at step 4.*resumes") as caught:
+        LocalProcessExecutor(python=fake_python).run(spec, spec.parent / "out" / "result.json", timeout_s=60)
+    assert caught.value.retryable
+
+
+@pytest.mark.parametrize(("code", "retryable"), [(1, True), (2, False)])
+def test_only_a_bad_spec_exit_is_not_retryable(tmp_path, fake_python, code, retryable):
+    spec = write_spec(tmp_path, status="failed", exit=code, error="spec field training.gpus: bad")
+    with pytest.raises(WorkerFailed, match="training worker failed: spec field training.gpus") as caught:
+        LocalProcessExecutor(python=fake_python).run(spec, spec.parent / "out" / "result.json", timeout_s=60)
+    assert caught.value.retryable is retryable
+
+
+def test_a_shutdown_sigterms_the_worker_which_checkpoints_and_exits_3(tmp_path, fake_python):
+    spec = write_spec(tmp_path, progress=True, hold=True)
+    stop = threading.Event()
+    thread, box = run_in_thread(LocalProcessExecutor(python=fake_python), spec, stop=stop)
+    wait_for(lambda: gauge("ticketune_training_step") == 3)
+    started = time.monotonic()
+    stop.set()
+    thread.join(30)
+    assert time.monotonic() - started < 10  # no 20 s SIGKILL wait: the worker answered SIGTERM
+    assert "shutting down; it saved a checkpoint" in str(box["error"]) and box["error"].retryable
+
+
+def test_an_earlier_attempts_progress_file_is_not_read_and_no_file_is_no_update(tmp_path, fake_python):
+    spec = write_spec(tmp_path, hold=True)
+    progress = spec.parent / "out" / "progress.json"
+    progress.parent.mkdir()
+    progress.write_text('{"step": 99, "total_steps": 99}')
+    metrics.TRAINING_TOTAL_STEPS.set(5)
+    thread, box = run_in_thread(LocalProcessExecutor(python=fake_python), spec)
+    time.sleep(1.5)
+    (spec.parent / "release").touch()
+    thread.join(30)
+    assert box["result"]["status"] == "ok" and not progress.exists()
+    assert gauge("ticketune_training_total_steps") == 5
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_several_gpus_run_the_worker_under_torchrun(tmp_path, fake_python, gpus):
+    spec = write_spec(tmp_path, gpus=gpus)
+    LocalProcessExecutor(python=fake_python).run(spec, spec.parent / "out" / "result.json", timeout_s=60)
+    argv = json.loads((spec.parent / "argv.json").read_text())
+    train = ["-m", "daemon.training", "train", "--spec", str(spec)]
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"] if gpus > 1 else []
+    assert argv == launcher + train
+
+
+def test_the_torchrun_command_line_is_one_torchrun_accepts():
+    run = pytest.importorskip("torch.distributed.run")
+    command = worker_command("python", Path("/cycles/c1/spec.json"), gpus=4)
+    args = run.parse_args(command[3:])
+    assert (args.standalone, args.nproc_per_node, args.module) == (True, "4", True)
+    assert (args.training_script, args.training_script_args) == (
+        "daemon.training", ["train", "--spec", "/cycles/c1/spec.json"])
