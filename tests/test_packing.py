@@ -16,6 +16,7 @@ from peft import LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from daemon.training import attention as packed_attention
+from daemon.training import losses
 from daemon.training.attention import register_packed_attention
 from daemon.training.chat_examples import IGNORE_INDEX, TokenizedExample
 from daemon.training.losses import token_loss_sums
@@ -148,7 +149,11 @@ def test_packed_row_without_boundaries_leaks_between_examples(lora_model: PeftMo
         assert (token_losses(logits, examples[1].labels) - expected).abs().max().item() > 1e-3
 
 
-def test_chunked_loss_and_gradients_match_full_logits(lora_model: PeftModel) -> None:
+@pytest.mark.parametrize("small_logits_bytes", [0, 1 << 30], ids=["recomputed-chunks", "kept-logits"])
+def test_chunked_loss_and_gradients_match_full_logits(
+    lora_model: PeftModel, small_logits_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(losses, "SMALL_LOGITS_BYTES", small_logits_bytes)
     batch = collate_packed(chat_like_examples(lora_model.config.vocab_size, seed=1))
     assert supervised_tokens(batch) > 4 * 16
     parameters = lora_parameters(lora_model)

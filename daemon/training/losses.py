@@ -24,6 +24,8 @@ CROSS_ENTROPY_MODES = ("auto", "chunked", "full", "liger")
 PACKING_ATTENTIONS = (PACKED_ATTENTION, "flash_attention_2", "flash_attention_3")
 # Config fields of models whose logits are more than the head's output (Gemma 2, Cohere, Granite).
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+# Supervised logits up to this size are kept for backward rather than recomputed chunk by chunk.
+SMALL_LOGITS_BYTES = 64 * 1024 * 1024
 
 
 def token_loss_sums(
@@ -122,7 +124,14 @@ def _prompt_hidden_states(
 def _chunked_cross_entropy(
     head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int
 ) -> torch.Tensor:
-    """Per-token losses [S]; each chunk's logits are recomputed in backward instead of kept."""
+    """Per-token losses [S]; each chunk's logits are recomputed in backward instead of kept.
+
+    When the supervised tokens' logits are small (under SMALL_LOGITS_BYTES, e.g. a small vocabulary on
+    CPU) they are computed once and kept: recomputing them would cost a second head pass for nothing.
+    """
+    vocab = head.weight.shape[0] if hasattr(head, "weight") else 0
+    if 0 < targets.numel() * vocab * 4 <= SMALL_LOGITS_BYTES:
+        return _chunk_cross_entropy(head, hidden, targets)
     # At least one (possibly empty) chunk, so a batch without targets still gives a differentiable zero.
     starts = range(0, max(targets.numel(), 1), chunk_tokens)
     return torch.cat(

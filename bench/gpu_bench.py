@@ -1,0 +1,400 @@
+"""GPU training throughput and memory: ticketune's engine on Llama-3.2-1B and Llama-3.1-8B shapes, QLoRA 8B
+peak memory, and a naive HF + PEFT loop on the 1B shape measured in the same run.
+
+Models are random-initialised in bf16 from the shapes below, saved once under --cache-dir and loaded by
+the engine's own prepare_model (so the load, attention, checkpointing and quantisation paths are the
+service's). Examples are synthetic ticket-like token rows: lengths log-normal (median 300, sigma 0.6,
+cap 2048), the first 40% prompt (label -100) and the rest the answer (about the sample tickets' share).
+Both sides train LoRA r 16, alpha 32, dropout 0 on all linear layers. ticketune: train_adapter with
+best-fit packed rows (1B: the configured row_tokens; 8B and QLoRA: 8,192-token rows), timed by the
+engine over `--steps` steps after `--warmup` steps. Naive: random batches of 8 padded to the longest,
+sdpa, `model(**batch, labels=...)`, AdamW, no gradient checkpointing, timed the same way.
+
+Figures (tokens are real, non-padding tokens; N is the base's total parameter count, embeddings included):
+  MFU = 4·N·tokens/s / 790e12: forward 2N plus the input-gradient half of the backward 2N per token; the
+    frozen base gets no weight gradient (LoRA's own FLOPs and attention scores are left out, under 1%).
+  HFU = (4N + 2N·c)·tokens/s / 790e12, c = 1 when gradient checkpointing recomputes the forward, else 0:
+    the work the GPU actually does. 790e12 is the H200's dense bf16 rate (about what a matmul reaches).
+  Peak memory: torch.cuda.max_memory_reserved from before the model load to the end of training.
+The last line is one JSON object with every figure measured. `--smoke` runs the same code on CPU with
+a tiny shape in seconds (MFU there is meaningless).
+
+    python bench/gpu_bench.py [1b] [8b] [qlora] [--steps N] [--set gradient_checkpointing=false ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers.utils import logging as transformers_logging
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from daemon.config import AdapterConfig, TrainingConfig  # noqa: E402
+from daemon.training.chat_examples import IGNORE_INDEX, TokenizedExample  # noqa: E402
+from daemon.training.lora_recipe import (  # noqa: E402
+    prepare_model,
+    select_runtime,
+    train_adapter,
+    uses_packing,
+    versions,
+)
+from daemon.training.spec import SpecError, TrainSpec  # noqa: E402
+
+PEAK_FLOPS = 790e12
+GIB = 1024**3
+PAD_ID = 0
+LORA = AdapterConfig(method="lora", r=16, alpha=32, dropout=0.0, target_modules="all-linear")
+LLAMA_COMMON = {"num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256, "rms_norm_eps": 1e-5,
+                "rope_theta": 500000.0, "max_position_embeddings": 131072}
+SHAPES = {
+    "llama-3.2-1b": {**LLAMA_COMMON, "hidden_size": 2048, "num_hidden_layers": 16, "intermediate_size": 8192,
+                     "tie_word_embeddings": True},
+    "llama-3.1-8b": {**LLAMA_COMMON, "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336,
+                     "tie_word_embeddings": False},
+    "tiny-tied": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                  "intermediate_size": 128, "vocab_size": 512, "tie_word_embeddings": True},
+    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "intermediate_size": 128, "vocab_size": 512, "tie_word_embeddings": False},
+}
+# part: (shape, smoke shape, ticketune training overrides, targets)
+PARTS: dict[str, dict[str, Any]] = {
+    "1b": {"shape": "llama-3.2-1b", "smoke": "tiny-tied", "training": {}, "naive": True,
+           "target_tokens_per_s": 50_000},
+    "8b": {"shape": "llama-3.1-8b", "smoke": "tiny", "training": {"row_tokens": 8192},
+           "target_tokens_per_s": 10_000, "max_peak_gib": 75},
+    "qlora": {"shape": "llama-3.1-8b", "smoke": "tiny", "training": {"row_tokens": 8192, "quantization": "nf4"},
+              "max_peak_gib": 20},
+}
+LENGTH_MEDIAN, LENGTH_SIGMA, MAX_SEQ_LEN, PROMPT_SHARE = 300, 0.6, 2048, 0.4
+RUN_DEFAULTS = {"warmup": 3, "steps": 12, "naive_steps": 40, "examples": 3000}
+SMOKE = {"median": 30, "max_seq_len": 256, "row_tokens": 512, "examples": 64, "warmup": 1, "steps": 2,
+         "naive_steps": 2}
+
+
+def llama_parameters(shape: dict[str, Any]) -> int:
+    """Total parameters of a Llama decoder with this shape (no biases), the tied embedding counted once."""
+    d, layers, vocab = shape["hidden_size"], shape["num_hidden_layers"], shape["vocab_size"]
+    head_dim = d // shape["num_attention_heads"]
+    attention = 2 * d * shape["num_attention_heads"] * head_dim + 2 * d * shape["num_key_value_heads"] * head_dim
+    per_layer = attention + 3 * d * shape["intermediate_size"] + 2 * d
+    embeddings = vocab * d * (1 if shape["tie_word_embeddings"] else 2)
+    return embeddings + layers * per_layer + d
+
+
+def synthetic_examples(count: int, median: int, max_len: int, vocab: int, seed: int = 0) -> list[TokenizedExample]:
+    """Ticket-like rows: log-normal lengths, the prompt unlabelled, the answer labelled."""
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    examples = []
+    for index in range(count):
+        length = min(max_len, max(8, round(rng.lognormvariate(math.log(median), LENGTH_SIGMA))))
+        ids = torch.randint(1, vocab, (length,), generator=generator).tolist()
+        prompt = max(1, int(length * PROMPT_SHARE))
+        examples.append(TokenizedExample(str(index), ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
+    return examples
+
+
+def random_model_dir(shape_name: str, cache_dir: Path, device: torch.device, dtype: torch.dtype) -> Path:
+    """A random-initialised model of the shape, saved once per cache dir (renamed into place when complete)."""
+    directory = cache_dir / f"{shape_name}-{str(dtype).removeprefix('torch.')}"
+    if directory.is_dir():
+        return directory
+    started = time.perf_counter()
+    config = LlamaConfig(**SHAPES[shape_name], bos_token_id=1, eos_token_id=2, pad_token_id=PAD_ID)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    partial.rename(directory)
+    del model
+    _free(device)
+    print(f"  built random {shape_name} in {time.perf_counter() - started:.0f} s", flush=True)
+    return directory
+
+
+def run_ticketune(model_dir: Path, examples: list[TokenizedExample], settings: TrainingConfig,
+                  warmup: int, steps: int) -> dict[str, Any]:
+    """The engine's own model preparation and training loop; figures of the timed steps only."""
+    runtime = select_runtime(settings.device, settings.precision)
+    spec = TrainSpec(cycle_id="bench", base_model=str(model_dir), output_dir=model_dir / "unused",
+                     train_file=model_dir / "unused.jsonl", adapter=LORA, training=settings)
+    packing = uses_packing(spec)
+    _reset_peak(runtime.device)
+    model = prepare_model(spec, runtime)
+    checkpointing = any(getattr(module, "gradient_checkpointing", False) is True for module in model.modules())
+    quantized = getattr(model.get_base_model(), "is_loaded_in_4bit", False)
+    if settings.quantization == "nf4" and not quantized:
+        raise ValueError("training.quantization nf4 was asked for but the base did not load in 4 bits")
+    if warmup:  # first steps pay for kernel selection, allocator growth and lazy initialisation
+        train_adapter(model, examples, settings.model_copy(update={"max_steps": warmup}), runtime,
+                      pad_token_id=PAD_ID, packing=packing)
+    result = train_adapter(model, examples, settings.model_copy(update={"max_steps": steps}), runtime,
+                           pad_token_id=PAD_ID, packing=packing)
+    figures = {
+        "tokens": result["tokens"],
+        "seconds": result["seconds"],
+        "tokens_per_s": result["tokens"] / result["seconds"],
+        "steps": result["steps"],
+        "row_fill": result.get("row_fill"),
+        "layout": (f"packed rows of {settings.row_tokens} x {settings.rows_per_step}" if packing
+                   else f"padded batches of {settings.batch_size}") + (", nf4" if quantized else ""),
+        "gradient_checkpointing": checkpointing,
+        **_peak(runtime.device),
+    }
+    del model
+    _free(runtime.device)
+    return figures
+
+
+def run_naive(model_dir: Path, examples: list[TokenizedExample], device: torch.device, dtype: torch.dtype,
+              warmup: int, steps: int, batch_size: int = 8) -> dict[str, Any]:
+    """What a first HF + PEFT script does: padded random batches, sdpa, the model's own loss."""
+    _reset_peak(device)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa").to(device)
+    model = get_peft_model(model, LoraConfig(
+        task_type=TaskType.CAUSAL_LM, r=LORA.r, lora_alpha=LORA.alpha, lora_dropout=LORA.dropout,
+        target_modules=LORA.target_modules,
+    ))
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=2e-4)
+    order = list(range(len(examples)))
+    random.Random(0).shuffle(order)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(batches) < warmup + steps:
+        raise ValueError(f"{len(examples)} examples make fewer than {warmup + steps} batches of {batch_size}")
+    model.train()
+    tokens, started = 0, 0.0
+    for number, indices in enumerate(batches[: warmup + steps]):
+        if number == warmup:
+            _synchronize(device)
+            tokens, started = 0, time.perf_counter()
+        batch = _padded([examples[i] for i in indices], device)
+        model(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += int(batch["attention_mask"].sum())
+    _synchronize(device)
+    seconds = time.perf_counter() - started
+    figures = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "steps": steps,
+               "layout": f"padded batches of {batch_size}", "gradient_checkpointing": False, **_peak(device)}
+    del model, optimizer
+    _free(device)
+    return figures
+
+
+def _padded(examples: list[TokenizedExample], device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(example.input_ids) for example in examples)
+    input_ids = torch.full((len(examples), width), PAD_ID, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        size = len(example.input_ids)
+        input_ids[row, :size] = torch.tensor(example.input_ids)
+        labels[row, :size] = torch.tensor(example.labels)
+        attention_mask[row, :size] = 1
+    return {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": attention_mask.to(device)}
+
+
+def utilisation(figures: dict[str, Any], parameters: int) -> None:
+    """Adds MFU and HFU (formulas in the module docstring) to a side's figures."""
+    rate = figures["tokens_per_s"]
+    figures["parameters"] = parameters
+    figures["mfu"] = 4 * parameters * rate / PEAK_FLOPS
+    figures["hfu"] = (4 + 2 * figures["gradient_checkpointing"]) * parameters * rate / PEAK_FLOPS
+
+
+def run_part(name: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+             overrides: dict[str, Any]) -> dict[str, Any]:
+    part = PARTS[name]
+    shape_name = part["smoke"] if args.smoke else part["shape"]
+    shape = SHAPES[shape_name]
+    print(f"[{name}] {shape_name}", flush=True)
+    model_dir = random_model_dir(shape_name, args.cache_dir, device, dtype)
+    median, max_len = (SMOKE["median"], SMOKE["max_seq_len"]) if args.smoke else (LENGTH_MEDIAN, MAX_SEQ_LEN)
+    examples = synthetic_examples(args.examples, median, max_len, shape["vocab_size"])
+    training = {"device": device.type, "max_seq_len": max_len, "learning_rate": 2e-4, "seed": 0,
+                **({"row_tokens": SMOKE["row_tokens"]} if args.smoke else {}),
+                **{k: v for k, v in part["training"].items() if not (args.smoke and k == "row_tokens")},
+                **overrides}
+    settings = TrainingConfig.model_validate(training)
+    parameters = llama_parameters(shape)
+    result: dict[str, Any] = {"shape": shape_name, "examples": len(examples)}
+    ours = run_ticketune(model_dir, examples, settings, args.warmup, args.steps)
+    utilisation(ours, parameters)
+    result["ticketune"] = ours
+    print(f"  ticketune {ours['tokens_per_s']:,.0f} tokens/s, peak {ours['peak_reserved_gib']:.1f} GiB", flush=True)
+    if part.get("naive"):
+        naive = run_naive(model_dir, examples, device, dtype, args.warmup, args.naive_steps)
+        utilisation(naive, parameters)
+        result["naive"] = naive
+        result["ratio"] = ours["tokens_per_s"] / naive["tokens_per_s"]
+        print(f"  naive {naive['tokens_per_s']:,.0f} tokens/s, peak {naive['peak_reserved_gib']:.1f} GiB",
+              flush=True)
+    return result
+
+
+def print_table(results: dict[str, dict[str, Any]], smoke: bool) -> None:
+    print(f"\n{'part':<7}{'side':<11}{'layout':<32}{'ckpt':<6}{'tokens/s':>10}{'MFU':>7}{'HFU':>7}"
+          f"{'peak GiB':>10}  target")
+    for name, result in results.items():
+        part = PARTS[name]
+        if "error" in result:
+            print(f"{name:<7}{'ticketune':<11}not measured: {result['error']}")
+            continue
+        for side in ("ticketune", "naive"):
+            if side not in result:
+                continue
+            figures = result[side]
+            checkpointing = "yes" if figures["gradient_checkpointing"] else "no"
+            verdict = _verdict(part, figures, smoke) if side == "ticketune" else ""
+            row = (f"{name:<7}{side:<11}{figures['layout']:<32}{checkpointing:<6}{figures['tokens_per_s']:>10,.0f}"
+                   f"{figures['mfu']:>7.1%}{figures['hfu']:>7.1%}{figures['peak_reserved_gib']:>10.1f}  {verdict}")
+            print(row.rstrip())
+        if "ratio" in result:
+            print(f"{name:<7}ratio ticketune / naive: {result['ratio']:.2f}x")
+
+
+def _verdict(part: dict[str, Any], figures: dict[str, Any], smoke: bool) -> str:
+    if smoke:
+        return "(smoke: CPU, tiny shape, no targets)"
+    checks = []
+    if "target_tokens_per_s" in part:
+        ok = figures["tokens_per_s"] >= part["target_tokens_per_s"]
+        checks.append(f">= {part['target_tokens_per_s']:,} tokens/s {'met' if ok else 'MISSED'}")
+    if "max_peak_gib" in part:
+        ok = figures["peak_reserved_gib"] <= part["max_peak_gib"]
+        checks.append(f"peak <= {part['max_peak_gib']} GiB {'met' if ok else 'MISSED'}")
+    return "; ".join(checks)
+
+
+def summary(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    line: dict[str, Any] = {}
+    for name, result in results.items():
+        if "error" in result:
+            line[f"{name}_error"] = result["error"]
+            continue
+        for side in ("ticketune", "naive"):
+            if side in result:
+                figures = result[side]
+                line[f"{side}_{name}_tokens_per_s"] = round(figures["tokens_per_s"], 1)
+                line[f"{side}_{name}_mfu"] = round(figures["mfu"], 4)
+                line[f"{side}_{name}_hfu"] = round(figures["hfu"], 4)
+                line[f"{side}_{name}_peak_gib"] = round(figures["peak_reserved_gib"], 2)
+        if "ratio" in result:
+            line[f"ratio_{name}"] = round(result["ratio"], 3)
+    return line
+
+
+def write_json(path: Path | None, results: dict[str, dict[str, Any]]) -> None:
+    if path is not None:
+        path.write_text(json.dumps({"results": results, "summary": summary(results)}, indent=2) + "\n")
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak(device: torch.device) -> dict[str, float]:
+    if device.type != "cuda":
+        return {"peak_allocated_gib": 0.0, "peak_reserved_gib": 0.0}
+    return {"peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB}
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _override(text: str) -> tuple[str, Any]:
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("parts", nargs="*", metavar="PART", help=f"any of {', '.join(PARTS)} (default: all)")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU, same code path, seconds")
+    parser.add_argument("--warmup", type=int, help=f"untimed steps before each measurement ({RUN_DEFAULTS['warmup']})")
+    parser.add_argument("--steps", type=int, help=f"timed ticketune steps ({RUN_DEFAULTS['steps']})")
+    parser.add_argument("--naive-steps", type=int, help=f"timed naive batches of 8 ({RUN_DEFAULTS['naive_steps']})")
+    parser.add_argument("--examples", type=int, help=f"synthetic examples ({RUN_DEFAULTS['examples']})")
+    parser.add_argument("--cache-dir", type=Path, help="random models (default: a temp dir)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="training setting for ticketune's side, e.g. gradient_checkpointing=false")
+    parser.add_argument("--json-out", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    transformers_logging.disable_progress_bar()
+    parts = args.parts or list(PARTS)
+    unknown = [name for name in parts if name not in PARTS]
+    if unknown:
+        parser.error(f"unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}")
+    overrides = dict(_override(text) for text in args.overrides)
+    for key, value in RUN_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, SMOKE[key] if args.smoke else value)
+    if args.smoke:
+        device, dtype = torch.device("cpu"), torch.float32
+    elif torch.cuda.is_available():
+        device, dtype = torch.device("cuda"), torch.bfloat16
+    else:
+        raise SystemExit("no CUDA device visible; run on the GPU machine, or pass --smoke for the CPU check")
+
+    with tempfile.TemporaryDirectory(prefix="ticketune-gpu-bench-") as scratch:
+        args.cache_dir = args.cache_dir or Path(scratch)
+        args.cache_dir.mkdir(parents=True, exist_ok=True)
+        gpu = torch.cuda.get_device_name() if device.type == "cuda" else platform.machine()
+        stack = ", ".join(f"{name} {version}" for name, version in versions().items())
+        print(f"gpu_bench: {gpu}; {stack}; parts {' '.join(parts)}; overrides {overrides or 'none'}", flush=True)
+        results: dict[str, dict[str, Any]] = {}
+        for name in parts:
+            started = time.perf_counter()
+            try:
+                results[name] = run_part(name, args, device, dtype, overrides)
+            except (SpecError, ValueError, torch.OutOfMemoryError) as exc:
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                results[name] = {"error": f"{type(exc).__name__}: {reason}"}
+                print(f"  {name} not measured: {results[name]['error']}", flush=True)
+                _free(device)
+            except KeyboardInterrupt:  # gpu.sh's time budget: report what was measured
+                results[name] = {"error": "stopped by the time budget"}
+                break
+            finally:
+                print(f"  [{name}] {time.perf_counter() - started:.0f} s", flush=True)
+            write_json(args.json_out, results)  # after every part: a run cut short still leaves its figures
+
+    write_json(args.json_out, results)
+    print_table(results, args.smoke)
+    print(json.dumps(summary(results)))
+
+
+if __name__ == "__main__":
+    main()
