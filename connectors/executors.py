@@ -130,7 +130,8 @@ class LocalProcessExecutor:
                                f"its checkpoint (log: {log_path})")
         raise WorkerFailed(
             f"training worker failed: {error} (log: {log_path})\n{_tail(log_path)}",
-            retryable=proc.returncode != EXIT_BAD_SPEC,
+            # under torchrun the exit code is torchrun's: the result file carries the worker's own
+            retryable=EXIT_BAD_SPEC not in (proc.returncode, result.get("exit_code")),
         )
 
     @staticmethod

@@ -26,7 +26,8 @@ out.mkdir(parents=True, exist_ok=True)
 
 
 def write_result(status, error=None):
-    (out / "result.json").write_text(json.dumps({{"status": status, "error": error, "adapter_dir": "a"}}))
+    result = {{"status": status, "error": error, "adapter_dir": "a", "exit_code": plan.get("result_exit_code")}}
+    (out / "result.json").write_text(json.dumps(result))
 
 
 def on_sigterm(*_):
@@ -127,9 +128,12 @@ def test_a_worker_that_exits_3_failed_retryably_and_resumes_from_its_checkpoint(
     assert caught.value.retryable
 
 
-@pytest.mark.parametrize(("code", "retryable"), [(1, True), (2, False)])
-def test_only_a_bad_spec_exit_is_not_retryable(tmp_path, fake_python, code, retryable):
-    spec = write_spec(tmp_path, status="failed", exit=code, error="spec field training.gpus: bad")
+@pytest.mark.parametrize(("code", "result_code", "retryable"), [(1, 1, True), (2, 2, False), (1, 2, False)],
+                         ids=["failed", "bad-spec", "bad-spec-under-torchrun"])
+def test_only_a_bad_spec_exit_is_not_retryable(tmp_path, fake_python, code, result_code, retryable):
+    # under torchrun the process exit code is torchrun's 1; the worker's own code is in its result
+    spec = write_spec(tmp_path, status="failed", exit=code, result_exit_code=result_code,
+                      error="spec field training.gpus: bad")
     with pytest.raises(WorkerFailed, match="training worker failed: spec field training.gpus") as caught:
         LocalProcessExecutor(python=fake_python).run(spec, spec.parent / "out" / "result.json", timeout_s=60)
     assert caught.value.retryable is retryable

@@ -122,6 +122,7 @@ def _fail(output_dir: Path | None, cycle_id: Any, error: str, code: int, status:
         result = {
             "status": status,
             "error": error,
+            "exit_code": code,
             "cycle_id": cycle_id,
             "adapter_dir": None,
             "device": None,
