@@ -258,7 +258,7 @@ def test_train_cli_writes_an_adapter_that_beats_the_base_on_heldout(
     train = first_run["train"]
     assert train["examples"] == 96 and train["dropped_examples"] == 0 and train["packing"] is True
     assert train["steps"] == train["planned_steps"] == len(train["loss_curve"]) >= 8
-    assert 0.9 < train["row_fill"] <= 1.0
+    assert 0.8 < train["row_fill"] <= 1.0  # ~10 rows of 1024 tokens: only the last is part-empty
     assert train["supervised_tokens"] < train["tokens"]
     heldout = first_run["eval"]["batch_heldout"]
     assert set(heldout) == {"candidate", "base"}
