@@ -54,7 +54,7 @@ def check_servable(method: str, target: str) -> None:
             "train with adapter.method lora, dora or ia3 to export a merged model"
         )
     fix = (
-        "serve it merged (`ticketune export-merged`) or train with adapter.method: lora"
+        "serve it merged (`ticketune export VERSION --merged DIR`) or train with adapter.method: lora"
         if method in SERVING_TARGETS["merged"]
         else "train with adapter.method: lora, which vLLM loads at runtime"
     )

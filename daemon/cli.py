@@ -236,22 +236,30 @@ def cmd_make_base_model(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
-def cmd_export_merged(args: argparse.Namespace) -> int:
-    """Downloads VERSION's adapter and merges it into the configured base in the training worker."""
+def cmd_export(args: argparse.Namespace) -> int:
+    """VERSION's adapter as it is (`--adapter DIR`), or merged into the base by the training worker (`--merged DIR`)."""
+    import shutil
     import tempfile
 
     from daemon.service import build_registry
 
     settings = _settings(args)
+    out = args.merged or args.adapter
     with tempfile.TemporaryDirectory(prefix="ticketune-export-") as scratch:
         adapter_dir = build_registry(settings).download_adapter(args.version, Path(scratch))
-        command = [settings.training.python or sys.executable, "-m", "daemon.training", "export-merged",
-                   "--base", settings.model.base, "--adapter", str(adapter_dir), "--out", str(args.out)]
-        if settings.model.revision:
-            command += ["--revision", settings.model.revision]
-        code = subprocess.call(command, stdout=sys.stderr)
+        if args.adapter:
+            shutil.copytree(adapter_dir, out, dirs_exist_ok=True)
+            code = 0
+        else:
+            command = [settings.training.python or sys.executable, "-m", "daemon.training", "export-merged",
+                       "--base", settings.model.base, "--adapter", str(adapter_dir), "--out", str(out)]
+            if settings.model.revision:
+                command += ["--revision", settings.model.revision]
+            code = subprocess.call(command, stdout=sys.stderr)
     if code == 0:
-        _emit(args, {"version": args.version, "out": str(args.out)}, f"version {args.version} merged into {args.out}")
+        kind = "adapter" if args.adapter else "merged model"
+        _emit(args, {"version": args.version, "kind": kind, "out": str(out)},
+              f"version {args.version}: {kind} written to {out}")
     return code
 
 
@@ -340,10 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None)
-    p = verb("export-merged", cmd_export_merged,
-             "merge VERSION's adapter into the full-precision base model and save it to OUT (for serving)")
+    p = verb("export", cmd_export, "write VERSION's adapter, or the base model with it merged, for serving")
     p.add_argument("version")
-    p.add_argument("out", type=Path)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--merged", type=Path, metavar="DIR", help="the base with the adapter merged in")
+    where.add_argument("--adapter", type=Path, metavar="DIR", help="the bare adapter directory")
     p = verb("broker", cmd_broker, "run the embedded Kafka-compatible broker in the foreground")
     p.add_argument("--port", type=int, default=9092)
     p = verb("validate-config", cmd_validate_config, "check a config file; print every problem with its field")

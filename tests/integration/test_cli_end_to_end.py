@@ -93,6 +93,12 @@ def test_produce_ingest_cycle_history_status_promote_and_rollback(
     history = ticketune_json(config, "history")
     assert [h["version"] for h in history if h["champion"]] == ["1"]
 
+    bare = ticketune_json(config, "export", "1", "--adapter", str(tmp_path / "v1-adapter"))
+    assert bare["kind"] == "adapter" and (tmp_path / "v1-adapter" / "adapter_config.json").is_file()
+    merged = ticketune_json(config, "export", "1", "--merged", str(tmp_path / "v1-merged"))
+    assert merged["kind"] == "merged model" and (tmp_path / "v1-merged" / "model.safetensors").is_file()
+    assert not (tmp_path / "v1-merged" / "adapter_config.json").exists()
+
     no_earlier = ticketune(config, "rollback", check=False)
     assert no_earlier.returncode == 1 and "no earlier" in no_earlier.stderr.lower()
 
