@@ -94,13 +94,16 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cycle(args: argparse.Namespace) -> int:
-    from daemon.service import build_cycle_runner, build_registry
+    from daemon.service import build_cycle_runner, build_registry, build_serving_notifier
 
     settings = _settings(args)
     store = _store(settings)
-    runner = build_cycle_runner(settings, store, build_registry(settings))
+    registry = build_registry(settings)
+    runner = build_cycle_runner(settings, store, registry)
     outcome = runner.run(trigger="cli", force=args.force, lock_wait_seconds=None if args.wait else 0)
     store.close()
+    if outcome.verdict == "promoted":
+        _report_serving(build_serving_notifier(settings, registry).notify_latest_move())
     human = f"cycle {outcome.cycle_id}: {outcome.verdict}"
     human += f" (version {outcome.version})" if outcome.version else ""
     human += "".join(f"\n  {reason}" for reason in outcome.reasons)
@@ -121,21 +124,44 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_promote(args: argparse.Namespace) -> int:
-    from daemon.service import build_registry
+def _report_serving(outcomes: dict[str, str]) -> None:
+    """One stderr line per serving target that did not take the change; the alias move stands regardless."""
+    for target, outcome in outcomes.items():
+        if outcome == "failed":
+            print(f"serving: {target} did not take the change yet; the service re-sends it", file=sys.stderr)
+        elif outcome == "refused":
+            print(f"serving: {target} cannot load this adapter (see the log); it keeps serving the old one",
+                  file=sys.stderr)
 
-    previous = build_registry(_settings(args)).promote(
-        args.version, reason=args.reason, force=args.force, actor="cli"
-    )
-    _emit(args, {"from": previous, "to": args.version}, f"champion: {previous or 'none'} -> {args.version}")
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from daemon.service import build_registry, build_serving_notifier
+
+    settings = _settings(args)
+    registry = build_registry(settings)
+    previous = registry.promote(args.version, reason=args.reason, force=args.force, actor="cli")
+    serving = {}
+    if previous != args.version:
+        serving = build_serving_notifier(settings, registry).promoted(
+            args.version, previous, reason=args.reason, actor="cli", forced=args.force
+        )
+        _report_serving(serving)
+    _emit(args, {"from": previous, "to": args.version, "serving": serving},
+          f"champion: {previous or 'none'} -> {args.version}")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from daemon.service import build_registry
+    from daemon.service import build_registry, build_serving_notifier
 
-    previous, current = build_registry(_settings(args)).rollback(args.to, reason=args.reason)
-    _emit(args, {"from": previous, "to": current}, f"champion rolled back: {previous} -> {current}")
+    settings = _settings(args)
+    registry = build_registry(settings)
+    previous, current = registry.rollback(args.to, reason=args.reason, actor="cli")
+    serving = build_serving_notifier(settings, registry).rolled_back(current, previous, reason=args.reason,
+                                                                     actor="cli")
+    _report_serving(serving)
+    _emit(args, {"from": previous, "to": current, "serving": serving},
+          f"champion rolled back: {previous} -> {current}")
     return 0
 
 

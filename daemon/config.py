@@ -146,8 +146,18 @@ class ScheduleConfig(_Section):
 
 
 class GateConfig(_Section):
+    """The promotion gate's checks (daemon/gate.py); every loss and tolerance is in nats per token."""
+
     min_eval_examples: int = Field(default=50, ge=1)
     min_improvement: float = 0.0
+    mode: Literal["superiority", "non_inferiority"] = "superiority"
+    non_inferiority_margin: float = Field(default=0.0, ge=0.0)  # non_inferiority: improvement bound > -margin
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)  # of the one-sided bootstrap bound
+    bootstrap_samples: int = Field(default=2000, ge=0)  # 0 judges the point estimate, without an interval
+    bootstrap_seed: int = 0
+    check_slices: bool = True
+    min_slice_examples: int = Field(default=20, ge=1)
+    slice_tolerance_nats: float = Field(default=0.05, ge=0.0)
     profile: Literal["standard", "demo"] = "standard"
     trusted_eval_cap: int = Field(default=2000, ge=1)
 
@@ -158,6 +168,61 @@ class RegistryConfig(_Section):
     experiment_name: str = "ticketune"
     model_name: str = "ticketune-support"
     champion_alias: str = "champion"
+
+
+class ServingTarget(_Section):
+    """One system told when the champion changes: a signed webhook, or a vLLM server's runtime adapter load."""
+
+    kind: Literal["webhook", "vllm"]
+    url: str  # webhook: the URL to POST to; vllm: the server's base URL, e.g. http://vllm:8000
+    name: str | None = None  # how logs and the pending file name it (default: kind and host)
+    secret: SecretStr | None = None  # webhook HMAC key (default: serving.webhook_secret)
+    api_key: SecretStr | None = None  # vllm bearer token (default: serving.vllm_api_key)
+    lora_name: str | None = None  # vllm: the model name clients ask for (default: registry.model_name)
+    adapter_root: Path | None = None  # a shared volume ticketune writes <root>/<model>/v<version> into
+    served_adapter_root: str | None = None  # the same volume as the target mounts it (default: adapter_root)
+
+    @model_validator(mode="after")
+    def _url_and_root(self) -> ServingTarget:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url {self.url!r} must start with http:// or https://")
+        if self.adapter_root is not None and not self.adapter_root.is_absolute():
+            raise ValueError("adapter_root must be an absolute path (a volume the target also mounts)")
+        return self
+
+    @property
+    def label(self) -> str:
+        """`name`, else kind and host: unique among the targets, never a credential."""
+        if self.name:
+            return self.name
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url)
+        return f"{self.kind} {parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
+
+
+class ServingConfig(_Section):
+    targets: list[ServingTarget] = Field(default_factory=list)
+    webhook_secret: SecretStr | None = None  # env TICKETUNE_SERVING__WEBHOOK_SECRET
+    vllm_api_key: SecretStr | None = None  # env TICKETUNE_SERVING__VLLM_API_KEY
+    attempts: int = Field(default=3, ge=1, le=20)  # tries per notification before it waits for the next flush
+    backoff_seconds: float = Field(default=0.5, ge=0.0)  # wait before the 2nd try; doubles after each failure
+    timeout_seconds: float = Field(default=5.0, gt=0.0)  # per HTTP request
+    retry_interval_seconds: float = Field(default=60.0, gt=0.0)  # how often the service re-sends pending ones
+
+    @model_validator(mode="after")
+    def _targets_are_usable(self) -> ServingConfig:
+        labels = [target.label for target in self.targets]
+        duplicates = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicates:
+            raise ValueError(f"targets {', '.join(duplicates)} appear twice; give each a distinct name")
+        for index, target in enumerate(self.targets):
+            if target.kind == "webhook" and target.secret is None and self.webhook_secret is None:
+                raise ValueError(
+                    f"targets.{index} is a webhook, and webhooks are signed: set serving.webhook_secret "
+                    f"(env TICKETUNE_SERVING__WEBHOOK_SECRET) or targets.{index}.secret"
+                )
+        return self
 
 
 class ServerConfig(_Section):
@@ -203,6 +268,7 @@ class Settings(BaseModel):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)

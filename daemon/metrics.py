@@ -73,3 +73,19 @@ TRAINING_LOSS = Gauge(
 TRAINING_ETA = Gauge(
     "ticketune_training_eta_seconds", "Estimated seconds until the running worker finishes training (0: none runs)."
 )
+
+SERVING_NOTIFICATIONS = Counter(
+    "ticketune_serving_notifications_total",
+    "Champion changes sent to serving targets, by target kind and outcome "
+    "(delivered, failed: kept for a retry, refused: the target cannot load that adapter, superseded).",
+    ["target_kind", "outcome"],
+)
+SERVING_PENDING = Gauge(
+    "ticketune_serving_notifications_pending",
+    "Champion changes a serving target has not accepted yet; the service re-sends them until it does.",
+)
+SERVING_LAST_SUCCESS = Gauge(
+    "ticketune_serving_last_success_timestamp_seconds",
+    "Unix time a serving target last accepted a champion change, by target kind.",
+    ["target_kind"],
+)

@@ -20,6 +20,7 @@ from connectors.executors import LocalProcessExecutor
 from connectors.formats import parser_for
 from connectors.kafka import KafkaTicketSource
 from connectors.registry import AdapterRegistry, RegistryError, set_mlflow_http_defaults
+from connectors.serving import PENDING_FILE, ServingNotifier
 from daemon import metrics
 from daemon.config import LogConfig, Settings
 from daemon.cycle import CycleOutcome, CycleRunner, tag_erased_versions
@@ -72,6 +73,12 @@ def build_registry(settings: Settings) -> AdapterRegistry:
     )
 
 
+def build_serving_notifier(settings: Settings, registry: AdapterRegistry) -> ServingNotifier:
+    """Tells `serving.targets` of champion changes; what fails waits in a JSON file beside the store."""
+    return ServingNotifier(settings.serving, registry, settings.registry.model_name,
+                           settings.store.path.parent / PENDING_FILE)
+
+
 def build_cycle_runner(settings: Settings, store: ExampleStore, registry: AdapterRegistry) -> CycleRunner:
     return CycleRunner(settings, store, registry, LocalProcessExecutor(python=settings.training.python))
 
@@ -93,6 +100,7 @@ class Service:
         self.store = open_store(settings.store)
         self.registry = build_registry(settings)
         self.cycles = build_cycle_runner(settings, self.store, self.registry)
+        self.serving = build_serving_notifier(settings, self.registry)
         self.ingest_totals = IngestReport()
         self.ingest_running = False
         self.last_cycle: CycleOutcome | None = None
@@ -144,15 +152,19 @@ class Service:
             self._scheduler = start_scheduler(self.settings.schedule, self._scheduled_cycle)
 
     def main_loop(self) -> None:
-        last_upkeep = 0.0
+        last_upkeep, last_serving_flush = 0.0, time.monotonic()
         while not self.stop.wait(5.0):
             self._refresh_gauges()
             if time.monotonic() - last_upkeep >= UPKEEP_INTERVAL_S:
-                last_upkeep = time.monotonic()
+                last_upkeep = last_serving_flush = time.monotonic()
                 self.upkeep()
+            elif time.monotonic() - last_serving_flush >= self.settings.serving.retry_interval_seconds:
+                last_serving_flush = time.monotonic()
+                self.serving.flush()
 
     def upkeep(self) -> None:
-        """Retention and erasure tagging; failures are logged and retried at the next round."""
+        """Retention, erasure tagging and pending serving notifications; failures are retried at the next round."""
+        self.serving.flush()
         try:
             if self.settings.store.retention_days is not None:
                 purged = self.store.purge_older_than(self.settings.store.retention_days)
@@ -227,6 +239,8 @@ class Service:
                 outcome = CycleOutcome("", "skipped", reasons=[str(exc)])
             if outcome.verdict != "skipped" or self.last_cycle is None:
                 self.last_cycle = outcome
+            if outcome.verdict == "promoted":
+                self.serving.notify_latest_move()
             self._refresh_gauges(include_registry=True)
             return outcome
 
@@ -242,28 +256,39 @@ class Service:
         return {"started": True, "force": force}
 
     def rollback(self, to_version: str | None, *, reason: str) -> tuple[str | None, str]:
-        previous, current = self.registry.rollback(to_version, reason=reason)
-        self._refresh_gauges(include_registry=True)
+        previous, current, _ = self._rollback(to_version, reason=reason, actor="operator")
         return previous, current
+
+    def _rollback(self, to_version: str | None, *, reason: str, actor: str) -> tuple[str | None, str, dict]:
+        """Moves the alias back, then tells serving; returns (from, to, {serving target: outcome})."""
+        previous, current = self.registry.rollback(to_version, reason=reason, actor=actor)
+        serving = self.serving.rolled_back(current, previous, reason=reason, actor=actor)
+        self._refresh_gauges(include_registry=True)
+        return previous, current, serving
 
     def _admin_rollback(self, body: dict) -> dict:
         try:
-            previous, current = self.rollback(body.get("to"), reason=str(body.get("reason", "admin API")))
+            previous, current, serving = self._rollback(
+                body.get("to"), reason=str(body.get("reason", "admin API")), actor="admin"
+            )
         except RegistryError as exc:
             raise AdminError(409, str(exc)) from None
-        return {"from": previous, "to": current}
+        return {"from": previous, "to": current, "serving": serving}
 
     def _admin_promote(self, body: dict) -> dict:
         version = body.get("version")
         if not version:
             raise AdminError(400, "promote needs a version")
+        reason, force = str(body.get("reason", "admin API")), bool(body.get("force"))
         try:
-            previous = self.registry.promote(str(version), reason="admin API", force=bool(body.get("force")),
-                                             actor="admin")
+            previous = self.registry.promote(str(version), reason=reason, force=force, actor="admin")
         except RegistryError as exc:
             raise AdminError(409, str(exc)) from None
+        serving = {}
+        if previous != str(version):
+            serving = self.serving.promoted(str(version), previous, reason=reason, actor="admin", forced=force)
         self._refresh_gauges(include_registry=True)
-        return {"from": previous, "to": str(version)}
+        return {"from": previous, "to": str(version), "serving": serving}
 
     # status ------------------------------------------------------------------------------
     def _refresh_gauges(self, include_registry: bool = False) -> None:

@@ -34,6 +34,7 @@ def setup(tmp_path, tiny_model_dir, mlflow_sqlite_uri):
         "TICKETUNE_TRAINING__EPOCHS": "6",
         "TICKETUNE_TRAINING__LEARNING_RATE": "0.01",
         "TICKETUNE_TRAINING__MAX_SEQ_LEN": "384",
+        "TICKETUNE_TRAINING__ROW_TOKENS": "1024",
         "TICKETUNE_SCHEDULE__MIN_NEW_EXAMPLES": "40",
         "TICKETUNE_GATE__MIN_EVAL_EXAMPLES": "8",
     }
