@@ -83,14 +83,14 @@ def test_produce_ingest_cycle_history_status_promote_and_rollback(
 
     if second["verdict"] == "promoted":
         rolled = ticketune_json(config, "rollback")
-        assert rolled == {"from": "2", "to": "1"}
+        assert rolled == {"from": "2", "to": "1", "serving": {}}  # no serving targets configured
     else:
         refused = ticketune(config, "promote", "2", check=False)
         assert refused.returncode == 1 and "rejected" in refused.stderr
         forced = ticketune_json(config, "promote", "2", "--force")
-        assert forced == {"from": "1", "to": "2"}
+        assert forced == {"from": "1", "to": "2", "serving": {}}
         rolled = ticketune_json(config, "rollback")
-        assert rolled == {"from": "2", "to": "1"}
+        assert rolled == {"from": "2", "to": "1", "serving": {}}  # no serving targets configured
     history = ticketune_json(config, "history")
     assert [h["version"] for h in history if h["champion"]] == ["1"]
 
