@@ -362,10 +362,10 @@ class CycleRunner:
         candidate is judged against the base model, not against the champion it replaces."""
         cfg = self.settings
         flat = _flatten_result_metrics(result, has_champion=champion is not None)
+        categories = {example["ticket_id"]: example.get("category") for example in snapshot.trusted_eval}
         verdict = judge(
-            inputs_from_result(result, has_champion=champion is not None and not retrain),
-            min_eval_examples=cfg.gate.min_eval_examples,
-            min_improvement=cfg.gate.min_improvement,
+            inputs_from_result(result, has_champion=champion is not None and not retrain, categories=categories),
+            cfg.gate,
         )
         reasons = verdict.reasons
         if retrain:

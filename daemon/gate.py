@@ -1,13 +1,53 @@
-"""The promotion gate: pure functions from eval metrics to a verdict, with a reason per check.
+"""The promotion gate: pure functions from the worker's eval results to a verdict, one check each.
 
 Loss is the token-weighted mean cross-entropy over assistant tokens, in nats, on the trusted eval
-set. The candidate is compared with the champion, or with the base model when there is none yet.
-A candidate passes when every check passes; each check reports its numbers either way.
+set. The candidate is compared with the champion, or with the base model when there is none: its
+improvement is judged by a paired bootstrap over examples, and no category (slice) may regress
+past a tolerance. Every check reports its numbers, whether it passed, failed or was off.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import copy
+import json
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from daemon.config import GateConfig
+
+PASS, FAIL, OFF = "pass", "fail", "off"
+MAX_TAG_CHARS = 5000  # MLflow stores a tag value in VARCHAR(5000) on SQL backends
+MESSAGE_SLICES = 5  # regressed slices named in a reason; the details hold them all
+_BLOCK_CELLS = 1 << 22  # resampled indices drawn at once: bounds the memory whatever the set size
+
+
+@dataclass(frozen=True)
+class PairedLosses:
+    """Per-example loss sums (nats) and supervised tokens of the candidate and the reference, one
+    entry per example both were scored on, in ticket id order."""
+
+    ticket_ids: tuple[str, ...]
+    candidate_sums: np.ndarray
+    candidate_tokens: np.ndarray
+    reference_sums: np.ndarray
+    reference_tokens: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ticket_ids)
+
+    def losses(self) -> tuple[float, float]:
+        """Token-weighted candidate and reference losses."""
+        return (float(self.candidate_sums.sum() / self.candidate_tokens.sum()),
+                float(self.reference_sums.sum() / self.reference_tokens.sum()))
+
+    def subset(self, indices: np.ndarray) -> PairedLosses:
+        return PairedLosses(
+            tuple(self.ticket_ids[i] for i in indices), self.candidate_sums[indices],
+            self.candidate_tokens[indices], self.reference_sums[indices], self.reference_tokens[indices],
+        )
 
 
 @dataclass(frozen=True)
@@ -16,13 +56,20 @@ class GateInputs:
     candidate_loss: float | None
     reference_loss: float | None
     reference: str  # "champion" or "base"
+    paired: PairedLosses | None = None  # None when the result has no per-example losses
+    categories: Mapping[str, str | None] = field(default_factory=dict)  # ticket id → category
 
 
 @dataclass(frozen=True)
 class CheckResult:
     name: str
-    passed: bool
+    status: str  # PASS, FAIL or OFF; a check that is off never blocks a promotion
     message: str
+    details: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.status != FAIL
 
 
 @dataclass(frozen=True)
@@ -32,49 +79,198 @@ class Verdict:
 
     @property
     def reasons(self) -> list[str]:
-        """Failed checks first, then the passed ones: every decision names its numbers."""
-        failed = [f"FAIL {c.name}: {c.message}" for c in self.checks if not c.passed]
-        passed = [f"ok {c.name}: {c.message}" for c in self.checks if c.passed]
-        return failed + passed
+        """Failed checks first, then the passed ones, then those that were off: each with its numbers."""
+        label = {FAIL: "FAIL", PASS: "ok", OFF: "off"}
+        return [f"{label[status]} {c.name}: {c.message}"
+                for status in (FAIL, PASS, OFF) for c in self.checks if c.status == status]
 
-    def to_dict(self) -> dict:
-        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks]}
+    def to_dict(self, max_chars: int = MAX_TAG_CHARS) -> dict:
+        """JSON-able, and under `max_chars` once dumped: long row lists (slices) keep their first,
+        worst rows and count the ones left out."""
+        checks = [{"name": c.name, "status": c.status, "passed": c.passed, "message": c.message,
+                   "details": copy.deepcopy(c.details)} for c in self.checks]
+        out = {"passed": self.passed, "checks": checks}
+        while len(json.dumps(out)) > max_chars:
+            lists = [(check["details"], key) for check in checks for key, rows in check["details"].items()
+                     if isinstance(rows, list) and rows and isinstance(rows[-1], dict)]
+            if not lists:
+                break
+            details, key = max(lists, key=lambda found: len(json.dumps(found[0][found[1]])))
+            details[key].pop()
+            details[f"{key}_omitted"] = details.get(f"{key}_omitted", 0) + 1
+        return out
 
 
-def check_eval_size(inputs: GateInputs, min_eval_examples: int) -> CheckResult:
+def paired_losses(candidate_rows: Sequence | None, reference_rows: Sequence | None) -> PairedLosses | None:
+    """Joins two `per_example` lists (`[ticket_id, loss_sum, tokens]`) on the ticket id; examples
+    without a supervised token carry no loss and are left out."""
+    if not candidate_rows or not reference_rows:
+        return None
+    reference = {str(row[0]): row for row in reference_rows}
+    rows = [(str(c[0]), float(c[1]), float(c[2]), float(r[1]), float(r[2]))
+            for c in candidate_rows if (r := reference.get(str(c[0]))) is not None and c[2] > 0 and r[2] > 0]
+    if not rows:
+        return None
+    rows.sort(key=lambda row: row[0])
+    columns = list(zip(*rows, strict=True))
+    return PairedLosses(tuple(columns[0]), *(np.asarray(column, dtype=np.float64) for column in columns[1:]))
+
+
+def bootstrap_improvements(paired: PairedLosses, samples: int, seed: int | Sequence[int]) -> np.ndarray:
+    """`samples` replicates of reference loss − candidate loss, each computed on one resample of the
+    examples (with replacement) shared by both models, as a ratio of token-weighted sums: the
+    pairing cancels how hard each example is, which varies far more than the models differ."""
+    n = len(paired)
+    rng = np.random.default_rng(seed)
+    out = np.empty(samples, dtype=np.float64)
+    rows = max(1, _BLOCK_CELLS // n)
+    for start in range(0, samples, rows):
+        picks = rng.integers(0, n, size=(min(rows, samples - start), n))
+        out[start : start + len(picks)] = (
+            paired.reference_sums[picks].sum(axis=1) / paired.reference_tokens[picks].sum(axis=1)
+            - paired.candidate_sums[picks].sum(axis=1) / paired.candidate_tokens[picks].sum(axis=1)
+        )
+    return out
+
+
+def _round(value: float) -> float:
+    return round(float(value), 6)
+
+
+def check_eval_size(inputs: GateInputs, cfg: GateConfig) -> CheckResult:
     n = inputs.trusted_examples
     return CheckResult(
         "min_eval_examples",
-        n >= min_eval_examples,
-        f"{n} trusted eval examples, at least {min_eval_examples} required",
+        PASS if n >= cfg.min_eval_examples else FAIL,
+        f"{n} trusted eval examples, at least {cfg.min_eval_examples} required",
+        {"examples": n, "required": cfg.min_eval_examples},
     )
 
 
-def check_improvement(inputs: GateInputs, min_improvement: float) -> CheckResult:
-    if inputs.candidate_loss is None or inputs.reference_loss is None:
-        return CheckResult("improvement", False, f"no loss to compare with the {inputs.reference}")
-    improvement = inputs.reference_loss - inputs.candidate_loss
+def check_improvement(inputs: GateInputs, cfg: GateConfig) -> CheckResult:
+    """Superiority: the bound on the improvement must exceed `min_improvement`; non-inferiority:
+    it must exceed −`non_inferiority_margin` (the candidate is no worse than the margin)."""
+    ref = inputs.reference
+    if cfg.mode == "non_inferiority":
+        threshold = -cfg.non_inferiority_margin
+        rule = f"must be > {threshold:+.4f} (non-inferiority: no worse than {cfg.non_inferiority_margin:.4f})"
+    else:
+        threshold = cfg.min_improvement
+        rule = f"must be > {threshold:+.4f}"
+    details: dict = {"mode": cfg.mode, "reference": ref, "threshold": threshold}
+    paired = inputs.paired
+    if paired is not None:
+        candidate_loss, reference_loss = paired.losses()
+    elif inputs.candidate_loss is not None and inputs.reference_loss is not None:
+        candidate_loss, reference_loss = inputs.candidate_loss, inputs.reference_loss
+    else:
+        return CheckResult("improvement", FAIL, f"no loss to compare with the {ref}", details)
+    estimate = reference_loss - candidate_loss
+    details.update(candidate_loss=_round(candidate_loss), reference_loss=_round(reference_loss),
+                   estimate=_round(estimate))
+    numbers = f"candidate loss {candidate_loss:.4f} vs {ref} {reference_loss:.4f} nats: improvement {estimate:+.4f}"
+    if paired is None or cfg.bootstrap_samples == 0:
+        why = ("no per-example losses in the worker's result" if paired is None
+               else "bootstrap off (gate.bootstrap_samples: 0)")
+        details.update(bound="point estimate", why=why)
+        return CheckResult("improvement", PASS if estimate > threshold else FAIL,
+                           f"{numbers} {rule}; {why}: judged on the point estimate, no interval", details)
+    replicates = bootstrap_improvements(paired, cfg.bootstrap_samples, cfg.bootstrap_seed)
+    tail = 1.0 - cfg.confidence
+    lower = float(np.quantile(replicates, tail))
+    interval = np.quantile(replicates, [tail / 2, 1.0 - tail / 2])
+    details.update(
+        bound="one-sided bootstrap lower bound", lower_bound=_round(lower), confidence=cfg.confidence,
+        interval=[_round(x) for x in interval], examples=len(paired), tokens=int(paired.candidate_tokens.sum()),
+        bootstrap_samples=cfg.bootstrap_samples, seed=cfg.bootstrap_seed,
+    )
     return CheckResult(
         "improvement",
-        improvement > min_improvement,
-        f"candidate loss {inputs.candidate_loss:.4f} vs {inputs.reference} {inputs.reference_loss:.4f} nats: "
-        f"improvement {improvement:+.4f}, must be > {min_improvement:.4f}",
+        PASS if lower > threshold else FAIL,
+        f"{numbers}; one-sided {cfg.confidence:.0%} lower bound {lower:+.4f} {rule}; {cfg.confidence:.0%} interval "
+        f"[{interval[0]:+.4f}, {interval[1]:+.4f}] by a paired bootstrap over {len(paired)} examples "
+        f"({cfg.bootstrap_samples} resamples)",
+        details,
     )
 
 
-def judge(inputs: GateInputs, *, min_eval_examples: int, min_improvement: float) -> Verdict:
-    checks = [check_eval_size(inputs, min_eval_examples), check_improvement(inputs, min_improvement)]
+def check_slices(inputs: GateInputs, cfg: GateConfig) -> CheckResult:
+    """Each category with at least `min_slice_examples` examples: the candidate's loss may exceed
+    the reference's by at most `slice_tolerance_nats` (point estimate; the interval is reported)."""
+    details: dict = {"tolerance": cfg.slice_tolerance_nats, "min_examples": cfg.min_slice_examples}
+    if not cfg.check_slices:
+        return CheckResult("slices", OFF, "switched off (gate.check_slices: false)", details)
+    paired = inputs.paired
+    if paired is None:
+        return CheckResult("slices", OFF, "skipped: no per-example losses in the worker's result", details)
+    members: dict[str, list[int]] = {}
+    for index, ticket_id in enumerate(paired.ticket_ids):
+        category = inputs.categories.get(ticket_id)
+        if category:
+            members.setdefault(category, []).append(index)
+    details["uncategorised"] = len(paired) - sum(len(m) for m in members.values())
+    small = sorted((c for c, m in members.items() if len(m) < cfg.min_slice_examples),
+                   key=lambda c: (-len(members[c]), c))
+    details["skipped"] = [{"category": c, "examples": len(members[c])} for c in small]
+    judged = sorted(c for c, m in members.items() if len(m) >= cfg.min_slice_examples)
+    skipped_note = (f"{len(small)} with fewer than {cfg.min_slice_examples} examples skipped "
+                    f"({', '.join(f'{c} {len(members[c])}' for c in small[:MESSAGE_SLICES])}"
+                    f"{', ...' if len(small) > MESSAGE_SLICES else ''})" if small else "")
+    if not judged:
+        why = skipped_note or "no trusted example has a category"
+        return CheckResult("slices", OFF, f"skipped: no category has {cfg.min_slice_examples} examples; {why}",
+                           details)
+    rows = []
+    for category in judged:
+        part = paired.subset(np.asarray(members[category]))
+        candidate_loss, reference_loss = part.losses()
+        delta = candidate_loss - reference_loss
+        row = {"category": category, "examples": len(part), "candidate_loss": _round(candidate_loss),
+               "reference_loss": _round(reference_loss), "delta": _round(delta),
+               "status": FAIL if delta > cfg.slice_tolerance_nats else PASS}
+        if cfg.bootstrap_samples:
+            seed = [cfg.bootstrap_seed, zlib.crc32(category.encode("utf-8"))]
+            deltas = -bootstrap_improvements(part, cfg.bootstrap_samples, seed)
+            tail = (1.0 - cfg.confidence) / 2
+            row["interval"] = [_round(x) for x in np.quantile(deltas, [tail, 1.0 - tail])]
+        rows.append(row)
+    rows.sort(key=lambda row: -row["delta"])  # worst first: what a truncated tag keeps
+    details["slices"] = rows
+    regressed = [row for row in rows if row["status"] == FAIL]
+    summary = (f"{len(rows)} {'category' if len(rows) == 1 else 'categories'} with at least "
+               f"{cfg.min_slice_examples} examples, "
+               f"{len(regressed)} worse than the {inputs.reference} by more than {cfg.slice_tolerance_nats:.4f} nats")
+    shown = regressed or rows[:1]
+    named = "; ".join(
+        f"{row['category']} {row['delta']:+.4f} (candidate {row['candidate_loss']:.4f} vs "
+        f"{row['reference_loss']:.4f}, {row['examples']} examples)" for row in shown[:MESSAGE_SLICES]
+    )
+    more = f"; {len(shown) - MESSAGE_SLICES} more" if len(shown) > MESSAGE_SLICES else ""
+    message = f"{summary}: {named}{more}" if regressed else f"{summary}; worst {named}"
+    if skipped_note:
+        message += f"; {skipped_note}"
+    return CheckResult("slices", FAIL if regressed else PASS, message, details)
+
+
+def judge(inputs: GateInputs, cfg: GateConfig) -> Verdict:
+    checks = [check_eval_size(inputs, cfg), check_improvement(inputs, cfg), check_slices(inputs, cfg)]
     return Verdict(passed=all(c.passed for c in checks), checks=checks)
 
 
-def inputs_from_result(result: dict, has_champion: bool) -> GateInputs:
-    """Reads the worker's result file: the trusted set's candidate and reference losses."""
+def inputs_from_result(
+    result: dict, has_champion: bool, categories: Mapping[str, str | None] | None = None
+) -> GateInputs:
+    """Reads the worker's result file: the trusted set's candidate and reference losses, per example
+    too; `categories` maps the trusted examples' ticket ids to their category for the slices."""
     trusted = result.get("eval", {}).get("trusted", {})
     reference = "champion" if has_champion else "base"
     candidate = trusted.get("candidate") or {}
+    scored = trusted.get(reference) or {}
     return GateInputs(
         trusted_examples=int(candidate.get("examples") or 0),
         candidate_loss=candidate.get("loss"),
-        reference_loss=(trusted.get(reference) or {}).get("loss"),
+        reference_loss=scored.get("loss"),
         reference=reference,
+        paired=paired_losses(candidate.get("per_example"), scored.get("per_example")),
+        categories=dict(categories or {}),
     )

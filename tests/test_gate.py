@@ -1,32 +1,206 @@
-from daemon.gate import GateInputs, inputs_from_result, judge
+"""The promotion gate: the paired bootstrap on the improvement, per-slice non-regression, and a
+verdict that names every check with its numbers, within MLflow's tag limit."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from daemon.config import GateConfig
+from daemon.gate import (
+    MAX_TAG_CHARS,
+    GateInputs,
+    PairedLosses,
+    bootstrap_improvements,
+    inputs_from_result,
+    judge,
+    paired_losses,
+)
 
 
-def test_candidate_must_beat_the_reference_by_strictly_more_than_min_improvement():
-    base = GateInputs(trusted_examples=60, candidate_loss=2.0, reference_loss=2.5, reference="champion")
-    assert judge(base, min_eval_examples=50, min_improvement=0.0).passed
-    assert judge(base, min_eval_examples=50, min_improvement=0.49).passed
-    assert not judge(base, min_eval_examples=50, min_improvement=0.5).passed
-    same = GateInputs(trusted_examples=60, candidate_loss=2.5, reference_loss=2.5, reference="champion")
-    assert not judge(same, min_eval_examples=50, min_improvement=0.0).passed
+def synthetic(n: int, effect: float, seed: int, noise: float = 0.05, spread: float = 1.0) -> PairedLosses:
+    """Examples whose difficulty varies by `spread` nats per token while the candidate is better by
+    `effect` nats per token on average, give or take `noise`: the population improvement is `effect`."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(5, 120, n).astype(float)
+    difficulty = 2.0 + spread * rng.standard_normal(n)
+    reference = difficulty * tokens
+    candidate = (difficulty - effect + noise * rng.standard_normal(n)) * tokens
+    return PairedLosses(tuple(f"t{i:05d}" for i in range(n)), candidate, tokens, reference, tokens.copy())
+
+
+def inputs_of(paired: PairedLosses, categories: dict | None = None, reference: str = "champion") -> GateInputs:
+    candidate_loss, reference_loss = paired.losses()
+    return GateInputs(len(paired), candidate_loss, reference_loss, reference, paired, categories or {})
+
+
+def check(verdict, name: str):
+    return next(c for c in verdict.checks if c.name == name)
+
+
+def test_the_interval_covers_a_known_improvement_about_as_often_as_it_says():
+    cfg = GateConfig(bootstrap_samples=500, min_eval_examples=1)
+    covered = 0
+    for seed in range(40):
+        details = check(judge(inputs_of(synthetic(300, 0.2, seed)), cfg), "improvement").details
+        low, high = details["interval"]
+        covered += low < 0.2 < high
+        assert details["lower_bound"] > 0.0  # a real effect of 0.2 nats clears superiority every time
+    assert covered >= 34  # 95% nominal: 38 of 40 expected, binomial slack below
+
+
+def test_no_effect_fails_superiority_and_passes_non_inferiority_within_a_margin():
+    paired = synthetic(400, 0.0, seed=3)
+    superiority = judge(inputs_of(paired), GateConfig(min_eval_examples=1))
+    assert not superiority.passed
+    assert superiority.reasons[0].startswith("FAIL improvement") and "lower bound -" in superiority.reasons[0]
+    non_inferior = judge(inputs_of(paired), GateConfig(min_eval_examples=1, mode="non_inferiority",
+                                                       non_inferiority_margin=0.05))
+    assert non_inferior.passed
+    details = check(non_inferior, "improvement").details
+    assert details["threshold"] == -0.05 and -0.05 < details["lower_bound"] < 0.0 < details["interval"][1]
+    worse = synthetic(400, -0.2, seed=3)
+    assert not judge(inputs_of(worse), GateConfig(min_eval_examples=1, mode="non_inferiority",
+                                                  non_inferiority_margin=0.05)).passed
+
+
+def test_pairing_keeps_the_interval_narrow_where_independent_resamples_would_straddle_zero():
+    paired = synthetic(200, 0.05, seed=5, noise=0.05, spread=1.0)
+    verdict = judge(inputs_of(paired), GateConfig(min_eval_examples=1))
+    details = check(verdict, "improvement").details
+    assert verdict.passed and details["lower_bound"] > 0.03
+
+    rng = np.random.default_rng(0)  # unpaired: each model's examples resampled on their own
+    n = len(paired)
+    a, b = rng.integers(0, n, (2000, n)), rng.integers(0, n, (2000, n))
+    unpaired = (paired.reference_sums[a].sum(1) / paired.reference_tokens[a].sum(1)
+                - paired.candidate_sums[b].sum(1) / paired.candidate_tokens[b].sum(1))
+    assert np.quantile(unpaired, 0.05) < 0.0
+    low, high = details["interval"]
+    assert (high - low) * 10 < np.quantile(unpaired, 0.975) - np.quantile(unpaired, 0.025)
+
+
+def test_losses_are_token_weighted_not_averaged_per_example():
+    paired = paired_losses([["a", 100.0, 100], ["b", 3.0, 1]], [["a", 200.0, 100], ["b", 1.0, 1]])
+    details = check(judge(inputs_of(paired), GateConfig(min_eval_examples=1)), "improvement").details
+    # per-example means would say -0.5 (one example 1 nat better, one 2 nats worse)
+    assert details["estimate"] == pytest.approx((201 - 103) / 101, abs=1e-6)
+    assert details["candidate_loss"] == pytest.approx(103 / 101, abs=1e-6)
+    replicates = bootstrap_improvements(paired, 200, seed=0)
+    assert set(np.round(replicates, 6)) <= {1.0, -2.0, round((201 - 103) / 101, 6)}
+
+
+def test_a_regressed_slice_fails_with_its_name_and_numbers_while_the_overall_improves():
+    paired = synthetic(300, 0.3, seed=7)
+    categories = {tid: ("refunds" if i < 40 else "billing" if i < 200 else "shipping")
+                  for i, tid in enumerate(paired.ticket_ids)}
+    refunds = np.arange(40)
+    candidate = paired.candidate_sums.copy()
+    candidate[refunds] = paired.reference_sums[refunds] + 0.2 * paired.candidate_tokens[refunds]
+    regressed = PairedLosses(paired.ticket_ids, candidate, paired.candidate_tokens, paired.reference_sums,
+                             paired.reference_tokens)
+    verdict = judge(inputs_of(regressed, categories), GateConfig(min_eval_examples=1))
+    assert not verdict.passed
+    assert check(verdict, "improvement").passed
+    reason = verdict.reasons[0]
+    assert reason.startswith("FAIL slices: 3 categories") and "1 worse than the champion by more than 0.0500" in reason
+    assert "refunds +0.2000" in reason and "40 examples" in reason
+    worst = check(verdict, "slices").details["slices"][0]
+    assert (worst["category"], worst["examples"], worst["status"]) == ("refunds", 40, "fail")
+    assert worst["delta"] == pytest.approx(0.2, abs=1e-6) and worst["interval"][0] <= 0.2 <= worst["interval"][1]
+    assert judge(inputs_of(regressed, categories), GateConfig(min_eval_examples=1, slice_tolerance_nats=0.25)).passed
+
+
+def test_small_slices_are_reported_skipped_and_no_slice_at_all_is_off():
+    paired = synthetic(60, 0.3, seed=2)
+    categories = {tid: ("billing" if i < 45 else "returns" if i < 55 else None)
+                  for i, tid in enumerate(paired.ticket_ids)}
+    verdict = judge(inputs_of(paired, categories), GateConfig(min_eval_examples=1))
+    slices = check(verdict, "slices")
+    assert slices.status == "pass" and "1 with fewer than 20 examples skipped (returns 10)" in slices.message
+    assert slices.details["skipped"] == [{"category": "returns", "examples": 10}]
+    assert slices.details["uncategorised"] == 5
+
+    tiny = judge(inputs_of(paired, {tid: "returns" for tid in paired.ticket_ids[:10]}), GateConfig(min_eval_examples=1))
+    assert tiny.passed and any(r.startswith("off slices: skipped: no category has 20 examples") for r in tiny.reasons)
+    off = judge(inputs_of(paired, categories), GateConfig(min_eval_examples=1, check_slices=False))
+    assert "off slices: switched off (gate.check_slices: false)" in off.reasons
+
+
+def test_the_same_seed_gives_the_same_verdict_and_another_seed_other_bounds():
+    paired = synthetic(150, 0.1, seed=11)
+    categories = {tid: f"c{i % 3}" for i, tid in enumerate(paired.ticket_ids)}
+    first = judge(inputs_of(paired, categories), GateConfig(min_eval_examples=1, bootstrap_seed=4))
+    again = judge(inputs_of(paired, categories), GateConfig(min_eval_examples=1, bootstrap_seed=4))
+    other = judge(inputs_of(paired, categories), GateConfig(min_eval_examples=1, bootstrap_seed=5))
+    assert first.to_dict() == again.to_dict() and first.reasons == again.reasons
+    assert check(first, "improvement").details["lower_bound"] != check(other, "improvement").details["lower_bound"]
+
+
+def test_the_gate_tag_stays_under_mlflows_limit_with_200_slices_keeping_the_worst():
+    paired = synthetic(200 * 25, 0.2, seed=13)
+    categories = {tid: f"intent-{i % 200:03d}" for i, tid in enumerate(paired.ticket_ids)}
+    candidate = paired.candidate_sums.copy()
+    worst = np.arange(0, len(paired), 200)  # every example of intent-000
+    candidate[worst] = paired.reference_sums[worst] + 0.5 * paired.candidate_tokens[worst]
+    regressed = PairedLosses(paired.ticket_ids, candidate, paired.candidate_tokens, paired.reference_sums,
+                             paired.reference_tokens)
+    verdict = judge(inputs_of(regressed, categories), GateConfig(min_eval_examples=1))
+    tag = json.dumps(verdict.to_dict())
+    assert len(tag) <= MAX_TAG_CHARS
+    slices = json.loads(tag)["checks"][2]["details"]
+    assert slices["slices"][0]["category"] == "intent-000" and slices["slices"][0]["status"] == "fail"
+    assert len(slices["slices"]) + slices["slices_omitted"] == 200
+    assert len(json.dumps(verdict.reasons)) < MAX_TAG_CHARS
+    assert len(check(verdict, "slices").details["slices"]) == 200  # the verdict itself keeps them all
+
+
+def test_the_bootstrap_of_2000_examples_2000_times_takes_well_under_a_second():
+    paired = synthetic(2000, 0.1, seed=17)
+    bootstrap_improvements(paired, 50, seed=0)
+    started = time.perf_counter()
+    replicates = bootstrap_improvements(paired, 2000, seed=0)
+    assert time.perf_counter() - started < 0.5 and replicates.shape == (2000,)
 
 
 def test_too_few_eval_examples_fails_and_says_so_with_numbers():
     inputs = GateInputs(trusted_examples=12, candidate_loss=1.0, reference_loss=3.0, reference="base")
-    verdict = judge(inputs, min_eval_examples=50, min_improvement=0.0)
+    verdict = judge(inputs, GateConfig(min_eval_examples=50))
     assert not verdict.passed
     assert verdict.reasons[0].startswith("FAIL min_eval_examples") and "12" in verdict.reasons[0]
     assert any(r.startswith("ok improvement") for r in verdict.reasons)
 
 
+def test_without_per_example_losses_the_point_estimate_is_judged_and_says_so():
+    better = GateInputs(trusted_examples=60, candidate_loss=2.0, reference_loss=2.5, reference="champion")
+    verdict = judge(better, GateConfig(min_eval_examples=50, min_improvement=0.49))
+    assert verdict.passed and "judged on the point estimate, no interval" in check(verdict, "improvement").message
+    assert not judge(better, GateConfig(min_eval_examples=50, min_improvement=0.5)).passed
+    assert "off slices: skipped: no per-example losses in the worker's result" in verdict.reasons
+    paired = synthetic(100, 0.1, seed=1)
+    off = check(judge(inputs_of(paired), GateConfig(min_eval_examples=1, bootstrap_samples=0)), "improvement")
+    assert off.passed and "bootstrap off (gate.bootstrap_samples: 0)" in off.message
+
+
 def test_missing_losses_fail_the_improvement_check():
-    verdict = judge(GateInputs(60, None, 2.0, "champion"), min_eval_examples=1, min_improvement=0.0)
+    verdict = judge(GateInputs(60, None, 2.0, "champion"), GateConfig(min_eval_examples=1))
     assert not verdict.passed and "no loss" in verdict.reasons[0]
 
 
 def test_inputs_are_read_from_the_worker_result_against_champion_or_base():
-    result = {"eval": {"trusted": {"candidate": {"loss": 1.5, "examples": 40},
-                                   "champion": {"loss": 1.7}, "base": {"loss": 3.0}}}}
-    with_champion = inputs_from_result(result, has_champion=True)
-    assert (with_champion.reference, with_champion.reference_loss) == ("champion", 1.7)
+    rows = {"candidate": [["1", 10.0, 10], ["2", 4.0, 2], ["3", 1.0, 0]],
+            "champion": [["1", 12.0, 10], ["2", 5.0, 2], ["3", 0.0, 0]],
+            "base": [["1", 30.0, 10], ["2", 9.0, 2]]}
+    result = {"eval": {"trusted": {name: {"loss": loss, "examples": 3, "per_example": rows[name]}
+                                   for name, loss in (("candidate", 14 / 12), ("champion", 17 / 12), ("base", 3.25))}}}
+    with_champion = inputs_from_result(result, has_champion=True, categories={"1": "billing"})
+    assert (with_champion.reference, with_champion.reference_loss) == ("champion", 17 / 12)
+    assert with_champion.paired.ticket_ids == ("1", "2")  # "3" has no supervised token
+    assert with_champion.paired.losses() == pytest.approx((14 / 12, 17 / 12))
+    assert with_champion.categories == {"1": "billing"}
     first = inputs_from_result(result, has_champion=False)
-    assert (first.reference, first.reference_loss, first.trusted_examples) == ("base", 3.0, 40)
+    assert (first.reference, first.reference_loss, first.trusted_examples) == ("base", 3.25, 3)
+    assert first.paired.losses()[1] == pytest.approx(39 / 12)
+    verdict = judge(first, GateConfig(min_eval_examples=1))
+    assert json.loads(json.dumps(verdict.to_dict()))["checks"][1]["details"]["examples"] == 2
