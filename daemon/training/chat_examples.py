@@ -1,4 +1,4 @@
-"""Chat examples → token ids with labels on assistant tokens only, and the batches made from them.
+"""Chat examples → token ids with labels on assistant tokens only, and length-grouped batches of them.
 
 The base model's own chat template renders each conversation. Assistant character spans come from
 rendering the prefix before each assistant turn (with the generation prompt) and the prefix through
@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
@@ -204,26 +202,3 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
         batches.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))
     rng.shuffle(batches)
     return batches
-
-
-def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def steps_per_epoch(examples: int, batch_size: int) -> int:
-    return math.ceil(examples / batch_size)
-
-
-def collate(examples: list[TokenizedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors for one batch; a packer would produce the same three tensors."""
-    width = max(len(example.input_ids) for example in examples)
-    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        size = len(example.input_ids)
-        input_ids[row, :size] = torch.tensor(example.input_ids)
-        labels[row, :size] = torch.tensor(example.labels)
-        attention_mask[row, :size] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}

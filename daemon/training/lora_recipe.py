@@ -379,7 +379,7 @@ def train_adapter(
 
         if early_stop and (step % validate_every == 0 or step == total_steps):
             progress.phase("validate", step=step)
-            loss = validation_loss(model, validation, settings, runtime, packing, pad_token_id)
+            loss = evaluate_examples(model, validation, settings, runtime, packing, pad_token_id)["loss"]
             state.validation_curve.append([step, round(loss, 5)])
             if state.best_validation is None or loss < state.best_validation - 1e-6:
                 state.best_validation, state.best_step = loss, step
@@ -526,17 +526,6 @@ def evaluate_examples(
         "examples": len(per_example),
         "per_example": per_example,
     }
-
-
-def validation_loss(
-    model: torch.nn.Module,
-    examples: list[TokenizedExample],
-    settings: TrainingConfig,
-    runtime: Runtime,
-    packing: bool,
-    pad_token_id: int,
-) -> float:
-    return evaluate_examples(model, examples, settings, runtime, packing, pad_token_id)["loss"]
 
 
 def evaluate_all(
