@@ -202,9 +202,10 @@ def test_early_stop_on_the_validation_slice_restores_the_best_weights(loop_input
 def test_the_step_plan_packs_every_example_once_per_epoch_and_restarts_identically() -> None:
     lengths = [37 + (i * 53) % 400 for i in range(300)]
     settings = TrainingConfig(row_tokens=1024, rows_per_step=2, epochs=1, max_seq_len=512, seed=3)
-    total, per_epoch = total_steps_for(lengths, settings, packing=True)
+    total, first_epoch = total_steps_for(lengths, settings, packing=True)
     steps = list(plan_from(lengths, settings, True, 0, total))
-    assert total == per_epoch == len(steps)
+    assert total == len(first_epoch) == len(steps)
+    assert [micro for _, micro in steps] == first_epoch
     seen = sorted(i for _, micro in steps for row in micro for i in row)
     assert seen == list(range(300))
     assert all(sum(lengths[i] for i in row) <= 1024 for _, micro in steps for row in micro)

@@ -123,7 +123,7 @@ def _run(
     checkpointer = None
     if spec.checkpoint_dir is not None:
         checkpointer = Checkpointer(spec.checkpoint_dir, run_manifest(spec, max_seq_len))
-    progress = ProgressReporter(spec.progress_file, spec.cycle_id, 0, enabled=runtime.world.is_main)
+    progress = ProgressReporter(spec.progress_file, spec.cycle_id, enabled=runtime.world.is_main)
     train = train_adapter(
         model,
         train_set.examples,
@@ -274,10 +274,12 @@ def plan_from(
         epoch += 1
 
 
-def total_steps_for(lengths: list[int], settings: TrainingConfig, packing: bool) -> tuple[int, int]:
-    """(total steps, steps in the first epoch)."""
-    per_epoch = len(epoch_steps(lengths, settings, packing, 0))
-    return settings.max_steps or max(1, math.ceil(settings.epochs * per_epoch)), per_epoch
+def total_steps_for(
+    lengths: list[int], settings: TrainingConfig, packing: bool
+) -> tuple[int, list[list[list[int]]]]:
+    """(total steps, the first epoch's steps)."""
+    first_epoch = epoch_steps(lengths, settings, packing, 0)
+    return settings.max_steps or max(1, math.ceil(settings.epochs * len(first_epoch))), first_epoch
 
 
 # the loop --------------------------------------------------------------------------------------
@@ -298,7 +300,8 @@ def train_adapter(
     world = runtime.world
     lengths = [len(example.input_ids) for example in examples]
     supervised = [example.supervised_tokens for example in examples]
-    total_steps, per_epoch = total_steps_for(lengths, settings, packing)
+    total_steps, first_epoch = total_steps_for(lengths, settings, packing)
+    per_epoch = len(first_epoch)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0, fused=True)
     schedule = get_scheduler(
@@ -310,9 +313,8 @@ def train_adapter(
     validate_every = settings.eval_every_steps or max(1, total_steps // VALIDATIONS_PER_RUN)
     early_stop = bool(validation) and settings.early_stop_patience > 0
     if progress is None:
-        progress = ProgressReporter(None, "", total_steps, enabled=False)
+        progress = ProgressReporter(None, "", enabled=False)
     progress.total_steps = total_steps
-    progress.log_every = max(1, total_steps // 20)
 
     state, best_weights, resumed_from = LoopState(), None, None
     if checkpointer is not None:
@@ -429,7 +431,7 @@ def train_adapter(
         "stopped_by": state.stopped_by or "steps",
         "resumed_from_step": resumed_from,
         "packing": packing,
-        "row_fill": row_fill(lengths, settings) if packing else None,
+        "row_fill": row_fill(first_epoch, lengths, settings) if packing else None,
         "world_size": world.size,
     }
 
@@ -439,10 +441,10 @@ def hash_seed(seed: int, step: int, rank: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def row_fill(lengths: list[int], settings: TrainingConfig) -> float:
+def row_fill(first_epoch: list[list[list[int]]], lengths: list[int], settings: TrainingConfig) -> float:
     """Real tokens over row capacity in the first epoch's rows (1.0 = no wasted room)."""
-    rows = best_fit_rows(lengths, settings.row_tokens)
-    return round(sum(lengths) / (len(rows) * settings.row_tokens), 4)
+    rows = sum(len(step) for step in first_epoch)
+    return round(sum(lengths) / (rows * settings.row_tokens), 4)
 
 
 def run_manifest(spec: TrainSpec, max_seq_len: int) -> dict[str, str]:

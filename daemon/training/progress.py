@@ -16,13 +16,16 @@ MIN_WRITE_INTERVAL_S = 1.0
 class ProgressReporter:
     """Writes `progress.json` atomically (at most once a second) and logs every `log_every` steps."""
 
-    def __init__(self, path: Path | None, cycle_id: str, total_steps: int, enabled: bool = True) -> None:
+    def __init__(self, path: Path | None, cycle_id: str, enabled: bool = True) -> None:
         self.path = path
         self.cycle_id = cycle_id
-        self.total_steps = total_steps
+        self.total_steps = 0  # the training loop sets it once its step plan is known
         self.enabled = enabled
-        self.log_every = max(1, total_steps // 20)
         self._last_write = 0.0
+
+    @property
+    def log_every(self) -> int:
+        return max(1, self.total_steps // 20)
 
     def phase(self, phase: str, **fields: float | int | str | None) -> None:
         self._write({"phase": phase, "total_steps": self.total_steps, **fields}, force=True)
