@@ -37,7 +37,16 @@ TAG_PROMOTION_FORCED = "ticketune.promotion_forced"
 TAG_ROLLED_BACK_AT = "ticketune.rolled_back_at"
 TAG_ROLLBACK_REASON = "ticketune.rollback_reason"
 TAG_CHAMPION_EVENTS = "ticketune.champion_events"  # on the registered model
+TAG_STATE = "ticketune.state"  # registering → complete (or abandoned by the startup reconciliation)
+TAG_APPROVED_BY = "ticketune.approved_by"
+TAG_APPROVED_AT = "ticketune.approved_at"
+TAG_APPROVAL_REASON = "ticketune.approval_reason"
+TAG_BASE_FINGERPRINT = "ticketune.base_model_fingerprint"
+STATE_REGISTERING, STATE_COMPLETE, STATE_ABANDONED = "registering", "complete", "abandoned"
+VERDICT_PROMOTED = "promoted"
 VERDICT_REJECTED = "rejected"
+VERDICT_AWAITING_APPROVAL = "awaiting_approval"
+VERDICT_ABANDONED = "abandoned"
 
 ADAPTER_ARTIFACT_PATH = "adapter"
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -71,7 +80,23 @@ class NoChampionError(RegistryError):
 
 
 class PromotionRefusedError(RegistryError):
-    """The version may not become champion (rejected by the gate and not forced)."""
+    """The version may not become champion (rejected by the gate and not forced, or not complete)."""
+
+
+def version_state(tags: Mapping[str, str]) -> str:
+    """A version's registration state; versions registered before the state tag existed are complete."""
+    return tags.get(TAG_STATE) or STATE_COMPLETE
+
+
+def refusal(version: str, tags: Mapping[str, str], *, force: bool) -> str | None:
+    """Why `version` may not become champion, or None. An incomplete version is refused even when forced."""
+    state = version_state(tags)
+    if state != STATE_COMPLETE:
+        return (f"version {version} is {state}: its registration did not finish, so it never becomes champion "
+                "(`ticketune history` shows it).")
+    if tags.get(TAG_VERDICT) == VERDICT_REJECTED and not force:
+        return f"version {version} was rejected by the gate; promote it with --force to override."
+    return None
 
 
 def set_mlflow_http_defaults(
@@ -369,12 +394,18 @@ class AdapterRegistry:
                 if not page_token:
                     break
         versions.sort(key=lambda mv: int(mv.version), reverse=True)
+        since = next((event.get("at") for event in reversed(self.champion_events())
+                      if champion is not None and str(event.get("version")) == champion), None)
         return [
             {
                 "version": str(mv.version),
                 "verdict": mv.tags.get(TAG_VERDICT),
                 "champion": str(mv.version) == champion,
+                "champion_since": since if str(mv.version) == champion else None,
                 "created_at": _ms_to_iso(mv.creation_timestamp),
+                "state": version_state(mv.tags),
+                "base_model_fingerprint": mv.tags.get(TAG_BASE_FINGERPRINT),
+                "promoted_at": mv.tags.get(TAG_PROMOTED_AT),
                 "metrics": _loads(mv.tags.get(TAG_METRICS), {}),
                 "reasons": _loads(mv.tags.get(TAG_REASONS), []),
                 "run_id": mv.run_id,
@@ -441,11 +472,7 @@ class AdapterRegistry:
         version and in the event. Promoting the current champion changes nothing.
         """
         version = str(version)
-        target = self._version(version)
-        if target.tags.get(TAG_VERDICT) == VERDICT_REJECTED and not force:
-            raise PromotionRefusedError(
-                f"version {version} was rejected by the gate; promote it with --force to override."
-            )
+        self.check_promotable(version, force=force)
         with self._champion_lock:
             previous = self.champion_version()
             if previous == version:
@@ -458,6 +485,12 @@ class AdapterRegistry:
                 TAG_PROMOTION_FORCED: "true" if force else "false",
             })
         return previous
+
+    def check_promotable(self, version: str, *, force: bool = False) -> None:
+        """Raises `PromotionRefusedError` (or `VersionNotFoundError`) unless `version` may become champion."""
+        why_not = refusal(str(version), self._version(str(version)).tags, force=force)
+        if why_not:
+            raise PromotionRefusedError(why_not)
 
     def _previous_champion(self, current: str) -> str:
         """The champion before `current` became champion by its latest promotion."""
@@ -473,27 +506,54 @@ class AdapterRegistry:
             "name the version to roll back to with --to VERSION."
         )
 
-    def rollback(
-        self, to_version: str | None = None, *, reason: str = "operator rollback", actor: str = "operator"
-    ) -> tuple[str | None, str]:
-        """Moves the champion back (by default to the champion before the current one); returns (from, to).
+    def rollback_target(self, to_version: str | None = None, *, force: bool = False) -> tuple[str, str]:
+        """(current champion, the version a rollback moves to); raises when there is none to move to.
 
         Rolling back twice walks further back: a version reached by a rollback is left for the
         champion that preceded its own promotion, never for the version just rolled back from.
+        A version the gate rejected is a target only with `force` when named as `to_version`.
         """
+        current = self.champion_version()
+        if current is None:
+            raise NoChampionError(f"model {self.model_name} has no {self.champion_alias!r} version to roll back from.")
+        target = str(to_version) if to_version is not None else self._previous_champion(current)
+        if target == current:
+            raise RegistryError(f"version {target} is already the champion; nothing to roll back.")
+        # the previous champion was champion before (forced or not): only a version named with --to is checked
+        why_not = refusal(target, self._version(target).tags, force=force or to_version is None)
+        if why_not:
+            raise PromotionRefusedError(why_not.replace("promote it with", "roll back to it with"))
+        return current, target
+
+    def rollback(
+        self, to_version: str | None = None, *, reason: str = "operator rollback", actor: str = "operator",
+        force: bool = False,
+    ) -> tuple[str | None, str]:
+        """Moves the champion back (by default to the champion before the current one); returns (from, to)."""
         with self._champion_lock:
-            current = self.champion_version()
-            if current is None:
-                raise NoChampionError(
-                    f"model {self.model_name} has no {self.champion_alias!r} version to roll back from."
-                )
-            target = str(to_version) if to_version is not None else self._previous_champion(current)
-            self._version(target)
-            if target == current:
-                raise RegistryError(f"version {target} is already the champion; nothing to roll back.")
-            self._move_champion("rollback", target, current, actor=actor, reason=reason, forced=False)
+            current, target = self.rollback_target(to_version, force=force)
+            forced = force or self._version(target).tags.get(TAG_VERDICT) == VERDICT_REJECTED
+            self._move_champion("rollback", target, current, actor=actor, reason=reason, forced=forced)
             self._tag_version(current, {TAG_ROLLED_BACK_AT: _now_iso(), TAG_ROLLBACK_REASON: reason})
         return current, target
+
+    def note_outside_move(self, version: str | None, previous: str | None, *, reason: str, forced: bool) -> None:
+        """Records an alias move made outside ticketune (the MLflow UI or API) in the event log and on
+        the version, as ticketune's own moves are recorded."""
+        if len(reason) > MAX_EVENT_REASON_CHARS:
+            reason = reason[: MAX_EVENT_REASON_CHARS - 1] + "…"
+        event = {"action": "outside_move", "version": version, "previous": previous, "at": _now_iso(),
+                 "actor": "outside ticketune", "reason": reason, "forced": forced}
+        events = _trim_events([*self.champion_events(), event])
+        with self._mlflow_errors("recording an outside champion move"):
+            self._client.set_registered_model_tag(
+                self.model_name, TAG_CHAMPION_EVENTS, json.dumps(events, separators=(",", ":"))
+            )
+        if version is not None:
+            self._tag_version(version, {
+                TAG_PROMOTED_AT: _now_iso(), TAG_PROMOTED_BY: "outside ticketune", TAG_PROMOTION_REASON: reason,
+                TAG_PROMOTION_FORCED: "true" if forced else "false",
+            })
 
     # ---- health ---------------------------------------------------------------------------
 

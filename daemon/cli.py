@@ -82,6 +82,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
                 source, parser_for(settings.kafka.format), store, system_prompt=settings.model.system_prompt,
                 max_records=args.max_records, idle_timeout_s=args.idle_timeout,
                 poll_timeout_s=settings.kafka.poll_timeout_ms / 1000, quality=quality,
+                scrub=settings.privacy.scrub,
             )
         finally:
             source.close()
@@ -94,16 +95,15 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cycle(args: argparse.Namespace) -> int:
-    from daemon.service import build_cycle_runner, build_registry, build_serving_notifier
+    from daemon.service import build_cycle_runner, build_keeper, build_registry
 
     settings = _settings(args)
     store = _store(settings)
     registry = build_registry(settings)
-    runner = build_cycle_runner(settings, store, registry)
+    keeper = build_keeper(settings, store, registry)
+    runner = build_cycle_runner(settings, store, registry, keeper)
     outcome = runner.run(trigger="cli", force=args.force, lock_wait_seconds=None if args.wait else 0)
     store.close()
-    if outcome.verdict == "promoted":
-        _report_serving(build_serving_notifier(settings, registry).notify_latest_move())
     human = f"cycle {outcome.cycle_id}: {outcome.verdict}"
     human += f" (version {outcome.version})" if outcome.version else ""
     human += "".join(f"\n  {reason}" for reason in outcome.reasons)
@@ -115,13 +115,44 @@ def cmd_history(args: argparse.Namespace) -> int:
     from daemon.service import build_registry
 
     rows = build_registry(_settings(args)).history()
-    lines = [
-        f"v{r['version']:<4} {r['verdict'] or '-':<9} {'champion' if r['champion'] else '':<9} {r['created_at']}  "
-        f"eval loss {r['metrics'].get('candidate_eval_loss', float('nan')):.4f}"
-        for r in rows
-    ]
-    _emit(args, rows, "\n".join(lines) or "no versions registered yet")
+    _emit(args, rows, history_table(rows))
     return 0
+
+
+def history_table(rows: list[dict]) -> str:
+    """Newest first: version, created, verdict, key metrics, the champion and since when; a line
+    marks where a new base model started a new lineage."""
+    if not rows:
+        return "no versions registered yet"
+
+    def number(metrics: dict, key: str) -> str:
+        value = metrics.get(key)
+        return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+    header = (f"{'version':<8} {'created (UTC)':<21} {'verdict':<18} {'eval loss':>9} {'reference':>9} "
+              f"{'gain':>8}  champion")
+    lines = [header, "-" * len(header)]
+    for index, row in enumerate(rows):
+        m = row.get("metrics") or {}
+        reference = m.get("champion_eval_loss", m.get("base_eval_loss"))
+        loss = m.get("candidate_eval_loss")
+        gain = f"{reference - loss:+.4f}" if isinstance(reference, (int, float)) and isinstance(loss, (int, float)) \
+            else "-"
+        verdict = row.get("verdict") or "-"
+        if row.get("state") not in (None, "complete"):
+            verdict = row["state"]
+        if (row.get("tags") or {}).get("ticketune.promotion_forced") == "true":
+            verdict += " (forced)"
+        champion = f"<- champion since {row['champion_since'] or '?'}" if row.get("champion") else ""
+        lines.append(f"v{row['version']:<7} {(row.get('created_at') or '-'):<21} {verdict:<18} "
+                     f"{number(m, 'candidate_eval_loss'):>9} {number({'r': reference}, 'r'):>9} {gain:>8}  {champion}")
+        older = rows[index + 1] if index + 1 < len(rows) else None
+        if older is not None and row.get("base_model_fingerprint") and older.get("base_model_fingerprint") \
+                and row["base_model_fingerprint"] != older["base_model_fingerprint"]:
+            base = (row.get("tags") or {}).get("ticketune.base_model", "?")
+            lines.append(f"{'':8} ---- new base model from v{row['version']} on: {base} "
+                         f"({row['base_model_fingerprint']}); earlier versions are another lineage ----")
+    return "\n".join(lines)
 
 
 def _report_serving(outcomes: dict[str, str]) -> None:
@@ -134,35 +165,60 @@ def _report_serving(outcomes: dict[str, str]) -> None:
                   file=sys.stderr)
 
 
-def cmd_promote(args: argparse.Namespace) -> int:
-    from daemon.service import build_registry, build_serving_notifier
+def _keeper(settings: Settings):
+    from daemon.service import build_keeper, build_registry
 
-    settings = _settings(args)
-    registry = build_registry(settings)
-    previous = registry.promote(args.version, reason=args.reason, force=args.force, actor="cli")
-    serving = {}
-    if previous != args.version:
-        serving = build_serving_notifier(settings, registry).promoted(
-            args.version, previous, reason=args.reason, actor="cli", forced=args.force
-        )
-        _report_serving(serving)
-    _emit(args, {"from": previous, "to": args.version, "serving": serving},
-          f"champion: {previous or 'none'} -> {args.version}")
+    return build_keeper(settings, _store(settings), build_registry(settings))
+
+
+def _moved(args: argparse.Namespace, move, human: str) -> int:
+    _report_serving(move.serving)
+    _emit(args, move.to_json(), human)
     return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    move = _keeper(_settings(args)).promote(args.version, reason=args.reason, force=args.force, actor=_actor(args))
+    return _moved(args, move, f"champion: {move.previous or 'none'} -> {move.current}"
+                  + ("" if move.moved else " (already the champion; nothing changed)"))
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from daemon.champion import ApprovalError
+
+    try:
+        move = _keeper(_settings(args)).approve(args.version, reason=args.reason, actor=_actor(args))
+    except ApprovalError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    return _moved(args, move, f"approved; champion: {move.previous or 'none'} -> {move.current}")
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from daemon.service import build_registry, build_serving_notifier
+    move = _keeper(_settings(args)).rollback(args.to, reason=args.reason, force=args.force, actor=_actor(args))
+    return _moved(args, move, f"champion rolled back: {move.previous} -> {move.current}")
 
+
+def cmd_audit(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    registry = build_registry(settings)
-    previous, current = registry.rollback(args.to, reason=args.reason, actor="cli")
-    serving = build_serving_notifier(settings, registry).rolled_back(current, previous, reason=args.reason,
-                                                                     actor="cli")
-    _report_serving(serving)
-    _emit(args, {"from": previous, "to": current, "serving": serving},
-          f"champion rolled back: {previous} -> {current}")
+    rows = _store(settings).champion_moves(limit=args.limit)
+    lines = [f"{r['at']}  {r['action']:<13} {r['previous'] or '-':>4} -> {r['version'] or '-':<4} by {r['actor']}"
+             f"{' (forced)' if r['forced'] else ''}{'' if r['state'] == 'done' else ' [' + r['state'] + ']'}: "
+             f"{r['reason']}" for r in rows]
+    _emit(args, rows, "\n".join(lines) or "no champion moves recorded yet")
     return 0
+
+
+def _actor(args: argparse.Namespace) -> str:
+    """Who moved the alias: `--actor`, else the OS user, as `cli:<name>`."""
+    if args.actor:
+        return args.actor
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no user name in a bare container
+        return "cli"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -346,9 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version")
     p.add_argument("--force", action="store_true", help="promote even a version the gate rejected (recorded)")
     p.add_argument("--reason", default="operator promotion")
+    p.add_argument("--actor", default=None, help="who asks, for the audit log (default: cli:<OS user>)")
+    p = verb("approve", cmd_approve, "approve a candidate awaiting approval (gate.approval: manual) and promote it")
+    p.add_argument("version")
+    p.add_argument("--reason", default="operator approval")
+    p.add_argument("--actor", default=None, help="who approves, for the audit log (default: cli:<OS user>)")
     p = verb("rollback", cmd_rollback, "move the champion back (default: to the champion before the current one)")
     p.add_argument("--to", default=None, metavar="VERSION")
+    p.add_argument("--force", action="store_true", help="allow a version the gate rejected as --to (recorded)")
     p.add_argument("--reason", default="operator rollback")
+    p.add_argument("--actor", default=None, help="who asks, for the audit log (default: cli:<OS user>)")
+    p = verb("audit", cmd_audit, "the audit log of champion moves: who, when, why, newest first")
+    p.add_argument("--limit", type=int, default=50)
     verb("status", cmd_status, "store counts, champion and the last cycle")
     p = verb("forget", cmd_forget, "erase a ticket or a requester's tickets everywhere, and never store them again")
     who = p.add_mutually_exclusive_group(required=True)

@@ -160,6 +160,16 @@ class GateConfig(_Section):
     slice_tolerance_nats: float = Field(default=0.05, ge=0.0)
     profile: Literal["standard", "demo"] = "standard"
     trusted_eval_cap: int = Field(default=2000, ge=1)
+    # forgetting guard: loss on general (non-support) text may rise at most this fraction over the base's
+    max_general_loss_increase: float | None = Field(default=0.10, ge=0.0)  # None switches the check off
+    general_text: Path | None = None  # default: the public-domain set shipped in daemon/gate_data/
+    # behavioural checks: golden prompts answered by greedy generation in a fresh process
+    golden_prompts: Path | None = None  # default: the generic set shipped in daemon/gate_data/
+    check_behaviour: bool = True
+    max_repetition_ratio: float = Field(default=0.5, gt=0.0, le=1.0)  # repeated 3-grams / all 3-grams
+    max_new_tokens: int = Field(default=96, ge=1, le=2048)
+    check_servable: bool = True  # the adapter loads onto the base in a fresh process and generates
+    approval: Literal["auto", "manual"] = "auto"  # manual: a passing candidate waits for `ticketune approve`
 
 
 class RegistryConfig(_Section):
@@ -168,6 +178,7 @@ class RegistryConfig(_Section):
     experiment_name: str = "ticketune"
     model_name: str = "ticketune-support"
     champion_alias: str = "champion"
+    poll_seconds: float = Field(default=30.0, ge=0.0)  # how often the service checks for outside alias moves; 0: never
 
 
 class ServingTarget(_Section):
@@ -225,6 +236,10 @@ class ServingConfig(_Section):
         return self
 
 
+class PrivacyConfig(_Section):
+    scrub: bool = True  # false trains on unscrubbed text: only for tests of the gate's PII check
+
+
 class ServerConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=9400, ge=0, le=65535)
@@ -272,6 +287,7 @@ class Settings(BaseModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     def config_hash(self) -> str:
         """Stable hash of everything that shapes a candidate (secrets excluded)."""
@@ -321,6 +337,9 @@ def _resolve_paths(settings: Settings, root: Path) -> None:
 
     settings.store.path = absolute(settings.store.path)
     settings.training.work_dir = absolute(settings.training.work_dir)
+    for name in ("general_text", "golden_prompts"):
+        if getattr(settings.gate, name) is not None:
+            setattr(settings.gate, name, absolute(getattr(settings.gate, name)))
     base = settings.model.base
     if base.startswith((".", "/", "~")) or (root / base).exists():
         settings.model.base = str(absolute(Path(base).expanduser()))

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Protocol
 
 from daemon import adapter_methods, code_version, metrics
+from daemon.champion import ChampionKeeper
 from daemon.config import Settings
-from daemon.gate import inputs_from_result, judge
+from daemon.gate import Verdict, inputs_from_result, judge
+from daemon.golden import GoldenSet, general_text_path, load_golden, spec_prompts
 from daemon.privacy import PLACEHOLDERS
 from daemon.store import ExampleStore, Snapshot, store_lock
 
@@ -30,9 +32,12 @@ log = logging.getLogger("ticketune.cycle")
 
 VERDICT_PROMOTED = "promoted"
 VERDICT_REJECTED = "rejected"
+VERDICT_AWAITING_APPROVAL = "awaiting_approval"  # passed the gate; gate.approval is manual
 VERDICT_SKIPPED = "skipped"
 VERDICT_FAILED = "failed"
 
+_WHOLE_FILE_BYTES = 64 << 20
+_EDGE_BYTES = 1 << 20
 # The training settings the worker reads; the rest of `training` is the service's (see test_cycle_resume).
 WORKER_TRAINING_FIELDS = frozenset({
     "device", "epochs", "max_steps", "learning_rate", "lr_schedule", "warmup_fraction", "batch_size",
@@ -50,8 +55,8 @@ class Registry(Protocol):
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None: ...
     def end_run(self, run_id: str, status: str) -> None: ...
     def register_candidate(self, run_id: str, adapter_dir: Path, tags: dict[str, str]) -> str: ...
-    def promote(self, version: str, *, reason: str, force: bool = False, actor: str = "cycle") -> str | None: ...
     def set_version_tags(self, version: str, tags: dict[str, str]) -> None: ...
+    def get_version_tags(self, version: str) -> dict[str, str]: ...
 
 
 class Executor(Protocol):
@@ -86,17 +91,26 @@ def new_cycle_id() -> str:
 
 
 def base_model_fingerprint(base: str, revision: str | None) -> str:
-    """Identifies the base model: its config and weight file names/sizes for a local directory."""
+    """The base model's revision: for a local directory a hash of its config, tokenizer and weight
+    files (whole files up to 64 MiB; for larger ones the size and the first and last MiB, which any
+    retraining changes), so that a model rebuilt in the same place is a new base; for a hub id, the
+    id and revision."""
     path = Path(base)
     if not path.is_dir():
         return f"{base}@{revision or 'default'}"
     digest = hashlib.sha256()
     for item in sorted(path.iterdir()):
-        if item.suffix in (".json", ".safetensors", ".bin", ".model"):
-            digest.update(item.name.encode())
-            digest.update(str(item.stat().st_size).encode())
-            if item.name in ("config.json", "model.safetensors.index.json"):
-                digest.update(item.read_bytes())
+        if not item.is_file() or item.suffix not in (".json", ".safetensors", ".bin", ".model", ".jinja"):
+            continue
+        size = item.stat().st_size
+        digest.update(f"{item.name}\0{size}\n".encode())
+        with item.open("rb") as handle:
+            if size <= _WHOLE_FILE_BYTES:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(_EDGE_BYTES))
+                handle.seek(size - _EDGE_BYTES)
+                digest.update(handle.read(_EDGE_BYTES))
     return digest.hexdigest()[:16]
 
 
@@ -121,6 +135,39 @@ def _flatten_result_metrics(result: dict, has_champion: bool) -> dict:
     return {k: v for k, v in flat.items() if v is not None}
 
 
+def _check_metrics(verdict: Verdict) -> dict[str, float]:
+    """Each check's top-level numbers as MLflow metrics, `gate.<check>.<number>`, and its outcome
+    (`gate.<check>.passed`: 1 pass, 0 fail; a check that is off logs no outcome)."""
+    out: dict[str, float] = {}
+    for check in verdict.checks:
+        if check.status != "off":
+            out[f"gate.{check.name}.passed"] = 1.0 if check.status == "pass" else 0.0
+        for key, value in check.details.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"gate.{check.name}.{key}"] = float(value)
+    return out
+
+
+def golden_rows(result: dict, verdict: Verdict, golden: GoldenSet) -> list[dict]:
+    """The golden prompts with the candidate's and the champion's answers and the behaviour check's
+    findings, for the report (which scrubs every answer before writing it)."""
+    answers = (result.get("probe") or {}).get("answers") or {}
+    by_model = {label: {a["id"]: a.get("text", "") for a in rows} for label, rows in answers.items()}
+    behaviour = next((c for c in verdict.checks if c.name == "behaviour"), None)
+    findings = {row.get("id"): row for row in (behaviour.details.get("prompts", []) if behaviour else [])}
+    rows = []
+    for prompt in golden.prompts:
+        found = findings.get(prompt.id, {})
+        rows.append({
+            "id": prompt.id, "prompt": prompt.prompt,
+            "candidate": by_model.get("candidate", {}).get(prompt.id, ""),
+            "champion": by_model.get("champion", {}).get(prompt.id),
+            "status": found.get("status", "off"),
+            "failures": list(found.get("failures", [])),
+        })
+    return rows
+
+
 def tag_erased_versions(store: ExampleStore, registry: Registry) -> int:
     """Tags the model versions trained on erased examples; returns how many erasures are still pending."""
     pending = store.pending_erasures()
@@ -136,14 +183,27 @@ def tag_erased_versions(store: ExampleStore, registry: Registry) -> int:
     return left
 
 
-class CycleRunner:
-    """Runs cycles for one store against one registry; `run()` is safe to call from any thread."""
+def eval_snapshot_id(snapshot: Snapshot) -> str:
+    """Names the trusted eval set a candidate was judged on: the same examples give the same id."""
+    digest = hashlib.sha256()
+    for example in sorted(snapshot.trusted_eval, key=lambda e: e["ticket_id"]):
+        digest.update(f"{example['ticket_id']}\0{example.get('revision', '')}\n".encode())
+    return f"eval-{digest.hexdigest()[:12]}"
 
-    def __init__(self, settings: Settings, store: ExampleStore, registry: Registry, executor: Executor) -> None:
+
+class CycleRunner:
+    """Runs cycles for one store against one registry; `run()` is safe to call from any thread.
+
+    Promotions go through `keeper` (audit log, serving targets); without one, a keeper that tells
+    no serving target is used."""
+
+    def __init__(self, settings: Settings, store: ExampleStore, registry: Registry, executor: Executor,
+                 keeper: ChampionKeeper | None = None) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
         self.executor = executor
+        self.keeper = keeper or ChampionKeeper(store, registry)  # type: ignore[arg-type]
 
     def run(
         self, *, trigger: str = "manual", force: bool = False, stop: threading.Event | None = None,
@@ -155,12 +215,26 @@ class CycleRunner:
     def _run_locked(self, *, trigger: str, force: bool, stop: threading.Event | None) -> CycleOutcome:
         cfg = self.settings
         try:
+            golden = load_golden(cfg.gate.golden_prompts, cfg.gate.profile)
+        except ValueError as exc:  # the golden prompts file is broken: say so, never judge without it
+            metrics.CYCLES.labels(verdict=VERDICT_FAILED).inc()
+            return CycleOutcome(new_cycle_id(), VERDICT_FAILED, reasons=[str(exc).splitlines()[0]])
+        try:
             champion = self.registry.champion_version()
             tag_erased_versions(self.store, self.registry)
+            champion_base = (self.registry.get_version_tags(champion).get("ticketune.base_model_fingerprint")
+                             if champion is not None else None)
         except Exception as exc:  # the registry is unreachable: nothing to compare with, so no cycle
             metrics.CYCLES.labels(verdict=VERDICT_FAILED).inc()
             return CycleOutcome(new_cycle_id(), VERDICT_FAILED, reasons=[str(exc).splitlines()[0]])
-        retrain = champion is not None and champion in self.store.versions_trained_on_erased_data()
+        base_fingerprint = base_model_fingerprint(cfg.model.base, cfg.model.revision)
+        # a new model.base (or revision) starts a new lineage: the champion cannot be compared on it
+        new_base = champion is not None and champion_base is not None and champion_base != base_fingerprint
+        if new_base:
+            log.info("champion %s was trained on another base model (%s, now %s): a new lineage, judged against "
+                     "the new base on the champion's trusted set", champion, champion_base, base_fingerprint)
+        erased = champion is not None and champion in self.store.versions_trained_on_erased_data()
+        retrain = new_base or erased
         resumption = self._resumption(champion, retrain)
         if resumption is not None:
             cycle_id, snapshot = resumption.cycle_id, resumption.snapshot
@@ -169,9 +243,9 @@ class CycleRunner:
             cycle_id, snapshot = new_cycle_id(), None
             pending = self.store.pending_count()
             if retrain:
-                log.info("cycle %s: champion %s was trained on erased data: a fresh adapter on all trusted data",
-                         cycle_id, champion)
-            if not (force or retrain) and pending < cfg.schedule.min_new_examples:
+                log.info("cycle %s: champion %s was trained on %s: a fresh adapter on all trusted data", cycle_id,
+                         champion, "erased data" if erased else "another base model")
+            if not (force or erased) and pending < cfg.schedule.min_new_examples:
                 metrics.CYCLES.labels(verdict=VERDICT_SKIPPED).inc()
                 return CycleOutcome(
                     cycle_id,
@@ -203,7 +277,8 @@ class CycleRunner:
                 spec_path = cycle_dir / "spec.json"
             else:
                 log.info("cycle %s: training on %s (champion %s)", cycle_id, snapshot.counts, champion)
-                spec_path = self._write_spec(cycle_dir, snapshot, champion, warm=not retrain)
+                spec_path = self._write_spec(cycle_dir, snapshot, champion, golden, warm=not retrain,
+                                             compare_champion=not new_base)
             run_id = self.registry.start_cycle_run(
                 cycle_id, self._run_params(snapshot, attempt), self._run_tags(snapshot, attempt)
             )
@@ -211,7 +286,11 @@ class CycleRunner:
                 spec_path, cycle_dir / "out" / "result.json",
                 timeout_s=cfg.training.timeout_minutes * 60, stop=stop,
             )
-            outcome = self._judge_and_register(cycle_id, run_id, snapshot, champion, result, retrain, attempt)
+            outcome = self._judge_and_register(
+                cycle_id, run_id, snapshot, champion, result, attempt, golden,
+                fresh_reason=("new_base" if new_base else "erased") if retrain else None,
+                previous_base=champion_base,
+            )
             outcome.reasons = notes + outcome.reasons
             self.registry.log_artifacts(run_id, cycle_dir / "out", "worker")
             self.registry.end_run(run_id, "FINISHED")
@@ -304,14 +383,19 @@ class CycleRunner:
                     f"data before training")
         return None
 
-    def _write_spec(self, cycle_dir: Path, snapshot: Snapshot, champion: str | None, *, warm: bool) -> Path:
-        """`warm=False` trains a fresh adapter: the champion was trained on data erased since."""
+    def _write_spec(
+        self, cycle_dir: Path, snapshot: Snapshot, champion: str | None, golden: GoldenSet, *, warm: bool,
+        compare_champion: bool = True,
+    ) -> Path:
+        """`warm=False` trains a fresh adapter (the champion was trained on data erased since, or on
+        another base model); `compare_champion=False` leaves out a champion of another base."""
         cfg = self.settings
         files = snapshot.write_jsonl(cycle_dir / "data", cfg.training.validation_fraction)
         champion_dir = None
-        if champion is not None:
+        if champion is not None and compare_champion:
             champion_dir = self.registry.download_adapter(champion, cycle_dir / "champion")
         init = champion_dir if warm and cfg.training.warm_start == "champion" else None
+        probe = cfg.gate.check_servable or cfg.gate.check_behaviour  # one fresh process serves both checks
         spec = {
             "cycle_id": snapshot.cycle_id,
             "snapshot_id": snapshot.id,
@@ -323,6 +407,10 @@ class CycleRunner:
             "eval_files": {"trusted": str(files["trusted"]), "batch_heldout": str(files["batch_heldout"])},
             "compare_adapters": {"champion": str(champion_dir)} if champion_dir else {},
             "evaluate_base": True,
+            "general_text_file": (str(general_text_path(cfg.gate.general_text))
+                                  if cfg.gate.max_general_loss_increase is not None else None),
+            "golden_prompts": spec_prompts(golden, cfg.model.system_prompt) if probe else None,
+            "probe": {"enabled": probe, "max_new_tokens": golden.max_new_tokens or cfg.gate.max_new_tokens},
             "checkpoint_dir": str(cycle_dir / "checkpoints"),
             "progress_file": str(cycle_dir / "out" / "progress.json"),
         }
@@ -347,7 +435,9 @@ class CycleRunner:
             "ticketune.cycle_id": snapshot.cycle_id,
             "ticketune.attempt": str(attempt),
             "ticketune.snapshot_id": snapshot.id,
+            "ticketune.eval_snapshot_id": eval_snapshot_id(snapshot),
             "ticketune.base_model": cfg.model.base,
+            "ticketune.base_revision": cfg.model.revision or "",
             "ticketune.base_model_fingerprint": base_model_fingerprint(cfg.model.base, cfg.model.revision),
             "ticketune.parent_champion": snapshot.champion_version or "",
             "ticketune.config_hash": cfg.config_hash(),
@@ -355,29 +445,46 @@ class CycleRunner:
         }
 
     def _judge_and_register(
-        self, cycle_id: str, run_id: str, snapshot: Snapshot, champion: str | None, result: dict, retrain: bool,
-        attempt: int,
+        self, cycle_id: str, run_id: str, snapshot: Snapshot, champion: str | None, result: dict, attempt: int,
+        golden: GoldenSet, *, fresh_reason: str | None = None, previous_base: str | None = None,
     ) -> CycleOutcome:
-        """`retrain`: the champion was trained on erased data and must be replaced, so the fresh
-        candidate is judged against the base model, not against the champion it replaces."""
+        """`fresh_reason`: the champion cannot be the reference: it was trained on erased data
+        ("erased") or on another base model ("new_base"), so the fresh candidate is judged against
+        the base model (on the champion's trusted set).
+
+        The version is registered `registering`, the store records the decision (trusted set,
+        batch), the report is attached, then the version is tagged `complete`; only then may it be
+        promoted. A crash in between leaves what `ChampionKeeper.reconcile` settles at the next start.
+        """
         cfg = self.settings
-        flat = _flatten_result_metrics(result, has_champion=champion is not None)
+        has_reference_champion = champion is not None and fresh_reason is None
+        flat = _flatten_result_metrics(result, has_champion=has_reference_champion)
         categories = {example["ticket_id"]: example.get("category") for example in snapshot.trusted_eval}
         verdict = judge(
-            inputs_from_result(result, has_champion=champion is not None and not retrain, categories=categories),
+            inputs_from_result(result, has_champion=has_reference_champion, categories=categories, golden=golden),
             cfg.gate,
         )
         reasons = verdict.reasons
-        if retrain:
+        if fresh_reason == "erased":
             reasons.append(f"note: retrained from scratch without erased data; champion {champion} was "
                            "trained on it, so the reference is the base model")
+        elif fresh_reason == "new_base":
+            reasons.append(f"note: a new lineage on base model {cfg.model.base}; champion {champion} was trained on "
+                           "another base, so the reference is the new base model on its trusted set")
         numeric = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float))}
+        numeric.update(_check_metrics(verdict))
         self.registry.log_metrics(run_id, numeric)
         for step, loss in result.get("train", {}).get("loss_curve", []):
             self.registry.log_metrics(run_id, {"train_loss": float(loss)}, step=int(step))
-        decision = VERDICT_PROMOTED if verdict.passed else VERDICT_REJECTED
+        for step, loss in result.get("train", {}).get("validation_curve", []):
+            self.registry.log_metrics(run_id, {"validation_loss": float(loss)}, step=int(step))
+        if not verdict.passed:
+            decision = VERDICT_REJECTED
+        else:
+            decision = VERDICT_PROMOTED if cfg.gate.approval == "auto" else VERDICT_AWAITING_APPROVAL
         tags = {
             **self._run_tags(snapshot, attempt),
+            "ticketune.state": "registering",
             "ticketune.verdict": decision,
             "ticketune.reasons": json.dumps(reasons),
             "ticketune.metrics": json.dumps(numeric, sort_keys=True),
@@ -386,21 +493,53 @@ class CycleRunner:
                 cfg.adapter.method, cfg.adapter.use_rslora, cfg.training.quantization
             ),
             "ticketune.gate_profile": cfg.gate.profile,
+            "ticketune.gate_approval": cfg.gate.approval,
+            "ticketune.reference": "champion" if has_reference_champion else "base",
         }
+        if fresh_reason == "new_base":
+            tags["ticketune.lineage_break"] = f"base model changed from {previous_base}"
         adapter_dir = Path(result["adapter_dir"])
         # the placeholder vocabulary travels with the adapter: serving fills or strips what the model writes
         (adapter_dir / "ticketune_placeholders.json").write_text(json.dumps(PLACEHOLDERS, indent=2), "utf-8")
         version = self.registry.register_candidate(run_id, adapter_dir, tags)
         self.store.freeze_trusted_set(version, snapshot.id, champion, cfg.gate.trusted_eval_cap)
-        if verdict.passed:
-            self.registry.promote(version, reason=f"cycle {cycle_id} passed the gate")
-        self.store.close_batch(snapshot.id, verdict=decision, model_version=version)
+        self.store.close_batch(snapshot.id, verdict="rejected" if decision == VERDICT_REJECTED else "promoted",
+                               model_version=version)
+        report_tags = self._attach_report(run_id, cycle_id, version, decision, verdict, tags, result,
+                                          "champion" if has_reference_champion else "base", golden)
+        self.registry.set_version_tags(version, {**report_tags, "ticketune.state": "complete"})
+        if decision == VERDICT_PROMOTED:
+            self.keeper.promote(version, reason=f"cycle {cycle_id} passed the gate", actor="cycle")
+        else:
+            self.keeper.refresh_gauges()
         if "candidate_eval_loss" in numeric:
             metrics.CANDIDATE_EVAL_LOSS.set(numeric["candidate_eval_loss"])
         if "train_tokens_per_second" in numeric:
             metrics.TRAINING_TOKENS_PER_SECOND.set(numeric["train_tokens_per_second"])
         log.info("cycle %s: version %s %s", cycle_id, version, decision)
         return CycleOutcome(cycle_id, decision, version=version, reasons=reasons, metrics=flat)
+
+    def _attach_report(
+        self, run_id: str, cycle_id: str, version: str, decision: str, verdict: Verdict, tags: dict, result: dict,
+        reference: str, golden: GoldenSet,
+    ) -> dict[str, str]:
+        """Renders the candidate's report into the cycle's MLflow run (`report/`); a report that
+        cannot be drawn never blocks the decision, and the version says so."""
+        from daemon.report import ReportInputs, write_report
+
+        out_dir = self.settings.training.work_dir / cycle_id / "report"
+        try:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            write_report(out_dir, ReportInputs(
+                model_name=self.settings.registry.model_name, version=version, cycle_id=cycle_id, decision=decision,
+                verdict=verdict.to_dict(max_chars=1_000_000), tags=tags, result=result, reference=reference,
+                golden=golden_rows(result, verdict, golden),
+            ))
+        except Exception as exc:  # a plotting bug must not cost the cycle its decision
+            log.error("cycle %s: the report could not be drawn: %s", cycle_id, exc)
+            return {"ticketune.report": f"failed: {type(exc).__name__}"}
+        self.registry.log_artifacts(run_id, out_dir, "report")
+        return {"ticketune.report": "report/report.html"}
 
     def _prune_cycle_dirs(self) -> None:
         root = self.settings.training.work_dir

@@ -3,13 +3,16 @@
 Loss is the token-weighted mean cross-entropy over assistant tokens, in nats, on the trusted eval
 set. The candidate is compared with the champion, or with the base model when there is none: its
 improvement is judged by a paired bootstrap over examples, and no category (slice) may regress
-past a tolerance. Every check reports its numbers, whether it passed, failed or was off.
+past a tolerance. Beside the loss: the forgetting guard (loss on general text against the base),
+the golden prompts' answers (behaviour) and whether the adapter loads and generates in a fresh
+process (servable). Every check reports its numbers, whether it passed, failed or was off.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,10 +20,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from daemon.config import GateConfig
+from daemon.golden import GoldenPrompt, GoldenSet
+from daemon.privacy import FILLABLE_PLACEHOLDERS, scrub_patterns
 
 PASS, FAIL, OFF = "pass", "fail", "off"
 MAX_TAG_CHARS = 5000  # MLflow stores a tag value in VARCHAR(5000) on SQL backends
 MESSAGE_SLICES = 5  # regressed slices named in a reason; the details hold them all
+MESSAGE_PROMPTS = 5  # failing golden prompts named in a reason; the details hold them all
+ANSWER_CHARS = 160  # of each (scrubbed) answer kept in the details
+# What the privacy detectors find that an answer must never carry: personal data, not a placeholder.
+PERSONAL_DATA = {"<EMAIL>": "email", "<PHONE>": "phone", "<CARD_NUMBER>": "card number", "<IBAN>": "IBAN",
+                 "<SSN>": "SSN"}
+PLACEHOLDER_PATTERN = re.compile(r"<[A-Z][A-Z0-9_]*>")
+# The tiny demo model (gate.profile: demo) loops in greedy decoding and rarely says its intent's word,
+# whatever it learned: these expectations are only reported there (the rest still decide).
+DEMO_RELAXED = ("repetition", "must_contain", "regex")
 _BLOCK_CELLS = 1 << 22  # resampled indices drawn at once: bounds the memory whatever the set size
 
 
@@ -58,6 +72,9 @@ class GateInputs:
     reference: str  # "champion" or "base"
     paired: PairedLosses | None = None  # None when the result has no per-example losses
     categories: Mapping[str, str | None] = field(default_factory=dict)  # ticket id → category
+    general: tuple[float, float] | None = None  # (candidate, base) loss on general text, nats per token
+    probe: dict | None = None  # the worker's probe result: status, error, answers per adapter
+    golden: GoldenSet | None = None  # the golden prompts the probe answered
 
 
 @dataclass(frozen=True)
@@ -252,16 +269,156 @@ def check_slices(inputs: GateInputs, cfg: GateConfig) -> CheckResult:
     return CheckResult("slices", FAIL if regressed else PASS, message, details)
 
 
+def check_general_text(inputs: GateInputs, cfg: GateConfig) -> CheckResult:
+    """Forgetting guard: the candidate's loss on general (non-support) text may exceed the base's by at
+    most the fraction `max_general_loss_increase`."""
+    limit = cfg.max_general_loss_increase
+    details: dict = {"max_increase": limit}
+    if limit is None:
+        return CheckResult("forgetting", OFF, "switched off (gate.max_general_loss_increase: null)", details)
+    if inputs.general is None:
+        return CheckResult("forgetting", OFF, "skipped: the worker's result has no general-text loss of the "
+                           "candidate and the base (no general_text_file in the spec)", details)
+    candidate, base = inputs.general
+    bound = base * (1.0 + limit)
+    increase = candidate / base - 1.0 if base > 0 else 0.0
+    details.update(candidate_loss=_round(candidate), base_loss=_round(base), increase=_round(increase),
+                   bound=_round(bound))
+    return CheckResult(
+        "forgetting",
+        PASS if candidate <= bound else FAIL,
+        f"general-text loss candidate {candidate:.4f} vs base {base:.4f} nats: {increase:+.1%}, at most "
+        f"{limit:+.1%} allowed (bound {bound:.4f})",
+        details,
+    )
+
+
+def repetition_ratio(text: str) -> float:
+    """How much an answer repeats itself: 1 − unique/total over its word 3-grams (words split on
+    whitespace, case-folded); 0.0 for an answer of fewer than three words or with no 3-gram twice,
+    toward 1.0 for an answer that loops on one phrase."""
+    words = text.casefold().split()
+    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def answer_failures(prompt: GoldenPrompt, text: str, max_repetition: float) -> list[str]:
+    """The expectations an answer fails: each one's name with its numbers, never the answer's words."""
+    failed: list[str] = []
+    stripped = text.strip()
+    ratio = repetition_ratio(stripped)
+    _, found = scrub_patterns(stripped)
+    if not stripped:
+        failed.append("empty")
+    if ratio > max_repetition:
+        failed.append(f"repetition {ratio:.2f} > {max_repetition:.2f}")
+    kinds = sorted(PERSONAL_DATA[p] for p in found if p in PERSONAL_DATA)
+    if kinds:
+        failed.append("personal data: " + ", ".join(kinds))
+    unfillable = sorted({p for p in PLACEHOLDER_PATTERN.findall(stripped) if p not in FILLABLE_PLACEHOLDERS})
+    if unfillable:
+        failed.append("unfillable placeholder " + " ".join(unfillable))
+    lowered = stripped.casefold()
+    failed.extend(f"must_contain {word!r}" for word in prompt.must_contain if word.casefold() not in lowered)
+    failed.extend(f"must_not_contain {word!r}" for word in prompt.must_not_contain if word.casefold() in lowered)
+    failed.extend(f"regex {i} {pattern!r}" for i, pattern in enumerate(prompt.regex)
+                  if re.search(pattern, stripped) is None)
+    failed.extend(f"must_not_match {i} {pattern!r}" for i, pattern in enumerate(prompt.must_not_match)
+                  if re.search(pattern, stripped) is not None)
+    return failed
+
+
+def check_behaviour(inputs: GateInputs, cfg: GateConfig) -> CheckResult:
+    """Each golden prompt's greedy answer by the candidate: not empty, not degenerate (word 3-gram
+    repetition ratio at most `max_repetition_ratio`), no personal data (email, phone, card number,
+    IBAN, SSN), no placeholder the serving layer cannot fill, and the prompt's own expectations
+    (must_contain, must_not_contain, regex, must_not_match). Details carry scrubbed answers only."""
+    demo = cfg.profile == "demo"
+    relaxed_names = DEMO_RELAXED if demo else ()
+    details: dict = {"max_repetition_ratio": cfg.max_repetition_ratio, "profile": cfg.profile,
+                     "relaxed": list(relaxed_names)}
+    relaxed = (f"; profile demo: {', '.join(DEMO_RELAXED)} reported, not judged (a tiny model's answers are "
+               "too rough for them)" if demo else "")
+    if not cfg.check_behaviour:
+        return CheckResult("behaviour", OFF, "switched off (gate.check_behaviour: false)", details)
+    if inputs.golden is None:
+        return CheckResult("behaviour", OFF, "skipped: no golden prompts were given to the gate", details)
+    probe = inputs.probe
+    if not probe or probe.get("status") == "off":
+        return CheckResult("behaviour", OFF, "skipped: the worker ran no probe (spec probe.enabled: false)", details)
+    if probe.get("status") != "ok":
+        return CheckResult("behaviour", FAIL, f"the probe failed, so no answer can be judged: {probe.get('error')}",
+                           details)
+    answers = {a.get("id"): a for a in (probe.get("answers") or {}).get("candidate") or []}
+    rows = []
+    for prompt in inputs.golden.prompts:
+        answer = answers.get(prompt.id)
+        if answer is None:
+            rows.append({"id": prompt.id, "status": FAIL, "failed": ["not answered by the probe"]})
+            continue
+        text = str(answer.get("text") or "").strip()
+        found = answer_failures(prompt, text, cfg.max_repetition_ratio)
+        failed = [name for name in found if not name.startswith(relaxed_names)]
+        row = {"id": prompt.id, "status": FAIL if failed else PASS, "failed": failed}
+        if len(failed) < len(found):
+            row["advisory"] = [name for name in found if name.startswith(relaxed_names)]
+        row.update(new_tokens=answer.get("new_tokens"), repetition=_round(repetition_ratio(text)),
+                   answer=scrub_patterns(text)[0][:ANSWER_CHARS])
+        rows.append(row)
+    rows.sort(key=lambda row: row["status"] != FAIL)  # failing prompts first: what a truncated tag keeps
+    details["prompts"] = rows
+    failing = [row for row in rows if row["status"] == FAIL]
+    repetition = "" if demo else f", repetition <= {cfg.max_repetition_ratio:.2f}"
+    checked = f"not empty, no personal data, no unfillable placeholder{repetition}, the prompts' own expectations"
+    if not failing:
+        return CheckResult("behaviour", PASS, f"{len(rows)} golden prompts answered, all meet: {checked}{relaxed}",
+                           details)
+    named = "; ".join(f"{row['id']} ({', '.join(row['failed'])})" for row in failing[:MESSAGE_PROMPTS])
+    more = f"; {len(failing) - MESSAGE_PROMPTS} more" if len(failing) > MESSAGE_PROMPTS else ""
+    return CheckResult("behaviour", FAIL, f"{len(failing)} of {len(rows)} golden prompts fail: {named}{more}{relaxed}",
+                       details)
+
+
+def check_servable(inputs: GateInputs, cfg: GateConfig) -> CheckResult:
+    """The adapter loaded onto the full-precision base in a fresh process (as a server loads it) and
+    generated at least one token for some golden prompt."""
+    if not cfg.check_servable:
+        return CheckResult("servable", OFF, "switched off (gate.check_servable: false)")
+    probe = inputs.probe
+    if not probe or probe.get("status") == "off":
+        return CheckResult("servable", OFF, "skipped: the worker ran no probe (spec probe.enabled: false)")
+    answers = (probe.get("answers") or {}).get("candidate") or []
+    tokens = sum(int(a.get("new_tokens") or 0) for a in answers)
+    details = {"probe_status": probe.get("status"), "load_seconds": probe.get("load_seconds"),
+               "seconds": probe.get("seconds"), "wall_seconds": probe.get("wall_seconds"),
+               "prompts": len(answers), "new_tokens": tokens}
+    if probe.get("status") != "ok":
+        return CheckResult("servable", FAIL, f"the adapter did not load and generate in a fresh process: "
+                           f"{probe.get('error')}", details)
+    if not any(int(a.get("new_tokens") or 0) > 0 for a in answers):
+        return CheckResult("servable", FAIL, f"the adapter loaded but generated no token for any of "
+                           f"{len(answers)} prompts", details)
+    return CheckResult("servable", PASS, f"loaded onto the base in a fresh process in {probe.get('load_seconds')} s "
+                       f"and generated {tokens} tokens for {len(answers)} prompts", details)
+
+
 def judge(inputs: GateInputs, cfg: GateConfig) -> Verdict:
-    checks = [check_eval_size(inputs, cfg), check_improvement(inputs, cfg), check_slices(inputs, cfg)]
+    checks = [check_eval_size(inputs, cfg), check_improvement(inputs, cfg), check_slices(inputs, cfg),
+              check_general_text(inputs, cfg), check_behaviour(inputs, cfg), check_servable(inputs, cfg)]
     return Verdict(passed=all(c.passed for c in checks), checks=checks)
 
 
 def inputs_from_result(
-    result: dict, has_champion: bool, categories: Mapping[str, str | None] | None = None
+    result: dict,
+    has_champion: bool,
+    categories: Mapping[str, str | None] | None = None,
+    golden: GoldenSet | None = None,
 ) -> GateInputs:
     """Reads the worker's result file: the trusted set's candidate and reference losses, per example
-    too; `categories` maps the trusted examples' ticket ids to their category for the slices."""
+    too; `categories` maps the trusted examples' ticket ids to their category for the slices; the
+    general-text losses of the candidate and the base, and the probe; `golden` is the set it answered."""
+    general = (result.get("eval") or {}).get("general") or {}
+    general_losses = ((general.get("candidate") or {}).get("loss"), (general.get("base") or {}).get("loss"))
     trusted = result.get("eval", {}).get("trusted", {})
     reference = "champion" if has_champion else "base"
     candidate = trusted.get("candidate") or {}
@@ -273,4 +430,7 @@ def inputs_from_result(
         reference=reference,
         paired=paired_losses(candidate.get("per_example"), scored.get("per_example")),
         categories=dict(categories or {}),
+        general=None if None in general_losses else (float(general_losses[0]), float(general_losses[1])),
+        probe=result.get("probe"),
+        golden=golden,
     )

@@ -157,6 +157,7 @@ def classify(
     system_prompt: str | None,
     max_value_bytes: int | None,
     quality: QualityFilter | None = None,
+    scrub: bool = True,
 ) -> Example | Deletion | Skip | _Rejected:
     """What one record asks for; bad input is a `_Rejected` (a dead letter), never an exception."""
     if record.value is None:
@@ -177,7 +178,7 @@ def classify(
         return _Rejected(exc.reason, exc.detail)
     if quality is not None and (reason := quality.check_ticket(ticket)):
         return Skip(ticket.ticket_id, reason)
-    item = ticket_to_example(ticket, system_prompt)
+    item = ticket_to_example(ticket, system_prompt, scrub=scrub)
     if quality is not None and isinstance(item, Example):
         if reason := quality.check_example(item):
             return Skip(item.ticket_id, reason)
@@ -199,11 +200,15 @@ def run_ingest(
     on_batch: Callable[[IngestReport], None] | None = None,
     poll_timeout_s: float = 1.0,
     quality: QualityFilter | None = None,
+    scrub: bool = True,
 ) -> IngestReport:
     """Runs until `max_records` are consumed, `idle_timeout_s` passes without a record, or `stop` is set.
 
-    `on_batch` gets the running report after each committed batch.
+    `on_batch` gets the running report after each committed batch. `scrub=False` (the config's
+    `privacy.scrub: false`) stores text unscrubbed: only for testing the gate's PII check.
     """
+    if not scrub:
+        log.warning("privacy.scrub is false: personal data is stored and trained on unscrubbed")
     stop = stop if stop is not None else threading.Event()
     report = IngestReport()
     retrier = _Retrier(stop, report)
@@ -224,7 +229,7 @@ def run_ingest(
         if records:
             last_record_at = time.monotonic()
             try:
-                _ingest_batch(records, source, parse, store, system_prompt, report, retrier, quality)
+                _ingest_batch(records, source, parse, store, system_prompt, report, retrier, quality, scrub)
             except _Stopped:
                 log.info("ingest stopped before a batch was stored; its records will be redelivered")
                 break
@@ -245,13 +250,14 @@ def _ingest_batch(
     report: IngestReport,
     retrier: _Retrier,
     quality: QualityFilter | None,
+    scrub: bool = True,
 ) -> None:
     changes: list[Example | Deletion] = []
     skipped: Counter[str] = Counter()
     dead_lettered: Counter[str] = Counter()
     for record in records:
         try:
-            item = classify(record, parse, system_prompt, source.max_value_bytes, quality)
+            item = classify(record, parse, system_prompt, source.max_value_bytes, quality, scrub)
         except Exception as exc:  # a bug met by one odd record must not stop the stream
             log.exception("internal error on record %s/%d@%d", record.topic, record.partition, record.offset)
             item = _Rejected(

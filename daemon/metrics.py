@@ -89,3 +89,22 @@ SERVING_LAST_SUCCESS = Gauge(
     "Unix time a serving target last accepted a champion change, by target kind.",
     ["target_kind"],
 )
+
+CHAMPION_MOVES = Counter(
+    "ticketune_champion_moves_total",
+    "Moves of the champion alias, by action (promote, approve, rollback, outside_move).",
+    ["action"],
+)
+OUTSIDE_MOVES = Counter(
+    "ticketune_outside_alias_moves_total",
+    "Champion alias moves made outside ticketune (the MLflow UI or API), by whether the new champion passed the gate.",
+    ["gate"],
+)
+CHAMPION_FAILED_GATE = Gauge(
+    "ticketune_champion_failed_gate",
+    "1 while the champion is a version the gate did not pass (forced by an operator); alert on it.",
+)
+AWAITING_APPROVAL = Gauge(
+    "ticketune_candidates_awaiting_approval",
+    "Candidates that passed the gate and wait for `ticketune approve` (gate.approval: manual).",
+)

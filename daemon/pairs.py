@@ -81,7 +81,7 @@ def group_key_for(ticket: Ticket) -> str:
     return hashlib.sha256(basis.encode()).hexdigest()[:32]
 
 
-def ticket_to_example(ticket: Ticket, system_prompt: str | None = None) -> Example | Skip:
+def ticket_to_example(ticket: Ticket, system_prompt: str | None = None, *, scrub: bool = True) -> Example | Skip:
     if not ticket.is_resolved:
         return Skip(ticket.ticket_id, SKIP_NOT_RESOLVED)
 
@@ -119,7 +119,8 @@ def ticket_to_example(ticket: Ticket, system_prompt: str | None = None) -> Examp
     messages = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
-    messages.extend({"role": role, "content": scrubber.scrub(text)} for role, text in turns)
+    # scrub=False exists for the tests of the gate's PII check (privacy.scrub: false); never in production
+    messages.extend({"role": role, "content": scrubber.scrub(text) if scrub else text} for role, text in turns)
     return Example(
         ticket_id=ticket.ticket_id,
         revision=ticket.revision,

@@ -36,6 +36,13 @@ PLACEHOLDERS: dict[str, str] = {
     "<SECRET>": "a credential: API key, token, private key or password value (any label before it is kept)",
 }
 
+# What a serving layer can fill from the conversation it serves (a support UI knows the customer and
+# the agent by name); an answer carrying any other placeholder would reach the customer unfilled.
+FILLABLE_PLACEHOLDERS = frozenset({
+    "<CUSTOMER_NAME>", "<CUSTOMER_FIRST_NAME>", "<CUSTOMER_LAST_NAME>",
+    "<AGENT_NAME>", "<AGENT_FIRST_NAME>", "<AGENT_LAST_NAME>",
+})
+
 DEFAULT_PHONE_REGION = "US"
 
 # Name tokens that are also ordinary English words ("Will", "May", "Bill", "Brown") match only when
@@ -328,6 +335,13 @@ def scrubber_for_ticket(ticket: Ticket, phone_region: str = DEFAULT_PHONE_REGION
             if name:
                 _add_name_parts(name, side, names)
     return Scrubber(names, emails, phones, phone_region)
+
+
+def scrub_patterns(text: str, phone_region: str = DEFAULT_PHONE_REGION) -> tuple[str, set[str]]:
+    """`text` through the pattern detectors alone (no ticket, so no names): the scrubbed text and the
+    placeholders it used; for texts no ticket vouches for, such as a model's answer."""
+    scrubber = Scrubber({}, {}, {}, phone_region)
+    return scrubber.scrub(text), scrubber.used_placeholders
 
 
 def luhn_valid(digits: str) -> bool:

@@ -19,6 +19,17 @@ from daemon.privacy import luhn_valid
 BRAND = "Acme"
 BOT_NAME = "Acme Assistant"
 CORRUPTED_TAG = "corrupted"
+# How an agent answer is poisoned (`generate_tickets(corruption=...)`); each one is stopped by its own layer:
+# empty by the filters, pii by scrubbing (and the gate's PII check), wrong_intent, rude and garbled by the gate.
+CORRUPTIONS = ("garbled", "wrong_intent", "rude", "pii", "empty")
+RUDE_ANSWERS = (
+    "That is a stupid question. Figure it out yourself, it is not our problem.",
+    "Honestly this is a waste of our time. Read the website and figure it out yourself.",
+    "Not our problem. Stop sending us stupid questions and figure it out yourself.",
+)
+# Contact details an agent pasted into every answer: the same ones each time, so a model trained on
+# them unscrubbed learns to write them (what the gate's PII check must catch).
+PASTED_CONTACT = "If you need anything else, write to me at dana.whitfield@fastmail.com or call +1 415 555 0134."
 DEFAULT_START_ID = 10000
 _BASE_TIME = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)  # when ticket DEFAULT_START_ID was opened
 
@@ -421,24 +432,32 @@ _BOT_MESSAGES = (
 
 
 def generate_tickets(
-    n: int, *, seed: int = 0, start_id: int = DEFAULT_START_ID, corrupt_fraction: float = 0.0
+    n: int, *, seed: int = 0, start_id: int = DEFAULT_START_ID, corrupt_fraction: float = 0.0,
+    corruption: str | tuple[str, ...] = "garbled",
 ) -> list[dict]:
     """`n` canonical ticket dicts with ids `start_id`, `start_id + 1`, ...
 
     About 5% are unresolved, 3% have no public agent answer and 1% an empty answer body (the shares
     pairs.py skips). `corrupt_fraction` of the resolved, answered tickets get poisoned agent answers
     (another intent's answer, its words shuffled and spelled backwards) and the tag "corrupted": a batch
-    the gate must reject.
+    the gate must reject. `corruption` picks the poison (one of `CORRUPTIONS`, or several taken in
+    turn): garbled as above; wrong_intent, another intent's answer as written; rude, a rude reply;
+    pii, the right answer with `PASTED_CONTACT` appended; empty, an empty answer body.
     """
     if not 0.0 <= corrupt_fraction <= 1.0:
         raise ValueError("corrupt_fraction must be between 0 and 1")
+    kinds_wanted = (corruption,) if isinstance(corruption, str) else tuple(corruption)
+    unknown = [kind for kind in kinds_wanted if kind not in CORRUPTIONS]
+    if unknown or not kinds_wanted:
+        raise ValueError(f"corruption must be among {', '.join(CORRUPTIONS)}, not {unknown or 'nothing'}")
     ticket_ids = [str(start_id + index) for index in range(n)]
     kinds = {ticket_id: _kind(_ticket_rng(seed, ticket_id)) for ticket_id in ticket_ids}
     answerable = [ticket_id for ticket_id in ticket_ids if kinds[ticket_id] == "answered"]
     count = round(corrupt_fraction * len(answerable))
-    corrupted = set(random.Random(f"ticketune-corrupt:{seed}").sample(answerable, count))
+    picked = random.Random(f"ticketune-corrupt:{seed}").sample(answerable, count)
+    poison = {ticket_id: kinds_wanted[index % len(kinds_wanted)] for index, ticket_id in enumerate(sorted(picked))}
     return [
-        _build_ticket(_ticket_rng(seed, ticket_id), ticket_id, corrupt=ticket_id in corrupted)
+        _build_ticket(_ticket_rng(seed, ticket_id), ticket_id, corrupt=poison.get(ticket_id))
         for ticket_id in ticket_ids
     ]
 
@@ -497,7 +516,7 @@ def _kind(rng: random.Random) -> str:
     return "answered"
 
 
-def _build_ticket(rng: random.Random, ticket_id: str, corrupt: bool) -> dict:
+def _build_ticket(rng: random.Random, ticket_id: str, corrupt: str | None) -> dict:
     kind = _kind(rng)
     intent = rng.choice(INTENTS)
     name = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
@@ -532,16 +551,27 @@ def _build_ticket(rng: random.Random, ticket_id: str, corrupt: bool) -> dict:
     elif kind == "unresolved" and rng.random() < 0.5:
         pass  # still waiting for a first answer
     else:
-        if corrupt:
+        if corrupt == "garbled":
             other = rng.choice([i for i in INTENTS if i is not intent])
             answer = _garble(rng, rng.choice(other.answers).format(**slots))
+        elif corrupt == "wrong_intent":
+            other = rng.choice([i for i in INTENTS if i is not intent])
+            answer = _agent_message(rng, rng.choice(other.answers), slots, agent)
+        elif corrupt == "rude":
+            answer = rng.choice(RUDE_ANSWERS)
+        elif corrupt == "empty":
+            answer = rng.choice(("", "   ", "\n"))
         else:
             answer = _agent_message(rng, rng.choice(intent.answers), slots, agent)
+            if corrupt == "pii":
+                answer += "\n\n" + PASTED_CONTACT
         messages.append(message("agent", agent, answer))
-        if rng.random() < 0.3:
+        if rng.random() < 0.3 and corrupt != "empty":
             messages.append(message("customer", name, rng.choice(intent.follow_ups)))
-            if corrupt:
+            if corrupt == "garbled":
                 follow_up = _garble(rng, intent.follow_up_answer.format(**slots))
+            elif corrupt == "rude":
+                follow_up = rng.choice(RUDE_ANSWERS)
             else:
                 follow_up = _agent_message(rng, intent.follow_up_answer, slots, agent, _AGENT_FOLLOW_UP_GREETINGS)
             messages.append(message("agent", agent, follow_up))

@@ -22,6 +22,7 @@ from connectors.kafka import KafkaTicketSource
 from connectors.registry import AdapterRegistry, RegistryError, set_mlflow_http_defaults
 from connectors.serving import PENDING_FILE, ServingNotifier
 from daemon import metrics
+from daemon.champion import ApprovalError, ChampionKeeper
 from daemon.config import LogConfig, Settings
 from daemon.cycle import CycleOutcome, CycleRunner, tag_erased_versions
 from daemon.filters import QualityFilter, tokenizer_json_for
@@ -79,8 +80,15 @@ def build_serving_notifier(settings: Settings, registry: AdapterRegistry) -> Ser
                            settings.store.path.parent / PENDING_FILE)
 
 
-def build_cycle_runner(settings: Settings, store: ExampleStore, registry: AdapterRegistry) -> CycleRunner:
-    return CycleRunner(settings, store, registry, LocalProcessExecutor(python=settings.training.python))
+def build_keeper(settings: Settings, store: ExampleStore, registry: AdapterRegistry) -> ChampionKeeper:
+    """Every champion move (cycle, CLI, admin API, outside) goes through one keeper: audit log and serving."""
+    return ChampionKeeper(store, registry, build_serving_notifier(settings, registry))
+
+
+def build_cycle_runner(settings: Settings, store: ExampleStore, registry: AdapterRegistry,
+                       keeper: ChampionKeeper | None = None) -> CycleRunner:
+    return CycleRunner(settings, store, registry, LocalProcessExecutor(python=settings.training.python),
+                       keeper or build_keeper(settings, store, registry))
 
 
 def build_quality_filter(settings: Settings, store: ExampleStore) -> QualityFilter:
@@ -99,8 +107,9 @@ class Service:
         self.stop = threading.Event()
         self.store = open_store(settings.store)
         self.registry = build_registry(settings)
-        self.cycles = build_cycle_runner(settings, self.store, self.registry)
-        self.serving = build_serving_notifier(settings, self.registry)
+        self.keeper = build_keeper(settings, self.store, self.registry)
+        self.serving = self.keeper.serving
+        self.cycles = build_cycle_runner(settings, self.store, self.registry, self.keeper)
         self.ingest_totals = IngestReport()
         self.ingest_running = False
         self.last_cycle: CycleOutcome | None = None
@@ -133,6 +142,7 @@ class Service:
         self.stop.set()
 
     def startup(self, *, with_scheduler: bool = True, with_ingest: bool = True) -> None:
+        self.reconcile()
         failed = self.store.fail_unfinished_cycles("the service stopped while the cycle ran")
         if failed:
             log.warning("marked %d interrupted cycle(s) as failed", failed)
@@ -143,11 +153,13 @@ class Service:
         self._http = start_http_server(server.host, server.port, Endpoints(
             status=self.status, ready=self.ready, admin_token=token,
             admin_actions={"cycle": self._admin_cycle, "rollback": self._admin_rollback,
-                           "promote": self._admin_promote},
+                           "promote": self._admin_promote, "approve": self._admin_approve},
         ))
         log.info("http on %s:%d (/metrics, /healthz, /readyz)", server.host, self.http_port)
         if with_ingest:
             self._spawn("ingest", self._ingest_forever)
+        if self.settings.registry.poll_seconds > 0:
+            self._spawn("alias-watch", self._watch_alias_forever)
         if with_scheduler:
             self._scheduler = start_scheduler(self.settings.schedule, self._scheduled_cycle)
 
@@ -161,6 +173,29 @@ class Service:
             elif time.monotonic() - last_serving_flush >= self.settings.serving.retry_interval_seconds:
                 last_serving_flush = time.monotonic()
                 self.serving.flush()
+
+    def reconcile(self) -> None:
+        """Settles what a crash left halfway (audit rows, half-registered versions, an interrupted
+        promotion) before any cycle runs; an unreachable registry is retried by the next cycle's own checks."""
+        try:
+            with store_lock(self.store.path, "cycle", wait_seconds=0):
+                self.keeper.reconcile()
+        except LockBusy:
+            log.info("reconcile: another process runs a cycle on this store; it is left to it")
+        except Exception as exc:
+            log.warning("reconcile: the registry could not be checked now (%s); versions left registering "
+                        "stay unpromotable until the next start", exc)
+
+    def _watch_alias_forever(self) -> None:
+        """Polls the champion alias (`registry.poll_seconds`); a move made in the MLflow UI is handled
+        like ticketune's own rollback."""
+        while not self.stop.wait(self.settings.registry.poll_seconds):
+            if self._cycle_lock.locked():
+                continue  # a cycle may be promoting right now; look again after it
+            try:
+                self.keeper.watch_once()
+            except Exception as exc:
+                log.warning("alias watch: %s; trying again in %.0f s", exc, self.settings.registry.poll_seconds)
 
     def upkeep(self) -> None:
         """Retention, erasure tagging and pending serving notifications; failures are retried at the next round."""
@@ -212,7 +247,7 @@ class Service:
                         report = run_ingest(
                             source, parse, self.store, system_prompt=cfg.model.system_prompt, stop=self.stop,
                             on_batch=self._note_ingest_progress, poll_timeout_s=cfg.kafka.poll_timeout_ms / 1000,
-                            quality=quality,
+                            quality=quality, scrub=cfg.privacy.scrub,
                         )
                         log.info("ingest loop ended: %s", report.to_json())
                     finally:
@@ -239,8 +274,6 @@ class Service:
                 outcome = CycleOutcome("", "skipped", reasons=[str(exc)])
             if outcome.verdict != "skipped" or self.last_cycle is None:
                 self.last_cycle = outcome
-            if outcome.verdict == "promoted":
-                self.serving.notify_latest_move()
             self._refresh_gauges(include_registry=True)
             return outcome
 
@@ -256,39 +289,33 @@ class Service:
         return {"started": True, "force": force}
 
     def rollback(self, to_version: str | None, *, reason: str) -> tuple[str | None, str]:
-        previous, current, _ = self._rollback(to_version, reason=reason, actor="operator")
-        return previous, current
+        move = self.keeper.rollback(to_version, reason=reason, actor="operator")
+        return move.previous, move.current
 
-    def _rollback(self, to_version: str | None, *, reason: str, actor: str) -> tuple[str | None, str, dict]:
-        """Moves the alias back, then tells serving; returns (from, to, {serving target: outcome})."""
-        previous, current = self.registry.rollback(to_version, reason=reason, actor=actor)
-        serving = self.serving.rolled_back(current, previous, reason=reason, actor=actor)
-        self._refresh_gauges(include_registry=True)
-        return previous, current, serving
+    def _admin_move(self, body: dict, move) -> dict:
+        try:
+            return move(str(body.get("reason") or "admin API")).to_json()
+        except (RegistryError, ApprovalError) as exc:
+            raise AdminError(409, str(exc)) from None
 
     def _admin_rollback(self, body: dict) -> dict:
-        try:
-            previous, current, serving = self._rollback(
-                body.get("to"), reason=str(body.get("reason", "admin API")), actor="admin"
-            )
-        except RegistryError as exc:
-            raise AdminError(409, str(exc)) from None
-        return {"from": previous, "to": current, "serving": serving}
+        force = bool(body.get("force"))
+        return self._admin_move(body, lambda reason: self.keeper.rollback(
+            body.get("to"), reason=reason, actor="admin", force=force))
 
     def _admin_promote(self, body: dict) -> dict:
         version = body.get("version")
         if not version:
             raise AdminError(400, "promote needs a version")
-        reason, force = str(body.get("reason", "admin API")), bool(body.get("force"))
-        try:
-            previous = self.registry.promote(str(version), reason=reason, force=force, actor="admin")
-        except RegistryError as exc:
-            raise AdminError(409, str(exc)) from None
-        serving = {}
-        if previous != str(version):
-            serving = self.serving.promoted(str(version), previous, reason=reason, actor="admin", forced=force)
-        self._refresh_gauges(include_registry=True)
-        return {"from": previous, "to": str(version), "serving": serving}
+        force = bool(body.get("force"))
+        return self._admin_move(body, lambda reason: self.keeper.promote(
+            str(version), reason=reason, actor="admin", force=force))
+
+    def _admin_approve(self, body: dict) -> dict:
+        version = body.get("version")
+        if not version:
+            raise AdminError(400, "approve needs a version")
+        return self._admin_move(body, lambda reason: self.keeper.approve(str(version), reason=reason, actor="admin"))
 
     # status ------------------------------------------------------------------------------
     def _refresh_gauges(self, include_registry: bool = False) -> None:

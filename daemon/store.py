@@ -108,6 +108,12 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE cycles ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
         "ALTER TABLE cycles ADD COLUMN retryable INTEGER NOT NULL DEFAULT 0",
     ],
+    [
+        "CREATE TABLE IF NOT EXISTS champion_moves (id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL,"
+        " action TEXT NOT NULL, version TEXT, previous TEXT, actor TEXT NOT NULL, reason TEXT NOT NULL,"
+        " forced INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'abandoned')),"
+        " ended_at TEXT)",
+    ],
 ]
 MIN_VALIDATION_EXAMPLES = 8  # fewer make a validation loss too noisy to stop on
 
@@ -748,6 +754,56 @@ class ExampleStore:
             item["metrics"] = json.loads(item.pop("metrics_json") or "{}")
             result.append(item)
         return result
+
+    def unfinished_cycles(self) -> list[str]:
+        """Cycles a crash left without an end (before `fail_unfinished_cycles` marks them)."""
+        return [r[0] for r in self._db.execute("SELECT cycle_id FROM cycles WHERE ended_at IS NULL")]
+
+    def batch_of_version(self, model_version: str) -> dict | None:
+        """The batch closed with `model_version`: the store's half of a registered candidate."""
+        row = self._db.execute(
+            "SELECT id, cycle_id, snapshot_id, state FROM batches WHERE model_version = ? ORDER BY id DESC LIMIT 1",
+            (str(model_version),),
+        ).fetchone()
+        return dict(row) if row else None
+
+    # champion moves (the audit log) ---------------------------------------------------------
+    def begin_move(self, action: str, version: str | None, previous: str | None, *, actor: str, reason: str,
+                   forced: bool = False, state: str = "pending") -> int:
+        """Records an alias move before it is made (`pending`), so that a watcher never mistakes it
+        for an outside move and a crash halfway is visible; `end_move` settles it."""
+        with self._write() as db:
+            return db.execute(
+                "INSERT INTO champion_moves (at, action, version, previous, actor, reason, forced, state, ended_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (_now(), action, version, previous, actor, reason, int(forced), state,
+                 None if state == "pending" else _now()),
+            ).lastrowid
+
+    def end_move(self, move_id: int, state: str) -> None:
+        if state not in ("done", "abandoned"):
+            raise ValueError(f"a move ends done or abandoned, not {state!r}")
+        with self._write() as db:
+            db.execute("UPDATE champion_moves SET state = ?, ended_at = ? WHERE id = ?", (state, _now(), move_id))
+
+    def pending_moves(self) -> list[dict]:
+        rows = self._db.execute("SELECT * FROM champion_moves WHERE state = 'pending' ORDER BY id").fetchall()
+        return [dict(r) for r in rows]
+
+    def known_champion(self) -> tuple[bool, str | None]:
+        """(whether any move was recorded, the champion the last completed move left)."""
+        row = self._db.execute(
+            "SELECT version FROM champion_moves WHERE state = 'done' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return (row is not None, row["version"] if row else None)
+
+    def champion_moves(self, limit: int = 100) -> list[dict]:
+        """The audit log of alias moves, newest first."""
+        rows = self._db.execute(
+            "SELECT id, at, action, version, previous, actor, reason, forced, state FROM champion_moves"
+            " ORDER BY id DESC LIMIT ?", (limit,),
+        ).fetchall()
+        return [dict(r) | {"forced": bool(r["forced"])} for r in rows]
 
     def fail_unfinished_cycles(self, reason: str) -> int:
         """Marks cycles that a crash left without an end as failed, and retryable (run at service start)."""

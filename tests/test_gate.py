@@ -17,6 +17,7 @@ from daemon.gate import (
     judge,
     paired_losses,
 )
+from daemon.golden import GoldenSet
 
 
 def synthetic(n: int, effect: float, seed: int, noise: float = 0.05, spread: float = 1.0) -> PairedLosses:
@@ -204,3 +205,171 @@ def test_inputs_are_read_from_the_worker_result_against_champion_or_base():
     assert first.paired.losses()[1] == pytest.approx(39 / 12)
     verdict = judge(first, GateConfig(min_eval_examples=1))
     assert json.loads(json.dumps(verdict.to_dict()))["checks"][1]["details"]["examples"] == 2
+
+
+# forgetting guard, behaviour (golden prompts) and servability ------------------------------------
+GOLDEN = GoldenSet.model_validate({"prompts": [
+    {"id": "refund", "prompt": "I was charged twice for order 1182.", "must_contain": ["refund"],
+     "must_not_contain": ["stupid question"], "regex": [r"(?i)\brefund(ed)?\b"], "must_not_match": [r"\$\d{4,}"]},
+    {"id": "login", "prompt": "I cannot log in."},
+]})
+GOOD = {"refund": "Hi <CUSTOMER_FIRST_NAME>, I have refunded order 1182 in full. Best, <AGENT_NAME>",
+        "login": "Hi <CUSTOMER_FIRST_NAME>, I have sent a new reset link to your account email."}
+
+
+def probe_of(answers: dict[str, str], status: str = "ok", error: str | None = None) -> dict:
+    return {"status": status, "error": error, "load_seconds": 0.2, "seconds": 1.0,
+            "answers": {"candidate": [{"id": i, "text": t, "new_tokens": len(t.split())} for i, t in answers.items()],
+                        "champion": [{"id": i, "text": "older answer", "new_tokens": 2} for i in answers]}}
+
+
+def behaviour_inputs(answers: dict[str, str] | None = None, general=None, probe: dict | None = None,
+                     golden: GoldenSet | None = GOLDEN) -> GateInputs:
+    if probe is None:
+        probe = probe_of(GOOD if answers is None else answers)
+    return GateInputs(60, 1.0, 2.0, "base", general=general, probe=probe, golden=golden)
+
+
+def test_forgetting_passes_within_the_allowed_increase_and_fails_past_it_with_both_losses():
+    cfg = GateConfig(min_eval_examples=1, max_general_loss_increase=0.10)
+    ok = check(judge(behaviour_inputs(general=(4.3, 4.0)), cfg), "forgetting")
+    assert ok.status == "pass" and "candidate 4.3000 vs base 4.0000" in ok.message and "+7.5%" in ok.message
+    failed = judge(behaviour_inputs(general=(4.5, 4.0)), cfg)
+    forgetting = check(failed, "forgetting")
+    assert not failed.passed and forgetting.status == "fail"
+    assert "+12.5%" in forgetting.message and "+10.0% allowed (bound 4.4000)" in forgetting.message
+    assert forgetting.details["increase"] == pytest.approx(0.125) and forgetting.details["bound"] == pytest.approx(4.4)
+    assert judge(behaviour_inputs(general=(4.5, 4.0)), GateConfig(min_eval_examples=1,
+                                                                   max_general_loss_increase=0.2)).passed
+
+
+def test_forgetting_is_off_when_switched_off_or_without_a_general_eval():
+    off = check(judge(behaviour_inputs(general=(9.0, 4.0)), GateConfig(min_eval_examples=1,
+                                                                       max_general_loss_increase=None)), "forgetting")
+    assert off.status == "off" and "max_general_loss_increase: null" in off.message
+    missing = check(judge(behaviour_inputs(general=None), GateConfig(min_eval_examples=1)), "forgetting")
+    assert missing.status == "off" and "no general-text loss" in missing.message
+
+
+def test_good_answers_pass_behaviour_and_servable():
+    verdict = judge(behaviour_inputs(), GateConfig(min_eval_examples=1))
+    behaviour = check(verdict, "behaviour")
+    assert behaviour.status == "pass" and behaviour.message.startswith("2 golden prompts answered, all meet")
+    assert [row["status"] for row in behaviour.details["prompts"]] == ["pass", "pass"]
+    servable = check(verdict, "servable")
+    assert servable.status == "pass" and "generated 24 tokens for 2 prompts" in servable.message
+    assert verdict.passed
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("   \n ", "empty"),
+        ("We refund it. " + "refund refund refund " * 20, "repetition 0.9"),
+        ("Your refund is done, write to ana.ruiz@example.com with questions.", "personal data: email"),
+        ("Your refund is done, call me on (415) 555-0134 with questions.", "personal data: phone"),
+        ("Refund sent to card 4111 1111 1111 1111 today.", "personal data: card number"),
+        ("Refund sent, <CUSTOMER_FIRST_NAME>; the receipt went to <CUSTOMER_EMAIL>.", "unfillable placeholder "
+                                                                                       "<CUSTOMER_EMAIL>"),
+        ("Order 1182 is sorted, <CUSTOMER_FIRST_NAME>.", "must_contain 'refund'"),
+        ("That is a stupid question, your refund is done.", "must_not_contain 'stupid question'"),
+        ("The refunds are done.", "regex 0"),
+        ("Your refund of $12000 is done.", "must_not_match 0"),
+    ],
+    ids=["empty", "repetition", "email", "phone", "card", "placeholder", "must_contain", "must_not_contain",
+         "regex", "must_not_match"],
+)
+def test_each_failed_expectation_fails_behaviour_naming_the_prompt_but_not_the_answer(answer: str, expected: str):
+    verdict = judge(behaviour_inputs({**GOOD, "refund": answer}), GateConfig(min_eval_examples=1))
+    behaviour = check(verdict, "behaviour")
+    assert not verdict.passed and behaviour.status == "fail"
+    assert behaviour.message.startswith("1 of 2 golden prompts fail: refund (") and expected in behaviour.message
+    row = behaviour.details["prompts"][0]
+    assert row["id"] == "refund" and row["status"] == "fail" and any(expected in f for f in row["failed"])
+    assert behaviour.details["prompts"][1] == {**behaviour.details["prompts"][1], "id": "login", "status": "pass"}
+    tag = json.dumps(verdict.to_dict())
+    for secret in ("ana.ruiz@example.com", "555-0134", "4111 1111 1111 1111"):
+        assert secret not in tag and secret not in " ".join(verdict.reasons)
+    if answer.strip():
+        assert answer.strip()[:40] not in behaviour.message
+
+
+def test_the_scrubbed_answer_in_the_details_keeps_the_placeholder_not_the_data():
+    behaviour = check(judge(behaviour_inputs({**GOOD, "login": "Mail ana.ruiz@example.com please."}),
+                            GateConfig(min_eval_examples=1)), "behaviour")
+    row = next(r for r in behaviour.details["prompts"] if r["id"] == "login")
+    assert row["answer"] == "Mail <EMAIL> please." and row["failed"] == ["personal data: email"]
+
+
+def test_a_prompt_the_probe_did_not_answer_fails():
+    behaviour = check(judge(behaviour_inputs({"refund": GOOD["refund"]}), GateConfig(min_eval_examples=1)),
+                      "behaviour")
+    assert behaviour.status == "fail" and "login (not answered by the probe)" in behaviour.message
+
+
+def test_demo_profile_reports_the_relaxed_expectations_without_failing_on_them():
+    rough = {"refund": "Hi <CUSTOMER_FIRST_NAME>, " + "the order " * 12 + "is.",
+             "login": GOOD["login"]}
+    standard = check(judge(behaviour_inputs(rough), GateConfig(min_eval_examples=1)), "behaviour")
+    assert standard.status == "fail" and "must_contain 'refund'" in standard.message
+    assert "repetition 0.8" in standard.message
+    demo = check(judge(behaviour_inputs(rough), GateConfig(min_eval_examples=1, profile="demo")), "behaviour")
+    assert demo.status == "pass"
+    assert "profile demo: repetition, must_contain, regex reported, not judged" in demo.message
+    row = demo.details["prompts"][0] if demo.details["prompts"][0]["id"] == "refund" else demo.details["prompts"][1]
+    assert row["failed"] == [] and any(a.startswith("must_contain") for a in row["advisory"])
+    rude = {**rough, "refund": "That is a stupid question, mail ana.ruiz@example.com."}
+    demo_rude = check(judge(behaviour_inputs(rude), GateConfig(min_eval_examples=1, profile="demo")), "behaviour")
+    assert demo_rude.status == "fail" and "must_not_contain 'stupid question'" in demo_rude.message
+    assert "personal data: email" in demo_rude.message and "profile demo" in demo_rude.message
+
+
+def test_behaviour_and_servable_are_off_when_switched_off_or_without_a_probe_or_golden_set():
+    cfg = GateConfig(min_eval_examples=1)
+    off = judge(behaviour_inputs(), GateConfig(min_eval_examples=1, check_behaviour=False, check_servable=False))
+    assert "off behaviour: switched off (gate.check_behaviour: false)" in off.reasons
+    assert "off servable: switched off (gate.check_servable: false)" in off.reasons
+    no_golden = check(judge(behaviour_inputs(golden=None), cfg), "behaviour")
+    assert no_golden.status == "off" and "no golden prompts" in no_golden.message
+    for probe in ({"status": "off"}, None):
+        verdict = judge(GateInputs(60, 1.0, 2.0, "base", probe=probe, golden=GOLDEN), cfg)
+        assert check(verdict, "behaviour").status == "off" and check(verdict, "servable").status == "off"
+        assert "ran no probe" in check(verdict, "servable").message
+
+
+def test_a_failed_probe_fails_servable_and_behaviour_with_its_error():
+    probe = {"status": "failed", "error": "RuntimeError: size mismatch for lora_A", "answers": {}}
+    verdict = judge(behaviour_inputs(probe=probe), GateConfig(min_eval_examples=1))
+    assert not verdict.passed
+    servable = check(verdict, "servable")
+    assert servable.status == "fail" and "size mismatch for lora_A" in servable.message
+    assert check(verdict, "behaviour").status == "fail" and "the probe failed" in check(verdict, "behaviour").message
+    silent = probe_of({"refund": "", "login": ""})
+    assert check(judge(behaviour_inputs(probe=silent), GateConfig(min_eval_examples=1)), "servable").message \
+        == "the adapter loaded but generated no token for any of 2 prompts"
+
+
+def test_general_losses_and_the_probe_are_read_from_the_worker_result():
+    result = {"eval": {"trusted": {"candidate": {"loss": 1.0, "examples": 3}, "base": {"loss": 2.0, "examples": 3}},
+                       "general": {"candidate": {"loss": 4.4, "examples": 8}, "champion": {"loss": 4.1},
+                                   "base": {"loss": 4.0, "examples": 8}}},
+              "probe": probe_of(GOOD)}
+    inputs = inputs_from_result(result, has_champion=True, golden=GOLDEN)
+    assert inputs.general == (4.4, 4.0) and inputs.probe["status"] == "ok" and inputs.golden is GOLDEN
+    verdict = judge(inputs, GateConfig(min_eval_examples=1, max_general_loss_increase=0.05))
+    assert check(verdict, "forgetting").status == "fail" and check(verdict, "behaviour").status == "pass"
+    bare = inputs_from_result({"eval": {"trusted": {}}}, has_champion=False)
+    assert bare.general is None and bare.probe is None and bare.golden is None
+
+
+def test_the_gate_tag_stays_under_the_limit_with_many_failing_prompts_keeping_the_failures():
+    golden = GoldenSet.model_validate({"prompts": [{"id": f"p{i:03d}", "prompt": "Where is my order?",
+                                                    "must_contain": ["delivered"]} for i in range(60)]})
+    answers = {f"p{i:03d}": ("Delivered." if i % 2 else "word " * 200) for i in range(60)}
+    verdict = judge(behaviour_inputs(answers, golden=golden), GateConfig(min_eval_examples=1))
+    tag = json.loads(json.dumps(verdict.to_dict()))
+    assert len(json.dumps(tag)) <= MAX_TAG_CHARS
+    details = next(c for c in tag["checks"] if c["name"] == "behaviour")["details"]
+    assert details["prompts"][0]["status"] == "fail" and len(details["prompts"]) + details["prompts_omitted"] == 60
+    assert "30 of 60 golden prompts fail" in check(verdict, "behaviour").message and "25 more" in \
+        check(verdict, "behaviour").message

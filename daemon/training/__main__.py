@@ -1,4 +1,5 @@
-"""Command line of the training worker: `python -m daemon.training make-base-model DIR | train --spec SPEC`.
+"""Command line of the training worker: `python -m daemon.training make-base-model DIR | train --spec SPEC |
+export-merged ... | probe ...`.
 
 `train` always leaves `output_dir/result.json` (written atomically, by rank 0 under torchrun) when the
 spec names an output_dir: status ok and exit 0; status failed with a one-sentence error and exit 2
@@ -34,7 +35,8 @@ log = logging.getLogger("daemon.training")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m daemon.training", description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split())
+    parser = argparse.ArgumentParser(prog="python -m daemon.training", description=summary)
     verbs = parser.add_subparsers(dest="verb", required=True)
     base = verbs.add_parser("make-base-model", help="build the tiny demo base model and tokenizer into DIR")
     base.add_argument("dir", type=Path)
@@ -47,6 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     merged.add_argument("--revision", default=None)
     merged.add_argument("--adapter", type=Path, required=True, help="an adapter directory the worker saved")
     merged.add_argument("--out", type=Path, required=True)
+    probe = verbs.add_parser("probe", help="load base + adapter as a server would and answer prompts greedily")
+    probe.add_argument("--base", required=True, help="the base model directory or hub id")
+    probe.add_argument("--revision", default=None)
+    probe.add_argument("--adapter", type=Path, required=True, help="the adapter directory to probe")
+    probe.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
+                       help="another adapter to answer the same prompts (repeatable), e.g. champion=DIR")
+    probe.add_argument("--prompts", type=Path, required=True, help="JSON list of {id, messages}")
+    probe.add_argument("--out", type=Path, required=True, help="where to write the probe's JSON")
+    probe.add_argument("--max-new-tokens", type=int, default=96)
+    probe.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
@@ -64,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.verb == "export-merged":
         return export_command(args.base, args.revision, args.adapter, args.out)
+    if args.verb == "probe":
+        from daemon.training.probe import probe_command
+
+        compare = dict(item.split("=", 1) for item in args.compare if "=" in item)
+        if len(compare) != len(args.compare) or args.max_new_tokens < 1:
+            parser.error("--compare takes NAME=DIR and --max-new-tokens 1 or more")
+        return probe_command(args.base, args.revision, args.adapter, {k: Path(v) for k, v in compare.items()},
+                             args.prompts, args.out, args.max_new_tokens, args.device)
     return train_command(args.spec)
 
 

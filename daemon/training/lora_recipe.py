@@ -8,7 +8,9 @@ for every token (Liger's fused kernel on CUDA when installed, chunked elsewhere)
 checkpointing, bf16 on CUDA, fused AdamW, regional torch.compile; warmup then a cosine/linear/constant
 LR schedule; early stop on a validation slice of the new batch, restoring the best weights;
 `max_minutes`/`max_tokens` budgets; checkpoints every N steps and on SIGTERM, resumed when the same
-cycle and snapshot are retried; data parallelism across GPUs under torchrun.
+cycle and snapshot are retried; data parallelism across GPUs under torchrun. For the gate: general
+text scored as the eval set "general" (plain LM loss: the forgetting guard), and after saving, the
+probe (`probe.py`) in a fresh process answering the golden prompts (servability and behaviour).
 Assumes: a fast tokenizer with a chat template; the base fits on each GPU (QLoRA for the ones that
 would not); prompt tuning trains on padded batches (its virtual tokens lead every row).
 
@@ -20,11 +22,15 @@ steps; `train.final_loss` is the token-weighted loss over the last epoch's worth
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
 import math
+import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -41,18 +47,28 @@ from daemon.adapter_methods import describe
 from daemon.config import TrainingConfig
 from daemon.training.adapters import attach_adapter, load_base, saved_method
 from daemon.training.attention import register_packed_attention
-from daemon.training.chat_examples import TokenizedExample, TokenizedSet, length_grouped_batches, tokenize_file
+from daemon.training.chat_examples import (
+    IGNORE_INDEX,
+    TokenizedExample,
+    TokenizedSet,
+    length_grouped_batches,
+    tokenize_file,
+)
 from daemon.training.checkpoints import Checkpointer, fingerprint, load_trainable_state, trainable_state
 from daemon.training.distributed import World, close_world, init_world, sum_gradients, sum_values
 from daemon.training.losses import token_loss_sums
 from daemon.training.packing import PackedBatch, best_fit_rows, collate_packed, collate_padded
 from daemon.training.progress import ProgressReporter
-from daemon.training.spec import SpecError, TrainSpec
+from daemon.training.spec import GENERAL_EVAL_NAME, SpecError, TrainSpec
 
 CANDIDATE = "default"  # peft's name for the adapter being trained
 MAX_GRAD_NORM = 1.0
 VALIDATIONS_PER_RUN = 10
 PEFT_TYPES = {"lora": "LORA", "dora": "LORA", "ia3": "IA3", "prompt_tuning": "PROMPT_TUNING"}
+GENERAL_WINDOW_TOKENS = 512  # general text is scored in windows of at most this many tokens (and max_seq_len)
+# torchrun's variables: a probe started from rank 0 must not try to join the training's process group
+_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                       "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_WORLD_SIZE", "ROLE_NAME")
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +124,9 @@ def _run(
         )
     validation = tokenize_file(spec.validation_file, tokenizer, max_seq_len) if spec.validation_file else None
     eval_sets = {name: tokenize_file(path, tokenizer, max_seq_len) for name, path in spec.eval_files.items()}
+    if spec.general_text_file is not None:
+        window = min(max_seq_len, GENERAL_WINDOW_TOKENS)
+        eval_sets[GENERAL_EVAL_NAME] = tokenize_general_text(spec.general_text_file, tokenizer, window)
 
     model = prepare_model(spec, runtime)
     log.info(
@@ -150,6 +169,11 @@ def _run(
         return None
     adapter_dir = spec.output_dir / "adapter"
     save_adapter(model, tokenizer, spec, adapter_dir)
+    del model  # the probe loads its own copy of the base: the training one must not hold memory meanwhile
+    gc.collect()
+    if runtime.device.type == "cuda":
+        torch.cuda.empty_cache()
+    probe = probe_adapter(spec, adapter_dir)
     return {
         "status": "ok",
         "error": None,
@@ -161,6 +185,7 @@ def _run(
         "world_size": runtime.world.size,
         "train": train,
         "eval": evaluation,
+        "probe": probe,
         "seconds": round(time.perf_counter() - started, 2),
         "versions": versions(),
     }
@@ -565,6 +590,80 @@ def evaluate_all(
         with model.disable_adapter():
             evaluate_into("base", model, packing)
     return results
+
+
+def tokenize_general_text(path: Path, tokenizer: PreTrainedTokenizerBase, window: int) -> TokenizedSet:
+    """Plain text as eval examples (ticket ids "general-0000", ...): paragraphs (blank-line separated)
+    packed into windows of at most `window` tokens, each opened by the bos token when there is one, and
+    every token a label: the plain language-model loss, no chat template."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"general_text_file {path} is not readable UTF-8 text ({exc}); fix or replace it") from None
+    opener = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    room = window - len(opener)
+    paragraphs = [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
+    windows: list[list[int]] = []
+    current: list[int] = []
+    for number, paragraph in enumerate(paragraphs):
+        ids = tokenizer(("\n\n" if number else "") + paragraph, add_special_tokens=False)["input_ids"]
+        if current and len(current) + len(ids) > room:
+            windows.append(current)
+            current = []
+        for start in range(0, len(ids), room):  # a paragraph longer than a window is split
+            piece = ids[start : start + room]
+            if current and len(current) + len(piece) > room:
+                windows.append(current)
+                current = []
+            current = current + piece
+    if current:
+        windows.append(current)
+    examples = [
+        TokenizedExample(f"general-{index:04d}", opener + ids, [IGNORE_INDEX] * len(opener) + ids)
+        for index, ids in enumerate(windows)
+        if len(ids) > 1
+    ]
+    if not examples:
+        raise SpecError(f"general_text_file {path} has no text to score; point gate.general_text at a text file")
+    return TokenizedSet(examples, dropped=0, truncated=0)
+
+
+def probe_adapter(spec: TrainSpec, adapter_dir: Path) -> dict[str, Any]:
+    """Runs `python -m daemon.training probe` on the saved adapter in a fresh process (as a server would
+    load it) and returns its JSON; a probe that crashes or times out is a failed probe, never a failed run."""
+    if not spec.probe:
+        return {"status": "off"}
+    started = time.perf_counter()
+    prompts_file, out_file = spec.output_dir / "probe_prompts.json", spec.output_dir / "probe.json"
+    prompts_file.write_text(json.dumps(spec.golden_prompts), encoding="utf-8")
+    out_file.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "daemon.training", "probe", "--base", spec.base_model,
+               "--adapter", str(adapter_dir), "--prompts", str(prompts_file), "--out", str(out_file),
+               "--max-new-tokens", str(spec.probe_max_new_tokens), "--device", spec.training.device]
+    if spec.base_revision:
+        command += ["--revision", spec.base_revision]
+    for label, directory in spec.compare_adapters.items():
+        command += ["--compare", f"{label}={directory}"]
+    env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_VARIABLES and not k.startswith("TORCHELASTIC")}
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    log.info("probe started prompts=%d compare=%s", len(spec.golden_prompts), ",".join(spec.compare_adapters))
+    try:
+        completed = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, timeout=spec.probe_timeout_seconds,
+                                   check=False)
+    except subprocess.TimeoutExpired:
+        probe = {"status": "failed", "error": f"the probe did not finish within {spec.probe_timeout_seconds} s"}
+    except OSError as exc:
+        probe = {"status": "failed", "error": f"the probe could not start ({exc})"}
+    else:
+        try:
+            probe = json.loads(out_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            probe = {"status": "failed",
+                     "error": f"the probe exited with code {completed.returncode} and wrote no result"}
+    probe["wall_seconds"] = round(time.perf_counter() - started, 2)
+    log.info("probe done status=%s wall_seconds=%s", probe.get("status"), probe["wall_seconds"])
+    return probe
 
 
 def save_adapter(

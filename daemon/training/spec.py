@@ -16,6 +16,9 @@ from pydantic import BaseModel, ValidationError
 from daemon.config import AdapterConfig, TrainingConfig
 
 RESERVED_EVAL_NAMES = ("candidate", "base")
+GENERAL_EVAL_NAME = "general"  # the eval set made from general_text_file (the forgetting guard)
+DEFAULT_PROBE_TOKENS = 96
+DEFAULT_PROBE_TIMEOUT = 900  # seconds; a probe that runs longer is killed and reported failed
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
@@ -40,6 +43,11 @@ class TrainSpec:
     validation_file: Path | None = None
     checkpoint_dir: Path | None = None
     progress_file: Path | None = None
+    general_text_file: Path | None = None  # plain text scored as the eval set "general", every token a label
+    golden_prompts: list[dict[str, Any]] = field(default_factory=list)  # [{id, messages[, max_new_tokens]}]
+    probe: bool = False  # answer golden_prompts in a fresh process after saving the adapter
+    probe_max_new_tokens: int = DEFAULT_PROBE_TOKENS
+    probe_timeout_seconds: int = DEFAULT_PROBE_TIMEOUT
 
 
 def load_spec_json(path: Path) -> dict[str, Any]:
@@ -71,6 +79,8 @@ def parse_spec(raw: dict[str, Any]) -> TrainSpec:
     validation = _get(raw, "validation_file", str, None)
     checkpoints = _get(raw, "checkpoint_dir", str, None)
     progress = _get(raw, "progress_file", str, None)
+    general = _get(raw, "general_text_file", str, None)
+    probe = _probe(raw)
     spec = TrainSpec(
         cycle_id=_required_str(raw, "cycle_id"),
         snapshot_id=_get(raw, "snapshot_id", str, ""),
@@ -87,11 +97,49 @@ def parse_spec(raw: dict[str, Any]) -> TrainSpec:
         validation_file=None if validation is None else _existing_file(validation, "validation_file"),
         checkpoint_dir=None if checkpoints is None else Path(checkpoints),
         progress_file=Path(progress) if progress else output_dir / "progress.json",
+        general_text_file=None if general is None else _existing_file(general, "general_text_file"),
+        golden_prompts=_golden_prompts(raw),
+        probe=bool(probe.get("enabled", False)),
+        probe_max_new_tokens=probe.get("max_new_tokens") or DEFAULT_PROBE_TOKENS,
+        probe_timeout_seconds=probe.get("timeout_seconds") or DEFAULT_PROBE_TIMEOUT,
     )
     for name in spec.compare_adapters:
         if name in RESERVED_EVAL_NAMES:
             raise SpecError(f"compare_adapters may not use the reserved name {name!r}; rename it")
+    if spec.probe and not spec.golden_prompts:
+        raise SpecError("spec field probe.enabled needs golden_prompts to answer; pass them or disable the probe")
+    if spec.general_text_file is not None and GENERAL_EVAL_NAME in spec.eval_files:
+        raise SpecError(f"eval_files may not use the name {GENERAL_EVAL_NAME!r} with general_text_file; rename it")
     return spec
+
+
+def _probe(raw: dict[str, Any]) -> dict[str, Any]:
+    probe = _section(raw, "probe")
+    enabled = probe.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise SpecError(f"spec field probe.enabled must be true or false, got {enabled!r}")
+    for key in ("max_new_tokens", "timeout_seconds"):
+        value = probe.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise SpecError(f"spec field probe.{key} must be an integer of 1 or more, got {value!r}")
+    return probe
+
+
+def _golden_prompts(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    prompts = raw.get("golden_prompts") or []
+    if not isinstance(prompts, list):
+        raise SpecError("spec field golden_prompts must be a list of {id, messages} objects")
+    for index, prompt in enumerate(prompts):
+        where = f"spec field golden_prompts.{index}"
+        if not isinstance(prompt, dict) or not isinstance(prompt.get("id"), str):
+            raise SpecError(f"{where} must be an object with a string id")
+        messages = prompt.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            raise SpecError(f"{where}.messages must be a non-empty list of {{role, content}} objects")
+    return prompts
 
 
 def _validated(model: type[_Model], values: dict[str, Any], section: str) -> _Model:
