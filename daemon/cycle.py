@@ -163,7 +163,7 @@ def golden_rows(result: dict, verdict: Verdict, golden: GoldenSet) -> list[dict]
             "candidate": by_model.get("candidate", {}).get(prompt.id, ""),
             "champion": by_model.get("champion", {}).get(prompt.id),
             "status": found.get("status", "off"),
-            "failures": list(found.get("failures", [])),
+            "failures": list(found.get("failed", [])) + [f"{name} (advisory)" for name in found.get("advisory", [])],
         })
     return rows
 

@@ -41,6 +41,7 @@ PLACEHOLDERS: dict[str, str] = {
 FILLABLE_PLACEHOLDERS = frozenset({
     "<CUSTOMER_NAME>", "<CUSTOMER_FIRST_NAME>", "<CUSTOMER_LAST_NAME>",
     "<AGENT_NAME>", "<AGENT_FIRST_NAME>", "<AGENT_LAST_NAME>",
+    "<CUSTOMER_EMAIL>", "<CUSTOMER_PHONE>", "<AGENT_EMAIL>",  # the ticket's own people: a support UI knows them
 })
 
 DEFAULT_PHONE_REGION = "US"

@@ -29,7 +29,7 @@ RUDE_ANSWERS = (
 )
 # Contact details an agent pasted into every answer: the same ones each time, so a model trained on
 # them unscrubbed learns to write them (what the gate's PII check must catch).
-PASTED_CONTACT = "If you need anything else, write to me at dana.whitfield@fastmail.com or call +1 415 555 0134."
+PASTED_CONTACT = "If you need anything else, write to me at dana@mail.com or call +1 415 555 0134."
 DEFAULT_START_ID = 10000
 _BASE_TIME = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)  # when ticket DEFAULT_START_ID was opened
 
@@ -442,7 +442,7 @@ def generate_tickets(
     (another intent's answer, its words shuffled and spelled backwards) and the tag "corrupted": a batch
     the gate must reject. `corruption` picks the poison (one of `CORRUPTIONS`, or several taken in
     turn): garbled as above; wrong_intent, another intent's answer as written; rude, a rude reply;
-    pii, the right answer with `PASTED_CONTACT` appended; empty, an empty answer body.
+    pii, the right answer with `PASTED_CONTACT` under its greeting; empty, an empty answer body.
     """
     if not 0.0 <= corrupt_fraction <= 1.0:
         raise ValueError("corrupt_fraction must be between 0 and 1")
@@ -563,8 +563,9 @@ def _build_ticket(rng: random.Random, ticket_id: str, corrupt: str | None) -> di
             answer = rng.choice(("", "   ", "\n"))
         else:
             answer = _agent_message(rng, rng.choice(intent.answers), slots, agent)
-            if corrupt == "pii":
-                answer += "\n\n" + PASTED_CONTACT
+            if corrupt == "pii":  # pasted right under the greeting, as a direct line to the agent
+                greeting, _, rest = answer.partition("\n\n")
+                answer = f"{greeting}\n\n{PASTED_CONTACT}\n\n{rest}"
         messages.append(message("agent", agent, answer))
         if rng.random() < 0.3 and corrupt != "empty":
             messages.append(message("customer", name, rng.choice(intent.follow_ups)))

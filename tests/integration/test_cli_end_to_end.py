@@ -42,7 +42,7 @@ def test_produce_ingest_cycle_history_status_promote_and_rollback(
         "training": {"epochs": 6, "learning_rate": 0.01, "max_seq_len": 384, "row_tokens": 1024,
                      "work_dir": "./cycles"},
         "schedule": {"min_new_examples": 30},
-        "gate": {"min_eval_examples": 5},
+        "gate": {"min_eval_examples": 5, "profile": "demo"},
         "registry": {"tracking_uri": mlflow_server_uri, "model_name": f"cli-e2e-{topic}"},
     }))
 

@@ -37,6 +37,7 @@ def setup(tmp_path, tiny_model_dir, mlflow_sqlite_uri):
         "TICKETUNE_TRAINING__ROW_TOKENS": "1024",
         "TICKETUNE_SCHEDULE__MIN_NEW_EXAMPLES": "40",
         "TICKETUNE_GATE__MIN_EVAL_EXAMPLES": "8",
+        "TICKETUNE_GATE__PROFILE": "demo",
     }
     settings = load_settings(environ=env)
     store = ExampleStore(settings.store.path, settings.store.eval_fraction)

@@ -121,6 +121,7 @@ def parts(tmp_path):
         "TICKETUNE_TRAINING__VALIDATION_FRACTION": "0.2",
         "TICKETUNE_SCHEDULE__MIN_NEW_EXAMPLES": "40",
         "TICKETUNE_GATE__MIN_EVAL_EXAMPLES": "8",
+        "TICKETUNE_GATE__PROFILE": "demo",
     })
     store = ExampleStore(settings.store.path, settings.store.eval_fraction)
     store.apply(examples(90, seed=1, start_id=1000))
@@ -281,6 +282,7 @@ def test_a_killed_worker_fails_the_cycle_and_the_retry_resumes_from_its_checkpoi
         "TICKETUNE_TRAINING__EVAL_EVERY_STEPS": "6",
         "TICKETUNE_SCHEDULE__MIN_NEW_EXAMPLES": "40",
         "TICKETUNE_GATE__MIN_EVAL_EXAMPLES": "8",
+        "TICKETUNE_GATE__PROFILE": "demo",
     })
     store = ExampleStore(settings.store.path, settings.store.eval_fraction)
     store.apply(examples(90, seed=1, start_id=1000))

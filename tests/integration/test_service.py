@@ -45,7 +45,7 @@ def test_run_ingests_trains_on_schedule_reports_metrics_and_stops_gracefully(
         "training": {"epochs": 2, "learning_rate": 0.01, "max_seq_len": 256, "row_tokens": 1024,
                      "work_dir": "./cycles"},
         "schedule": {"interval_minutes": 0.1, "min_new_examples": 40, "misfire_grace_seconds": 30},
-        "gate": {"min_eval_examples": 5},
+        "gate": {"min_eval_examples": 5, "profile": "demo"},
         "registry": {"tracking_uri": mlflow_sqlite_uri},
         "server": {"host": "127.0.0.1", "port": port, "admin_token": "t0ken"},
     }))
