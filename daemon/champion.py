@@ -126,6 +126,8 @@ class ChampionKeeper:
         with self._lock:
             tags = self.registry.get_version_tags(version)
             verdict = tags.get(TAG_VERDICT)
+            if verdict == PROMOTED and tags.get("ticketune.approved_by"):  # approved before (a repeat, or a crash
+                return self.promote(version, reason=reason, actor=actor, action="approve")  # before the move)
             if verdict != AWAITING_APPROVAL:
                 raise ApprovalError(
                     f"version {version} is {verdict or 'not judged'}, not awaiting approval; "
@@ -143,6 +145,8 @@ class ChampionKeeper:
     def rollback(self, to_version: str | None = None, *, reason: str, actor: str, force: bool = False) -> Move:
         """Moves the champion back to the previous champion, or to `to_version`."""
         with self._lock:
+            if to_version is not None and self.registry.champion_version() == str(to_version):
+                return Move("rollback", str(to_version), str(to_version), moved=False)  # a repeat: already there
             current, target = self.registry.rollback_target(to_version, force=force)
             force = force or self.registry.get_version_tags(target).get(TAG_VERDICT) == REJECTED  # recorded as such
             move_id = self.store.begin_move("rollback", target, current, actor=actor, reason=reason, forced=force)

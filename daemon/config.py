@@ -244,6 +244,34 @@ class ServerConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=9400, ge=0, le=65535)
     admin_token: SecretStr | None = None
+    shutdown_budget_seconds: float = Field(default=60.0, gt=0)  # SIGTERM to exit; k8s terminationGracePeriodSeconds
+
+
+class ExecutorConfig(_Section):
+    """Where the training worker runs: a local child process, or a Kubernetes Job on a GPU node."""
+
+    kind: Literal["local", "kubernetes"] = "local"
+    namespace: str | None = None  # default: the pod's own namespace (service account), else "default"
+    image: str | None = None  # the worker image (Dockerfile target `worker`); required for kubernetes
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    service_account: str | None = None
+    gpus_per_job: int = Field(default=1, ge=0)  # nvidia.com/gpu limit of the Job's pod
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    resources: dict[str, dict[str, str]] = Field(default_factory=dict)  # requests/limits besides the GPUs
+    backoff_limit: int = Field(default=0, ge=0)  # retries belong to the cycle (training.max_attempts)
+    active_deadline_seconds: int | None = Field(default=None, ge=1)  # default: training.timeout_minutes
+    ttl_seconds_after_finished: int = Field(default=86400, ge=0)
+    env_from_secrets: list[str] = Field(default_factory=list)  # Secrets with MLflow credentials etc.
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    shared_volume_claim: str | None = None  # a ReadWriteMany PVC instead of MLflow artifacts for the data
+    poll_seconds: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _kubernetes_needs_an_image(self) -> ExecutorConfig:
+        if self.kind == "kubernetes" and not self.image:
+            raise ValueError("executor.image is required when executor.kind is kubernetes (the worker image)")
+        return self
 
 
 class LogConfig(_Section):
@@ -288,6 +316,7 @@ class Settings(BaseModel):
     log: LogConfig = Field(default_factory=LogConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
     def config_hash(self) -> str:
         """Stable hash of everything that shapes a candidate (secrets excluded)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from daemon.cli import history_table
 from daemon.config import load_settings
 
 BATCH_SIZE = 160
@@ -136,6 +137,9 @@ def run_demo(work_dir: Path, *, keep: bool = False) -> tuple[bool, dict, str]:
     elapsed = round(time.monotonic() - started, 1)
     expected = ["promoted", "rejected", "promoted"]
     as_expected = [s["verdict"] for s in steps] == expected and rollback is not None
+    for step in steps:  # each cycle's report, as MLflow also keeps it among the run's artifacts
+        page = settings.training.work_dir / step["cycle_id"] / "report" / "report.html"
+        step["report"] = str(page) if page.exists() else None
     report = {
         "as_expected": as_expected, "seconds": elapsed, "cycles": steps, "rollback": rollback,
         "champion_version": status["champion_version"], "quarantined_examples": status["quarantined_examples"],
@@ -164,13 +168,15 @@ def _report_text(report: dict, history: list[dict], metric_lines: list[str], tra
             if cand is not None and ref is not None
             else f"cycle {s['batch']} ({s['label']}): {s['verdict']}: {'; '.join(s['reasons'])}"
         )
+        out.extend(f"    {reason[:160]}" for reason in s["reasons"] if reason.startswith("FAIL "))
+        if s.get("report"):
+            out.append(f"    report: {s['report']}")
     if report["rollback"]:
         out.append(f"rollback: champion v{report['rollback']['from']} -> v{report['rollback']['to']}")
     out.append(f"quarantined examples (rejected batch): {report['quarantined_examples']}")
     out.append("")
-    out.append("registry history (newest first):")
-    for r in history:
-        out.append(f"  v{r['version']}: {r['verdict']}{'  <- champion' if r['champion'] else ''}")
+    out.append("registry history (`ticketune history`):")
+    out.extend(f"  {line}" for line in history_table(history).splitlines())
     out.append("")
     out.append("metrics (excerpt of /metrics):")
     out.extend(f"  {line}" for line in metric_lines)
@@ -183,5 +189,7 @@ def _report_text(report: dict, history: list[dict], metric_lines: list[str], tra
         f"  look around:         ticketune history --config {report['config']}",
         f"                       ticketune status --config {report['config']}",
         f"                       ticketune quarantine list --config {report['config']}",
+        f"                       ticketune audit --config {report['config']}",
+        "  each candidate's report: the MLflow UI, its cycle's run, Artifacts, report/report.html",
     ]
     return "\n".join(out)

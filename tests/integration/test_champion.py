@@ -70,8 +70,10 @@ def test_manual_approval_leaves_the_candidate_waiting_until_approve(parts) -> No
     assert metric("ticketune_candidates_awaiting_approval") == 0
     assert [b["event"] for b in receiver.bodies] == ["promoted"]
 
+    assert keeper.approve(waiting, reason="again", actor="cli:ana").moved is False  # a repeat changes nothing
+    loser = register(registry, tmp_path, "c-3", "promoted")
     with pytest.raises(ApprovalError, match="not awaiting approval"):
-        keeper.approve(waiting, reason="again", actor="cli:ana")
+        keeper.approve(loser, reason="not waiting", actor="cli:ana")
     rejected = register(registry, tmp_path, "c-2", "rejected")
     with pytest.raises(ApprovalError, match="promote --force"):
         keeper.approve(rejected, reason="no", actor="cli:ana")
@@ -97,6 +99,7 @@ def test_every_move_is_audited_with_who_when_why_and_forced_is_recorded(parts) -
     move = keeper.rollback(reason="customers complain", actor="admin")  # to the previous champion, forced once
     assert (move.previous, move.current, move.forced) == (v3, v2, True)
     keeper.rollback(to_version=v1, reason="back to the last good one", actor="admin")
+    assert keeper.rollback(to_version=v1, reason="repeated after a timeout", actor="admin").moved is False
     with pytest.raises(PromotionRefusedError, match="roll back to it with --force"):
         keeper.rollback(to_version=v2, reason="x", actor="cli:bo")  # named: a rejected version needs --force
 

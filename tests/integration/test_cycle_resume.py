@@ -85,6 +85,15 @@ class MemoryRegistry:
     def set_version_tags(self, version: str, tags: dict) -> None:
         self.versions[version].update(tags)
 
+    def get_version_tags(self, version: str) -> dict:
+        return dict(self.versions.get(version, {}))
+
+    def check_promotable(self, version: str, *, force: bool = False) -> None:
+        assert self.versions[version].get("ticketune.state") == "complete"
+
+    def history(self) -> list[dict]:
+        return [{"version": v, "verdict": t.get("ticketune.verdict"), "tags": t} for v, t in self.versions.items()]
+
 
 class ScriptedWorker:
     """Plays the worker: leaves a checkpoint, then raises the next scripted exception or returns a
