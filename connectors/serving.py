@@ -42,7 +42,6 @@ TAG_ADAPTER_METHOD = "ticketune.adapter_method"
 SIGNATURE_HEADER = "X-Ticketune-Signature"
 PENDING_FILE = "serving_pending.json"
 _RESPONSE_EXCERPT_CHARS = 200
-_EVENT_OF_ACTION = {"promote": PROMOTED, "rollback": ROLLED_BACK}
 _ALREADY_LOADED = "has already been loaded"  # vLLM's 400 for a loaded name when it predates load_inplace
 
 
@@ -51,7 +50,6 @@ class AdapterSource(Protocol):
 
     def get_version_tags(self, version: str) -> dict[str, str]: ...
     def download_adapter(self, version: str, dst_dir: Path) -> Path: ...
-    def champion_events(self) -> list[dict]: ...
 
 
 def _now_iso() -> str:
@@ -138,25 +136,6 @@ class ServingNotifier:
 
     def rolled_back(self, version: str, previous: str | None, *, reason: str, actor: str) -> dict[str, str]:
         return self.notify(ChampionChange(ROLLED_BACK, self.model_name, str(version), previous, reason, actor))
-
-    def notify_latest_move(self) -> dict[str, str]:
-        """Sends the registry's newest alias move (after a cycle promoted); {} when it cannot be read."""
-        if not self.cfg.targets:
-            return {}
-        try:
-            events = self.registry.champion_events()
-        except Exception as exc:
-            log.warning("serving: could not read the champion's latest move, nothing sent: %s", exc)
-            return {}
-        if not events:
-            return {}
-        last = events[-1]
-        return self.notify(ChampionChange(
-            _EVENT_OF_ACTION.get(str(last.get("action")), PROMOTED), self.model_name, str(last["version"]),
-            None if last.get("previous") is None else str(last["previous"]), str(last.get("reason", "")),
-            str(last.get("actor", "")), bool(last.get("forced", False)),
-            timestamp=str(last.get("at") or _now_iso()),
-        ))
 
     def notify(self, change: ChampionChange) -> dict[str, str]:
         """Delivers `change` to every target; returns {target label: delivered|failed|refused}. Never raises."""

@@ -269,8 +269,7 @@ def test_good_answers_pass_behaviour_and_servable():
         ("Your refund is done, write to ana.ruiz@example.com with questions.", "personal data: email"),
         ("Your refund is done, call me on (415) 555-0134 with questions.", "personal data: phone"),
         ("Refund sent to card 4111 1111 1111 1111 today.", "personal data: card number"),
-        ("Refund sent, <CUSTOMER_FIRST_NAME>; the receipt went to <CUSTOMER_EMAIL>.", "unfillable placeholder "
-                                                                                       "<CUSTOMER_EMAIL>"),
+        ("Refund sent, <CUSTOMER_FIRST_NAME>; the receipt went to <EMAIL>.", "unfillable placeholder <EMAIL>"),
         ("Order 1182 is sorted, <CUSTOMER_FIRST_NAME>.", "must_contain 'refund'"),
         ("That is a stupid question, your refund is done.", "must_not_contain 'stupid question'"),
         ("The refunds are done.", "regex 0"),
@@ -315,7 +314,7 @@ def test_demo_profile_reports_the_relaxed_expectations_without_failing_on_them()
     assert "repetition 0.8" in standard.message
     demo = check(judge(behaviour_inputs(rough), GateConfig(min_eval_examples=1, profile="demo")), "behaviour")
     assert demo.status == "pass"
-    assert "profile demo: repetition, must_contain, regex reported, not judged" in demo.message
+    assert "profile demo: empty, repetition, must_contain, regex reported, not judged" in demo.message
     row = demo.details["prompts"][0] if demo.details["prompts"][0]["id"] == "refund" else demo.details["prompts"][1]
     assert row["failed"] == [] and any(a.startswith("must_contain") for a in row["advisory"])
     rude = {**rough, "refund": "That is a stupid question, mail ana.ruiz@example.com."}

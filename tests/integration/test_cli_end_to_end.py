@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +29,7 @@ def ticketune_json(config: Path, *args: str) -> object:
                              f"{proc.stderr[-2000:]}") from None
 
 
+@pytest.mark.slow  # about 90 s: every verb as its own process; tests/integration/test_proof.py covers the loop fast
 def test_produce_ingest_cycle_history_status_promote_and_rollback(
     tmp_path, broker, unique_topic, tiny_model_dir, mlflow_server_uri
 ):
@@ -83,14 +85,16 @@ def test_produce_ingest_cycle_history_status_promote_and_rollback(
 
     if second["verdict"] == "promoted":
         rolled = ticketune_json(config, "rollback")
-        assert rolled == {"from": "2", "to": "1", "serving": {}}  # no serving targets configured
+        assert rolled == {"action": "rollback", "from": "2", "to": "1", "moved": True, "forced": False,
+                          "serving": {}}  # no serving targets configured
     else:
         refused = ticketune(config, "promote", "2", check=False)
         assert refused.returncode == 1 and "rejected" in refused.stderr
         forced = ticketune_json(config, "promote", "2", "--force")
-        assert forced == {"from": "1", "to": "2", "serving": {}}
+        assert forced == {"action": "promote", "from": "1", "to": "2", "moved": True, "forced": True, "serving": {}}
         rolled = ticketune_json(config, "rollback")
-        assert rolled == {"from": "2", "to": "1", "serving": {}}  # no serving targets configured
+        assert rolled == {"action": "rollback", "from": "2", "to": "1", "moved": True, "forced": False,
+                          "serving": {}}  # no serving targets configured
     history = ticketune_json(config, "history")
     assert [h["version"] for h in history if h["champion"]] == ["1"]
 

@@ -47,6 +47,7 @@ def setup(tmp_path, tiny_model_dir, mlflow_sqlite_uri):
     store.close()
 
 
+@pytest.mark.slow  # the proof test (tests/integration/test_proof.py) runs this path in make test
 def test_clean_batch_promotes_then_a_poisoned_batch_is_rejected_and_quarantined(setup):
     settings, store, registry, runner = setup
     store.apply(examples(90, seed=1, start_id=1000))
@@ -106,6 +107,7 @@ def test_a_worker_failure_is_a_failed_cycle_that_keeps_the_batch_pending(setup, 
     assert store.retryable_cycle() is None  # a missing model (worker exit 2) fails the same way again
 
 
+@pytest.mark.slow  # two real cycles, about 45 s
 def test_an_erasure_tags_the_champion_and_the_next_cycle_retrains_fresh_without_it(setup):
     settings, store, registry, runner = setup
     store.apply(examples(90, seed=7, start_id=7000))

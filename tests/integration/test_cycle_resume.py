@@ -103,7 +103,7 @@ class ScriptedWorker:
         self.script = list(script)
         self.specs: list[dict] = []
 
-    def run(self, spec_path: Path, result_path: Path, *, timeout_s: float, stop=None) -> dict:
+    def run(self, spec_path: Path, result_path: Path, *, timeout_s: float, stop=None, run_id=None) -> dict:
         spec = json.loads(spec_path.read_text())
         self.specs.append(spec)
         (Path(spec["checkpoint_dir"]) / f"step-{len(self.specs):08d}").mkdir(parents=True)

@@ -58,6 +58,7 @@ def loop(tmp_path: Path, broker, unique_topic, tiny_model_dir, mlflow_sqlite_uri
         "TICKETUNE_TRAINING__LEARNING_RATE": "0.01",
         "TICKETUNE_TRAINING__MAX_SEQ_LEN": "384",
         "TICKETUNE_TRAINING__ROW_TOKENS": "1024",
+        "TICKETUNE_TRAINING__REPLAY_FRACTION": "0",  # the replay sample is seeded by the cycle id (a timestamp)
         "TICKETUNE_SCHEDULE__MIN_NEW_EXAMPLES": "30",
         "TICKETUNE_GATE__MIN_EVAL_EXAMPLES": "8",
         "TICKETUNE_GATE__PROFILE": "demo",
@@ -134,7 +135,7 @@ def test_each_corruption_is_stopped_by_its_layer_and_serving_hears_every_champio
 
     # the second line: scrubbing off, the pasted contact details are learnt, and the gate's PII check catches them
     settings.privacy.scrub = False
-    leaky = generate_tickets(120, seed=14, start_id=130_000, corrupt_fraction=1.0, corruption="pii")
+    leaky = generate_tickets(160, seed=14, start_id=130_000, corrupt_fraction=1.0, corruption="pii")
     report = ingest(leaky, scrub=False)
     assert any(PASTED_EMAIL in json.dumps(store.get_example(t["ticket_id"]) or {}) for t in leaky)
     caught = runner.run(trigger="proof")
