@@ -25,6 +25,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
+from daemon.logs import mask_url_password
+
 TAG_PREFIX = "ticketune."
 TAG_CYCLE_ID = "ticketune.cycle_id"
 TAG_VERDICT = "ticketune.verdict"
@@ -186,6 +188,7 @@ class AdapterRegistry:
         ping_timeout_s: float = 5.0,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self.shown_uri = mask_url_password(tracking_uri)  # what messages and logs show: never a password
         self.model_name = model_name
         self.champion_alias = champion_alias
         self.experiment_name = experiment_name
@@ -209,14 +212,14 @@ class AdapterRegistry:
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise self._unreachable(doing) from exc
         except (MlflowException, requests.RequestException) as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = mask_url_password(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
             if message.startswith("API request to") and " failed with " in message:
                 raise self._unreachable(doing) from exc
-            raise RegistryError(f"MLflow at {self.tracking_uri} failed while {doing}: {message}") from exc
+            raise RegistryError(f"MLflow at {self.shown_uri} failed while {doing}: {message}") from exc
 
     def _unreachable(self, doing: str) -> RegistryUnavailableError:
         return RegistryUnavailableError(
-            f"MLflow at {self.tracking_uri} is unreachable while {doing}; check registry.tracking_uri "
+            f"MLflow at {self.shown_uri} is unreachable while {doing}; check registry.tracking_uri "
             "and that the tracking server is running."
         )
 
@@ -570,7 +573,7 @@ class AdapterRegistry:
                 raise self._unreachable("checking its health") from exc
             if response.status_code != 200:
                 raise RegistryUnavailableError(
-                    f"MLflow at {self.tracking_uri} answered {response.status_code} to {url}; "
+                    f"MLflow at {self.shown_uri} answered {response.status_code} to {mask_url_password(url)}; "
                     "check that the tracking server is healthy."
                 )
             return

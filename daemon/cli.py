@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from daemon.config import ConfigError, Settings, load_settings
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -51,8 +53,26 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
+    if args.show:
+        shown = masked_config(settings)
+        _emit(args, shown, yaml.safe_dump(shown, sort_keys=False).rstrip())
+        return 0
     _emit(args, {"valid": True, "config_hash": settings.config_hash()}, f"{args.file}: valid")
     return 0
+
+
+def masked_config(settings: Settings) -> dict:
+    """The effective configuration with every secret masked (tokens, passwords, keys, URL passwords)."""
+    from daemon.logs import mask_url_password
+
+    def mask(node: object) -> object:
+        if isinstance(node, dict):
+            return {key: mask(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [mask(value) for value in node]
+        return mask_url_password(node) if isinstance(node, str) else node
+
+    return mask(settings.model_dump(mode="json"))  # SecretStr fields dump as "**********"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -448,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=9092)
     p = verb("validate-config", cmd_validate_config, "check a config file; print every problem with its field")
     p.add_argument("file")
+    p.add_argument("--show", action="store_true", help="print the effective configuration, secrets masked")
     return parser
 
 

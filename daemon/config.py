@@ -265,7 +265,10 @@ class ExecutorConfig(_Section):
     env_from_secrets: list[str] = Field(default_factory=list)  # Secrets with MLflow credentials etc.
     image_pull_secrets: list[str] = Field(default_factory=list)
     shared_volume_claim: str | None = None  # a ReadWriteMany PVC instead of MLflow artifacts for the data
+    shared_volume_mount_path: str | None = None  # where the daemon mounts that claim; default: training.work_dir
     poll_seconds: float = Field(default=10.0, gt=0)
+    base_model: str | None = None  # model.base as the Job's container sees it (image path, hub id); default model.base
+    termination_grace_seconds: int = Field(default=120, ge=1)  # the Job's pod: SIGTERM → checkpoint → upload
 
     @model_validator(mode="after")
     def _kubernetes_needs_an_image(self) -> ExecutorConfig:

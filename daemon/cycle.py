@@ -25,6 +25,7 @@ from daemon.champion import ChampionKeeper
 from daemon.config import Settings
 from daemon.gate import Verdict, inputs_from_result, judge
 from daemon.golden import GoldenSet, general_text_path, load_golden, spec_prompts
+from daemon.logs import log_context
 from daemon.privacy import PLACEHOLDERS
 from daemon.store import ExampleStore, Snapshot, store_lock
 
@@ -64,7 +65,8 @@ class Executor(Protocol):
     with `retryable = False` says the same spec cannot succeed, so the cycle is not retried."""
 
     def run(
-        self, spec_path: Path, result_path: Path, *, timeout_s: float, stop: threading.Event | None = None
+        self, spec_path: Path, result_path: Path, *, timeout_s: float, stop: threading.Event | None = None,
+        run_id: str | None = None,
     ) -> dict: ...
 
 
@@ -209,7 +211,7 @@ class CycleRunner:
         self, *, trigger: str = "manual", force: bool = False, stop: threading.Event | None = None,
         lock_wait_seconds: float | None = 0.0,
     ) -> CycleOutcome:
-        with store_lock(self.store.path, "cycle", wait_seconds=lock_wait_seconds):
+        with store_lock(self.store.path, "cycle", wait_seconds=lock_wait_seconds), log_context():
             return self._run_locked(trigger=trigger, force=force, stop=stop)
 
     def _run_locked(self, *, trigger: str, force: bool, stop: threading.Event | None) -> CycleOutcome:
@@ -284,7 +286,7 @@ class CycleRunner:
             )
             result = self.executor.run(
                 spec_path, cycle_dir / "out" / "result.json",
-                timeout_s=cfg.training.timeout_minutes * 60, stop=stop,
+                timeout_s=cfg.training.timeout_minutes * 60, stop=stop, run_id=run_id,
             )
             outcome = self._judge_and_register(
                 cycle_id, run_id, snapshot, champion, result, attempt, golden,
@@ -532,7 +534,8 @@ class CycleRunner:
             shutil.rmtree(out_dir, ignore_errors=True)
             write_report(out_dir, ReportInputs(
                 model_name=self.settings.registry.model_name, version=version, cycle_id=cycle_id, decision=decision,
-                verdict=verdict.to_dict(max_chars=1_000_000), tags=tags, result=result, reference=reference,
+                verdict=verdict.to_dict(max_chars=1_000_000), result=result, reference=reference,
+                tags={k: v for k, v in tags.items() if k != "ticketune.state"},  # complete once the report is in
                 golden=golden_rows(result, verdict, golden),
             ))
         except Exception as exc:  # a plotting bug must not cost the cycle its decision

@@ -117,16 +117,25 @@ class _Stopped(Exception):
 class _Retrier:
     """Retries one operation with capped exponential backoff until it succeeds or `stop` is set."""
 
-    def __init__(self, stop: threading.Event, report: IngestReport) -> None:
+    def __init__(self, stop: threading.Event, report: IngestReport,
+                 on_broker: Callable[[bool, str], None] | None = None) -> None:
         self.stop = stop
         self.report = report
         self.delay_s = BACKOFF_INITIAL_S
+        self.on_broker = on_broker
+
+    def broker(self, up: bool, detail: str = "") -> None:
+        """Whether the loop reaches the broker: the gauges, and the caller's `on_broker` (readiness details)."""
+        metrics.KAFKA_UP.set(1 if up else 0)
+        metrics.INGEST_UP.set(1 if up else 0)
+        if self.on_broker is not None:
+            self.on_broker(up, detail)
 
     def failed(self, kind: str, exc: Exception) -> None:
         self.report.source_errors += 1
         metrics.INGEST_ERRORS.labels(kind=kind).inc()
         if kind != "store":
-            metrics.INGEST_UP.set(0)
+            self.broker(False, f"{type(exc).__name__}: {exc}")
         log.warning(
             "ingest %s failed (%s: %s); retrying in %.1f s", kind, type(exc).__name__, exc, self.delay_s
         )
@@ -136,7 +145,7 @@ class _Retrier:
     def succeeded(self, kind: str, *, reached_broker: bool = True) -> None:
         self.delay_s = BACKOFF_INITIAL_S
         if reached_broker and kind != "store":
-            metrics.INGEST_UP.set(1)
+            self.broker(True)
 
     def call(self, kind: str, operation: Callable[[], T]) -> T:
         while True:
@@ -201,17 +210,19 @@ def run_ingest(
     poll_timeout_s: float = 1.0,
     quality: QualityFilter | None = None,
     scrub: bool = True,
+    on_broker: Callable[[bool, str], None] | None = None,
 ) -> IngestReport:
     """Runs until `max_records` are consumed, `idle_timeout_s` passes without a record, or `stop` is set.
 
     `on_batch` gets the running report after each committed batch. `scrub=False` (the config's
     `privacy.scrub: false`) stores text unscrubbed: only for testing the gate's PII check.
+    `on_broker(up, detail)` hears whether the broker is reached (the detail says why not).
     """
     if not scrub:
         log.warning("privacy.scrub is false: personal data is stored and trained on unscrubbed")
     stop = stop if stop is not None else threading.Event()
     report = IngestReport()
-    retrier = _Retrier(stop, report)
+    retrier = _Retrier(stop, report, on_broker)
     last_record_at = time.monotonic()
     last_lag_at = float("-inf")
     while not stop.is_set():
@@ -237,7 +248,7 @@ def run_ingest(
                 on_batch(report)
         if records or time.monotonic() - last_lag_at >= LAG_INTERVAL_S:
             last_lag_at = time.monotonic()
-            _update_lag(source, report)
+            _update_lag(source, report, retrier)
     return report
 
 
@@ -306,16 +317,16 @@ def _ingest_batch(
         metrics.DEAD_LETTERED.labels(reason=reason).inc(count)
 
 
-def _update_lag(source: TicketSource, report: IngestReport) -> None:
+def _update_lag(source: TicketSource, report: IngestReport, retrier: _Retrier) -> None:
     try:
         lag = source.lag()
     except Exception as exc:  # an unreachable broker shows here first: a poll just returns nothing
         report.source_errors += 1
         metrics.INGEST_ERRORS.labels(kind="lag").inc()
-        metrics.INGEST_UP.set(0)
+        retrier.broker(False, f"{type(exc).__name__}: {exc}")
         log.warning("consumer lag unavailable (%s: %s)", type(exc).__name__, exc)
         return
-    metrics.INGEST_UP.set(1)
+    retrier.broker(True)
     if lag is not None:
         metrics.CONSUMER_LAG.set(sum(lag.values()))
         for partition, records in lag.items():

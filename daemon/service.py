@@ -1,8 +1,10 @@
 """The long-running service: ingest + retrain schedule + HTTP, with graceful shutdown.
 
 `serve()` reads like uvicorn's: install signal handlers, `startup()`, `main_loop()`, `shutdown()`.
-The first SIGINT/SIGTERM asks for a graceful exit (the ingest loop commits what it stored, a
-running cycle's worker is stopped and the cycle recorded as failed); the second forces it.
+The first SIGINT/SIGTERM asks for a graceful exit (the ingest loop commits what it stored, the
+scheduler stops, a running cycle's worker checkpoints and exits and the cycle is recorded as failed
+and retryable), within `server.shutdown_budget_seconds`; the second signal forces it. One service
+per store: `startup()` takes the store's service lock and holds it until `shutdown()`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,21 @@ import signal
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 
-from connectors.executors import LocalProcessExecutor
+from connectors.executors import build_executor
 from connectors.formats import parser_for
 from connectors.kafka import KafkaTicketSource
-from connectors.registry import AdapterRegistry, RegistryError, set_mlflow_http_defaults
+from connectors.registry import (
+    AdapterRegistry,
+    NoChampionError,
+    PromotionRefusedError,
+    RegistryError,
+    RegistryUnavailableError,
+    VersionNotFoundError,
+    set_mlflow_http_defaults,
+)
 from connectors.serving import PENDING_FILE, ServingNotifier
 from daemon import metrics
 from daemon.champion import ApprovalError, ChampionKeeper
@@ -28,33 +39,21 @@ from daemon.cycle import CycleOutcome, CycleRunner, tag_erased_versions
 from daemon.filters import QualityFilter, tokenizer_json_for
 from daemon.http import AdminError, Endpoints, start_http_server
 from daemon.ingest import IngestReport, run_ingest
+from daemon.logs import ContextFilter, JsonFormatter, TextFormatter, mask_url_password
 from daemon.scheduler import next_run_time, start_scheduler
 from daemon.store import ExampleStore, LockBusy, open_store, store_lock
 
 log = logging.getLogger("ticketune.service")
 
 UPKEEP_INTERVAL_S = 600.0
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+SERVICE_LOCK = "service"
 
 
 def configure_logging(cfg: LogConfig) -> None:
+    """Root logging to stderr: one JSON object per line (`log.format: json`) or text; URL passwords masked."""
     handler = logging.StreamHandler(sys.stderr)
-    if cfg.format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if cfg.format == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.level)
@@ -87,7 +86,7 @@ def build_keeper(settings: Settings, store: ExampleStore, registry: AdapterRegis
 
 def build_cycle_runner(settings: Settings, store: ExampleStore, registry: AdapterRegistry,
                        keeper: ChampionKeeper | None = None) -> CycleRunner:
-    return CycleRunner(settings, store, registry, LocalProcessExecutor(python=settings.training.python),
+    return CycleRunner(settings, store, registry, build_executor(settings),
                        keeper or build_keeper(settings, store, registry))
 
 
@@ -112,18 +111,20 @@ class Service:
         self.cycles = build_cycle_runner(settings, self.store, self.registry, self.keeper)
         self.ingest_totals = IngestReport()
         self.ingest_running = False
+        self.kafka_state = "not connected yet"  # "up", or "down: <why>" (readiness details)
         self.last_cycle: CycleOutcome | None = None
         self.started_at = time.time()
         self._threads: list[threading.Thread] = []
         self._cycle_lock = threading.Lock()
+        self._held = ExitStack()  # the service lock, from startup to shutdown
         self._scheduler = None
         self._http = None
 
     # life cycle ------------------------------------------------------------------------------
     def serve(self) -> None:
         self.install_signal_handlers()
-        self.startup()
         try:
+            self.startup()
             self.main_loop()
         finally:
             self.shutdown()
@@ -138,10 +139,21 @@ class Service:
         if self.stop.is_set():
             log.warning("second signal: exiting now")
             os._exit(1)
-        log.info("signal %s: shutting down gracefully", signal.Signals(signum).name)
+        budget = self.settings.server.shutdown_budget_seconds
+        log.info("signal %s: shutting down gracefully (within %.0f s)", signal.Signals(signum).name, budget)
+        watchdog = threading.Timer(budget, self._exit_over_budget, args=(budget,))
+        watchdog.daemon = True
+        watchdog.start()
         self.stop.set()
 
+    @staticmethod
+    def _exit_over_budget(budget: float) -> None:
+        log.error("shutdown took longer than server.shutdown_budget_seconds (%g s): exiting now", budget)
+        logging.shutdown()
+        os._exit(1)
+
     def startup(self, *, with_scheduler: bool = True, with_ingest: bool = True) -> None:
+        self._hold_service_lock()
         self.reconcile()
         failed = self.store.fail_unfinished_cycles("the service stopped while the cycle ran")
         if failed:
@@ -153,15 +165,20 @@ class Service:
         self._http = start_http_server(server.host, server.port, Endpoints(
             status=self.status, ready=self.ready, admin_token=token,
             admin_actions={"cycle": self._admin_cycle, "rollback": self._admin_rollback,
-                           "promote": self._admin_promote, "approve": self._admin_approve},
+                           "promote": self._admin_promote, "approve": self._admin_approve,
+                           "history": self._admin_history},
         ))
-        log.info("http on %s:%d (/metrics, /healthz, /readyz)", server.host, self.http_port)
+        log.info("http on %s:%d (/metrics, /healthz, /readyz, admin API %s)", server.host, self.http_port,
+                 "on: /v1/openapi.json" if token else "off: no server.admin_token")
         if with_ingest:
             self._spawn("ingest", self._ingest_forever)
         if self.settings.registry.poll_seconds > 0:
             self._spawn("alias-watch", self._watch_alias_forever)
         if with_scheduler:
             self._scheduler = start_scheduler(self.settings.schedule, self._scheduled_cycle)
+            if self.settings.executor.kind == "kubernetes" and self.store.retryable_cycle() is not None:
+                # the interrupted cycle's Job may still be running: adopt it now rather than at the next schedule
+                self._spawn("readopt-cycle", lambda: self.run_cycle(trigger="restart"))
 
     def main_loop(self) -> None:
         last_upkeep, last_serving_flush = 0.0, time.monotonic()
@@ -211,17 +228,41 @@ class Service:
         except Exception as exc:
             log.warning("upkeep failed, retrying later: %s", exc)
 
+    def _hold_service_lock(self) -> None:
+        """One service per store: a second `ticketune run` on the same store exits (code 3) here."""
+        try:
+            self._held.enter_context(store_lock(self.store.path, SERVICE_LOCK, wait_seconds=0))
+        except LockBusy:
+            raise LockBusy(
+                f"another `ticketune run` already serves the store {self.store.path} (it holds "
+                f"{self.store.path}.{SERVICE_LOCK}.lock); ticketune runs one replica per store by design: "
+                "stop the other one, or give this one its own store.path"
+            ) from None
+
     def shutdown(self) -> None:
+        """Stops the parts in reverse order within `server.shutdown_budget_seconds`: the scheduler, a
+        running cycle (its worker checkpoints and exits), the ingest loop (it commits what it stored), HTTP."""
+        started = time.monotonic()
+        deadline = started + self.settings.server.shutdown_budget_seconds
         self.stop.set()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        if self._cycle_lock.acquire(timeout=max(deadline - time.monotonic(), 0.1)):
+            self._cycle_lock.release()
+        else:
+            log.warning("shutdown: the running cycle did not end within the budget")
         for thread in reversed(self._threads):
-            thread.join(timeout=60)
+            thread.join(timeout=max(deadline - time.monotonic(), 0.1))
+            if thread.is_alive():
+                log.warning("shutdown: %s did not stop within the budget", thread.name)
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+            self._http = None
         self.store.close()
-        log.info("stopped")
+        self._held.close()
+        log.info("stopped in %.1f s", time.monotonic() - started)
 
     @property
     def http_port(self) -> int:
@@ -247,7 +288,7 @@ class Service:
                         report = run_ingest(
                             source, parse, self.store, system_prompt=cfg.model.system_prompt, stop=self.stop,
                             on_batch=self._note_ingest_progress, poll_timeout_s=cfg.kafka.poll_timeout_ms / 1000,
-                            quality=quality, scrub=cfg.privacy.scrub,
+                            quality=quality, scrub=cfg.privacy.scrub, on_broker=self._note_broker,
                         )
                         log.info("ingest loop ended: %s", report.to_json())
                     finally:
@@ -257,6 +298,8 @@ class Service:
                 log.warning("%s", exc)
                 self.stop.wait(10.0)
             except Exception as exc:  # broker unreachable at start, bad credentials...: retry, never die
+                self._note_broker(False, f"{type(exc).__name__}: {exc}")
+                metrics.KAFKA_UP.set(0)
                 metrics.INGEST_UP.set(0)
                 metrics.INGEST_ERRORS.labels(kind=type(exc).__name__).inc()
                 log.error("ingest: %s; retrying in 10 s", exc)
@@ -265,38 +308,71 @@ class Service:
     def _note_ingest_progress(self, report: IngestReport) -> None:
         self.ingest_totals = report  # the running report of the current ingest loop
 
+    def _note_broker(self, up: bool, detail: str) -> None:
+        self.kafka_state = "up" if up else f"down: {mask_url_password(detail)[:300]}"
+
     # cycles ------------------------------------------------------------------------------
     def run_cycle(self, *, trigger: str, force: bool = False) -> CycleOutcome:
         with self._cycle_lock:
-            try:
-                outcome = self.cycles.run(trigger=trigger, force=force, stop=self.stop)
-            except LockBusy as exc:
-                outcome = CycleOutcome("", "skipped", reasons=[str(exc)])
-            if outcome.verdict != "skipped" or self.last_cycle is None:
-                self.last_cycle = outcome
-            self._refresh_gauges(include_registry=True)
-            return outcome
+            return self._run_cycle_locked(trigger=trigger, force=force)
+
+    def _run_cycle_locked(self, *, trigger: str, force: bool) -> CycleOutcome:
+        try:
+            outcome = self.cycles.run(trigger=trigger, force=force, stop=self.stop)
+        except LockBusy as exc:
+            outcome = CycleOutcome("", "skipped", reasons=[str(exc)])
+        if outcome.verdict != "skipped" or self.last_cycle is None:
+            self.last_cycle = outcome
+        self._refresh_gauges(include_registry=True)
+        return outcome
 
     def _scheduled_cycle(self) -> None:
         outcome = self.run_cycle(trigger="schedule")
         log.info("scheduled cycle: %s %s", outcome.verdict, "; ".join(outcome.reasons[:2]))
 
     def _admin_cycle(self, body: dict) -> dict:
-        if self._cycle_lock.locked():
-            raise AdminError(409, "a cycle is already running")
+        """Starts a cycle in its own thread (202); 409 while one runs here or in another process."""
+        if self.stop.is_set():
+            raise AdminError(503, "the service is shutting down", "shutting_down")
+        if not self._cycle_lock.acquire(blocking=False):
+            raise AdminError(409, "a cycle is already running", "cycle_running")
+        try:
+            with store_lock(self.store.path, "cycle", wait_seconds=0):
+                pass  # a `ticketune cycle` of another process would make this one a skip
+        except LockBusy:
+            self._cycle_lock.release()
+            raise AdminError(409, "a cycle is already running in another process on this store",
+                             "cycle_running") from None
         force = bool(body.get("force", False))
-        self._spawn("admin-cycle", lambda: self.run_cycle(trigger="admin", force=force))
-        return {"started": True, "force": force}
+
+        def run() -> None:
+            try:
+                outcome = self._run_cycle_locked(trigger="admin", force=force)
+                log.info("admin cycle: %s %s", outcome.verdict, "; ".join(outcome.reasons[:2]))
+            finally:
+                self._cycle_lock.release()
+
+        self._spawn("admin-cycle", run)
+        return {"accepted": True, "force": force, "status_url": "/v1/status"}
 
     def rollback(self, to_version: str | None, *, reason: str) -> tuple[str | None, str]:
         move = self.keeper.rollback(to_version, reason=reason, actor="operator")
         return move.previous, move.current
 
     def _admin_move(self, body: dict, move) -> dict:
+        """Runs a keeper move; the registry's refusals become the admin API's status codes."""
         try:
             return move(str(body.get("reason") or "admin API")).to_json()
-        except (RegistryError, ApprovalError) as exc:
-            raise AdminError(409, str(exc)) from None
+        except VersionNotFoundError as exc:
+            raise AdminError(404, str(exc), "version_not_found") from None
+        except NoChampionError as exc:
+            raise AdminError(409, str(exc), "nothing_to_roll_back") from None
+        except (PromotionRefusedError, ApprovalError) as exc:
+            raise AdminError(409, str(exc), "refused") from None
+        except RegistryUnavailableError as exc:
+            raise AdminError(503, mask_url_password(str(exc)), "registry_unavailable") from None
+        except RegistryError as exc:
+            raise AdminError(409, mask_url_password(str(exc)), "conflict") from None
 
     def _admin_rollback(self, body: dict) -> dict:
         force = bool(body.get("force"))
@@ -304,18 +380,19 @@ class Service:
             body.get("to"), reason=reason, actor="admin", force=force))
 
     def _admin_promote(self, body: dict) -> dict:
-        version = body.get("version")
-        if not version:
-            raise AdminError(400, "promote needs a version")
         force = bool(body.get("force"))
         return self._admin_move(body, lambda reason: self.keeper.promote(
-            str(version), reason=reason, actor="admin", force=force))
+            str(body["version"]), reason=reason, actor="admin", force=force))
 
     def _admin_approve(self, body: dict) -> dict:
-        version = body.get("version")
-        if not version:
-            raise AdminError(400, "approve needs a version")
-        return self._admin_move(body, lambda reason: self.keeper.approve(str(version), reason=reason, actor="admin"))
+        return self._admin_move(body, lambda reason: self.keeper.approve(
+            str(body["version"]), reason=reason, actor="admin"))
+
+    def _admin_history(self, body: dict) -> dict:
+        try:
+            return {"versions": self.registry.history()}
+        except RegistryError as exc:
+            raise AdminError(503, mask_url_password(str(exc)), "registry_unavailable") from None
 
     # status ------------------------------------------------------------------------------
     def _refresh_gauges(self, include_registry: bool = False) -> None:
@@ -346,7 +423,8 @@ class Service:
         A broker outage shows in the details and in metrics but does not make the pod unready:
         an unready pod drops out of its Service, and with it the metrics that report the outage.
         """
-        details: dict = {"ingest_running": self.ingest_running, "stopping": self.stop.is_set()}
+        details: dict = {"ingest_running": self.ingest_running, "kafka": self.kafka_state,
+                         "stopping": self.stop.is_set()}
         try:
             self.store.counts()
             details["store"] = "ok"
@@ -358,13 +436,14 @@ class Service:
         return collect_status(self.settings, self.store, self.registry) | {
             "ingest_running": self.ingest_running,
             "cycle_running": self._cycle_lock.locked(),
+            "kafka": self.kafka_state,
             "next_cycle_at": next_run_time(self._scheduler),
             "uptime_seconds": round(time.time() - self.started_at),
         }
 
 
 def collect_status(settings: Settings, store: ExampleStore, registry: AdapterRegistry) -> dict:
-    """What `ticketune status` and `/admin/status` show; never a secret or ticket text."""
+    """What `ticketune status` and `/v1/status` show; never a secret or ticket text."""
     counts = store.counts()
     try:
         champion = registry.champion_version()
@@ -380,7 +459,8 @@ def collect_status(settings: Settings, store: ExampleStore, registry: AdapterReg
         "last_cycle": cycles[0] if cycles else None,
         "model_base": settings.model.base,
         "registry": {"model_name": settings.registry.model_name,
-                     "champion_alias": settings.registry.champion_alias},
+                     "champion_alias": settings.registry.champion_alias,
+                     "tracking_uri": mask_url_password(settings.registry.tracking_uri)},
         "kafka": {"topic": settings.kafka.topic, "group_id": settings.kafka.group_id},
         "store_path": str(settings.store.path),
     }

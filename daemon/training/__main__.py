@@ -1,5 +1,5 @@
 """Command line of the training worker: `python -m daemon.training make-base-model DIR | train --spec SPEC |
-export-merged ... | probe ...`.
+export-merged ... | probe ... | run-job --tracking-uri URI --run-id RUN` (the worker in a Kubernetes Job).
 
 `train` always leaves `output_dir/result.json` (written atomically, by rank 0 under torchrun) when the
 spec names an output_dir: status ok and exit 0; status failed with a one-sentence error and exit 2
@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--out", type=Path, required=True, help="where to write the probe's JSON")
     probe.add_argument("--max-new-tokens", type=int, default=96)
     probe.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    job = verbs.add_parser("run-job", help="inside a Kubernetes Job: train on the spec and data of an MLflow run "
+                                           "and log the result, adapter and checkpoints back to it")
+    job.add_argument("--tracking-uri", required=True)
+    job.add_argument("--run-id", required=True)
+    job.add_argument("--scratch", type=Path, default=Path("/scratch"), help="where the inputs and outputs live")
+    job.add_argument("--base-model", default=None, help="model.base as this container sees it (default: the spec's)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
@@ -84,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--compare takes NAME=DIR and --max-new-tokens 1 or more")
         return probe_command(args.base, args.revision, args.adapter, {k: Path(v) for k, v in compare.items()},
                              args.prompts, args.out, args.max_new_tokens, args.device)
+    if args.verb == "run-job":
+        from daemon.training.job import run_job
+
+        return run_job(args.tracking_uri, args.run_id, args.scratch, base_model=args.base_model)
     return train_command(args.spec)
 
 
