@@ -119,6 +119,7 @@ class Service:
         self._held = ExitStack()  # the service lock, from startup to shutdown
         self._scheduler = None
         self._http = None
+        self._watchdog: threading.Timer | None = None
 
     # life cycle ------------------------------------------------------------------------------
     def serve(self) -> None:
@@ -141,15 +142,16 @@ class Service:
             os._exit(1)
         budget = self.settings.server.shutdown_budget_seconds
         log.info("signal %s: shutting down gracefully (within %.0f s)", signal.Signals(signum).name, budget)
-        watchdog = threading.Timer(budget, self._exit_over_budget, args=(budget,))
-        watchdog.daemon = True
-        watchdog.start()
+        self._watchdog = threading.Timer(budget, self._exit_over_budget, args=(budget,))
+        self._watchdog.daemon = True
+        self._watchdog.start()
         self.stop.set()
 
     @staticmethod
     def _exit_over_budget(budget: float) -> None:
         log.error("shutdown took longer than server.shutdown_budget_seconds (%g s): exiting now", budget)
-        logging.shutdown()
+        for handler in logging.getLogger().handlers:  # flush, not close: the process ends right after
+            handler.flush()
         os._exit(1)
 
     def startup(self, *, with_scheduler: bool = True, with_ingest: bool = True) -> None:
@@ -262,6 +264,8 @@ class Service:
             self._http = None
         self.store.close()
         self._held.close()
+        if self._watchdog is not None:  # stopped within the budget: no forced exit (matters in-process: the demo)
+            self._watchdog.cancel()
         log.info("stopped in %.1f s", time.monotonic() - started)
 
     @property

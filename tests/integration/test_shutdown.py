@@ -142,5 +142,7 @@ def test_a_second_signal_forces_exit_and_a_slow_shutdown_is_cut_at_the_budget(tm
         service._handle_exit(signal.SIGTERM, None)  # the second signal
         assert exits == [1, 1]
     finally:
+        if service._watchdog is not None:
+            service._watchdog.cancel()
         service.store.close()
 
