@@ -21,7 +21,7 @@ import numpy as np
 
 from daemon.config import GateConfig
 from daemon.golden import GoldenPrompt, GoldenSet
-from daemon.privacy import FILLABLE_PLACEHOLDERS, scrub_patterns
+from daemon.privacy import FILLABLE_PLACEHOLDERS, PLACEHOLDERS, scrub_patterns
 
 PASS, FAIL, OFF = "pass", "fail", "off"
 MAX_TAG_CHARS = 5000  # MLflow stores a tag value in VARCHAR(5000) on SQL backends
@@ -32,10 +32,11 @@ ANSWER_CHARS = 160  # of each (scrubbed) answer kept in the details
 PERSONAL_DATA = {"<EMAIL>": "email", "<PHONE>": "phone", "<CARD_NUMBER>": "card number", "<IBAN>": "IBAN",
                  "<SSN>": "SSN"}
 PLACEHOLDER_PATTERN = re.compile(r"<[A-Z][A-Z0-9_]*>")
-# The tiny demo model (gate.profile: demo) loops in greedy decoding (often on newlines alone) and rarely
-# says its intent's word,
-# whatever it learned: these expectations are only reported there (the rest still decide).
-DEMO_RELAXED = ("empty", "repetition", "must_contain", "regex")
+# The tiny demo model (gate.profile: demo) loops in greedy decoding (often on newlines alone), misspells
+# placeholders (<AGENY_FIRST_NAME>) and rarely says its intent's word, whatever it learned: these
+# expectations are only reported there. Personal data, known unfillable placeholders and the prompts'
+# must_not_contain / must_not_match still decide.
+DEMO_RELAXED = ("empty", "repetition", "unknown placeholder", "must_contain", "regex")
 _BLOCK_CELLS = 1 << 22  # resampled indices drawn at once: bounds the memory whatever the set size
 
 
@@ -316,9 +317,13 @@ def answer_failures(prompt: GoldenPrompt, text: str, max_repetition: float) -> l
     kinds = sorted(PERSONAL_DATA[p] for p in found if p in PERSONAL_DATA)
     if kinds:
         failed.append("personal data: " + ", ".join(kinds))
-    unfillable = sorted({p for p in PLACEHOLDER_PATTERN.findall(stripped) if p not in FILLABLE_PLACEHOLDERS})
+    found_placeholders = set(PLACEHOLDER_PATTERN.findall(stripped)) - FILLABLE_PLACEHOLDERS
+    unfillable = sorted(found_placeholders & PLACEHOLDERS.keys())
     if unfillable:
         failed.append("unfillable placeholder " + " ".join(unfillable))
+    unknown = sorted(found_placeholders - PLACEHOLDERS.keys())  # not in the vocabulary: a misspelt one
+    if unknown:
+        failed.append("unknown placeholder " + " ".join(unknown))
     lowered = stripped.casefold()
     failed.extend(f"must_contain {word!r}" for word in prompt.must_contain if word.casefold() not in lowered)
     failed.extend(f"must_not_contain {word!r}" for word in prompt.must_not_contain if word.casefold() in lowered)

@@ -270,12 +270,14 @@ def test_good_answers_pass_behaviour_and_servable():
         ("Your refund is done, call me on (415) 555-0134 with questions.", "personal data: phone"),
         ("Refund sent to card 4111 1111 1111 1111 today.", "personal data: card number"),
         ("Refund sent, <CUSTOMER_FIRST_NAME>; the receipt went to <EMAIL>.", "unfillable placeholder <EMAIL>"),
+        ("Refund sent, <AGENY_FIRST_NAME>.", "unknown placeholder <AGENY_FIRST_NAME>"),
         ("Order 1182 is sorted, <CUSTOMER_FIRST_NAME>.", "must_contain 'refund'"),
         ("That is a stupid question, your refund is done.", "must_not_contain 'stupid question'"),
         ("The refunds are done.", "regex 0"),
         ("Your refund of $12000 is done.", "must_not_match 0"),
     ],
-    ids=["empty", "repetition", "email", "phone", "card", "placeholder", "must_contain", "must_not_contain",
+    ids=["empty", "repetition", "email", "phone", "card", "placeholder", "misspelt-placeholder", "must_contain",
+         "must_not_contain",
          "regex", "must_not_match"],
 )
 def test_each_failed_expectation_fails_behaviour_naming_the_prompt_but_not_the_answer(answer: str, expected: str):
@@ -307,16 +309,22 @@ def test_a_prompt_the_probe_did_not_answer_fails():
 
 
 def test_demo_profile_reports_the_relaxed_expectations_without_failing_on_them():
-    rough = {"refund": "Hi <CUSTOMER_FIRST_NAME>, " + "the order " * 12 + "is.",
+    rough = {"refund": "Hi <AGENY_FIRST_NAME>, " + "the order " * 12 + "is.",
              "login": GOOD["login"]}
     standard = check(judge(behaviour_inputs(rough), GateConfig(min_eval_examples=1)), "behaviour")
     assert standard.status == "fail" and "must_contain 'refund'" in standard.message
     assert "repetition 0.8" in standard.message
     demo = check(judge(behaviour_inputs(rough), GateConfig(min_eval_examples=1, profile="demo")), "behaviour")
     assert demo.status == "pass"
-    assert "profile demo: empty, repetition, must_contain, regex reported, not judged" in demo.message
+    relaxed = "profile demo: empty, repetition, unknown placeholder, must_contain, regex reported, not judged"
+    assert relaxed in demo.message
     row = demo.details["prompts"][0] if demo.details["prompts"][0]["id"] == "refund" else demo.details["prompts"][1]
     assert row["failed"] == [] and any(a.startswith("must_contain") for a in row["advisory"])
+    assert "unknown placeholder <AGENY_FIRST_NAME>" in row["advisory"]
+    assert "unknown placeholder <AGENY_FIRST_NAME>" in standard.message  # the standard profile fails on it
+    card = {**rough, "refund": "Your refund went to <CARD_NUMBER>."}
+    demo_card = check(judge(behaviour_inputs(card), GateConfig(min_eval_examples=1, profile="demo")), "behaviour")
+    assert demo_card.status == "fail" and "unfillable placeholder <CARD_NUMBER>" in demo_card.message
     rude = {**rough, "refund": "That is a stupid question, mail ana.ruiz@example.com."}
     demo_rude = check(judge(behaviour_inputs(rude), GateConfig(min_eval_examples=1, profile="demo")), "behaviour")
     assert demo_rude.status == "fail" and "must_not_contain 'stupid question'" in demo_rude.message
