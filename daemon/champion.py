@@ -14,6 +14,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
@@ -106,13 +108,8 @@ class ChampionKeeper:
             previous = self.registry.champion_version()
             if previous == version:
                 return Move(action, previous, version, moved=False)
-            move_id = self.store.begin_move(action, version, previous, actor=actor, reason=reason, forced=force)
-            try:
+            with self._audited(action, version, previous, actor=actor, reason=reason, forced=force):
                 self.registry.promote(version, reason=reason, force=force, actor=actor)
-            except Exception:
-                self.store.end_move(move_id, "abandoned")
-                raise
-            self.store.end_move(move_id, "done")
         metrics.CHAMPION_MOVES.labels(action=action).inc()
         log.info("champion %s -> %s (%s by %s%s)", previous, version, action, actor, ", forced" if force else "")
         serving = self.serving.promoted(version, previous, reason=reason, actor=actor, forced=force) \
@@ -138,9 +135,7 @@ class ChampionKeeper:
                 "ticketune.approved_by": actor, "ticketune.approved_at": _now_iso(),
                 "ticketune.approval_reason": reason, TAG_VERDICT: PROMOTED,
             })
-            move = self.promote(version, reason=reason, actor=actor, action="approve")
-        self.refresh_gauges()
-        return move
+            return self.promote(version, reason=reason, actor=actor, action="approve")
 
     def rollback(self, to_version: str | None = None, *, reason: str, actor: str, force: bool = False) -> Move:
         """Moves the champion back to the previous champion, or to `to_version`."""
@@ -149,18 +144,25 @@ class ChampionKeeper:
                 return Move("rollback", str(to_version), str(to_version), moved=False)  # a repeat: already there
             current, target = self.registry.rollback_target(to_version, force=force)
             force = force or self.registry.get_version_tags(target).get(TAG_VERDICT) == REJECTED  # recorded as such
-            move_id = self.store.begin_move("rollback", target, current, actor=actor, reason=reason, forced=force)
-            try:
+            with self._audited("rollback", target, current, actor=actor, reason=reason, forced=force):
                 self.registry.rollback(target, reason=reason, actor=actor, force=force)
-            except Exception:
-                self.store.end_move(move_id, "abandoned")
-                raise
-            self.store.end_move(move_id, "done")
         metrics.CHAMPION_MOVES.labels(action="rollback").inc()
         log.info("champion rolled back %s -> %s (by %s)", current, target, actor)
         serving = self.serving.rolled_back(target, current, reason=reason, actor=actor) if self.serving else {}
         self.refresh_gauges()
         return Move("rollback", current, target, forced=force, serving=serving)
+
+    @contextmanager
+    def _audited(self, action: str, version: str, previous: str | None, *, actor: str, reason: str,
+                 forced: bool) -> Iterator[None]:
+        """The audit row around one alias move: `pending` before it, `done` after, `abandoned` if it raised."""
+        move_id = self.store.begin_move(action, version, previous, actor=actor, reason=reason, forced=forced)
+        try:
+            yield
+        except Exception:
+            self.store.end_move(move_id, "abandoned")
+            raise
+        self.store.end_move(move_id, "done")
 
     # ---- watching ------------------------------------------------------------------------
 

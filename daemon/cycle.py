@@ -281,15 +281,14 @@ class CycleRunner:
                 log.info("cycle %s: training on %s (champion %s)", cycle_id, snapshot.counts, champion)
                 spec_path = self._write_spec(cycle_dir, snapshot, champion, golden, warm=not retrain,
                                              compare_champion=not new_base)
-            run_id = self.registry.start_cycle_run(
-                cycle_id, self._run_params(snapshot, attempt), self._run_tags(snapshot, attempt)
-            )
+            run_tags = self._run_tags(snapshot, attempt, base_fingerprint)
+            run_id = self.registry.start_cycle_run(cycle_id, self._run_params(snapshot, attempt), run_tags)
             result = self.executor.run(
                 spec_path, cycle_dir / "out" / "result.json",
                 timeout_s=cfg.training.timeout_minutes * 60, stop=stop, run_id=run_id,
             )
             outcome = self._judge_and_register(
-                cycle_id, run_id, snapshot, champion, result, attempt, golden,
+                cycle_id, run_id, snapshot, champion, result, run_tags, golden,
                 fresh_reason=("new_base" if new_base else "erased") if retrain else None,
                 previous_base=champion_base,
             )
@@ -431,7 +430,9 @@ class CycleRunner:
         params["cycle.attempt"] = attempt
         return params
 
-    def _run_tags(self, snapshot: Snapshot, attempt: int) -> dict:
+    def _run_tags(self, snapshot: Snapshot, attempt: int, base_fingerprint: str) -> dict:
+        """The run's tags, which every version of the cycle also carries; `base_fingerprint` is
+        computed once per cycle (it reads the base model's files)."""
         cfg = self.settings
         return {
             "ticketune.cycle_id": snapshot.cycle_id,
@@ -440,14 +441,14 @@ class CycleRunner:
             "ticketune.eval_snapshot_id": eval_snapshot_id(snapshot),
             "ticketune.base_model": cfg.model.base,
             "ticketune.base_revision": cfg.model.revision or "",
-            "ticketune.base_model_fingerprint": base_model_fingerprint(cfg.model.base, cfg.model.revision),
+            "ticketune.base_model_fingerprint": base_fingerprint,
             "ticketune.parent_champion": snapshot.champion_version or "",
             "ticketune.config_hash": cfg.config_hash(),
             "ticketune.code_version": code_version(),
         }
 
     def _judge_and_register(
-        self, cycle_id: str, run_id: str, snapshot: Snapshot, champion: str | None, result: dict, attempt: int,
+        self, cycle_id: str, run_id: str, snapshot: Snapshot, champion: str | None, result: dict, run_tags: dict,
         golden: GoldenSet, *, fresh_reason: str | None = None, previous_base: str | None = None,
     ) -> CycleOutcome:
         """`fresh_reason`: the champion cannot be the reference: it was trained on erased data
@@ -485,7 +486,7 @@ class CycleRunner:
         else:
             decision = VERDICT_PROMOTED if cfg.gate.approval == "auto" else VERDICT_AWAITING_APPROVAL
         tags = {
-            **self._run_tags(snapshot, attempt),
+            **run_tags,
             "ticketune.state": "registering",
             "ticketune.verdict": decision,
             "ticketune.reasons": json.dumps(reasons),
