@@ -112,6 +112,7 @@ class KafkaTicketSource:
                 session_timeout_ms=cfg.session_timeout_ms,
                 heartbeat_interval_ms=cfg.heartbeat_interval_ms,
                 max_poll_interval_ms=cfg.max_poll_interval_ms,
+                **({"group_instance_id": cfg.group_instance_id} if cfg.group_instance_id else {}),
             )
             consumer.subscribe([cfg.topic])
             self._consumer = consumer
@@ -163,8 +164,11 @@ class KafkaTicketSource:
             (HEADER_SOURCE_OFFSET, str(record.offset).encode()),
             (HEADER_FAILED_AT, datetime.now(timezone.utc).isoformat().encode()),
         ]
+        value = record.value
+        if record.key is None and value is None:  # kafka-python refuses a record with neither key nor value
+            value = b""
         try:
-            self._send_dead_letter(record.key, record.value, headers)
+            self._send_dead_letter(record.key, value, headers)
         except MessageSizeTooLargeError:
             log.warning(
                 "dead letter for %s/%d@%d too large for %s; sending it without its value",

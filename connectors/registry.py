@@ -128,6 +128,44 @@ def default_artifact_location(tracking_uri: str) -> str | None:
     return (Path(db_path).resolve().parent / "mlartifacts").as_uri()
 
 
+def sqlite_database_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI; None for any other store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db_path = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
+    if not db_path or db_path == ":memory:":
+        return None
+    return Path(db_path)
+
+
+def create_sqlite_store_atomically(tracking_uri: str) -> None:
+    """Creates a `sqlite:///` MLflow database that does not exist yet in a temporary file beside it,
+    then renames it into place.
+
+    MLflow builds its schema with dozens of DDL statements that are not one transaction: a process
+    killed halfway (we measured it with `kill -9` during start-up) leaves a database that every
+    later start rejects with "table ... already exists". Built aside and renamed, the database is
+    either absent or complete.
+    """
+    db_path = sqlite_database_path(tracking_uri)
+    if db_path is None or db_path.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in db_path.parent.glob(f".{db_path.name}.creating-*"):
+        stale.unlink(missing_ok=True)  # what a killed creation left
+    partial = db_path.parent / f".{db_path.name}.creating-{os.getpid()}"
+    query = tracking_uri.split("?", 1)[1] if "?" in tracking_uri else ""
+    store = SqlAlchemyStore(f"sqlite:///{partial}" + (f"?{query}" if query else ""),
+                            default_artifact_location(tracking_uri) or partial.parent.as_uri())
+    store.engine.dispose()
+    if db_path.exists():  # another process won the race; its database is as good as ours
+        partial.unlink(missing_ok=True)
+        return
+    os.replace(partial, db_path)
+
+
 def _as_uri(location: str) -> str:
     return location if _URI_SCHEME.match(location) else Path(location).resolve().as_uri()
 
@@ -196,7 +234,17 @@ class AdapterRegistry:
         self.artifact_location = _as_uri(location) if location else None
         self.ping_timeout_s = ping_timeout_s
         with self._mlflow_errors("opening the client"):
-            self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            try:
+                create_sqlite_store_atomically(tracking_uri)
+                self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            except (MlflowException, requests.RequestException):
+                raise
+            except Exception as exc:  # SQLAlchemy's errors on a damaged database file, among others
+                raise RegistryError(
+                    f"MLflow at {self.shown_uri} could not be opened ({type(exc).__name__}: "
+                    f"{mask_url_password(str(exc).strip().splitlines()[0] if str(exc).strip() else '')}); "
+                    "check registry.tracking_uri"
+                ) from exc
         self._setup_lock = threading.Lock()
         self._champion_lock = threading.Lock()
         self._experiment_id: str | None = None

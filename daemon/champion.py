@@ -248,7 +248,7 @@ class ChampionKeeper:
                 tags = row.get("tags") or {}
                 version, cycle_id = row["version"], tags.get(TAG_CYCLE_ID)
                 if tags.get(TAG_STATE) == REGISTERING:
-                    notes.append(self._settle_registration(version, cycle_id))
+                    notes.append(self.settle_registration(version, cycle_id))
                     tags = self.registry.get_version_tags(version)
                 if cycle_id in unfinished and tags.get(TAG_STATE, COMPLETE) == COMPLETE:
                     notes.extend(self._finish_interrupted_cycle(version, cycle_id, tags, champion))
@@ -258,14 +258,34 @@ class ChampionKeeper:
         self.refresh_gauges()
         return notes
 
-    def _settle_registration(self, version: str, cycle_id: str | None) -> str:
+    def settle_registrations(self) -> list[str]:
+        """Settles the versions left `registering` by a cycle that ended (failed: MLflow went away
+        mid-registration), as `reconcile` does; a cycle runs it at its start, under the cycle lock, so
+        none of them is being registered right now. One whose cycle a crash left unfinished is left to
+        `reconcile` at the next start, which finishes that cycle too."""
+        notes: list[str] = []
+        with self._lock:
+            unfinished = set(self.store.unfinished_cycles())
+            for row in self.registry.history():
+                tags = row.get("tags") or {}
+                if tags.get(TAG_STATE) == REGISTERING and tags.get(TAG_CYCLE_ID) not in unfinished:
+                    notes.append(self.settle_registration(row["version"], tags.get(TAG_CYCLE_ID)))
+        for note in notes:
+            log.warning("settled: %s", note)
+        return notes
+
+    def settle_registration(self, version: str, cycle_id: str | None,
+                            why: str = "its registration was cut short (the service stopped, or MLflow went away)",
+                            ) -> str:
+        """A version left `registering`: complete when the store holds its decision (a closed batch),
+        otherwise abandoned (never promotable); `why` says how its registration was cut short."""
         batch = self.store.batch_of_version(version)
         if batch is not None:
             self.registry.set_version_tags(version, {TAG_STATE: COMPLETE})
             return f"version {version} (cycle {cycle_id}): the store had its decision; registration completed"
         self.registry.set_version_tags(version, {
             TAG_STATE: ABANDONED, TAG_VERDICT: ABANDONED,
-            "ticketune.abandoned_reason": "the service stopped while registering it; its batch stayed pending",
+            "ticketune.abandoned_reason": f"{why}; its batch stayed pending",
         })
         return f"version {version} (cycle {cycle_id}): half-registered, marked abandoned (never promotable)"
 

@@ -21,6 +21,9 @@ from daemon.config import ConfigError, Settings, load_settings
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow writes "View run ... at: <tracking URI>" to stdout, past the log's masking: a password in
+# registry.tracking_uri would land in the log as it is
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 _RESULT_STREAM = sys.stdout  # main() points sys.stdout at stderr: libraries' prints must not mix into --json
@@ -384,9 +387,16 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from daemon.demo import run_demo
+    from daemon.demo import load_extra_tickets, run_demo
 
-    as_expected, report, text = run_demo(Path(args.work_dir), keep=args.keep)
+    extra = []
+    if args.extra_tickets:
+        try:
+            extra = load_extra_tickets(Path(args.extra_tickets))
+        except (OSError, ValueError) as exc:
+            print(f"--extra-tickets: {exc}", file=sys.stderr)
+            return 2
+    as_expected, report, text = run_demo(Path(args.work_dir), keep=args.keep, extra_tickets=extra)
     _emit(args, report, text)
     return 0 if as_expected else 1
 
@@ -410,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("demo", cmd_demo, "the whole loop on embedded parts: broker, MLflow store, tiny model")
     p.add_argument("--work-dir", default="./demo-work", help="where the demo keeps its data (default ./demo-work)")
     p.add_argument("--keep", action="store_true", help="reuse the work dir's base model instead of rebuilding it")
+    p.add_argument("--extra-tickets", default=None, metavar="FILE",
+                   help="canonical tickets (one JSON object per line) to produce with the first batch")
     p = verb("ingest", cmd_ingest, "consume tickets from Kafka into the store")
     p.add_argument("--max-records", type=int, default=None, help="stop after this many records")
     p.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds with no record")

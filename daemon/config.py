@@ -27,6 +27,9 @@ class KafkaConfig(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = "tickets.resolved"
     group_id: str = "ticketune"
+    # static group membership (KIP-345): a restarted service with the same id takes its partitions back
+    # at once, without waiting for session_timeout_ms; unique per replica (e.g. the pod name)
+    group_instance_id: str | None = Field(default=None, min_length=1, max_length=249)
     dlq_topic: str = "tickets.resolved.dlq"
     format: Literal["canonical", "zendesk", "freshdesk", "intercom", "helpscout", "salesforce"] = "canonical"
     client_id: str = "ticketune"
@@ -55,6 +58,10 @@ class StoreConfig(_Section):
     eval_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     retention_days: float | None = Field(default=None, gt=0)
     identity_key: SecretStr | None = None
+    # a cap on the database file (SQLite's max_page_count, set on every connection): past it a write
+    # fails as "store full" (ingest retries without committing offsets) until the cap is raised or
+    # examples go; None: only the disk limits it
+    max_size_mb: float | None = Field(default=None, gt=0)
 
 
 class ModelConfig(_Section):

@@ -224,6 +224,7 @@ class CycleRunner:
         try:
             champion = self.registry.champion_version()
             tag_erased_versions(self.store, self.registry)
+            self._settle_registrations()
             champion_base = (self.registry.get_version_tags(champion).get("ticketune.base_model_fingerprint")
                              if champion is not None else None)
         except Exception as exc:  # the registry is unreachable: nothing to compare with, so no cycle
@@ -255,7 +256,12 @@ class CycleRunner:
                     reasons=[f"{pending} new examples since the last cycle, schedule.min_new_examples is "
                              f"{cfg.schedule.min_new_examples}"],
                 )
-        attempt = self.store.start_cycle(cycle_id, trigger)
+        try:
+            attempt = self.store.start_cycle(cycle_id, trigger)
+        except Exception as exc:  # the store takes no writes (a full disk): no cycle, said plainly
+            log.error("cycle %s could not start: %s", cycle_id, str(exc).splitlines()[0])
+            metrics.CYCLES.labels(verdict=VERDICT_FAILED).inc()
+            return CycleOutcome(cycle_id, VERDICT_FAILED, reasons=[str(exc).splitlines()[0]])
         notes = [f"resumes cycle {cycle_id} attempt {attempt}"] if resumption else []
         outcome = CycleOutcome(cycle_id, VERDICT_FAILED, reasons=list(notes))
         cycle_dir = cfg.training.work_dir / cycle_id
@@ -293,8 +299,12 @@ class CycleRunner:
                 previous_base=champion_base,
             )
             outcome.reasons = notes + outcome.reasons
-            self.registry.log_artifacts(run_id, cycle_dir / "out", "worker")
-            self.registry.end_run(run_id, "FINISHED")
+            try:  # the verdict is in MLflow and the store already: what follows cannot make the cycle fail
+                self.registry.log_artifacts(run_id, cycle_dir / "out", "worker")
+                self.registry.end_run(run_id, "FINISHED")
+            except Exception as exc:
+                log.warning("cycle %s: %s, but the worker's files could not be attached to its MLflow run: %s",
+                            cycle_id, outcome.verdict, str(exc).splitlines()[0])
             metrics.LAST_SUCCESSFUL_CYCLE.set(time.time())
             metrics.CYCLE_DURATION.observe(time.monotonic() - started)
             return outcome
@@ -311,17 +321,29 @@ class CycleRunner:
         finally:
             metrics.CYCLE_RUNNING.set(0)
             metrics.CYCLES.labels(verdict=outcome.verdict).inc()
-            self.store.finish_cycle(
-                cycle_id, verdict=outcome.verdict, model_version=outcome.version,
-                snapshot_id=snapshot.id if snapshot else None, reasons=outcome.reasons, metrics=outcome.metrics,
-                retryable=retryable,
-            )
+            try:
+                self.store.finish_cycle(
+                    cycle_id, verdict=outcome.verdict, model_version=outcome.version,
+                    snapshot_id=snapshot.id if snapshot else None, reasons=outcome.reasons, metrics=outcome.metrics,
+                    retryable=retryable,
+                )
+            except Exception as exc:  # a full disk: the row stays unfinished, and the next start marks it failed
+                log.error("cycle %s: its end (%s) could not be recorded in the store: %s", cycle_id, outcome.verdict,
+                          str(exc).splitlines()[0])
             if retryable and attempt < cfg.training.max_attempts:
                 log.info("cycle %s: attempt %d failed; the next run resumes it from its checkpoints",
                          cycle_id, attempt)
             else:
                 shutil.rmtree(cycle_dir / "checkpoints", ignore_errors=True)
             self._prune_cycle_dirs()
+
+    def _settle_registrations(self) -> None:
+        """Versions that an earlier cycle left `registering` (MLflow went away mid-registration) are
+        completed or abandoned now that MLflow answers; no other cycle runs (the cycle lock)."""
+        try:
+            self.keeper.settle_registrations()
+        except Exception as exc:  # best effort: such a version is never promotable meanwhile
+            log.warning("versions left registering were not settled now: %s", str(exc).splitlines()[0])
 
     def _resumption(self, champion: str | None, retrain: bool) -> _Resumption | None:
         """The failed cycle to retry with its own id, snapshot and spec, if every condition holds."""
@@ -457,7 +479,9 @@ class CycleRunner:
 
         The version is registered `registering`, the store records the decision (trusted set,
         batch), the report is attached, then the version is tagged `complete`; only then may it be
-        promoted. A crash in between leaves what `ChampionKeeper.reconcile` settles at the next start.
+        promoted. A crash in between leaves what `ChampionKeeper.reconcile` settles at the next start; an
+        error in between (MLflow gone mid-registration) fails the cycle with its batch reopened and the
+        version abandoned (by the next cycle or start when MLflow cannot take the tag at once).
         """
         cfg = self.settings
         has_reference_champion = champion is not None and fresh_reason is None
@@ -505,12 +529,16 @@ class CycleRunner:
         # the placeholder vocabulary travels with the adapter: serving fills or strips what the model writes
         (adapter_dir / "ticketune_placeholders.json").write_text(json.dumps(PLACEHOLDERS, indent=2), "utf-8")
         version = self.registry.register_candidate(run_id, adapter_dir, tags)
-        self.store.freeze_trusted_set(version, snapshot.id, champion, cfg.gate.trusted_eval_cap)
-        self.store.close_batch(snapshot.id, verdict="rejected" if decision == VERDICT_REJECTED else "promoted",
-                               model_version=version)
-        report_tags = self._attach_report(run_id, cycle_id, version, decision, verdict, tags, result,
-                                          "champion" if has_reference_champion else "base", golden)
-        self.registry.set_version_tags(version, {**report_tags, "ticketune.state": "complete"})
+        try:
+            self.store.freeze_trusted_set(version, snapshot.id, champion, cfg.gate.trusted_eval_cap)
+            self.store.close_batch(snapshot.id, verdict="rejected" if decision == VERDICT_REJECTED else "promoted",
+                                   model_version=version)
+            report_tags = self._attach_report(run_id, cycle_id, version, decision, verdict, tags, result,
+                                              "champion" if has_reference_champion else "base", golden)
+            self.registry.set_version_tags(version, {**report_tags, "ticketune.state": "complete"})
+        except Exception as exc:
+            self._abandon_registration(cycle_id, version, snapshot.id, exc)
+            raise
         if decision == VERDICT_PROMOTED:
             self.keeper.promote(version, reason=f"cycle {cycle_id} passed the gate", actor="cycle")
         else:
@@ -521,6 +549,23 @@ class CycleRunner:
             metrics.TRAINING_TOKENS_PER_SECOND.set(numeric["train_tokens_per_second"])
         log.info("cycle %s: version %s %s", cycle_id, version, decision)
         return CycleOutcome(cycle_id, decision, version=version, reasons=reasons, metrics=flat)
+
+    def _abandon_registration(self, cycle_id: str, version: str, snapshot_id: str, exc: Exception) -> None:
+        """The registration of `version` failed before it was complete (MLflow went away mid-way): the
+        cycle fails, so its batch goes back to pending (the store's half is undone) and the version is
+        marked abandoned; if MLflow cannot take that tag now, the next cycle (or start) settles it."""
+        try:
+            self.store.reopen_batch(snapshot_id, version)
+        except Exception as store_exc:
+            log.error("cycle %s: the batch of half-registered version %s could not be reopened: %s", cycle_id,
+                      version, store_exc)
+            return  # the store still holds the decision: the version is settled as complete later
+        why = f"its cycle {cycle_id} failed while registering it ({str(exc).splitlines()[0][:200]})"
+        try:
+            self.keeper.settle_registration(version, cycle_id, why)
+        except Exception as tag_exc:
+            log.warning("cycle %s: version %s stays `registering` (never promotable) until the next cycle or start "
+                        "marks it abandoned: %s", cycle_id, version, str(tag_exc).splitlines()[0])
 
     def _attach_report(
         self, run_id: str, cycle_id: str, version: str, decision: str, verdict: Verdict, tags: dict, result: dict,

@@ -3,6 +3,7 @@
 Embedded broker, MLflow store under the work dir, a tiny base model built locally, and the real
 service (ingest thread, HTTP, cycles) driven through three batches: clean (promoted), poisoned
 (rejected and quarantined), clean again (promoted); then a rollback to the first version.
+`--extra-tickets FILE` adds canonical tickets of one's own (JSON lines) to the first batch.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -51,6 +53,22 @@ def _demo_config(work_dir: Path, bootstrap: str) -> Path:
     return path
 
 
+def load_extra_tickets(path: Path) -> list[dict]:
+    """Canonical ticket dicts, one JSON object per line (blank lines skipped), each with a `ticket_id`."""
+    tickets = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            ticket = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(ticket, dict) or not str(ticket.get("ticket_id") or "").strip():
+            raise ValueError(f"{path}:{number}: not a canonical ticket (a JSON object with a ticket_id)")
+        tickets.append(ticket)
+    return tickets
+
+
 def _wait_for_ingest(service, expected: int, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while service.ingest_totals.consumed < expected:
@@ -67,8 +85,9 @@ def _metric_lines(port: int) -> list[str]:
     return [line for line in body.splitlines() if line.startswith(wanted)]
 
 
-def run_demo(work_dir: Path, *, keep: bool = False) -> tuple[bool, dict, str]:
-    """Runs the demo; returns whether it went as expected, the report, and the report as text."""
+def run_demo(work_dir: Path, *, keep: bool = False, extra_tickets: Sequence[dict] = ()) -> tuple[bool, dict, str]:
+    """Runs the demo; returns whether it went as expected, the report, and the report as text.
+    `extra_tickets` (canonical ticket dicts) are produced with the first batch and trained on with it."""
     from connectors.broker import EmbeddedBroker
     from connectors.kafka import produce_raw, produce_tickets
     from daemon.samples import generate_tickets
@@ -105,6 +124,10 @@ def run_demo(work_dir: Path, *, keep: bool = False) -> tuple[bool, dict, str]:
                 tickets = generate_tickets(BATCH_SIZE, seed=seed, start_id=start_id, corrupt_fraction=corrupt)
                 produce_tickets(settings.kafka, settings.kafka.topic, tickets)
                 produced += len(tickets)
+                if number == 1 and extra_tickets:
+                    produce_tickets(settings.kafka, settings.kafka.topic, list(extra_tickets))
+                    produced += len(extra_tickets)
+                    _say(f"[demo] batch 1: produced {len(extra_tickets)} extra tickets")
                 if number == 1:  # two malformed messages show the dead-letter path
                     produce_raw(settings.kafka, settings.kafka.topic,
                                 [(b"bad-1", b"{not json"), (b"bad-2", json.dumps({"status": "solved"}).encode())])

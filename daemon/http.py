@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ MAX_BODY_BYTES = 64 * 1024
 DRAIN_LIMIT_BYTES = 1024 * 1024
 API_VERSION = "1"
 VERSION_PATTERN = r"^[0-9]+$"
+_QUERY = re.compile(r"\?[^\s\"]*")
 
 
 class AdminError(Exception):
@@ -210,7 +212,8 @@ def _handler(endpoints: Endpoints) -> type[BaseHTTPRequestHandler]:
         server_version = "ticketune"
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
-            log.debug("http %s", format % args)
+            # without the query string: a token sent there by mistake must not reach the log
+            log.debug("http %s", _QUERY.sub("?...", format % args))
 
         def _send(self, status: int, body: bytes, content_type: str = "application/json",
                   headers: dict[str, str] | None = None) -> None:

@@ -12,7 +12,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
@@ -45,6 +46,9 @@ T = TypeVar("T")
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 30.0
 LAG_INTERVAL_S = 1.0
+# a broker call without an answer for this long is reported as an outage while it still waits (a paused
+# or partitioned broker leaves sockets open: a dead-letter send or a commit can wait 10 s or more)
+BROKER_SILENT_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -118,11 +122,35 @@ class _Retrier:
     """Retries one operation with capped exponential backoff until it succeeds or `stop` is set."""
 
     def __init__(self, stop: threading.Event, report: IngestReport,
-                 on_broker: Callable[[bool, str], None] | None = None) -> None:
+                 on_broker: Callable[[bool, str], None] | None = None,
+                 on_store: Callable[[bool, str], None] | None = None) -> None:
         self.stop = stop
         self.report = report
         self.delay_s = BACKOFF_INITIAL_S
         self.on_broker = on_broker
+        self.on_store = on_store
+        self.in_flight: tuple[str, float] | None = None  # the broker or store call under way, since when
+        self._silence_reported = False
+
+    @contextmanager
+    def tracking(self, kind: str) -> Iterator[None]:
+        """Marks a call as under way, for `check_silence`."""
+        self.in_flight, self._silence_reported = (kind, time.monotonic()), False
+        try:
+            yield
+        finally:
+            self.in_flight = None
+
+    def check_silence(self) -> None:
+        """Run by the watchdog thread: a broker call unanswered for BROKER_SILENT_S is an outage now."""
+        current = self.in_flight
+        if current is None or current[0] == "store" or self._silence_reported:
+            return
+        waited = time.monotonic() - current[1]
+        if waited >= BROKER_SILENT_S:
+            self._silence_reported = True
+            log.warning("no answer from the Kafka brokers for %.0f s (%s); still waiting", waited, current[0])
+            self.broker(False, f"no answer from the brokers for {waited:.0f} s ({current[0]})")
 
     def broker(self, up: bool, detail: str = "") -> None:
         """Whether the loop reaches the broker: the gauges, and the caller's `on_broker` (readiness details)."""
@@ -136,6 +164,8 @@ class _Retrier:
         metrics.INGEST_ERRORS.labels(kind=kind).inc()
         if kind != "store":
             self.broker(False, f"{type(exc).__name__}: {exc}")
+        elif self.on_store is not None:
+            self.on_store(False, f"{type(exc).__name__}: {exc}")
         log.warning(
             "ingest %s failed (%s: %s); retrying in %.1f s", kind, type(exc).__name__, exc, self.delay_s
         )
@@ -146,13 +176,16 @@ class _Retrier:
         self.delay_s = BACKOFF_INITIAL_S
         if reached_broker and kind != "store":
             self.broker(True)
+        if kind == "store" and self.on_store is not None:
+            self.on_store(True, "")
 
     def call(self, kind: str, operation: Callable[[], T]) -> T:
         while True:
             if self.stop.is_set():
                 raise _Stopped
             try:
-                result = operation()
+                with self.tracking(kind):
+                    result = operation()
             except Exception as exc:
                 self.failed(kind, exc)
                 continue
@@ -211,45 +244,65 @@ def run_ingest(
     quality: QualityFilter | None = None,
     scrub: bool = True,
     on_broker: Callable[[bool, str], None] | None = None,
+    on_store: Callable[[bool, str], None] | None = None,
 ) -> IngestReport:
     """Runs until `max_records` are consumed, `idle_timeout_s` passes without a record, or `stop` is set.
 
     `on_batch` gets the running report after each committed batch. `scrub=False` (the config's
     `privacy.scrub: false`) stores text unscrubbed: only for testing the gate's PII check.
-    `on_broker(up, detail)` hears whether the broker is reached (the detail says why not).
+    `on_broker(up, detail)` hears whether the broker is reached (the detail says why not), and
+    `on_store(ok, detail)` whether the store takes the writes (a full disk: the detail says which store).
     """
     if not scrub:
         log.warning("privacy.scrub is false: personal data is stored and trained on unscrubbed")
     stop = stop if stop is not None else threading.Event()
     report = IngestReport()
-    retrier = _Retrier(stop, report, on_broker)
+    retrier = _Retrier(stop, report, on_broker, on_store)
     last_record_at = time.monotonic()
     last_lag_at = float("-inf")
-    while not stop.is_set():
-        if max_records is not None and report.consumed >= max_records:
-            break
-        if idle_timeout_s is not None and time.monotonic() - last_record_at >= idle_timeout_s:
-            break
-        remaining = None if max_records is None else max_records - report.consumed
-        try:
-            records = source.poll(poll_timeout_s, remaining)
-        except Exception as exc:  # broker unreachable, bad credentials, ...: never fatal
-            retrier.failed("poll", exc)
-            continue
-        retrier.succeeded("poll", reached_broker=bool(records))  # an empty poll proves nothing
-        if records:
-            last_record_at = time.monotonic()
-            try:
-                _ingest_batch(records, source, parse, store, system_prompt, report, retrier, quality, scrub)
-            except _Stopped:
-                log.info("ingest stopped before a batch was stored; its records will be redelivered")
+    with _silence_watchdog(retrier):
+        while not stop.is_set():
+            if max_records is not None and report.consumed >= max_records:
                 break
-            if on_batch is not None:
-                on_batch(report)
-        if records or time.monotonic() - last_lag_at >= LAG_INTERVAL_S:
-            last_lag_at = time.monotonic()
-            _update_lag(source, report, retrier)
+            if idle_timeout_s is not None and time.monotonic() - last_record_at >= idle_timeout_s:
+                break
+            remaining = None if max_records is None else max_records - report.consumed
+            try:
+                with retrier.tracking("poll"):
+                    records = source.poll(poll_timeout_s, remaining)
+            except Exception as exc:  # broker unreachable, bad credentials, ...: never fatal
+                retrier.failed("poll", exc)
+                continue
+            retrier.succeeded("poll", reached_broker=bool(records))  # an empty poll proves nothing
+            if records:
+                last_record_at = time.monotonic()
+                try:
+                    _ingest_batch(records, source, parse, store, system_prompt, report, retrier, quality, scrub)
+                except _Stopped:
+                    log.info("ingest stopped before a batch was stored; its records will be redelivered")
+                    break
+                if on_batch is not None:
+                    on_batch(report)
+            if records or time.monotonic() - last_lag_at >= LAG_INTERVAL_S:
+                last_lag_at = time.monotonic()
+                _update_lag(source, report, retrier)
     return report
+
+
+@contextmanager
+def _silence_watchdog(retrier: _Retrier) -> Iterator[None]:
+    """A thread that reports a broker call left unanswered (see `_Retrier.check_silence`)."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(1.0):
+            retrier.check_silence()
+
+    threading.Thread(target=watch, name="ingest-watchdog", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def _ingest_batch(
@@ -284,6 +337,8 @@ def _ingest_batch(
             changes.append(item)
 
     outcomes = retrier.call("store", lambda: store.apply(changes)) if changes else []
+    if quality is not None:
+        quality.committed()  # the store holds the batch now, its dedupe entries too
     stored = deleted = 0
     for outcome in outcomes:
         if outcome in (OUTCOME_STORED, OUTCOME_REVISED):
@@ -298,7 +353,8 @@ def _ingest_batch(
             deleted += 1
 
     try:
-        source.commit()
+        with retrier.tracking("commit"):
+            source.commit()
     except Exception as exc:  # the next commit covers these records; a restart redelivers them
         retrier.failed("commit", exc)
 
@@ -319,7 +375,8 @@ def _ingest_batch(
 
 def _update_lag(source: TicketSource, report: IngestReport, retrier: _Retrier) -> None:
     try:
-        lag = source.lag()
+        with retrier.tracking("lag"):
+            lag = source.lag()
     except Exception as exc:  # an unreachable broker shows here first: a poll just returns nothing
         report.source_errors += 1
         metrics.INGEST_ERRORS.labels(kind="lag").inc()

@@ -91,9 +91,9 @@ def build_cycle_runner(settings: Settings, store: ExampleStore, registry: Adapte
 
 
 def build_quality_filter(settings: Settings, store: ExampleStore) -> QualityFilter:
-    """The quality filter with its dedupe index rebuilt from what the store already holds."""
-    quality = QualityFilter(settings.quality, tokenizer_json_for(settings.model.base))
-    loaded = quality.load(store.quality_signatures())
+    """The quality filter, its dedupe index in the store (memory stays flat however much is ingested)."""
+    quality = QualityFilter(settings.quality, tokenizer_json_for(settings.model.base), store=store)
+    loaded = quality.load(())
     log.info("quality filter ready: %d stored examples in the dedupe index", loaded)
     return quality
 
@@ -112,6 +112,7 @@ class Service:
         self.ingest_totals = IngestReport()
         self.ingest_running = False
         self.kafka_state = "not connected yet"  # "up", or "down: <why>" (readiness details)
+        self.store_writes = "ok"  # or "failing: <why>" while ingest cannot write (a full disk; readiness details)
         self.last_cycle: CycleOutcome | None = None
         self.started_at = time.time()
         self._threads: list[threading.Thread] = []
@@ -203,7 +204,7 @@ class Service:
             log.info("reconcile: another process runs a cycle on this store; it is left to it")
         except Exception as exc:
             log.warning("reconcile: the registry could not be checked now (%s); versions left registering "
-                        "stay unpromotable until the next start", exc)
+                        "stay unpromotable until the next cycle or start settles them", exc)
 
     def _watch_alias_forever(self) -> None:
         """Polls the champion alias (`registry.poll_seconds`); a move made in the MLflow UI is handled
@@ -293,6 +294,7 @@ class Service:
                             source, parse, self.store, system_prompt=cfg.model.system_prompt, stop=self.stop,
                             on_batch=self._note_ingest_progress, poll_timeout_s=cfg.kafka.poll_timeout_ms / 1000,
                             quality=quality, scrub=cfg.privacy.scrub, on_broker=self._note_broker,
+                            on_store=self._note_store_writes,
                         )
                         log.info("ingest loop ended: %s", report.to_json())
                     finally:
@@ -314,6 +316,9 @@ class Service:
 
     def _note_broker(self, up: bool, detail: str) -> None:
         self.kafka_state = "up" if up else f"down: {mask_url_password(detail)[:300]}"
+
+    def _note_store_writes(self, ok: bool, detail: str) -> None:
+        self.store_writes = "ok" if ok else f"failing: {detail[:300]}"
 
     # cycles ------------------------------------------------------------------------------
     def run_cycle(self, *, trigger: str, force: bool = False) -> CycleOutcome:
@@ -424,11 +429,12 @@ class Service:
     def ready(self) -> tuple[bool, dict]:
         """Ready while the store answers and no shutdown is under way.
 
-        A broker outage shows in the details and in metrics but does not make the pod unready:
-        an unready pod drops out of its Service, and with it the metrics that report the outage.
+        A broker outage, or a store that takes no writes (a full disk), shows in the details and in
+        metrics but does not make the pod unready: an unready pod drops out of its Service, and with
+        it the metrics that report the outage.
         """
         details: dict = {"ingest_running": self.ingest_running, "kafka": self.kafka_state,
-                         "stopping": self.stop.is_set()}
+                         "store_writes": self.store_writes, "stopping": self.stop.is_set()}
         try:
             self.store.counts()
             details["store"] = "ok"

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from daemon.config import StoreConfig
-from daemon.filters import example_signature, signature_is_current
+from daemon.filters import band_keys, example_signature, signature_is_current
 from daemon.pairs import PIPELINE_VERSION, Example
 
 SCHEMA_V1 = """
@@ -114,6 +114,14 @@ MIGRATIONS: list[list[str]] = [
         " forced INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'abandoned')),"
         " ended_at TEXT)",
     ],
+    [  # the dedupe index lives here, not in the ingest process's memory (daemon/filters.py)
+        "CREATE TABLE IF NOT EXISTS dedupe_bands (band INTEGER NOT NULL, bucket INTEGER NOT NULL,"
+        " ticket_id TEXT NOT NULL, PRIMARY KEY (band, bucket, ticket_id)) WITHOUT ROWID",
+        "CREATE INDEX IF NOT EXISTS dedupe_bands_ticket ON dedupe_bands(ticket_id)",
+        "CREATE INDEX IF NOT EXISTS examples_exact ON examples(substr(quality_signature, 2, 16))",
+        "CREATE TRIGGER IF NOT EXISTS dedupe_bands_follow_deletes AFTER DELETE ON examples"
+        " BEGIN DELETE FROM dedupe_bands WHERE ticket_id = old.ticket_id; END",
+    ],
 ]
 MIN_VALIDATION_EXAMPLES = 8  # fewer make a validation loss too noisy to stop on
 
@@ -195,6 +203,17 @@ class LockBusy(RuntimeError):
     pass
 
 
+class StoreFull(sqlite3.OperationalError):
+    """A write failed because the store's disk (or its `store.max_size_mb` cap) is full; nothing of
+    it was kept, and the same write succeeds once there is room again."""
+
+
+def _is_full(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
+    )
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -233,21 +252,24 @@ def store_lock(store_path: Path, name: str, *, wait_seconds: float | None = None
 
 def open_store(cfg: StoreConfig) -> ExampleStore:
     key = cfg.identity_key.get_secret_value().encode() if cfg.identity_key else None
-    return ExampleStore(cfg.path, cfg.eval_fraction, identity_key=key)
+    return ExampleStore(cfg.path, cfg.eval_fraction, identity_key=key, max_size_mb=cfg.max_size_mb)
 
 
 class ExampleStore:
     """SQLite example store; safe to share between threads (one connection per thread)."""
 
-    def __init__(self, path: str | Path, eval_fraction: float = 0.2, identity_key: bytes | None = None) -> None:
+    def __init__(self, path: str | Path, eval_fraction: float = 0.2, identity_key: bytes | None = None,
+                 max_size_mb: float | None = None) -> None:
         self.path = Path(path)
         self.eval_fraction = eval_fraction
+        self.max_size_mb = max_size_mb
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self.schema_version = self._migrate()
         self._identity_key = identity_key or self._stored_identity_key()
+        self._dedupe: tuple[int, int] | None = self._stored_dedupe_layout()
 
     def _stored_identity_key(self) -> bytes:
         """A random HMAC key kept in the store, for when `store.identity_key` is not configured."""
@@ -257,6 +279,13 @@ class ExampleStore:
                 db.execute("INSERT INTO meta (key, value) VALUES ('identity_key', ?)", (secrets.token_hex(32),))
                 row = db.execute("SELECT value FROM meta WHERE key = 'identity_key'").fetchone()
         return bytes.fromhex(row["value"])
+
+    def _stored_dedupe_layout(self) -> tuple[int, int] | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'dedupe_layout'").fetchone()
+        if row is None:
+            return None
+        bands, rows = row["value"].split("x")
+        return int(bands), int(rows)
 
     def keyed(self, value: str) -> str:
         """A keyed hash (HMAC-SHA256) of an identifier: matchable later, not reversible without the key."""
@@ -272,6 +301,9 @@ class ExampleStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # offsets are committed right after; a write must survive
             db.execute("PRAGMA foreign_keys=ON")
+            if self.max_size_mb is not None:  # SQLite keeps it at least at the current size
+                page_size = db.execute("PRAGMA page_size").fetchone()[0]
+                db.execute(f"PRAGMA max_page_count = {max(1, int(self.max_size_mb * 2**20) // page_size)}")
             self._local.db = db
             with self._connections_lock:
                 self._connections.append(db)
@@ -279,14 +311,34 @@ class ExampleStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it durable, or (an error, a full disk) none of it.
+
+        A failed COMMIT is rolled back too (a full disk can fail a statement or the COMMIT), and a
+        transaction SQLite already rolled back is not rolled back twice (which would raise "no transaction
+        is active" in place of the real error): the connection is always left usable. A full disk or
+        `max_size_mb` cap raises `StoreFull`, which names the store.
+        """
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the original error says what went wrong
+                raise
+        except sqlite3.OperationalError as exc:
+            if _is_full(exc):
+                limit = f" (store.max_size_mb {self.max_size_mb:g})" if self.max_size_mb is not None else ""
+                raise StoreFull(
+                    f"the example store {self.path} is full{limit}: {exc}; nothing of this write was kept, "
+                    "it succeeds once there is room (free disk space or raise store.max_size_mb)"
+                ) from exc
             raise
-        db.execute("COMMIT")
 
     def _migrate(self) -> int:
         """Brings the schema to the newest version at open; safe when several processes open at once."""
@@ -374,7 +426,16 @@ class ExampleStore:
             "INSERT OR IGNORE INTO example_identities (ticket_id, identity) VALUES (?, ?)",
             [(example.ticket_id, self.keyed(identity)) for identity in example.identities],
         )
+        if self._dedupe is not None:
+            db.execute("DELETE FROM dedupe_bands WHERE ticket_id = ?", (example.ticket_id,))
+            self._index_bands(db, example.ticket_id, example.quality_signature)
         return outcome
+
+    def _index_bands(self, db: sqlite3.Connection, ticket_id: str, signature: bytes | None) -> None:
+        keys = band_keys(signature, *self._dedupe) if signature is not None and self._dedupe else None
+        if keys:
+            db.executemany("INSERT OR IGNORE INTO dedupe_bands (band, bucket, ticket_id) VALUES (?, ?, ?)",
+                           [(band, key, ticket_id) for band, key in enumerate(keys)])
 
     def _delete(self, db: sqlite3.Connection, ticket_id: str) -> str:
         """Deletes a ticket everywhere it is kept, snapshots and trusted sets included."""
@@ -487,23 +548,82 @@ class ExampleStore:
             by_category["other"] = sum(r["n"] for r in rows[top_categories:])
         return {"newest_stored_at": newest, "by_category": by_category}
 
-    def quality_signatures(self) -> list[tuple[str, bytes]]:
-        """(ticket_id, dedupe signature) of every stored example, computing missing or outdated ones."""
-        rows = self._db.execute("SELECT ticket_id, quality_signature, example_json FROM examples").fetchall()
-        missing = [r for r in rows if not signature_is_current(r["quality_signature"])]
-        computed = {
-            r["ticket_id"]: example_signature(
-                Example(ticket_id=r["ticket_id"], revision="", messages=json.loads(r["example_json"])["messages"])
-            )
-            for r in missing
-        }
+    def quality_signatures(self, keep: bool = True) -> list[tuple[str, bytes]]:
+        """(ticket_id, dedupe signature) of every stored example, computing missing or outdated ones
+        (stored in their rows and their dedupe bands); `keep=False` only computes them and returns []."""
+        found: list[tuple[str, bytes]] = []
+        computed: dict[str, bytes] = {}
+        cursor = self._db.execute("SELECT ticket_id, quality_signature, example_json FROM examples")
+        while chunk := cursor.fetchmany(5000):
+            for r in chunk:
+                signature = r["quality_signature"]
+                if not signature_is_current(signature):
+                    messages = json.loads(r["example_json"])["messages"]
+                    signature = computed[r["ticket_id"]] = example_signature(
+                        Example(ticket_id=r["ticket_id"], revision="", messages=messages))
+                if keep:
+                    found.append((r["ticket_id"], signature))
         if computed:
             with self._write() as db:
                 db.executemany(
                     "UPDATE examples SET quality_signature = ? WHERE ticket_id = ?",
                     [(sig, ticket_id) for ticket_id, sig in computed.items()],
                 )
-        return [(r["ticket_id"], computed.get(r["ticket_id"]) or r["quality_signature"]) for r in rows]
+                for ticket_id, signature in computed.items():
+                    db.execute("DELETE FROM dedupe_bands WHERE ticket_id = ?", (ticket_id,))
+                    self._index_bands(db, ticket_id, signature)
+        return found
+
+    # the dedupe index (daemon/filters.py) ------------------------------------------------------
+    def dedupe_layout(self, bands: int, rows: int) -> int:
+        """Makes the band table match this LSH layout (a new near-duplicate threshold rebuilds it, as
+        does a store that has none yet) and returns how many examples it indexes. Missing or outdated
+        signatures are computed first; the table is kept up to date by every write after this."""
+        self.quality_signatures(keep=False)
+        layout = f"{bands}x{rows}"
+        with self._write() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'dedupe_layout'").fetchone()
+            if row is None or row["value"] != layout:
+                self._dedupe = (bands, rows)
+                db.execute("DELETE FROM dedupe_bands")
+                cursor = db.execute("SELECT ticket_id, quality_signature FROM examples")
+                while chunk := cursor.fetchmany(5000):
+                    for item in chunk:
+                        self._index_bands(db, item["ticket_id"], item["quality_signature"])
+                db.execute("INSERT INTO meta (key, value) VALUES ('dedupe_layout', ?)"
+                           " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (layout,))
+            self._dedupe = (bands, rows)
+            return db.execute("SELECT count(DISTINCT ticket_id) FROM dedupe_bands").fetchone()[0]
+
+    def exact_owners(self, exact: bytes) -> set[str]:
+        """Tickets whose stored conversation has this exact hash (bytes 2 to 17 of the signature)."""
+        rows = self._db.execute(
+            "SELECT ticket_id FROM examples WHERE substr(quality_signature, 2, 16) = ?", (exact,)).fetchall()
+        return {row[0] for row in rows}
+
+    def band_candidates(self, keys: list[int]) -> set[str]:
+        """Tickets sharing at least one LSH bucket with these band keys (one per band, in order)."""
+        if not keys:
+            return set()
+        pairs = ",".join("(?, ?)" for _ in keys)
+        values = [v for band, key in enumerate(keys) for v in (band, key)]
+        rows = self._db.execute(
+            f"SELECT DISTINCT ticket_id FROM dedupe_bands WHERE (band, bucket) IN (VALUES {pairs})", values
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    def signatures_of(self, ticket_ids) -> dict[str, bytes]:
+        ids = list(ticket_ids)
+        found: dict[str, bytes] = {}
+        for begin in range(0, len(ids), 500):
+            chunk = ids[begin:begin + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._db.execute(
+                f"SELECT ticket_id, quality_signature FROM examples WHERE ticket_id IN ({marks})"
+                " AND quality_signature IS NOT NULL", chunk
+            ):
+                found[row[0]] = row[1]
+        return found
 
     def pending_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM examples WHERE batch_id IS NULL").fetchone()[0]
@@ -651,6 +771,19 @@ class ExampleStore:
                 [(model_version, t, rows[t]) for t in kept],
             )
         return len(kept)
+
+    def reopen_batch(self, snapshot_id: str, model_version: str) -> int:
+        """Undoes `freeze_trusted_set` and `close_batch` for a registration of `model_version` that failed
+        before it was complete: the batch's examples are pending again; returns how many."""
+        with self._write() as db:
+            reopened = 0
+            for (batch_id,) in db.execute(
+                "SELECT id FROM batches WHERE snapshot_id = ? AND model_version = ?", (snapshot_id, str(model_version))
+            ).fetchall():
+                reopened += db.execute("UPDATE examples SET batch_id = NULL WHERE batch_id = ?", (batch_id,)).rowcount
+                db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+            db.execute("DELETE FROM trusted_sets WHERE model_version = ?", (str(model_version),))
+        return reopened
 
     def trusted_set_size(self, model_version: str) -> int:
         return self._db.execute(

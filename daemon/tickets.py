@@ -7,12 +7,16 @@ which the ingest loop turns into a dead-letter record with the error as its reas
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 RESOLVED_STATUSES = frozenset({"solved", "closed", "resolved"})
+MAX_JSON_NESTING = 64  # helpdesk payloads nest under ten levels
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
 class Role(str, Enum):
@@ -55,7 +59,7 @@ class Ticket(_Lenient):
     category: str | None = None
     tags: list[str] = Field(default_factory=list)
     language: str | None = None
-    csat: float | None = None
+    csat: float | None = Field(default=None, allow_inf_nan=False)  # NaN would slip past quality.min_csat
     created_at: datetime | None = None
     updated_at: datetime | None = None
     resolved_at: datetime | None = None
@@ -103,14 +107,32 @@ class TicketParseError(ValueError):
 def load_json_object(value: bytes) -> dict:
     """One UTF-8 JSON object, or a `TicketParseError` saying why not (every format starts here)."""
     try:
-        data = json.loads(value.decode("utf-8"))
+        text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TicketParseError("invalid_utf8", str(exc)) from None
-    except (json.JSONDecodeError, RecursionError) as exc:
+    if _nests_deeper_than(text, MAX_JSON_NESTING):
+        raise TicketParseError("invalid_json", f"nested deeper than {MAX_JSON_NESTING} levels")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # ValueError: a JSONDecodeError, or an integer over 4300 digits
         raise TicketParseError("invalid_json", str(exc)[:300]) from None
     if not isinstance(data, dict):
         raise TicketParseError("not_an_object", f"expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def _nests_deeper_than(text: str, limit: int) -> bool:
+    """Whether the JSON text nests deeper than `limit`, its strings left out. A fixed limit: json.loads stops at
+    whatever the caller's stack leaves, so one record could be stored by one process and dead-lettered by another."""
+    brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text))
+    if len(brackets) <= limit:
+        return False
+    depth = 0
+    for bracket in brackets:
+        depth += 1 if bracket in "[{" else -1
+        if depth > limit:
+            return True
+    return False
 
 
 def parse_canonical(value: bytes) -> Ticket:

@@ -214,3 +214,59 @@ def test_default_config_keeps_the_demo_samples() -> None:
             dropped[reason] += 1
     assert examples > 250
     assert sum(dropped.values()) <= 0.05 * examples, dropped
+
+
+def test_the_store_backed_index_decides_as_the_in_memory_one_and_holds_no_stored_example_in_memory(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from daemon.store import Deletion, ExampleStore
+
+    variants = [example(str(i), answer=ANSWER.replace("$42", f"${40 + i}")) for i in range(3)]  # near copies
+    stream = [example("a"), *variants, example("b", question="  " + QUESTION.upper())]  # b: an exact copy of a
+    for data in generate_tickets(120, seed=4):
+        item = ticket_to_example(Ticket.model_validate(data), None)
+        if isinstance(item, Example):
+            stream.append(item)
+    in_memory = quality()
+    store = ExampleStore(tmp_path / "examples.db")
+    backed = QualityFilter(QualityConfig(), None, store=store)
+    assert backed.load(()) == 0
+    decisions: list[tuple[str | None, str | None]] = []
+    for begin in range(0, len(stream), 25):  # batches, as the ingest loop writes them
+        changes = []
+        for ex in stream[begin:begin + 25]:
+            expected, got = accept(in_memory, ex), backed.check_example(ex)
+            if got is None:
+                changes.append(replace(ex, quality_signature=backed.signature(ex)))
+                backed.remember(ex)
+            decisions.append((expected, got))
+        store.apply(changes)
+        backed.committed()
+        assert len(backed) == 0  # what is stored is looked up in the store, not kept in memory
+    assert [got for _, got in decisions] == [expected for expected, _ in decisions]
+    reasons = Counter(got for _, got in decisions)
+    assert reasons[REASON_NEAR_DUPLICATE] >= 2 and reasons[REASON_EXACT_DUPLICATE] >= 2  # $42 is a's own copy
+
+    # a restart: a new filter on the same store catches copies of what was stored before it started
+    reopened = ExampleStore(tmp_path / "examples.db")
+    after = QualityFilter(QualityConfig(), None, store=reopened)
+    assert after.load(()) == sum(1 for _, got in decisions if got is None)
+    assert after.check_example(example("x")) == REASON_EXACT_DUPLICATE
+    assert after.check_example(example("y", answer=ANSWER.replace("shortly", "soon"))) == REASON_NEAR_DUPLICATE
+    # a deleted ticket frees its text, in the batch that deletes it and after it is written
+    after.forget("a")
+    assert after.check_example(example("x")) is None
+    reopened.apply([Deletion("a")])
+    after.committed()
+    assert after.check_example(example("x")) is None
+    assert after.check_example(example("y", answer=ANSWER.replace("shortly", "soon"))) is None  # its copies: skipped
+    # another threshold rebuilds the band table for its own LSH layout, and it still finds stored copies
+    looser = QualityFilter(QualityConfig(near_duplicate_threshold=0.7), None, store=reopened)
+    stored_ids = [row[0] for row in reopened._db.execute("SELECT ticket_id FROM examples")]
+    assert looser.load(()) == len(stored_ids) == len(reopened.signatures_of(stored_ids))
+    kept = next(ex for ex, (_, got) in zip(stream, decisions, strict=True) if got is None and ex.ticket_id != "a")
+    messages = [dict(m) for m in kept.messages]
+    messages[-1]["content"] += " Thanks again."
+    assert looser.check_example(replace(kept, ticket_id="copy", messages=messages)) == REASON_NEAR_DUPLICATE

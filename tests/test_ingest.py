@@ -279,3 +279,24 @@ def test_stopping_while_the_store_fails_commits_nothing(example_store):
 
     assert "commit" not in source.events
     assert report.consumed == 0 and source.committed == 0
+
+
+def test_a_broker_call_left_unanswered_is_reported_as_an_outage_while_it_still_waits(example_store, monkeypatch):
+    """A paused broker keeps its sockets open: a dead-letter send hangs rather than fails."""
+    monkeypatch.setattr("daemon.ingest.BROKER_SILENT_S", 0.5)
+    heard: list[tuple[float, bool, str]] = []
+    started = time.monotonic()
+
+    class HangingSource(MemorySource):
+        def dead_letter(self, record, reason, detail):
+            time.sleep(2.5)  # no answer for a while, then the broker is back
+            super().dead_letter(record, reason, detail)
+
+    source = HangingSource([[record(0, "bad", b"not json")]])
+    report = ingest(source, example_store, on_broker=lambda up, detail: heard.append(
+        (time.monotonic() - started, up, detail)))
+    assert report.dead_lettered == 1
+    silent = [(at, detail) for at, up, detail in heard if not up]
+    assert silent and "no answer from the brokers" in silent[0][1] and "dead_letter" in silent[0][1]
+    assert silent[0][0] < 2.5  # reported while the call still hung
+    assert heard[-1][1] is True  # and up again once it answered

@@ -13,6 +13,7 @@ maps linearly onto 1-5; the scale defaults to 1-5, so a score already on 1-5 is 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from connectors.formats.payload import (
@@ -123,4 +124,10 @@ def _csat(satisfaction: dict[str, Any]) -> float | None:
         return None
     if not low <= score <= high:
         raise TicketParseError("invalid_ticket", "Satisfaction.Score: outside ScaleMin..ScaleMax")
-    return round(1 + 4 * (score - low) / (high - low), 2)
+    try:
+        csat = 1 + 4 * (score - low) / (high - low)
+    except (OverflowError, ZeroDivisionError):  # an integer past a float's range; a scale finer than a float
+        csat = math.nan
+    if not math.isfinite(csat):  # NaN from infinite numbers, or one of the above
+        raise TicketParseError("invalid_ticket", "Satisfaction: Score, ScaleMin and ScaleMax must be finite numbers")
+    return round(csat, 2)

@@ -223,16 +223,21 @@ def test_a_retry_needs_its_files_its_champion_and_its_settings_unchanged(parts, 
         assert not (old_dir / "checkpoints").exists()
 
 
-def test_a_cycle_whose_batch_was_closed_before_it_failed_is_not_retried(parts):
+def test_a_registration_cut_short_by_mlflow_reopens_the_batch_and_the_retry_registers_anew(parts):
     settings, store, registry = parts
-    registry.fail_artifacts = True  # the verdict is in and the batch quarantined, then MLflow fails
+    registry.fail_artifacts = True  # the version is registered and the verdict in, then MLflow fails
     runner = CycleRunner(settings, store, registry, ScriptedWorker("worse", "better"))
+    pending = store.pending_count()
     first = runner.run(trigger="test", force=True)
     assert first.verdict == "failed" and "MLflow is unreachable" in first.reasons[0]
+    # a failed cycle leaves its batch pending, and its half-registered version is never promotable
+    assert store.pending_count() == pending and store.list_batches() == []
+    assert registry.versions["1"]["ticketune.state"] == "abandoned"
+    assert store.trusted_set_size("1") == 0
     registry.fail_artifacts = False
-    store.apply(examples(60, seed=3, start_id=3000))
     second = runner.run(trigger="test")
-    assert second.cycle_id != first.cycle_id and second.verdict == "promoted"
+    assert second.cycle_id == first.cycle_id and second.verdict == "promoted", second.reasons
+    assert second.version == "2" and registry.champion == "2"
 
 
 def test_a_bad_spec_is_not_retried_and_its_checkpoints_go_at_once(parts):
