@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench-ingest clean
+.PHONY: install demo test test-slow faults lint bench-ingest clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,17 @@ test: $(STAMP) lint
 test-slow: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -m slow -q
 
+# The fault suite's full profile (up to 30 minutes), then RELIABILITY.md from its figures; make test-slow runs
+# the same tests in the quick profile.
+faults: $(STAMP)
+	rm -rf .faults/full
+	mkdir -p .faults/full
+	status=0; TICKETUNE_FAULTS_PROFILE=full MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest tests/faults -q \
+		--junitxml=.faults/full/junit.xml || status=$$?; \
+	$(BIN)/python tests/faults/reliability.py --profile full --out RELIABILITY.md; exit $$status
+
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest_throughput.py --tickets 10000
 
 clean:
-	rm -rf $(VENV) demo-work .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-work .pytest_cache .ruff_cache .faults .hypothesis

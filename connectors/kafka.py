@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -98,6 +99,9 @@ class KafkaTicketSource:
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._pending: dict[TopicPartition, int] = {}  # next offset to commit, per partition polled
+        # records per poll, adapted so that handling one batch stays well inside max_poll_interval_ms
+        self._batch_limit = config.max_poll_records
+        self._returned_at: float | None = None  # when the last poll returned records
 
     def _consumer_now(self) -> KafkaConsumer:
         if self._consumer is None:
@@ -129,9 +133,27 @@ class KafkaTicketSource:
             )
         return self._producer
 
+    def _adapt_batch_limit(self) -> None:
+        """Halves the records per poll when handling the last batch took over a third of
+        max_poll_interval_ms (the group would evict a consumer that takes longer, reject its commit and
+        redeliver the batch: under load, forever); grows it back while batches are quick."""
+        if self._returned_at is None:
+            return
+        took_s = time.monotonic() - self._returned_at
+        interval_s = self.config.max_poll_interval_ms / 1000
+        if took_s > interval_s / 3 and self._batch_limit > 1:
+            self._batch_limit = max(1, self._batch_limit // 2)
+            log.warning("a batch took %.1f s of max_poll_interval_ms %.0f s; polling at most %d records now",
+                        took_s, interval_s, self._batch_limit)
+        elif took_s < interval_s / 12 and self._batch_limit < self.config.max_poll_records:
+            self._batch_limit = min(self.config.max_poll_records, self._batch_limit * 2)
+
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[SourceRecord]:
         consumer = self._consumer_now()
-        batches = consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        self._adapt_batch_limit()
+        limit = self._batch_limit if max_records is None else min(max_records, self._batch_limit)
+        batches = consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=limit)
+        self._returned_at = time.monotonic() if batches else None
         records = []
         for partition, messages in batches.items():
             for message in messages:
