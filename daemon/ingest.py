@@ -298,11 +298,13 @@ def _silence_watchdog(retrier: _Retrier) -> Iterator[None]:
         while not done.wait(1.0):
             retrier.check_silence()
 
-    threading.Thread(target=watch, name="ingest-watchdog", daemon=True).start()
+    thread = threading.Thread(target=watch, name="ingest-watchdog", daemon=True)
+    thread.start()
     try:
         yield
     finally:
         done.set()
+        thread.join(timeout=5.0)
 
 
 def _ingest_batch(
