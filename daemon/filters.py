@@ -151,6 +151,8 @@ class DedupeStore(Protocol):
 
     def signatures_of(self, ticket_ids: Iterable[str]) -> dict[str, bytes]: ...
 
+    def would_discard(self, example: Example) -> bool: ...
+
 
 def signature_is_current(signature: bytes | None) -> bool:
     return signature is not None and _split_signature(signature) is not None
@@ -299,6 +301,12 @@ class QualityFilter:
         return example_signature(example)
 
     def remember(self, example: Example) -> None:
+        """Counts an accepted example in the index. With a store, one the store will refuse (an older
+        revision than it holds, redelivered after a crash) is not counted: it would shadow the text the
+        store keeps and make a later ticket of the batch a "duplicate" of what is not stored."""
+        if self._store is not None and self._store.would_discard(example):
+            self._last = None
+            return
         self._add(example.ticket_id, self.signature(example))
         self._last = None
 

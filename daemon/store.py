@@ -380,6 +380,25 @@ class ExampleStore:
                     outcomes.append(self._upsert(db, change))
         return outcomes
 
+    def would_discard(self, example: Example) -> bool:
+        """Whether `apply` would leave this example out: an erased subject, or a revision older than
+        what the store holds or deleted (a redelivered record). The dedupe index must not count it."""
+        return self._upsert_refusal(self._db, example) is not None
+
+    def _upsert_refusal(self, db: sqlite3.Connection, example: Example) -> str | None:
+        subjects = [self.keyed("ticket:" + example.ticket_id)] + [self.keyed(i) for i in example.identities]
+        marks = ",".join("?" * len(subjects))
+        if db.execute(f"SELECT 1 FROM suppressions WHERE subject IN ({marks}) LIMIT 1", subjects).fetchone():
+            return OUTCOME_SUPPRESSED
+        row = db.execute("SELECT revision FROM examples WHERE ticket_id = ?", (example.ticket_id,)).fetchone()
+        if row is None:
+            deleted = db.execute("SELECT revision FROM deletions WHERE ticket_id = ?", (example.ticket_id,)).fetchone()
+            if deleted is not None and example.revision <= deleted["revision"]:
+                return OUTCOME_STALE
+        elif example.revision < row["revision"]:
+            return OUTCOME_STALE
+        return None
+
     def _upsert(self, db: sqlite3.Connection, example: Example) -> str:
         subjects = [self.keyed("ticket:" + example.ticket_id)] + [self.keyed(i) for i in example.identities]
         marks = ",".join("?" * len(subjects))

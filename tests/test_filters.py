@@ -270,3 +270,26 @@ def test_the_store_backed_index_decides_as_the_in_memory_one_and_holds_no_stored
     messages = [dict(m) for m in kept.messages]
     messages[-1]["content"] += " Thanks again."
     assert looser.check_example(replace(kept, ticket_id="copy", messages=messages)) == REASON_NEAR_DUPLICATE
+
+
+def test_a_redelivered_older_revision_does_not_shadow_what_the_store_holds(tmp_path: Path) -> None:
+    """After a crash a batch comes again: ticket 1's first revision, which the store already replaced,
+    must not make a later ticket that copies only that old text a duplicate (the store keeps neither)."""
+    from dataclasses import replace
+
+    from daemon.store import ExampleStore
+
+    store = ExampleStore(tmp_path / "examples.db")
+    qf = QualityFilter(QualityConfig(), None, store=store)
+    qf.load(())
+    other = ("Hello <CUSTOMER_FIRST_NAME>, your parcel left our warehouse today and arrives on Friday with DHL. "
+             "The tracking link in your confirmation email works from tonight.\n\nBest regards,\n<AGENT_FIRST_NAME>")
+    newer = example("1", question="Where is my parcel?", answer=other, revision="r2")
+    assert qf.check_example(newer) is None
+    store.apply([replace(newer, quality_signature=qf.signature(newer))])
+    qf.committed()
+    older = example("1", revision="r1")  # the refund text, redelivered
+    assert qf.check_example(older) is None
+    qf.remember(older)
+    assert qf.check_example(example("2", answer=ANSWER.replace("shortly", "soon"))) is None
+    assert qf.check_example(example("3", question="Where is my parcel?", answer=other)) == REASON_EXACT_DUPLICATE

@@ -28,7 +28,7 @@ from harness import (
 )
 from ingest_load import BAD_PREFIX, build_records, compare_stores, produce_all, reference_ingest, store_rows
 
-KILLS = pick(6, 30)
+KILLS = pick(5, 30)
 BACKLOG = 1500  # records produced before each start
 PARTITIONS = 2
 

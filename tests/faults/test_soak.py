@@ -21,7 +21,7 @@ from harness import (
 )
 from ingest_load import SteadyProducer, build_records, compare_stores, reference_ingest, store_rows
 
-TICKETS = pick(30_000, 200_000)
+TICKETS = pick(12_000, 200_000)
 TOKEN = "soak-admin-token"
 # the service's RSS may grow by at most this much between the end of warm-up and the end of the soak
 MAX_RSS_DRIFT_MB = 48.0
@@ -61,7 +61,9 @@ def test_soak_while_a_cycle_trains_memory_stays_flat_the_lag_drains_and_nothing_
     tmp_path, broker, unique_topic, tiny_model_dir, mlflow_sqlite_uri
 ):
     topic = unique_topic("soak")
-    broker.create_topics([topic], partitions=2)
+    # one partition: which of two near-duplicate tickets is kept depends on arrival order, and the
+    # comparison with the reference ingest needs the same order (the crash test covers two partitions)
+    broker.create_topics([topic], partitions=1)
     sections = {"model": {"base": str(tiny_model_dir)}}
     config = write_config(tmp_path / "config.yaml", sections | {
         "kafka": kafka_section(broker.bootstrap_servers, topic, "soak", max_poll_records=500),
