@@ -90,9 +90,19 @@ def headline(figures: dict[str, dict]) -> list[tuple[str, str]]:
     ]
 
 
-def test_outcomes(junit: Path) -> list[tuple[str, str, float]]:
-    if not junit.exists():
-        return []
+def test_outcomes(figures_dir: Path) -> list[tuple[str, str, float]]:
+    """Each test's last outcome over the JUnit records (junit.xml, then any junit-rerun-*.xml)."""
+    outcomes: dict[str, tuple[str, str, float]] = {}
+    for junit in sorted(figures_dir.glob("junit*.xml"), key=lambda path: (path.name != "junit.xml", path.name)):
+        for name, state, seconds in _outcomes_in(junit):
+            earlier = outcomes.get(name)
+            if earlier is not None and junit.name != "junit.xml":
+                state = f"{state} on a rerun (first run: {earlier[1]})"
+            outcomes[name] = (name, state, seconds)
+    return list(outcomes.values())
+
+
+def _outcomes_in(junit: Path) -> list[tuple[str, str, float]]:
     outcomes = []
     for case in ET.parse(junit).getroot().iter("testcase"):
         state = "passed"
@@ -112,8 +122,8 @@ def render(profile: str, figures_dir: Path) -> str:
         document = json.loads(path.read_text())
         documents[document["section"]] = document
     figures = {name: doc["figures"] for name, doc in documents.items()}
-    outcomes = test_outcomes(figures_dir / "junit.xml")
-    failed = [name for name, state, _ in outcomes if state != "passed"]
+    outcomes = test_outcomes(figures_dir)
+    failed = [name for name, state, _ in outcomes if not state.startswith("passed")]
     lines = [
         "# Reliability: faults, bad input and load",
         "",
