@@ -624,11 +624,10 @@ class ExampleStore:
         """Tickets sharing at least one LSH bucket with these band keys (one per band, in order)."""
         if not keys:
             return set()
-        pairs = ",".join("(?, ?)" for _ in keys)
+        # one primary-key search per band (SQLite scans the whole table for a row-value IN (VALUES ...))
+        where = " OR ".join("(band = ? AND bucket = ?)" for _ in keys)
         values = [v for band, key in enumerate(keys) for v in (band, key)]
-        rows = self._db.execute(
-            f"SELECT DISTINCT ticket_id FROM dedupe_bands WHERE (band, bucket) IN (VALUES {pairs})", values
-        ).fetchall()
+        rows = self._db.execute(f"SELECT DISTINCT ticket_id FROM dedupe_bands WHERE {where}", values).fetchall()
         return {row[0] for row in rows}
 
     def signatures_of(self, ticket_ids) -> dict[str, bytes]:
