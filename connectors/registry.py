@@ -118,16 +118,6 @@ def set_mlflow_http_defaults(
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(backoff_factor))
 
 
-def default_artifact_location(tracking_uri: str) -> str | None:
-    """`mlartifacts/` beside a sqlite database file (MLflow would use ./mlruns in the cwd)."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    db_path = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
-    if not db_path or db_path == ":memory:":
-        return None
-    return (Path(db_path).resolve().parent / "mlartifacts").as_uri()
-
-
 def sqlite_database_path(tracking_uri: str) -> Path | None:
     """The database file of a `sqlite:///` tracking URI; None for any other store."""
     if not tracking_uri.startswith("sqlite:///"):
@@ -136,6 +126,12 @@ def sqlite_database_path(tracking_uri: str) -> Path | None:
     if not db_path or db_path == ":memory:":
         return None
     return Path(db_path)
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """`mlartifacts/` beside a sqlite database file (MLflow would use ./mlruns in the cwd)."""
+    db_path = sqlite_database_path(tracking_uri)
+    return (db_path.resolve().parent / "mlartifacts").as_uri() if db_path is not None else None
 
 
 def create_sqlite_store_atomically(tracking_uri: str) -> None:
