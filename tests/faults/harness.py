@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -276,3 +277,28 @@ def dead_letter_sources(records: list[dict]) -> list[tuple[int, int]]:
 def lines_matching(path: Path, pattern: str) -> list[str]:
     regex = re.compile(pattern)
     return [line for line in path.read_text(errors="replace").splitlines() if regex.search(line)]
+
+
+class HealthWatch:
+    """Polls /healthz every 0.25 s from a thread; counts anything but 200 and checks the pid stays."""
+
+    def __init__(self, service: ServiceProcess) -> None:
+        self.service, self.pid = service, service.pid
+        self.polls = self.failures = 0
+        self.died = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self.polls += 1
+            if not self.service.alive():
+                self.died = True
+                return
+            if http_get(self.service.port, "/healthz", timeout_s=3.0)[0] != 200:
+                self.failures += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

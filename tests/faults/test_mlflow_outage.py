@@ -16,21 +16,20 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from fixture_broker import produce
+from fixture_mlflow import _stop as stop_server
 from harness import (
+    HealthWatch,
     ServiceProcess,
     free_port,
-    http_get,
     kafka_section,
     pick,
     record_figures,
@@ -84,13 +83,7 @@ def own_mlflow(tmp_path: Path):
         wait_for(healthy, 90, "the test's own mlflow server")
         yield url, port
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        stop_server(proc)
         log.close()
 
 
@@ -106,31 +99,6 @@ def cycle_rows(store_path: Path) -> list[dict]:
         return []
     finally:
         con.close()
-
-
-class HealthWatch:
-    """Polls /healthz every 0.25 s from a thread; counts anything but 200 and checks the pid stays."""
-
-    def __init__(self, service: ServiceProcess) -> None:
-        self.service, self.pid = service, service.pid
-        self.polls = self.failures = 0
-        self.died = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            self.polls += 1
-            if not self.service.alive():
-                self.died = True
-                return
-            if http_get(self.service.port, "/healthz", timeout_s=3.0)[0] != 200:
-                self.failures += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 def trigger_cycle(service: ServiceProcess, busy_wait_s: float = 60.0) -> None:

@@ -15,7 +15,6 @@ import json
 import re
 import signal
 import sqlite3
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,8 +23,8 @@ from pathlib import Path
 import psutil
 from fixture_broker import produce
 from harness import (
+    HealthWatch,
     ServiceProcess,
-    http_get,
     kafka_section,
     pick,
     record_figures,
@@ -98,31 +97,6 @@ def checkpoint_steps(cycle_dir: Path) -> list[int]:
         if match and (item / "state.json").exists():
             steps.append(int(match.group(1)))
     return sorted(steps)
-
-
-class HealthWatch:
-    """Polls /healthz every 0.25 s from a thread; counts anything but 200 and notes a dead service."""
-
-    def __init__(self, service: ServiceProcess) -> None:
-        self.service = service
-        self.polls = self.failures = 0
-        self.died = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            self.polls += 1
-            if not self.service.alive():
-                self.died = True
-                return
-            if http_get(self.service.port, "/healthz", timeout_s=3.0)[0] != 200:
-                self.failures += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 def test_a_killed_worker_fails_the_cycle_and_the_retry_resumes_from_its_checkpoint(
