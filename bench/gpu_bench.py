@@ -13,7 +13,7 @@ sdpa, `model(**batch, labels=...)`, AdamW, no gradient checkpointing, timed the 
 Figures (tokens are real, non-padding tokens; N is the base's total parameter count, embeddings included):
   MFU = 4·N·tokens/s / 790e12: forward 2N plus the input-gradient half of the backward 2N per token; the
     frozen base gets no weight gradient (LoRA's own FLOPs and attention scores are left out, under 1%).
-  HFU = (4N + 2N·c)·tokens/s / 790e12, c = 1 when gradient checkpointing recomputes the forward, else 0:
+  HFU = (4N + 2N·c)·tokens/s / 790e12, c the fraction of layers whose forward checkpointing recomputes:
     the work the GPU actually does. 790e12 is the H200's dense bf16 rate (about what a matmul reaches).
   Peak memory: torch.cuda.max_memory_reserved from before the model load to the end of training.
 The last line is one JSON object with every figure measured. `--smoke` runs the same code on CPU with
@@ -25,6 +25,7 @@ a tiny shape in seconds (MFU there is meaningless).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -34,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from transformers.utils import logging as transformers_logging
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daemon.config import AdapterConfig, TrainingConfig  # noqa: E402
+from daemon.training.attention import reset_path_counts  # noqa: E402
 from daemon.training.chat_examples import IGNORE_INDEX, TokenizedExample  # noqa: E402
 from daemon.training.lora_recipe import (  # noqa: E402
     prepare_model,
@@ -53,7 +56,8 @@ from daemon.training.lora_recipe import (  # noqa: E402
     uses_packing,
     versions,
 )
-from daemon.training.spec import SpecError, TrainSpec  # noqa: E402
+from daemon.training.packing import best_fit_rows  # noqa: E402
+from daemon.training.spec import TrainSpec  # noqa: E402
 
 PEAK_FLOPS = 790e12
 GIB = 1024**3
@@ -72,18 +76,22 @@ SHAPES = {
              "intermediate_size": 128, "vocab_size": 512, "tie_word_embeddings": False},
 }
 # part: (shape, smoke shape, ticketune training overrides, targets)
+# The 8B and QLoRA parts plan their checkpointing for the memory they are judged on (an 80 GB card, a
+# 24 GB card), with some room for the allocator's reserve over what is allocated.
 PARTS: dict[str, dict[str, Any]] = {
-    "1b": {"shape": "llama-3.2-1b", "smoke": "tiny-tied", "training": {}, "naive": True,
-           "target_tokens_per_s": 50_000},
-    "8b": {"shape": "llama-3.1-8b", "smoke": "tiny", "training": {"row_tokens": 8192},
-           "target_tokens_per_s": 10_000, "max_peak_gib": 75},
-    "qlora": {"shape": "llama-3.1-8b", "smoke": "tiny", "training": {"row_tokens": 8192, "quantization": "nf4"},
+    "1b": {"shape": "llama-3.2-1b", "smoke": "tiny-tied", "training": {}, "baselines": ("naive", "packed_liger"),
+           "target_tokens_per_s": 80_000},
+    "8b": {"shape": "llama-3.1-8b", "smoke": "tiny", "training": {"row_tokens": 8192, "memory_budget_gib": 70},
+           "target_tokens_per_s": 12_000, "max_peak_gib": 75},
+    "qlora": {"shape": "llama-3.1-8b", "smoke": "tiny",
+              "training": {"row_tokens": 8192, "quantization": "nf4", "memory_budget_gib": 18},
               "max_peak_gib": 20},
 }
 LENGTH_MEDIAN, LENGTH_SIGMA, MAX_SEQ_LEN, PROMPT_SHARE = 300, 0.6, 2048, 0.4
-RUN_DEFAULTS = {"warmup": 3, "steps": 12, "naive_steps": 40, "examples": 3000}
+RUN_DEFAULTS = {"warmup": 3, "steps": 10, "naive_steps": 30, "examples": 3000}
 SMOKE = {"median": 30, "max_seq_len": 256, "row_tokens": 512, "examples": 64, "warmup": 1, "steps": 2,
          "naive_steps": 2}
+BASELINE_ROW_TOKENS = 4096  # the packed baseline's rows (its block mask is row_tokens² per row)
 
 
 def llama_parameters(shape: dict[str, Any]) -> int:
@@ -138,13 +146,14 @@ def run_ticketune(model_dir: Path, examples: list[TokenizedExample], settings: T
     packing = uses_packing(spec)
     _reset_peak(runtime.device)
     model = prepare_model(spec, runtime)
-    checkpointing = any(getattr(module, "gradient_checkpointing", False) is True for module in model.modules())
+    plan = model.ticketune_checkpointing
     quantized = getattr(model.get_base_model(), "is_loaded_in_4bit", False)
     if settings.quantization == "nf4" and not quantized:
         raise ValueError("training.quantization nf4 was asked for but the base did not load in 4 bits")
     if warmup:  # first steps pay for kernel selection, allocator growth and lazy initialisation
         train_adapter(model, examples, settings.model_copy(update={"max_steps": warmup}), runtime,
                       pad_token_id=PAD_ID, packing=packing)
+    reset_path_counts()
     result = train_adapter(model, examples, settings.model_copy(update={"max_steps": steps}), runtime,
                            pad_token_id=PAD_ID, packing=packing)
     figures = {
@@ -155,7 +164,10 @@ def run_ticketune(model_dir: Path, examples: list[TokenizedExample], settings: T
         "row_fill": result.get("row_fill"),
         "layout": (f"packed rows of {settings.row_tokens} x {settings.rows_per_step}" if packing
                    else f"padded batches of {settings.batch_size}") + (", nf4" if quantized else ""),
-        "gradient_checkpointing": checkpointing,
+        "checkpointed_fraction": plan["checkpointed"] / max(plan["layers"], 1),
+        "checkpointing": plan,
+        "kernels": model.ticketune_kernels,
+        "attention_calls": reset_path_counts(),
         **_peak(runtime.device),
     }
     del model
@@ -194,10 +206,79 @@ def run_naive(model_dir: Path, examples: list[TokenizedExample], device: torch.d
     _synchronize(device)
     seconds = time.perf_counter() - started
     figures = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "steps": steps,
-               "layout": f"padded batches of {batch_size}", "gradient_checkpointing": False, **_peak(device)}
+               "layout": f"padded batches of {batch_size}", "checkpointed_fraction": 0.0, **_peak(device)}
     del model, optimizer
     _free(device)
     return figures
+
+
+def run_packed_liger(model_dir: Path, examples: list[TokenizedExample], device: torch.device, dtype: torch.dtype,
+                     warmup: int, steps: int, row_tokens: int) -> dict[str, Any]:
+    """What a careful TRL user runs without flash-attn: rows packed best-fit with no padding, each row's
+    examples kept apart by a 4D block-diagonal causal mask under sdpa (the image has no flash-attn, so
+    TRL's padding_free is not available), positions restarting per example, Liger's kernels on the model
+    (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy), bf16 autocast over fp32 adapters as Trainer's
+    bf16=True does, non-reentrant gradient checkpointing (TRL's default), fused AdamW."""
+    _reset_peak(device)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa").to(device)
+    kernels = "none"
+    if device.type == "cuda":
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+        _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True,
+                                        fused_linear_cross_entropy=True, cross_entropy=False)
+        kernels = "liger"
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, LoraConfig(
+        task_type=TaskType.CAUSAL_LM, r=LORA.r, lora_alpha=LORA.alpha, lora_dropout=LORA.dropout,
+        target_modules=LORA.target_modules,
+    ))
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=2e-4, fused=device.type == "cuda")
+    rows = best_fit_rows([len(e.input_ids) for e in examples], row_tokens)
+    random.Random(0).shuffle(rows)
+    if len(rows) < warmup + steps:
+        raise ValueError(f"{len(examples)} examples make fewer than {warmup + steps} rows of {row_tokens}")
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    model.train()
+    tokens, started = 0, 0.0
+    for number, indices in enumerate(rows[: warmup + steps]):
+        if number == warmup:
+            _synchronize(device)
+            tokens, started = 0, time.perf_counter()
+        batch = _block_masked_row([examples[i] for i in indices], device)
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += batch["input_ids"].shape[1]
+    _synchronize(device)
+    seconds = time.perf_counter() - started
+    figures = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "steps": steps,
+               "layout": f"packed rows of {row_tokens}, 4D mask, {kernels}", "checkpointed_fraction": 1.0,
+               **_peak(device)}
+    del model, optimizer
+    _free(device)
+    return figures
+
+
+def _block_masked_row(examples: list[TokenizedExample], device: torch.device) -> dict[str, torch.Tensor]:
+    lengths = [len(e.input_ids) for e in examples]
+    total = sum(lengths)
+    mask = torch.zeros((total, total), dtype=torch.bool)
+    labels, start = [], 0
+    for example, length in zip(examples, lengths, strict=True):
+        mask[start : start + length, start : start + length] = torch.ones(length, length, dtype=torch.bool).tril()
+        labels += [IGNORE_INDEX] + example.labels[1:]  # no target across an example boundary
+        start += length
+    return {
+        "input_ids": torch.tensor([[t for e in examples for t in e.input_ids]], device=device),
+        "position_ids": torch.tensor([[p for n in lengths for p in range(n)]], device=device),
+        "attention_mask": mask[None, None].to(device),
+        "labels": torch.tensor([labels], device=device),
+    }
 
 
 def _padded(examples: list[TokenizedExample], device: torch.device) -> dict[str, torch.Tensor]:
@@ -218,7 +299,7 @@ def utilisation(figures: dict[str, Any], parameters: int) -> None:
     rate = figures["tokens_per_s"]
     figures["parameters"] = parameters
     figures["mfu"] = 4 * parameters * rate / PEAK_FLOPS
-    figures["hfu"] = (4 + 2 * figures["gradient_checkpointing"]) * parameters * rate / PEAK_FLOPS
+    figures["hfu"] = (4 + 2 * figures["checkpointed_fraction"]) * parameters * rate / PEAK_FLOPS
 
 
 def run_part(name: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
@@ -237,39 +318,74 @@ def run_part(name: str, args: argparse.Namespace, device: torch.device, dtype: t
     settings = TrainingConfig.model_validate(training)
     parameters = llama_parameters(shape)
     result: dict[str, Any] = {"shape": shape_name, "examples": len(examples)}
-    ours = run_ticketune(model_dir, examples, settings, args.warmup, args.steps)
+    # Baselines first: applying Liger to a model also swaps transformers' Llama module classes for every
+    # later load, which would hand the naive loop Liger's kernels. Each side fails on its own.
+    for side in part.get("baselines", ()):
+        try:
+            if side == "naive":
+                figures = run_naive(model_dir, examples, device, dtype, args.warmup, args.naive_steps)
+            else:
+                row = SMOKE["row_tokens"] if args.smoke else BASELINE_ROW_TOKENS
+                figures = run_packed_liger(model_dir, examples, device, dtype, args.warmup, args.naive_steps, row)
+        except Exception as exc:  # noqa: BLE001 - one side's failure is its result; the run goes on
+            result[side] = {"error": _reason(exc)}
+            print(f"  {side} not measured: {result[side]['error']}", flush=True)
+            _free(device)
+            continue
+        utilisation(figures, parameters)
+        result[side] = figures
+        print(f"  {side} {figures['tokens_per_s']:,.0f} tokens/s, peak {figures['peak_reserved_gib']:.1f} GiB",
+              flush=True)
+    try:
+        ours = run_ticketune(model_dir, examples, settings, args.warmup, args.steps)
+    except Exception as exc:  # noqa: BLE001 - measure the plainer path rather than nothing
+        if settings.gradient_checkpointing is True:
+            raise
+        print(f"  ticketune failed ({_reason(exc)}); again with every layer checkpointed", flush=True)
+        traceback.print_exc()
+        result["first_attempt_error"] = _reason(exc)
+        _free(device)
+        ours = run_ticketune(model_dir, examples, settings.model_copy(update={"gradient_checkpointing": True}),
+                             args.warmup, args.steps)
     utilisation(ours, parameters)
     result["ticketune"] = ours
-    print(f"  ticketune {ours['tokens_per_s']:,.0f} tokens/s, peak {ours['peak_reserved_gib']:.1f} GiB", flush=True)
-    if part.get("naive"):
-        naive = run_naive(model_dir, examples, device, dtype, args.warmup, args.naive_steps)
-        utilisation(naive, parameters)
-        result["naive"] = naive
-        result["ratio"] = ours["tokens_per_s"] / naive["tokens_per_s"]
-        print(f"  naive {naive['tokens_per_s']:,.0f} tokens/s, peak {naive['peak_reserved_gib']:.1f} GiB",
-              flush=True)
+    print(f"  ticketune {ours['tokens_per_s']:,.0f} tokens/s, peak {ours['peak_reserved_gib']:.1f} GiB, "
+          f"checkpointing {ours['checkpointing']['checkpointed']}/{ours['checkpointing']['layers']} layers, "
+          f"kernels {ours['kernels'] or 'none'}, attention {ours['attention_calls']}", flush=True)
+    for side in part.get("baselines", ()):
+        if "tokens_per_s" in result.get(side, {}):
+            result[f"ratio_{side}"] = ours["tokens_per_s"] / result[side]["tokens_per_s"]
     return result
 
 
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
 def print_table(results: dict[str, dict[str, Any]], smoke: bool) -> None:
-    print(f"\n{'part':<7}{'side':<11}{'layout':<32}{'ckpt':<6}{'tokens/s':>10}{'MFU':>7}{'HFU':>7}"
+    print(f"\n{'part':<7}{'side':<14}{'layout':<40}{'ckpt':<6}{'tokens/s':>10}{'MFU':>7}{'HFU':>7}"
           f"{'peak GiB':>10}  target")
     for name, result in results.items():
         part = PARTS[name]
         if "error" in result:
-            print(f"{name:<7}{'ticketune':<11}not measured: {result['error']}")
+            print(f"{name:<7}{'ticketune':<14}not measured: {result['error']}")
             continue
-        for side in ("ticketune", "naive"):
-            if side not in result:
+        for side in ("ticketune", *part.get("baselines", ())):
+            figures = result.get(side)
+            if figures is None:
                 continue
-            figures = result[side]
-            checkpointing = "yes" if figures["gradient_checkpointing"] else "no"
+            if "error" in figures:
+                print(f"{name:<7}{side:<14}not measured: {figures['error']}")
+                continue
+            checkpointing = f"{figures['checkpointed_fraction']:.0%}"
             verdict = _verdict(part, figures, smoke) if side == "ticketune" else ""
-            row = (f"{name:<7}{side:<11}{figures['layout']:<32}{checkpointing:<6}{figures['tokens_per_s']:>10,.0f}"
+            row = (f"{name:<7}{side:<14}{figures['layout']:<40}{checkpointing:<6}{figures['tokens_per_s']:>10,.0f}"
                    f"{figures['mfu']:>7.1%}{figures['hfu']:>7.1%}{figures['peak_reserved_gib']:>10.1f}  {verdict}")
             print(row.rstrip())
-        if "ratio" in result:
-            print(f"{name:<7}ratio ticketune / naive: {result['ratio']:.2f}x")
+        for side in part.get("baselines", ()):
+            if f"ratio_{side}" in result:
+                print(f"{name:<7}ratio ticketune / {side}: {result[f'ratio_{side}']:.2f}x")
 
 
 def _verdict(part: dict[str, Any], figures: dict[str, Any], smoke: bool) -> str:
@@ -291,15 +407,20 @@ def summary(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if "error" in result:
             line[f"{name}_error"] = result["error"]
             continue
-        for side in ("ticketune", "naive"):
-            if side in result:
-                figures = result[side]
-                line[f"{side}_{name}_tokens_per_s"] = round(figures["tokens_per_s"], 1)
-                line[f"{side}_{name}_mfu"] = round(figures["mfu"], 4)
-                line[f"{side}_{name}_hfu"] = round(figures["hfu"], 4)
-                line[f"{side}_{name}_peak_gib"] = round(figures["peak_reserved_gib"], 2)
-        if "ratio" in result:
-            line[f"ratio_{name}"] = round(result["ratio"], 3)
+        for side in ("ticketune", *PARTS[name].get("baselines", ())):
+            figures = result.get(side)
+            if figures is None:
+                continue
+            if "error" in figures:
+                line[f"{side}_{name}_error"] = figures["error"]
+                continue
+            line[f"{side}_{name}_tokens_per_s"] = round(figures["tokens_per_s"], 1)
+            line[f"{side}_{name}_mfu"] = round(figures["mfu"], 4)
+            line[f"{side}_{name}_hfu"] = round(figures["hfu"], 4)
+            line[f"{side}_{name}_peak_gib"] = round(figures["peak_reserved_gib"], 2)
+        for side in PARTS[name].get("baselines", ()):
+            if f"ratio_{side}" in result:
+                line[f"ratio_{name}_{side}"] = round(result[f"ratio_{side}"], 3)
     return line
 
 
@@ -379,10 +500,10 @@ def main() -> None:
             started = time.perf_counter()
             try:
                 results[name] = run_part(name, args, device, dtype, overrides)
-            except (SpecError, ValueError, torch.OutOfMemoryError) as exc:
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                results[name] = {"error": f"{type(exc).__name__}: {reason}"}
+            except Exception as exc:  # noqa: BLE001 - a Triton, bitsandbytes or CUDA error ends this part only
+                results[name] = {"error": _reason(exc)}
                 print(f"  {name} not measured: {results[name]['error']}", flush=True)
+                traceback.print_exc()
                 _free(device)
             except KeyboardInterrupt:  # gpu.sh's time budget: report what was measured
                 results[name] = {"error": "stopped by the time budget"}

@@ -100,7 +100,9 @@ class TrainingConfig(_Section):
     rows_per_step: int = Field(default=1, ge=1)  # packed rows per optimizer step, across all GPUs
     cross_entropy: Literal["auto", "chunked", "liger", "full"] = "auto"
     loss_chunk_tokens: int = Field(default=4096, ge=64)
-    gradient_checkpointing: bool | Literal["auto"] = "auto"  # auto: on for CUDA, off on CPU
+    # auto: off on CPU; on CUDA, on as few layers as memory_budget_gib needs (measured at the start)
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    memory_budget_gib: float | None = Field(default=None, gt=0)  # GPU memory to plan for; default 90% of it
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA when supported, else fp32
     compile: bool = False
     quantization: Literal["none", "nf4"] = "none"  # nf4 with LoRA/DoRA is QLoRA

@@ -43,7 +43,7 @@ _EDGE_BYTES = 1 << 20
 WORKER_TRAINING_FIELDS = frozenset({
     "device", "epochs", "max_steps", "learning_rate", "lr_schedule", "warmup_fraction", "batch_size",
     "max_seq_len", "packing", "row_tokens", "rows_per_step", "cross_entropy", "loss_chunk_tokens",
-    "gradient_checkpointing", "precision", "compile", "quantization", "max_minutes", "max_tokens",
+    "gradient_checkpointing", "memory_budget_gib", "precision", "compile", "quantization", "max_minutes", "max_tokens",
     "eval_every_steps", "early_stop_patience", "checkpoint_every_steps", "gpus", "seed",
 })
 

@@ -26,7 +26,6 @@ from peft import (
     TaskType,
     get_peft_model,
     load_peft_weights,
-    prepare_model_for_kbit_training,
     set_peft_model_state_dict,
 )
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -82,9 +81,11 @@ def load_base(
     quantization: str = "none",
     attn_implementation: str | None = None,
     gradient_checkpointing: bool = False,
+    liger: bool = False,
 ) -> transformers.PreTrainedModel:
-    """The base on `device`: in `dtype`, or NF4 with double quantisation computing in `dtype` (then frozen
-    and prepared for k-bit training)."""
+    """The base on `device`: in `dtype`, or NF4 with double quantisation computing in `dtype` (then frozen,
+    its other parameters left in `dtype`). liger=True swaps in Liger's RMSNorm, SwiGLU and RoPE kernels
+    on CUDA where liger-kernel is installed and knows the model type (`model.ticketune_kernels` says which)."""
     device = torch.device(device)
     kwargs: dict[str, Any] = {"revision": revision, "dtype": dtype, "attn_implementation": attn_implementation}
     if quantization == "nf4":
@@ -119,15 +120,56 @@ def load_base(
     if quantization == "nf4":
         if device.type == "cpu":
             _keep_cpu_4bit_layout(model)
-        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        _freeze_for_kbit_training(model)
     if gradient_checkpointing:
-        # non-reentrant checkpointing needs no input that requires grad; transformers 5.24 renamed the method
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    return model.to(device)
+        enable_checkpointing(model)
+    if quantization != "nf4":
+        model = model.to(device)
+    model.ticketune_kernels = apply_liger_kernels(model) if liger and device.type == "cuda" else []
+    return model
+
+
+def apply_liger_kernels(model: transformers.PreTrainedModel) -> list[str]:
+    """Liger's RMSNorm, SwiGLU and RoPE kernels on this model instance (the loss has its own switch,
+    training.cross_entropy). Returns the kernels applied: none when liger-kernel is not installed, does
+    not know the model type, or fails to apply (logged; the model then runs on its own modules)."""
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except Exception as exc:  # noqa: BLE001 - an import of triton code can fail in many ways; training goes on
+        log.info("liger kernels not used: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return []
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        log.info("liger kernels not used: liger-kernel has none for model type %s", model_type)
+        return []
+    try:
+        _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                        fused_linear_cross_entropy=False)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("liger kernels could not be applied (%s); training on the model's own modules", exc)
+        return []
+    return ["rms_norm", "swiglu", "rope"]
+
+
+def enable_checkpointing(model: transformers.PreTrainedModel) -> None:
+    """Non-reentrant activation checkpointing on every decoder layer: it needs no input that requires grad
+    (so no enable_input_require_grads hook) and works under autocast; transformers 5.24 renamed the method."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _freeze_for_kbit_training(model: transformers.PreTrainedModel) -> None:
+    """What QLoRA needs of an NF4 base, without peft's prepare_model_for_kbit_training: that casts every
+    parameter that is not 4-bit (norms, embeddings, the output head) to fp32, so the hidden states, the
+    attention and every 4-bit matmul's output (bitsandbytes returns its input's dtype) become fp32 and
+    leave the bf16 kernels. Here they keep the compute dtype; the adapters keep fp32 master weights and
+    the training loop runs under bf16 autocast (lora_recipe.autocast_for)."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
 
 
 def attach_adapter(

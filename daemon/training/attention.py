@@ -17,12 +17,33 @@ from transformers import AttentionInterface
 
 PACKED_ATTENTION = "ticketune_packed"
 _VARLEN_DTYPES = (torch.float16, torch.bfloat16)
+# How many attention calls took each path since the last reset_path_counts(): "varlen" (the CUDA kernel),
+# "segment_loop" (one sdpa call per example: CPU, or fp32 on CUDA) and "sdpa" (one unpacked row). Not
+# counted while torch.compile traces. bench/gpu_check.py asserts no per-example loop ran under bf16.
+PATH_COUNTS: dict[str, int] = {"varlen": 0, "segment_loop": 0, "sdpa": 0}
 
 
 def register_packed_attention() -> str:
-    """Registers the attention function (again is harmless); returns the attn_implementation name."""
+    """Registers the attention function (again is harmless); returns the attn_implementation name.
+
+    Also reads varlen_attn's signature here, once, so that the compiled attention never calls inspect."""
+    if torch.cuda.is_available():
+        _varlen_parameters()
     AttentionInterface.register(PACKED_ATTENTION, packed_attention_forward)
     return PACKED_ATTENTION
+
+
+def reset_path_counts() -> dict[str, int]:
+    """The counts so far, then zero."""
+    counts = dict(PATH_COUNTS)
+    for name in PATH_COUNTS:
+        PATH_COUNTS[name] = 0
+    return counts
+
+
+def _count(path: str) -> None:
+    if not torch.compiler.is_compiling():
+        PATH_COUNTS[path] += 1
 
 
 def packed_attention_forward(
@@ -50,12 +71,15 @@ def packed_attention_forward(
     if cu_seq_lens is None:
         if q_length > 1 and key.shape[2] != q_length:
             raise ValueError(f"{PACKED_ATTENTION} attention cannot extend a cache by several tokens at once; use sdpa")
+        _count("sdpa")
         output = F.scaled_dot_product_attention(
             query, key, value, scale=scaling, is_causal=q_length > 1, enable_gqa=_grouped(query, key)
         )
         return output.transpose(1, 2).contiguous(), None
     if query.is_cuda and query.dtype in _VARLEN_DTYPES:
+        _count("varlen")
         return _varlen(query, key, value, cu_seq_lens, kwargs["max_length_q"], scaling), None
+    _count("segment_loop")
     return _segment_loop(query, key, value, cu_seq_lens, scaling), None
 
 

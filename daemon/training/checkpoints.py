@@ -107,11 +107,13 @@ class Checkpointer:
         self, checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
     ) -> dict[str, torch.Tensor] | None:
         """Loads weights, optimizer and schedule; returns the best weights saved with it, if any."""
-        load_trainable_state(model, torch.load(checkpoint / "adapter.pt", weights_only=True))
-        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+        # onto this rank's own device: a checkpoint saved from cuda:0 would otherwise land every rank on cuda:0
+        device = next((p.device for p in model.parameters() if p.requires_grad), torch.device("cpu"))
+        load_trainable_state(model, torch.load(checkpoint / "adapter.pt", map_location=device, weights_only=True))
+        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=device, weights_only=True))
+        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", map_location="cpu", weights_only=True))
         best = checkpoint / "best_adapter.pt"
-        return torch.load(best, weights_only=True) if best.exists() else None
+        return torch.load(best, map_location=device, weights_only=True) if best.exists() else None
 
     def remove_all(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -57,6 +57,7 @@ from daemon.training.chat_examples import (
 from daemon.training.checkpoints import Checkpointer, fingerprint, load_trainable_state, trainable_state
 from daemon.training.distributed import World, close_world, init_world, sum_gradients, sum_values
 from daemon.training.losses import token_loss_sums
+from daemon.training.memory_plan import CheckpointPlan, decoder_layers, plan_checkpointing, set_checkpointed
 from daemon.training.packing import PackedBatch, best_fit_rows, collate_packed, collate_padded
 from daemon.training.progress import ProgressReporter
 from daemon.training.spec import GENERAL_EVAL_NAME, SpecError, TrainSpec
@@ -160,6 +161,8 @@ def _run(
             "dropped_examples": train_set.dropped,
             "truncated_examples": train_set.truncated,
             "init_adapter": None if spec.init_adapter is None else str(spec.init_adapter),
+            "checkpointing": getattr(model, "ticketune_checkpointing", None),
+            "kernels": getattr(model, "ticketune_kernels", []),
         }
     )
 
@@ -233,12 +236,18 @@ def load_tokenizer(spec: TrainSpec) -> PreTrainedTokenizerBase:
 
 
 def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
-    """The base (quantised when asked) with a trainable adapter: the init adapter or a fresh one."""
+    """The base (quantised when asked) with a trainable adapter: the init adapter or a fresh one.
+
+    On CUDA: Liger's RMSNorm, SwiGLU and RoPE kernels where installed; adapters with fp32 master weights
+    whose matmuls run under the base's bf16 autocast (losses.autocast_for); with gradient_checkpointing
+    "auto", checkpointing on as few layers as the memory budget needs (memory_plan.py). The plan and the
+    kernels are on the model as `ticketune_checkpointing` and `ticketune_kernels`."""
     _check_base_exists(spec.base_model)
     settings = spec.training
+    cuda = runtime.device.type == "cuda"
     checkpointing = settings.gradient_checkpointing
     if checkpointing == "auto":
-        checkpointing = runtime.device.type == "cuda"
+        checkpointing = cuda
     attention = register_packed_attention() if uses_packing(spec) else "sdpa"
     base = load_base(
         spec.base_model,
@@ -248,8 +257,34 @@ def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
         quantization=settings.quantization,
         attn_implementation=attention,
         gradient_checkpointing=bool(checkpointing),
+        liger=cuda,
     )
+    kernels = getattr(base, "ticketune_kernels", [])
     model = attach_adapter(base, spec.adapter, init_adapter=spec.init_adapter, seed=settings.seed)
+    if runtime.dtype != torch.float32:
+        # every forward runs under autocast: peft's copy of each adapter input to its fp32 weights is waste
+        for module in model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
+    layers = len(decoder_layers(model))
+    plan = CheckpointPlan(layers=layers, checkpointed=layers if checkpointing else 0,
+                          reason=f"training.gradient_checkpointing: {settings.gradient_checkpointing}")
+    if settings.gradient_checkpointing == "auto" and cuda and uses_packing(spec):
+        try:
+            plan = plan_checkpointing(model, row_tokens=settings.row_tokens, max_seq_len=settings.max_seq_len,
+                                      cross_entropy=settings.cross_entropy, chunk_tokens=settings.loss_chunk_tokens,
+                                      budget_gib=settings.memory_budget_gib, device=runtime.device)
+        except torch.OutOfMemoryError:
+            raise SpecError(
+                f"a row of training.row_tokens={settings.row_tokens} tokens does not fit on this GPU even with "
+                "every layer checkpointed; lower training.row_tokens or use training.quantization: nf4"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - the plan is an optimisation: checkpoint everything instead
+            log.warning("checkpointing plan failed (%s); checkpointing every layer", exc)
+            set_checkpointed(decoder_layers(model), set(range(layers)))
+            plan = CheckpointPlan(layers=layers, checkpointed=layers, reason=f"plan failed: {exc}"[:200])
+    model.ticketune_checkpointing = plan.as_dict()
+    model.ticketune_kernels = kernels
     if settings.compile:
         compile_layers(model)
     return model
@@ -368,7 +403,7 @@ def train_adapter(
         torch.manual_seed(hash_seed(settings.seed, step, world.rank))  # dropout: a pure function of the step
         step_supervised = sum(supervised[i] for batch in micro_batches for i in batch)
         step_tokens = sum(lengths[i] for batch in micro_batches for i in batch)
-        local_loss = 0.0
+        local_loss = torch.zeros((), dtype=torch.float32, device=runtime.device)  # summed on the device: no sync
         for indices in micro_batches[world.rank :: world.size]:
             total, _ = token_loss_sums(
                 model,
@@ -378,7 +413,7 @@ def train_adapter(
                 per_example=False,
             )
             (total / step_supervised).backward()
-            local_loss += float(total.detach())
+            local_loss += total.detach()
         sum_gradients(world, parameters)
         torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
         optimizer.step()
@@ -386,7 +421,8 @@ def train_adapter(
         optimizer.zero_grad(set_to_none=True)
 
         stop_votes = 1.0 if stop_requested() else 0.0
-        step_loss, stop_votes = sum_values(world, [local_loss, stop_votes], runtime.device)
+        # one host sync a step, here: the loss for the curve and the progress file
+        step_loss, stop_votes = sum_values(world, [float(local_loss), stop_votes], runtime.device)
         steps_this_run += 1
         state.step = step
         state.tokens += step_tokens

@@ -7,6 +7,7 @@ a chunk at a time under activation checkpointing ("chunked"), or fused by Liger'
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from functools import cache
 
@@ -44,6 +45,27 @@ def token_loss_sums(
     """
     if cross_entropy not in CROSS_ENTROPY_MODES:
         raise ValueError(f"cross_entropy must be one of {', '.join(CROSS_ENTROPY_MODES)}, not {cross_entropy!r}")
+    with autocast_for(model):
+        return _token_loss_sums(model, batch, cross_entropy, chunk_tokens, per_example)
+
+
+def autocast_for(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """bf16 (or fp16) autocast when the base computes in it, else nothing.
+
+    The adapters keep fp32 master weights (peft's autocast_adapter_dtype) on a bf16 or NF4 base; under
+    autocast their matmuls run in the base's dtype on its activations (prepare_model turns off peft's
+    cast of each adapter input to fp32), the optimizer still updates fp32 weights, and the attention
+    sees bf16 and takes the varlen kernel."""
+    causal_lm = model.get_base_model() if isinstance(model, PeftModel) else model
+    weight = causal_lm.get_input_embeddings().weight
+    if weight.dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast(weight.device.type, dtype=weight.dtype)
+    return contextlib.nullcontext()
+
+
+def _token_loss_sums(
+    model: PreTrainedModel | PeftModel, batch: PackedBatch, cross_entropy: str, chunk_tokens: int, per_example: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     causal_lm, hidden = _hidden_states(model, batch)
     head = causal_lm.get_output_embeddings()
     hidden = hidden.reshape(-1, hidden.shape[-1])
@@ -58,15 +80,21 @@ def token_loss_sums(
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
             total = LigerFusedLinearCrossEntropyLoss(reduction="sum")(head.weight, hidden, targets, head.bias)
-            return total.float(), torch.tensor(targets.numel(), device=targets.device)
+            return total.float(), _count(targets)
         token_losses = _chunked_cross_entropy(head, hidden, targets, chunk_tokens)
     if not per_example:
-        return token_losses.sum(), torch.tensor(targets.numel(), device=targets.device)
+        return token_losses.sum(), _count(targets)
     segments = batch.segment_ids.index_select(0, positions)
     return (
         token_losses.new_zeros(batch.num_examples).index_add(0, segments, token_losses),
         torch.bincount(segments, minlength=batch.num_examples),
     )
+
+
+def _count(targets: torch.Tensor) -> torch.Tensor:
+    """The number of targets as a device scalar, filled there: torch.tensor(n, device=cuda) copies from
+    pageable memory and waits for the stream, a host sync on every micro-batch."""
+    return torch.full((), targets.numel(), dtype=torch.long, device=targets.device)
 
 
 def _hidden_states(model: PreTrainedModel | PeftModel, batch: PackedBatch) -> tuple[PreTrainedModel, torch.Tensor]:

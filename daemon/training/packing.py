@@ -47,8 +47,15 @@ class PackedBatch:
         return self.cu_seq_lens is not None
 
     def to(self, device: torch.device | str) -> PackedBatch:
+        """On CUDA through pinned memory without blocking: the host runs ahead instead of waiting for the copy."""
+        to_cuda = torch.device(device).type == "cuda"
+
         def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            return None if tensor is None else tensor.to(device)
+            if tensor is None:
+                return None
+            if to_cuda and tensor.device.type == "cpu":
+                return tensor.pin_memory().to(device, non_blocking=True)
+            return tensor.to(device)
 
         return replace(
             self,
