@@ -24,9 +24,9 @@ from connectors.broker import EmbeddedBroker
 from connectors.formats import parser_for
 from connectors.kafka import KafkaTicketSource, produce_tickets
 from daemon.config import KafkaConfig, QualityConfig
-from daemon.filters import QualityFilter
-from daemon.ingest import run_ingest
-from daemon.samples import generate_tickets
+from daemon.demo.samples import generate_tickets
+from daemon.ingest.filters import QualityFilter
+from daemon.ingest.loop import run_ingest
 from daemon.store import ExampleStore
 
 GROUP_TIMEOUTS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 60000}

@@ -56,8 +56,8 @@ def base_model(work_dir: Path) -> Path:
 def write_train_file(path: Path) -> int:
     """The chat examples of the pinned sample tickets, one JSON record per line; returns how many."""
     from daemon.config import ModelConfig
-    from daemon.pairs import Example, ticket_to_example
-    from daemon.samples import generate_tickets
+    from daemon.demo.samples import generate_tickets
+    from daemon.ingest.pairs import Example, ticket_to_example
     from daemon.tickets import Ticket
 
     system_prompt = ModelConfig().system_prompt

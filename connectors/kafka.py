@@ -18,7 +18,7 @@ from kafka.errors import CommitFailedError, MessageSizeTooLargeError
 from kafka.structs import OffsetAndMetadata
 
 from daemon.config import KafkaConfig
-from daemon.ingest import SourceRecord
+from daemon.ingest.loop import SourceRecord
 
 log = logging.getLogger(__name__)
 

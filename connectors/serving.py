@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Protocol
 
 from daemon import metrics
-from daemon.adapter_methods import UnsupportedAdapter, check_servable
 from daemon.config import ServingConfig, ServingTarget
+from daemon.training.methods import UnsupportedAdapter, check_servable
 
 log = logging.getLogger("ticketune.serving")
 

@@ -155,7 +155,7 @@ class ScheduleConfig(_Section):
 
 
 class GateConfig(_Section):
-    """The promotion gate's checks (daemon/gate.py); every loss and tolerance is in nats per token."""
+    """The promotion gate's checks (daemon/gate/checks.py); every loss and tolerance is in nats per token."""
 
     min_eval_examples: int = Field(default=50, ge=1)
     min_improvement: float = 0.0
@@ -171,9 +171,9 @@ class GateConfig(_Section):
     trusted_eval_cap: int = Field(default=2000, ge=1)
     # forgetting guard: loss on general (non-support) text may rise at most this fraction over the base's
     max_general_loss_increase: float | None = Field(default=0.10, ge=0.0)  # None switches the check off
-    general_text: Path | None = None  # default: the public-domain set shipped in daemon/gate_data/
+    general_text: Path | None = None  # default: the public-domain set shipped in daemon/gate/data/
     # behavioural checks: golden prompts answered by greedy generation in a fresh process
-    golden_prompts: Path | None = None  # default: the generic set shipped in daemon/gate_data/
+    golden_prompts: Path | None = None  # default: the generic set shipped in daemon/gate/data/
     check_behaviour: bool = True
     max_repetition_ratio: float = Field(default=0.5, gt=0.0, le=1.0)  # repeated 3-grams / all 3-grams
     max_new_tokens: int = Field(default=96, ge=1, le=2048)
@@ -292,7 +292,7 @@ class LogConfig(_Section):
 
 
 class QualityConfig(_Section):
-    """Filters between a ticket and the store (daemon/filters.py); every drop is counted by its reason."""
+    """Filters between a ticket and the store (daemon/ingest/filters.py); every drop is counted by its reason."""
 
     min_csat: float | None = Field(default=None, ge=1, le=5)
     require_csat: bool = False

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from daemon.adapter_methods import UnsupportedAdapter, check_servable, describe
 from daemon.training.adapters import attach_adapter, export_merged, load_base, peft_config_for, saved_method
+from daemon.training.methods import UnsupportedAdapter, check_servable, describe
 from daemon.training.spec import SpecError
 
 CPU = torch.device("cpu")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from http_helpers import http_call as call
 
-from daemon.http import ADMIN_ROUTES, MAX_BODY_BYTES, AdminError, Endpoints, openapi_document, start_http_server
+from daemon.app.http import ADMIN_ROUTES, MAX_BODY_BYTES, AdminError, Endpoints, openapi_document, start_http_server
 
 TOKEN = "s3cret-token"
 REPO = Path(__file__).resolve().parents[1]
@@ -220,8 +220,8 @@ def service_config(tmp_path, mlflow_sqlite_uri):
 def test_a_real_service_answers_the_admin_api_and_stays_ready_while_kafka_is_down(service_config):
     from prometheus_client import REGISTRY
 
+    from daemon.app.service import Service
     from daemon.config import load_settings
-    from daemon.service import Service
 
     service = Service(load_settings(service_config, environ={}))
     service.startup(with_scheduler=False)
@@ -260,8 +260,8 @@ def test_a_real_service_answers_the_admin_api_and_stays_ready_while_kafka_is_dow
 
 
 def test_a_second_service_on_the_same_store_is_refused(service_config, tmp_path):
+    from daemon.app.service import Service
     from daemon.config import load_settings
-    from daemon.service import Service
     from daemon.store import LockBusy
 
     first = Service(load_settings(service_config, environ={}))
@@ -272,7 +272,7 @@ def test_a_second_service_on_the_same_store_is_refused(service_config, tmp_path)
             second.startup(with_scheduler=False, with_ingest=False)
         second.shutdown()  # what a failed start leaves is safe to stop, and the first keeps its lock
 
-        proc = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "--config", str(service_config)],
+        proc = subprocess.run([sys.executable, "-m", "daemon.app.cli", "run", "--config", str(service_config)],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 3, proc.stderr[-2000:]
         assert "already serves the store" in proc.stderr and "Traceback" not in proc.stderr

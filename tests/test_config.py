@@ -67,11 +67,11 @@ def test_sasl_without_credentials_is_rejected():
 def test_validate_config_cli_prints_field_paths_and_exits_nonzero(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("store: {eval_fraction: 3}\nserver: {port: -1}\n")
-    proc = subprocess.run([sys.executable, "-m", "daemon.cli", "validate-config", str(bad)],
+    proc = subprocess.run([sys.executable, "-m", "daemon.app.cli", "validate-config", str(bad)],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     assert "store.eval_fraction:" in proc.stderr and "server.port:" in proc.stderr
-    good = subprocess.run([sys.executable, "-m", "daemon.cli", "validate-config",
+    good = subprocess.run([sys.executable, "-m", "daemon.app.cli", "validate-config",
                            str(REPO / "deploy/k8s/base/config.yaml")], capture_output=True, text=True, cwd=REPO)
     assert good.returncode == 0, good.stderr
 

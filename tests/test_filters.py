@@ -8,7 +8,8 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from daemon.config import ConfigError, QualityConfig, load_settings
-from daemon.filters import (
+from daemon.demo.samples import generate_tickets
+from daemon.ingest.filters import (
     REASON_AUTOMATED,
     REASON_EXACT_DUPLICATE,
     REASON_LANGUAGE,
@@ -21,8 +22,7 @@ from daemon.filters import (
     example_signature,
     tokenizer_json_for,
 )
-from daemon.pairs import Example, ticket_to_example
-from daemon.samples import generate_tickets
+from daemon.ingest.pairs import Example, ticket_to_example
 from daemon.tickets import Ticket
 
 ANSWER = (
@@ -116,7 +116,7 @@ def test_token_counter_counts_with_the_base_models_tokenizer_json(tiny_tokenizer
 
 def test_token_counter_falls_back_to_chars_over_4_and_says_so(tmp_path: Path, caplog) -> None:
     assert tokenizer_json_for("meta-llama/Llama-3.2-1B") is None
-    with caplog.at_level(logging.INFO, logger="daemon.filters"):
+    with caplog.at_level(logging.INFO, logger="daemon.ingest.filters"):
         counter = TokenCounter(tmp_path / "missing" / "tokenizer.json")
     assert not counter.exact
     assert "characters/4" in caplog.text

@@ -11,7 +11,7 @@ import pytest
 from connectors.formats import FORMATS, parser_for
 from connectors.formats.text import clean_body, html_to_text, strip_quoted_reply, strip_signature
 from daemon.config import KafkaConfig
-from daemon.pairs import Example, ticket_to_example
+from daemon.ingest.pairs import Example, ticket_to_example
 from daemon.tickets import Role, Ticket, TicketParseError
 
 DATA = Path(__file__).parent / "data" / "formats"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from daemon.config import GateConfig
-from daemon.gate import (
+from daemon.gate.checks import (
     MAX_TAG_CHARS,
     GateInputs,
     PairedLosses,
@@ -17,7 +17,7 @@ from daemon.gate import (
     judge,
     paired_losses,
 )
-from daemon.golden import GoldenSet
+from daemon.gate.golden import GoldenSet
 
 
 def synthetic(n: int, effect: float, seed: int, noise: float = 0.05, spread: float = 1.0) -> PairedLosses:

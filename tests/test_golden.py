@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.golden import (
+from daemon.demo.samples import INTENTS
+from daemon.gate.golden import (
     DEFAULT_GENERAL_TEXT,
     GoldenError,
     GoldenSet,
@@ -15,8 +16,7 @@ from daemon.golden import (
     load_golden,
     spec_prompts,
 )
-from daemon.pairs import Example, ticket_to_example
-from daemon.samples import INTENTS
+from daemon.ingest.pairs import Example, ticket_to_example
 from daemon.tickets import ticket_from_dict
 
 RUDE = ("stupid question", "figure it out yourself", "waste of our time", "not our problem")

@@ -3,7 +3,7 @@ import json
 import pytest
 from http_helpers import http_call as call
 
-from daemon.http import AdminError, Endpoints, start_http_server
+from daemon.app.http import AdminError, Endpoints, start_http_server
 
 
 @pytest.fixture

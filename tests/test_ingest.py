@@ -11,8 +11,8 @@ import pytest
 from fixture_broker import canonical_ticket
 from prometheus_client import REGISTRY
 
-from daemon.ingest import IngestReport, SourceRecord, run_ingest
-from daemon.pairs import Example
+from daemon.ingest.loop import IngestReport, SourceRecord, run_ingest
+from daemon.ingest.pairs import Example
 from daemon.store import Deletion, ExampleStore
 from daemon.tickets import parse_canonical
 
@@ -92,7 +92,7 @@ def example_store(tmp_path):
 
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch):
-    monkeypatch.setattr("daemon.ingest.BACKOFF_INITIAL_S", 0.01)
+    monkeypatch.setattr("daemon.ingest.loop.BACKOFF_INITIAL_S", 0.01)
 
 
 def ingest(source: MemorySource, store, parse=parse_canonical, **options) -> IngestReport:
@@ -283,7 +283,7 @@ def test_stopping_while_the_store_fails_commits_nothing(example_store):
 
 def test_a_broker_call_left_unanswered_is_reported_as_an_outage_while_it_still_waits(example_store, monkeypatch):
     """A paused broker keeps its sockets open: a dead-letter send hangs rather than fails."""
-    monkeypatch.setattr("daemon.ingest.BROKER_SILENT_S", 0.5)
+    monkeypatch.setattr("daemon.ingest.loop.BROKER_SILENT_S", 0.5)
     heard: list[tuple[float, bool, str]] = []
     started = time.monotonic()
 

@@ -9,7 +9,7 @@ from fixture_broker import canonical_ticket
 from test_ingest import MemorySource, record
 
 from daemon.config import LogConfig, load_settings
-from daemon.ingest import run_ingest
+from daemon.ingest.loop import run_ingest
 from daemon.logs import ContextFilter, JsonFormatter, log_context, mask_url_password
 from daemon.store import ExampleStore
 from daemon.tickets import parse_canonical
@@ -88,7 +88,7 @@ def test_url_passwords_are_masked_in_messages():
 
 
 def test_configure_logging_json_writes_one_object_per_line(capsys):
-    from daemon.service import configure_logging
+    from daemon.app.service import configure_logging
 
     configure_logging(LogConfig(level="INFO", format="json"))
     try:
@@ -136,7 +136,7 @@ def test_an_ingest_of_tickets_with_personal_data_logs_none_of_it(tmp_path):
 
 
 def test_config_dumps_mask_every_secret(tmp_path, capsys):
-    from daemon.cli import main, masked_config
+    from daemon.app.cli import main, masked_config
 
     config = tmp_path / "c.yaml"
     config.write_text(

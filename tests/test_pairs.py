@@ -1,6 +1,6 @@
 """Ticket → chat example: turn mapping, skip reasons, and personal data gone from the result."""
 
-from daemon.pairs import (
+from daemon.ingest.pairs import (
     SKIP_EMPTY_BODY,
     SKIP_NO_AGENT_ANSWER,
     SKIP_NO_CUSTOMER_MESSAGE,

@@ -4,7 +4,7 @@ import json
 import re
 from pathlib import Path
 
-from daemon.privacy import PLACEHOLDERS, scrubber_for_ticket
+from daemon.ingest.privacy import PLACEHOLDERS, scrubber_for_ticket
 from daemon.tickets import ticket_from_dict
 
 CORPUS = Path(__file__).parent / "data" / "pii" / "corpus.jsonl"

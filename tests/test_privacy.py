@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from daemon import privacy
-from daemon.privacy import PLACEHOLDERS, Scrubber, luhn_valid, scrubber_for_ticket
-from daemon.samples import generate_tickets
+from daemon.demo.samples import generate_tickets
+from daemon.ingest import privacy
+from daemon.ingest.privacy import PLACEHOLDERS, Scrubber, luhn_valid, scrubber_for_ticket
 from daemon.tickets import Role, Ticket, ticket_from_dict
 
 
@@ -414,7 +414,8 @@ def test_odd_inputs_neither_raise_nor_echo_personal_data():
 
 
 def test_importing_privacy_does_not_import_torch():
-    code = "import sys, daemon.privacy, daemon.pairs, daemon.samples; sys.exit('torch' in sys.modules)"
+    code = ("import sys, daemon.ingest.privacy, daemon.ingest.pairs, daemon.demo.samples; "
+            "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

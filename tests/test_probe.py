@@ -16,7 +16,7 @@ import torch
 from test_training import REPO_ROOT, SYSTEM, make_spec, run_train_cli, support_examples, write_jsonl
 from transformers import AutoTokenizer
 
-from daemon.golden import general_text_path, load_golden, spec_prompts
+from daemon.gate.golden import general_text_path, load_golden, spec_prompts
 from daemon.training.adapters import attach_adapter, load_base
 from daemon.training.chat_examples import IGNORE_INDEX
 from daemon.training.lora_recipe import probe_adapter, tokenize_general_text

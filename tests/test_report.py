@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.report import ReportInputs, slice_rows, slices_figure, write_report
+from daemon.gate.report import ReportInputs, slice_rows, slices_figure, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EMAIL = "jane.doe@example.com"
@@ -195,7 +195,7 @@ def test_tags_are_a_table_without_the_json_blobs(report):
 
 
 def test_importing_the_module_loads_neither_matplotlib_nor_torch():
-    code = ("import sys, daemon.report; "
+    code = ("import sys, daemon.gate.report; "
             "print(sorted(m for m in ('matplotlib', 'torch', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])

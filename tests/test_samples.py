@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from daemon.pairs import (
+from daemon.demo.samples import CORRUPTED_TAG, INTENTS, STREETS, generate_revision, generate_tickets
+from daemon.ingest.pairs import (
     SKIP_EMPTY_BODY,
     SKIP_NO_AGENT_ANSWER,
     SKIP_NOT_RESOLVED,
@@ -15,15 +16,14 @@ from daemon.pairs import (
     Skip,
     ticket_to_example,
 )
-from daemon.privacy import PLACEHOLDERS, luhn_valid, scrubber_for_ticket
-from daemon.samples import CORRUPTED_TAG, INTENTS, STREETS, generate_revision, generate_tickets
+from daemon.ingest.privacy import PLACEHOLDERS, luhn_valid, scrubber_for_ticket
 from daemon.tickets import parse_canonical, ticket_from_dict
 
 STAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 TICKET_KEYS = {"ticket_id", "status", "channel", "subject", "category", "tags", "language", "csat",
                "created_at", "resolved_at", "updated_at", "requester", "messages"}
 MESSAGE_KEYS = {"author_role", "author_name", "public", "body", "created_at"}
-# Independent of daemon.privacy: the shapes the generator writes phones, cards and streets in.
+# Independent of daemon.ingest.privacy: the shapes the generator writes phones, cards and streets in.
 PHONE = re.compile(r"\+\d{1,3}[ \d()-]{6,}\d|\(\d{3}\) \d{3}-\d{4}|(?<!\d)\d{3}[-.]\d{3}[-.]\d{4}(?!\d)")
 CARD = re.compile(r"(?<!\d)\d{4} \d{4} \d{4} \d{4}(?!\d)")
 STREET = re.compile(r"\d+ (?:" + "|".join(STREETS) + ")")

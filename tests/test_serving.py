@@ -372,7 +372,7 @@ def deployment(tmp_path: Path, mlflow_sqlite_uri: str, receiver) -> dict:
 def test_cli_promote_and_rollback_tell_serving(
     deployment: dict, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from daemon.cli import main
+    from daemon.app.cli import main
 
     def cli_json(*argv: str) -> dict:
         with monkeypatch.context() as patch:  # main() points sys.stdout at stderr; give each call the real one
@@ -401,7 +401,7 @@ def test_cli_promote_and_rollback_tell_serving(
 
 
 def test_admin_api_promote_and_rollback_tell_serving_and_upkeep_resends(deployment: dict) -> None:
-    from daemon.service import Service
+    from daemon.app.service import Service
 
     v1, v2 = deployment["versions"]
     deployment["vllm"].statuses = [500, 500, 500]  # down during the first promotion
@@ -430,8 +430,8 @@ def test_admin_api_promote_and_rollback_tell_serving_and_upkeep_resends(deployme
 
 
 def test_a_cycle_that_promotes_in_the_service_tells_serving_through_the_keeper(deployment: dict) -> None:
-    from daemon.cycle import CycleOutcome
-    from daemon.service import Service
+    from daemon.app.service import Service
+    from daemon.cycle.runner import CycleOutcome
 
     registry, (v1, v2) = deployment["registry"], deployment["versions"]
     registry.promote(v1, reason="cycle c-1 passed the gate")

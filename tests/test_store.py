@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from daemon.pairs import Example
+from daemon.ingest.pairs import Example
 from daemon.store import Deletion, ExampleStore, LockBusy, store_lock
 
 

@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export_command(base: str, revision: str | None, adapter_dir: Path, out_dir: Path) -> int:
-    from daemon.adapter_methods import UnsupportedAdapter
     from daemon.training.adapters import export_merged
+    from daemon.training.methods import UnsupportedAdapter
 
     try:
         path = export_merged(base, adapter_dir, out_dir, revision=revision)

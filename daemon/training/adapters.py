@@ -30,7 +30,7 @@ from peft import (
 )
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from daemon.adapter_methods import UnsupportedAdapter, check_combination, check_servable
+from daemon.training.methods import UnsupportedAdapter, check_combination, check_servable
 from daemon.training.spec import SpecError
 
 # IA3 scales a feed-forward projection's input (the FFN activations, as in the paper) and every other

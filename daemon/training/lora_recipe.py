@@ -43,7 +43,6 @@ import transformers
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
-from daemon.adapter_methods import describe
 from daemon.config import TrainingConfig
 from daemon.training.adapters import attach_adapter, load_base, saved_method
 from daemon.training.attention import register_packed_attention
@@ -58,6 +57,7 @@ from daemon.training.checkpoints import Checkpointer, fingerprint, load_trainabl
 from daemon.training.distributed import World, close_world, init_world, sum_gradients, sum_values
 from daemon.training.losses import token_loss_sums
 from daemon.training.memory_plan import CheckpointPlan, decoder_layers, plan_checkpointing, set_checkpointed
+from daemon.training.methods import describe
 from daemon.training.packing import PackedBatch, best_fit_rows, collate_packed, collate_padded
 from daemon.training.progress import ProgressReporter
 from daemon.training.spec import GENERAL_EVAL_NAME, SpecError, TrainSpec

@@ -135,7 +135,7 @@ class ServiceProcess:
         assert self.proc is None or self.proc.poll() is not None, "the service is already running"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon.cli", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "daemon.app.cli", "run", "--config", str(self.config)],
                 cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.starts += 1

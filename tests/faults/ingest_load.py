@@ -8,7 +8,7 @@ import random
 import threading
 import time
 
-from daemon.samples import generate_tickets
+from daemon.demo.samples import generate_tickets
 
 BAD_PREFIX = "bad-"
 
@@ -118,7 +118,7 @@ def reference_ingest(work_dir, bootstrap_servers: str, topic: str, sections: dic
         "kafka": kafka_section(bootstrap_servers, topic, "reference-" + topic) | {"dlq_topic": topic + ".ref-dlq"},
         "store": {"path": "./store/examples.db"},
     })
-    done = subprocess.run([sys.executable, "-m", "daemon.cli", "ingest", "--config", str(config), "--json",
+    done = subprocess.run([sys.executable, "-m", "daemon.app.cli", "ingest", "--config", str(config), "--json",
                            "--idle-timeout", "8"], cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout), store_rows(work_dir / "store" / "examples.db")

@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 
 from connectors.formats import FORMATS, parser_for
 from daemon.config import QualityConfig, StoreConfig
-from daemon.filters import QualityFilter, tokenizer_json_for
-from daemon.ingest import REASON_INTERNAL_ERROR, SourceRecord, run_ingest
+from daemon.ingest.filters import QualityFilter, tokenizer_json_for
+from daemon.ingest.loop import REASON_INTERNAL_ERROR, SourceRecord, run_ingest
 from daemon.store import OUTCOME_ABSENT, OUTCOME_DELETED, OUTCOME_REVISED, OUTCOME_STORED, Deletion, open_store
 from daemon.tickets import MAX_JSON_NESTING, Ticket, TicketParseError
 
@@ -431,7 +431,7 @@ def test_generated_records_through_the_broker_are_stored_or_dead_lettered_with_t
         "model": {"base": str(tmp_path / "no-model")},
     })
     run = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "ingest", "--config", str(config), "--json", "--idle-timeout", "5"],
+        [sys.executable, "-m", "daemon.app.cli", "ingest", "--config", str(config), "--json", "--idle-timeout", "5"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stderr[-4000:]

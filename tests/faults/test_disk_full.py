@@ -41,7 +41,7 @@ from harness import (
     write_config,
 )
 
-from daemon.samples import generate_tickets
+from daemon.demo.samples import generate_tickets
 
 TICKETS = pick(400, 800)
 TMPFS_MB = 16
@@ -107,8 +107,8 @@ def reference_ids(config: Path, tickets: list[dict], directory: Path) -> set[str
     order), ingested in process into a fresh store with the same settings."""
     from connectors.formats import parser_for
     from daemon.config import load_settings
-    from daemon.filters import QualityFilter, tokenizer_json_for
-    from daemon.ingest import SourceRecord, run_ingest
+    from daemon.ingest.filters import QualityFilter, tokenizer_json_for
+    from daemon.ingest.loop import SourceRecord, run_ingest
     from daemon.store import ExampleStore
 
     settings = load_settings(config, environ={})

@@ -161,7 +161,7 @@ def test_an_mlflow_outage_fails_the_cycle_cleanly_and_the_next_cycle_recovers(
 ):
     from mlflow import MlflowClient
 
-    from daemon.samples import generate_tickets
+    from daemon.demo.samples import generate_tickets
 
     mlflow_url, mlflow_port = own_mlflow
     direct = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)

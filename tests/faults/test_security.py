@@ -325,7 +325,7 @@ def admin_paths(port: int) -> list[tuple[str, str]]:
     assert status == 200, body
     paths = [(method.upper(), path) for path, ops in json.loads(body)["paths"].items() for method in ops
              if path != "/v1/openapi.json"]
-    from daemon.http import ALIASES
+    from daemon.app.http import ALIASES
 
     by_path = dict((path, method) for method, path in paths)
     paths += [(by_path[target], alias) for alias, target in ALIASES.items()]
@@ -372,7 +372,7 @@ def secured_run(tmp_path_factory, broker, tiny_model_dir, mlflow_server_uri):
     tickets through the broker; the admin API's refusals are checked before its one cycle and after."""
     from fixture_broker import produce
 
-    from daemon.samples import generate_tickets
+    from daemon.demo.samples import generate_tickets
 
     root = tmp_path_factory.mktemp("security")
     topic = f"tickets.security.{secrets.token_hex(4)}"
@@ -488,7 +488,7 @@ def secured_run(tmp_path_factory, broker, tiny_model_dir, mlflow_server_uri):
                            ("status", ["status", "--config", str(config)]),
                            ("validate-config --show", ["validate-config", str(config), "--show"]),
                            ("validate-config --show --json", ["validate-config", str(config), "--show", "--json"])):
-            done = subprocess.run([sys.executable, "-m", "daemon.cli", *args], cwd=REPO, env=cli_env,
+            done = subprocess.run([sys.executable, "-m", "daemon.app.cli", *args], cwd=REPO, env=cli_env,
                                   capture_output=True, text=True, timeout=180)
             assert done.returncode == 0, (name, done.stderr[-3000:])
             cli[name] = done.stdout + "\n" + done.stderr
@@ -649,7 +649,7 @@ def demo_flow(tmp_path: Path) -> None:
     try:
         with open(log_path, "wb") as log:
             completed = subprocess.run(
-                [sys.executable, "-m", "daemon.cli", "demo", "--json", "--work-dir", str(work),
+                [sys.executable, "-m", "daemon.app.cli", "demo", "--json", "--work-dir", str(work),
                  "--extra-tickets", str(extra)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log, timeout=3600)
     finally:
         done.set()

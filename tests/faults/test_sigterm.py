@@ -34,7 +34,7 @@ from harness import (
     write_config,
 )
 
-from daemon.samples import generate_tickets
+from daemon.demo.samples import generate_tickets
 
 POINTS = pick(["training"], ["training", "evaluation", "registration"])
 BUDGET_S = 30.0  # server.shutdown_budget_seconds (write_config's default)
@@ -75,8 +75,8 @@ def reference_ids(config: Path, tickets: list[dict], directory: Path) -> set[str
     ingested in process into a fresh store with the same settings."""
     from connectors.formats import parser_for
     from daemon.config import load_settings
-    from daemon.filters import QualityFilter, tokenizer_json_for
-    from daemon.ingest import SourceRecord, run_ingest
+    from daemon.ingest.filters import QualityFilter, tokenizer_json_for
+    from daemon.ingest.loop import SourceRecord, run_ingest
     from daemon.store import ExampleStore
 
     settings = load_settings(config, environ={})

@@ -104,7 +104,7 @@ def test_a_killed_worker_fails_the_cycle_and_the_retry_resumes_from_its_checkpoi
 ):
     from mlflow import MlflowClient
 
-    from daemon.samples import generate_tickets
+    from daemon.demo.samples import generate_tickets
 
     kills = pick(1, 2)
     model = f"worker-death-{unique_topic('m')}"

@@ -14,8 +14,8 @@ from test_serving import Receiver
 
 from connectors.registry import AdapterRegistry, PromotionRefusedError
 from connectors.serving import ServingNotifier
-from daemon.champion import ApprovalError, ChampionKeeper
-from daemon.cli import history_table
+from daemon.app.cli import history_table
+from daemon.champion.keeper import ApprovalError, ChampionKeeper
 from daemon.config import ServingConfig
 from daemon.store import ExampleStore
 

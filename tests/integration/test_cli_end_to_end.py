@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def ticketune(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "daemon.cli", *args, "--config", str(config)],
+    proc = subprocess.run([sys.executable, "-m", "daemon.app.cli", *args, "--config", str(config)],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -108,8 +108,8 @@ def test_produce_ingest_cycle_history_status_promote_and_rollback(
     assert no_earlier.returncode == 1 and "no earlier" in no_earlier.stderr.lower()
 
     # right to erasure, then a replay of the whole topic: the erased customer does not come back
-    from daemon.pairs import Example, ticket_to_example
-    from daemon.samples import generate_tickets
+    from daemon.demo.samples import generate_tickets
+    from daemon.ingest.pairs import Example, ticket_to_example
     from daemon.tickets import ticket_from_dict
 
     stored = [t for t in generate_tickets(70, seed=5)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from daemon.app.service import build_cycle_runner, build_registry
 from daemon.config import load_settings
-from daemon.cycle import CycleRunner
-from daemon.pairs import Example, ticket_to_example
-from daemon.samples import generate_tickets
-from daemon.service import build_cycle_runner, build_registry
+from daemon.cycle.runner import CycleRunner
+from daemon.demo.samples import generate_tickets
+from daemon.ingest.pairs import Example, ticket_to_example
 from daemon.store import ExampleStore
 from daemon.tickets import ticket_from_dict
 

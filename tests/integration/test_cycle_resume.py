@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from connectors.executors import LocalProcessExecutor, WorkerFailed
+from daemon.app.service import build_registry
 from daemon.config import TrainingConfig, load_settings
-from daemon.cycle import WORKER_TRAINING_FIELDS, CycleRunner
-from daemon.pairs import Example, ticket_to_example
-from daemon.samples import generate_tickets
-from daemon.service import build_registry
+from daemon.cycle.runner import WORKER_TRAINING_FIELDS, CycleRunner
+from daemon.demo.samples import generate_tickets
+from daemon.ingest.pairs import Example, ticket_to_example
 from daemon.store import ExampleStore
 from daemon.tickets import ticket_from_dict
 

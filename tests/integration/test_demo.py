@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_demo_promotes_rejects_the_poisoned_batch_promotes_and_rolls_back(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "daemon.cli", "demo", "--work-dir", str(tmp_path), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "daemon.app.cli", "demo", "--work-dir", str(tmp_path), "--json"],
                           capture_output=True, text=True, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout)

@@ -18,9 +18,9 @@ from connectors.broker import BrokerError, EmbeddedBroker, free_loopback_port
 from connectors.formats import parser_for
 from connectors.kafka import KafkaTicketSource
 from daemon.config import KafkaConfig
-from daemon.ingest import IngestReport, run_ingest
-from daemon.pairs import Example, ticket_to_example
-from daemon.samples import generate_revision, generate_tickets
+from daemon.demo.samples import generate_revision, generate_tickets
+from daemon.ingest.loop import IngestReport, run_ingest
+from daemon.ingest.pairs import Example, ticket_to_example
 from daemon.store import Deletion, ExampleStore
 from daemon.tickets import ticket_from_dict
 
@@ -319,7 +319,7 @@ def test_offsets_are_not_committed_when_the_store_write_fails(broker, unique_top
 
 def test_an_unreachable_broker_is_retried_and_reported_never_raised(monkeypatch, store):
     monkeypatch.setattr("connectors.kafka.BOOTSTRAP_TIMEOUT_MS", 500)
-    monkeypatch.setattr("daemon.ingest.BACKOFF_INITIAL_S", 0.1)
+    monkeypatch.setattr("daemon.ingest.loop.BACKOFF_INITIAL_S", 0.1)
     with socket.socket() as placeholder:  # a port nobody listens on
         placeholder.bind(("127.0.0.1", 0))
         config = KafkaConfig(bootstrap_servers=f"127.0.0.1:{placeholder.getsockname()[1]}", topic="tickets")
@@ -357,7 +357,7 @@ def test_a_broker_that_fails_to_start_is_reported_with_its_log(tmp_path):
 
 def test_quality_filters_skip_duplicates_and_low_csat_and_remember_across_restarts(broker, unique_topic, store):
     from daemon.config import QualityConfig
-    from daemon.filters import QualityFilter
+    from daemon.ingest.filters import QualityFilter
 
     def fresh_filter() -> QualityFilter:  # what the service builds at start
         quality = QualityFilter(QualityConfig(min_csat=3), tokenizer_path=None)

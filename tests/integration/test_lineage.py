@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from test_cycle import examples
 
-from daemon.cli import history_table
+from daemon.app.cli import history_table
+from daemon.app.service import build_cycle_runner, build_registry
 from daemon.config import load_settings
-from daemon.cycle import base_model_fingerprint
-from daemon.service import build_cycle_runner, build_registry
+from daemon.cycle.runner import base_model_fingerprint
 from daemon.store import ExampleStore
 
 REPO = Path(__file__).resolve().parents[2]

@@ -75,7 +75,7 @@ def test_prometheus_scrapes_the_service_and_fires_the_dead_letter_alert(
 ):
     if shutil.which("prometheus") is None:
         pytest.fail("the prometheus server is missing: apt-get install --no-install-recommends prometheus")
-    from daemon.samples import generate_tickets
+    from daemon.demo.samples import generate_tickets
 
     topic = unique_topic("prom")
     service_port, prometheus_port = free_port(), free_port()
@@ -99,7 +99,7 @@ def test_prometheus_scrapes_the_service_and_fires_the_dead_letter_alert(
     service_log, prometheus_log = tmp_path / "service.log", tmp_path / "prometheus.log"
     logs = [service_log, prometheus_log]
 
-    service = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(config)], cwd=REPO,
+    service = subprocess.Popen([sys.executable, "-m", "daemon.app.cli", "run", "--config", str(config)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=open(service_log, "wb"))
     prometheus = subprocess.Popen(
         ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",

@@ -22,12 +22,12 @@ from test_serving import Receiver
 from connectors.executors import LocalProcessExecutor
 from connectors.formats import parser_for
 from connectors.kafka import KafkaTicketSource, produce_tickets
+from daemon.app.service import build_keeper, build_registry
 from daemon.config import load_settings
-from daemon.cycle import CycleRunner
-from daemon.ingest import run_ingest
-from daemon.pairs import SKIP_EMPTY_BODY
-from daemon.samples import PASTED_CONTACT, RUDE_ANSWERS, generate_tickets
-from daemon.service import build_keeper, build_registry
+from daemon.cycle.runner import CycleRunner
+from daemon.demo.samples import PASTED_CONTACT, RUDE_ANSWERS, generate_tickets
+from daemon.ingest.loop import run_ingest
+from daemon.ingest.pairs import SKIP_EMPTY_BODY
 from daemon.store import ExampleStore
 
 PASTED_EMAIL = "dana@mail.com"

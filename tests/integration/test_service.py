@@ -31,7 +31,7 @@ def metric(body: str, name: str) -> float:
 def test_run_ingests_trains_on_schedule_reports_metrics_and_stops_gracefully(
     tmp_path, broker, unique_topic, tiny_model_dir, mlflow_sqlite_uri
 ):
-    from daemon.samples import generate_tickets
+    from daemon.demo.samples import generate_tickets
 
     topic = unique_topic("svc")
     port = free_port()
@@ -52,7 +52,7 @@ def test_run_ingests_trains_on_schedule_reports_metrics_and_stops_gracefully(
     tickets = generate_tickets(70, seed=11, start_id=70000)
     produce(broker.bootstrap_servers, topic, [(t["ticket_id"], t) for t in tickets] + [("junk", b"\xff\xfe")])
 
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(config)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.app.cli", "run", "--config", str(config)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "service.log", "wb"))
     try:
         deadline = time.monotonic() + 300

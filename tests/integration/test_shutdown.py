@@ -38,7 +38,7 @@ def test_sigterm_mid_training_exits_in_budget_with_offsets_committed_and_the_cyc
     from kafka import KafkaAdminClient
     from mlflow.tracking import MlflowClient
 
-    from daemon.samples import generate_tickets
+    from daemon.demo.samples import generate_tickets
 
     topic = unique_topic("shutdown")
     port = free_port()
@@ -61,7 +61,7 @@ def test_sigterm_mid_training_exits_in_budget_with_offsets_committed_and_the_cyc
     produce(broker.bootstrap_servers, topic, [(t["ticket_id"], t) for t in tickets])
 
     log_path = tmp_path / "service.log"
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(config)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.app.cli", "run", "--config", str(config)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
     try:
         deadline = time.monotonic() + 240
@@ -123,16 +123,16 @@ def test_sigterm_mid_training_exits_in_budget_with_offsets_committed_and_the_cyc
 
 
 def test_a_second_signal_forces_exit_and_a_slow_shutdown_is_cut_at_the_budget(tmp_path, monkeypatch):
-    import daemon.service
+    import daemon.app.service
+    from daemon.app.service import Service
     from daemon.config import load_settings
-    from daemon.service import Service
 
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"store": {"path": "./examples.db"},
                                       "registry": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
                                       "server": {"shutdown_budget_seconds": 0.3}}))
     exits: list[int] = []
-    monkeypatch.setattr(daemon.service.os, "_exit", exits.append)
+    monkeypatch.setattr(daemon.app.service.os, "_exit", exits.append)
     service = Service(load_settings(config, environ={}))
     try:
         service._handle_exit(signal.SIGTERM, None)

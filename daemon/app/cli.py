@@ -36,7 +36,7 @@ def _emit(args: argparse.Namespace, data: object, human: str) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
-    from daemon.service import configure_logging
+    from daemon.app.service import configure_logging
 
     configure_logging(settings.log)
     return settings
@@ -79,7 +79,7 @@ def masked_config(settings: Settings) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from daemon.service import Service
+    from daemon.app.service import Service
 
     Service(_settings(args)).serve()
     return 0
@@ -92,8 +92,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from connectors.formats import parser_for
     from connectors.kafka import KafkaTicketSource
-    from daemon.ingest import run_ingest
-    from daemon.service import build_quality_filter
+    from daemon.app.service import build_quality_filter
+    from daemon.ingest.loop import run_ingest
     from daemon.store import store_lock
 
     store = _store(settings)
@@ -118,7 +118,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cycle(args: argparse.Namespace) -> int:
-    from daemon.service import build_cycle_runner, build_keeper, build_registry
+    from daemon.app.service import build_cycle_runner, build_keeper, build_registry
 
     settings = _settings(args)
     store = _store(settings)
@@ -135,7 +135,7 @@ def cmd_cycle(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from daemon.service import build_registry
+    from daemon.app.service import build_registry
 
     rows = build_registry(_settings(args)).history()
     _emit(args, rows, history_table(rows))
@@ -189,7 +189,7 @@ def _report_serving(outcomes: dict[str, str]) -> None:
 
 
 def _keeper(settings: Settings):
-    from daemon.service import build_keeper, build_registry
+    from daemon.app.service import build_keeper, build_registry
 
     return build_keeper(settings, _store(settings), build_registry(settings))
 
@@ -207,7 +207,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from daemon.champion import ApprovalError
+    from daemon.champion.keeper import ApprovalError
 
     try:
         move = _keeper(_settings(args)).approve(args.version, reason=args.reason, actor=_actor(args))
@@ -245,7 +245,7 @@ def _actor(args: argparse.Namespace) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from daemon.service import build_registry, collect_status
+    from daemon.app.service import build_registry, collect_status
 
     settings = _settings(args)
     store = _store(settings)
@@ -285,8 +285,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    from daemon.cycle import tag_erased_versions
-    from daemon.service import build_registry
+    from daemon.app.service import build_registry
+    from daemon.cycle.runner import tag_erased_versions
 
     settings = _settings(args)
     store = _store(settings)
@@ -320,7 +320,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 def cmd_produce_sample(args: argparse.Namespace) -> int:
     from connectors.kafka import produce_tickets
-    from daemon.samples import generate_tickets
+    from daemon.demo.samples import generate_tickets
 
     settings = _settings(args)
     if args.bootstrap_servers:
@@ -346,7 +346,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from daemon.service import build_registry
+    from daemon.app.service import build_registry
 
     settings = _settings(args)
     out = args.merged or args.adapter
@@ -387,7 +387,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from daemon.demo import load_extra_tickets, run_demo
+    from daemon.demo.walkthrough import load_extra_tickets, run_demo
 
     extra = []
     if args.extra_tickets:

@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from daemon.config import QualityConfig
-from daemon.pairs import Example
+from daemon.ingest.pairs import Example
 from daemon.tickets import Ticket
 
 log = logging.getLogger(__name__)

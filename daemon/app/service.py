@@ -33,14 +33,14 @@ from connectors.registry import (
 )
 from connectors.serving import PENDING_FILE, ServingNotifier
 from daemon import metrics
-from daemon.champion import ApprovalError, ChampionKeeper
+from daemon.app.http import AdminError, Endpoints, start_http_server
+from daemon.champion.keeper import ApprovalError, ChampionKeeper
 from daemon.config import LogConfig, Settings
-from daemon.cycle import CycleOutcome, CycleRunner, tag_erased_versions
-from daemon.filters import QualityFilter, tokenizer_json_for
-from daemon.http import AdminError, Endpoints, start_http_server
-from daemon.ingest import IngestReport, run_ingest
+from daemon.cycle.runner import CycleOutcome, CycleRunner, tag_erased_versions
+from daemon.cycle.scheduler import next_run_time, start_scheduler
+from daemon.ingest.filters import QualityFilter, tokenizer_json_for
+from daemon.ingest.loop import IngestReport, run_ingest
 from daemon.logs import ContextFilter, JsonFormatter, TextFormatter, mask_url_password
-from daemon.scheduler import next_run_time, start_scheduler
 from daemon.store import ExampleStore, LockBusy, open_store, store_lock
 
 log = logging.getLogger("ticketune.service")

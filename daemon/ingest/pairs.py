@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from daemon.privacy import scrubber_for_ticket
+from daemon.ingest.privacy import scrubber_for_ticket
 from daemon.tickets import Role, Ticket
 
 # Recorded with every stored example; bump it when turning tickets into examples changes (mapping,

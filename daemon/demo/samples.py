@@ -14,7 +14,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from daemon.privacy import luhn_valid
+from daemon.ingest.privacy import luhn_valid
 
 BRAND = "Acme"
 BOT_NAME = "Acme Assistant"
@@ -33,7 +33,7 @@ PASTED_CONTACT = "If you need anything else, write to me at dana@mail.com or cal
 DEFAULT_START_ID = 10000
 _BASE_TIME = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)  # when ticket DEFAULT_START_ID was opened
 
-# Shares of the tickets that `daemon.pairs.ticket_to_example` skips, as a helpdesk export has them.
+# Shares of the tickets that `daemon.ingest.pairs.ticket_to_example` skips, as a helpdesk export has them.
 UNRESOLVED_SHARE = 0.05
 NO_AGENT_ANSWER_SHARE = 0.03
 EMPTY_BODY_SHARE = 0.01

@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from daemon.config import StoreConfig
-from daemon.filters import band_keys, example_signature, signature_is_current
-from daemon.pairs import PIPELINE_VERSION, Example
+from daemon.ingest.filters import band_keys, example_signature, signature_is_current
+from daemon.ingest.pairs import PIPELINE_VERSION, Example
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS examples (
@@ -114,7 +114,7 @@ MIGRATIONS: list[list[str]] = [
         " forced INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL CHECK (state IN ('pending', 'done', 'abandoned')),"
         " ended_at TEXT)",
     ],
-    [  # the dedupe index lives here, not in the ingest process's memory (daemon/filters.py)
+    [  # the dedupe index lives here, not in the ingest process's memory (daemon/ingest/filters.py)
         "CREATE TABLE IF NOT EXISTS dedupe_bands (band INTEGER NOT NULL, bucket INTEGER NOT NULL,"
         " ticket_id TEXT NOT NULL, PRIMARY KEY (band, bucket, ticket_id)) WITHOUT ROWID",
         "CREATE INDEX IF NOT EXISTS dedupe_bands_ticket ON dedupe_bands(ticket_id)",
@@ -593,7 +593,7 @@ class ExampleStore:
                     self._index_bands(db, ticket_id, signature)
         return found
 
-    # the dedupe index (daemon/filters.py) ------------------------------------------------------
+    # the dedupe index (daemon/ingest/filters.py) ------------------------------------------------------
     def dedupe_layout(self, bands: int, rows: int) -> int:
         """Makes the band table match this LSH layout (a new near-duplicate threshold rebuilds it, as
         does a store that has none yet) and returns how many examples it indexes. Missing or outdated

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from daemon import metrics
-from daemon.filters import QualityFilter
-from daemon.pairs import Example, Skip, ticket_to_example
+from daemon.ingest.filters import QualityFilter
+from daemon.ingest.pairs import Example, Skip, ticket_to_example
 from daemon.store import (
     OUTCOME_DELETED,
     OUTCOME_REVISED,

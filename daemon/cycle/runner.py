@@ -20,14 +20,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
-from daemon import adapter_methods, code_version, metrics
-from daemon.champion import ChampionKeeper
+from daemon import code_version, metrics
+from daemon.champion.keeper import ChampionKeeper
 from daemon.config import Settings
-from daemon.gate import Verdict, inputs_from_result, judge
-from daemon.golden import GoldenSet, general_text_path, load_golden, spec_prompts
+from daemon.gate.checks import Verdict, inputs_from_result, judge
+from daemon.gate.golden import GoldenSet, general_text_path, load_golden, spec_prompts
+from daemon.ingest.privacy import PLACEHOLDERS
 from daemon.logs import log_context
-from daemon.privacy import PLACEHOLDERS
 from daemon.store import ExampleStore, Snapshot, store_lock
+from daemon.training import methods as adapter_methods
 
 log = logging.getLogger("ticketune.cycle")
 
@@ -573,7 +574,7 @@ class CycleRunner:
     ) -> dict[str, str]:
         """Renders the candidate's report into the cycle's MLflow run (`report/`); a report that
         cannot be drawn never blocks the decision, and the version says so."""
-        from daemon.report import ReportInputs, write_report
+        from daemon.gate.report import ReportInputs, write_report
 
         out_dir = self.settings.training.work_dir / cycle_id / "report"
         try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from daemon.privacy import Scrubber
+from daemon.ingest.privacy import Scrubber
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from daemon.config import GateConfig
-from daemon.golden import GoldenPrompt, GoldenSet
-from daemon.privacy import FILLABLE_PLACEHOLDERS, PLACEHOLDERS, scrub_patterns
+from daemon.gate.golden import GoldenPrompt, GoldenSet
+from daemon.ingest.privacy import FILLABLE_PLACEHOLDERS, PLACEHOLDERS, scrub_patterns
 
 PASS, FAIL, OFF = "pass", "fail", "off"
 MAX_TAG_CHARS = 5000  # MLflow stores a tag value in VARCHAR(5000) on SQL backends

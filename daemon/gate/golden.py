@@ -2,8 +2,8 @@
 expectations the gate checks its answers against; the YAML format, its loader, and what the worker
 spec carries. Also where the general (non-support) text of the forgetting guard lives.
 
-The shipped sets are in `daemon/gate_data/`: a generic one with only universal expectations, and one
-for the tiny demo model (gate profile `demo`) built from the synthetic tickets of `daemon.samples`.
+The shipped sets are in `daemon/gate/data/`: a generic one with only universal expectations, and one
+for the tiny demo model (gate profile `demo`) built from the synthetic tickets of `daemon.demo.samples`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Annotated
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-GATE_DATA = Path(__file__).parent / "gate_data"
+GATE_DATA = Path(__file__).parent / "data"
 DEFAULT_GOLDEN = GATE_DATA / "golden_prompts.yaml"
 DEMO_GOLDEN = GATE_DATA / "golden_prompts_demo.yaml"
 DEFAULT_GENERAL_TEXT = GATE_DATA / "general_text.txt"
