@@ -24,7 +24,6 @@ INGEST_ERRORS = Counter(
     "ticketune_ingest_errors_total", "Ingest loop iterations that failed and were retried, by kind.", ["kind"]
 )
 KAFKA_UP = Gauge("ticketune_kafka_up", "1 while the ingest loop reaches the Kafka brokers, else 0 (an outage).")
-INGEST_UP = Gauge("ticketune_ingest_connected", "The same as ticketune_kafka_up (the older name, kept for dashboards).")
 STORE_EXAMPLES = Gauge("ticketune_store_examples", "Examples in the store.")
 STORE_NEWEST_EXAMPLE_AGE = Gauge(
     "ticketune_store_newest_example_age_seconds", "Seconds since the newest example was stored (freshness)."

@@ -169,12 +169,11 @@ def test_a_body_over_the_limit_is_413(api):
     assert call(port, "/v1/status", token=TOKEN)[0] == 200  # the server goes on
 
 
-def test_the_old_admin_paths_are_aliases(api):
+def test_only_the_versioned_paths_exist(api):
     port = api()
-    assert call(port, "/admin/status", token=TOKEN)[0] == 200
-    status, body = call(port, "/admin/cycle", "POST", token=TOKEN, body={})
-    assert status == 202
-    assert call(port, "/admin/rollback", "POST", token=TOKEN, body={"to": "1"})[0] == 200
+    assert call(port, "/v1/status", token=TOKEN)[0] == 200
+    assert call(port, "/admin/status", token=TOKEN)[0] == 404
+    assert call(port, "/admin/rollback", "POST", token=TOKEN, body={"to": "1"})[0] == 404
 
 
 def test_the_openapi_document_describes_the_paths_schemas_and_security(api):

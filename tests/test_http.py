@@ -46,20 +46,20 @@ def test_metrics_health_and_readiness(server_factory):
 
 def test_admin_api_is_off_without_a_token(server_factory):
     port, calls = server_factory(token=None)
-    assert call(port, "/admin/status")[0] == 403
-    assert call(port, "/admin/rollback", "POST", token="anything", body={})[0] == 403
+    assert call(port, "/v1/status")[0] == 403
+    assert call(port, "/v1/rollback", "POST", token="anything", body={})[0] == 403
     assert calls == []
 
 
 def test_admin_api_requires_the_right_token(server_factory):
     port, calls = server_factory(token="s3cret")
-    assert call(port, "/admin/status")[0] == 401
-    assert call(port, "/admin/status", token="wrong")[0] == 401
-    assert call(port, "/admin/rollback", "POST", token="wrong", body={"to": "1"})[0] == 401
+    assert call(port, "/v1/status")[0] == 401
+    assert call(port, "/v1/status", token="wrong")[0] == 401
+    assert call(port, "/v1/rollback", "POST", token="wrong", body={"to": "1"})[0] == 401
     assert calls == []
-    status, body = call(port, "/admin/status", token="s3cret")
+    status, body = call(port, "/v1/status", token="s3cret")
     assert status == 200 and json.loads(body) == {"examples": 7}
-    status, body = call(port, "/admin/rollback", "POST", token="s3cret", body={"to": "1"})
+    status, body = call(port, "/v1/rollback", "POST", token="s3cret", body={"to": "1"})
     assert status == 200 and json.loads(body) == {"from": "3", "to": "1"}
-    status, body = call(port, "/admin/rollback", "POST", token="s3cret", body={"to": "404"})
+    status, body = call(port, "/v1/rollback", "POST", token="s3cret", body={"to": "404"})
     assert status == 409 and "no version 404" in body

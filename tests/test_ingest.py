@@ -246,7 +246,7 @@ def test_transient_source_errors_are_retried_and_show_in_the_metrics(example_sto
     report = ingest(
         source,
         example_store,
-        on_batch=lambda _: seen_up.append(REGISTRY.get_sample_value("ticketune_ingest_connected")),
+        on_batch=lambda _: seen_up.append(REGISTRY.get_sample_value("ticketune_kafka_up")),
     )
 
     assert report.stored == 1 and report.source_errors == 2

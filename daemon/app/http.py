@@ -2,9 +2,8 @@
 
 The admin API (`/v1/...`, described by `GET /v1/openapi.json`) is off unless `server.admin_token`
 is set: then every admin path answers 403. With a token it requires `Authorization: Bearer <token>`
-(compared in constant time). Errors are `{"error": {"code": ..., "message": ...}}`. The older
-`/admin/...` paths are aliases. Liveness never depends on a running cycle, so a long training run
-cannot get the pod restarted.
+(compared in constant time). Errors are `{"error": {"code": ..., "message": ...}}`. Liveness never
+depends on a running cycle, so a long training run cannot get the pod restarted.
 """
 
 from __future__ import annotations
@@ -134,8 +133,6 @@ ADMIN_ROUTES: dict[str, Route] = {
     "/v1/approve": Route("POST", "approve", "Approve a candidate awaiting approval and promote it",
                          ApproveRequest, MoveResponse, 200, "the version is not awaiting approval"),
 }
-ALIASES = {"/admin/status": "/v1/status", "/admin/history": "/v1/history", "/admin/cycle": "/v1/cycles",
-           "/admin/promote": "/v1/promote", "/admin/rollback": "/v1/rollback", "/admin/approve": "/v1/approve"}
 PUBLIC_GETS = ("/metrics", "/healthz", "/readyz", "/v1/openapi.json")
 
 
@@ -262,7 +259,7 @@ def _handler(endpoints: Endpoints) -> type[BaseHTTPRequestHandler]:
             self._admin("DELETE", self.path.split("?", 1)[0])
 
         def _admin(self, method: str, path: str) -> None:
-            route = ADMIN_ROUTES.get(ALIASES.get(path, path))
+            route = ADMIN_ROUTES.get(path)
             if route is None or (route.action != "status" and route.action not in endpoints.admin_actions):
                 if method != "GET" and path in PUBLIC_GETS:
                     self._error(405, f"{path} allows GET", headers={"Allow": "GET"})

@@ -39,7 +39,7 @@ from daemon.config import LogConfig, Settings
 from daemon.cycle.runner import CycleOutcome, CycleRunner, tag_erased_versions
 from daemon.cycle.scheduler import next_run_time, start_scheduler
 from daemon.ingest.filters import QualityFilter, tokenizer_json_for
-from daemon.ingest.loop import IngestReport, run_ingest
+from daemon.ingest.loop import IngestReport, run_ingest, set_broker_up
 from daemon.logs import ContextFilter, JsonFormatter, TextFormatter, mask_url_password
 from daemon.store import ExampleStore, LockBusy, open_store, store_lock
 
@@ -305,9 +305,8 @@ class Service:
                 self.stop.wait(10.0)
             except Exception as exc:  # broker unreachable at start, bad credentials...: retry, never die
                 self._note_broker(False, f"{type(exc).__name__}: {exc}")
-                metrics.KAFKA_UP.set(0)
-                metrics.INGEST_UP.set(0)
-                metrics.INGEST_ERRORS.labels(kind=type(exc).__name__).inc()
+                set_broker_up(False)
+                metrics.INGEST_ERRORS.labels(kind="start").inc()
                 log.error("ingest: %s; retrying in 10 s", exc)
                 self.stop.wait(10.0)
 

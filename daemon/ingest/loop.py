@@ -51,6 +51,12 @@ LAG_INTERVAL_S = 1.0
 BROKER_SILENT_S = 4.0
 
 
+def set_broker_up(up: bool) -> None:
+    """The one writer of ticketune_kafka_up: the ingest loop's broker tracker, and the service when the
+    loop cannot start at all."""
+    metrics.KAFKA_UP.set(1 if up else 0)
+
+
 @dataclass(frozen=True)
 class SourceRecord:
     """One message of the ticket topic, as the source hands it over."""
@@ -154,8 +160,7 @@ class _Retrier:
 
     def broker(self, up: bool, detail: str = "") -> None:
         """Whether the loop reaches the broker: the gauges, and the caller's `on_broker` (readiness details)."""
-        metrics.KAFKA_UP.set(1 if up else 0)
-        metrics.INGEST_UP.set(1 if up else 0)
+        set_broker_up(up)
         if self.on_broker is not None:
             self.on_broker(up, detail)
 

@@ -320,15 +320,11 @@ def http_call(port: int, method: str, path: str, headers: dict[str, str] | None 
 
 
 def admin_paths(port: int) -> list[tuple[str, str]]:
-    """(method, path) of every admin operation in the service's own OpenAPI document, and their aliases."""
+    """(method, path) of every admin operation in the service's own OpenAPI document."""
     status, body = http_get(port, "/v1/openapi.json")
     assert status == 200, body
     paths = [(method.upper(), path) for path, ops in json.loads(body)["paths"].items() for method in ops
              if path != "/v1/openapi.json"]
-    from daemon.app.http import ALIASES
-
-    by_path = dict((path, method) for method, path in paths)
-    paths += [(by_path[target], alias) for alias, target in ALIASES.items()]
     return paths
 
 
@@ -424,7 +420,7 @@ def secured_run(tmp_path_factory, broker, tiny_model_dir, mlflow_server_uri):
 
         # refusals before the cycle: a wrong token must not start one
         for name, headers in wrong_authorizations(token).items():
-            for path in ("/v1/cycles", "/admin/cycle", "/v1/cycles?token=" + token):
+            for path in ("/v1/cycles", "/v1/cycles?token=" + token):
                 status, body = http_call(service.port, "POST", path, headers, {"force": True})
                 assert status == 401, (name, path, status, body)
                 assert json.loads(body)["error"]["code"] == "unauthorized"
@@ -453,7 +449,6 @@ def secured_run(tmp_path_factory, broker, tiny_model_dir, mlflow_server_uri):
         for name, headers in wrong_authorizations(token).items():
             for method, path, body in (("POST", "/v1/approve", {"version": version}),
                                        ("POST", "/v1/promote", {"version": version, "force": True}),
-                                       ("POST", "/admin/promote", {"version": version, "force": True}),
                                        ("POST", "/v1/rollback", {"to": version, "force": True}),
                                        ("GET", "/v1/status", None), ("GET", "/v1/history", None)):
                 status, text = http_call(service.port, method, path, headers, body)

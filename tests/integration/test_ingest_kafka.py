@@ -330,7 +330,7 @@ def test_an_unreachable_broker_is_retried_and_reported_never_raised(monkeypatch,
 
     assert report.consumed == 0 and report.source_errors >= 2 and lag is None
     assert threading.active_count() <= threads_before  # failed connection attempts leave no thread behind
-    assert REGISTRY.get_sample_value("ticketune_ingest_connected") == 0
+    assert REGISTRY.get_sample_value("ticketune_kafka_up") == 0
     assert REGISTRY.get_sample_value("ticketune_ingest_errors_total", {"kind": "poll"}) >= errors_before + 2
 
 
