@@ -11,9 +11,14 @@ import contextvars
 import json
 import logging
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from daemon.config import LogConfig
 
 CONTEXT_FIELDS = ("cycle_id", "version")
 _context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("ticketune_log_context",
@@ -98,3 +103,15 @@ class TextFormatter(logging.Formatter):
         text = super().format(record)
         tags = " ".join(f"{name}={getattr(record, name)}" for name in CONTEXT_FIELDS if getattr(record, name, None))
         return mask_url_password(f"{text} [{tags}]" if tags else text)
+
+
+def configure_logging(cfg: LogConfig) -> None:
+    """Root logging to stderr: one JSON object per line (`log.format: json`) or text; URL passwords masked."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if cfg.format == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(cfg.level)
+    for noisy in ("kafka", "mlflow", "alembic", "apscheduler", "urllib3", "sqlalchemy"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(cfg.level)))

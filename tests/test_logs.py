@@ -88,7 +88,7 @@ def test_url_passwords_are_masked_in_messages():
 
 
 def test_configure_logging_json_writes_one_object_per_line(capsys):
-    from daemon.app.service import configure_logging
+    from daemon.logs import configure_logging
 
     configure_logging(LogConfig(level="INFO", format="json"))
     try:

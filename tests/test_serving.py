@@ -409,7 +409,7 @@ def test_admin_api_promote_and_rollback_tell_serving_and_upkeep_resends(deployme
     service.startup(with_scheduler=False, with_ingest=False)
     try:
         port = service.http_port
-        status, body = http_call(port, "/admin/promote", "POST", token="admin-t", body={"version": v1})
+        status, body = http_call(port, "/v1/promote", "POST", token="admin-t", body={"version": v1})
         assert status == 200 and json.loads(body)["serving"] == {
             f"vllm 127.0.0.1:{deployment['vllm'].server.server_address[1]}": "failed",
             f"webhook 127.0.0.1:{deployment['hook'].server.server_address[1]}": "delivered",
@@ -418,8 +418,8 @@ def test_admin_api_promote_and_rollback_tell_serving_and_upkeep_resends(deployme
         assert deployment["vllm"].bodies[-1]["lora_path"].endswith(f"/v{v1}")
         assert service.serving.pending() == {}
 
-        http_call(port, "/admin/promote", "POST", token="admin-t", body={"version": v2})
-        status, body = http_call(port, "/admin/rollback", "POST", token="admin-t", body={"reason": "regression"})
+        http_call(port, "/v1/promote", "POST", token="admin-t", body={"version": v2})
+        status, body = http_call(port, "/v1/rollback", "POST", token="admin-t", body={"reason": "regression"})
         assert status == 200 and set(json.loads(body)["serving"].values()) == {"delivered"}
     finally:
         service.shutdown()

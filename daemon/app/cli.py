@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from daemon.app.tables import history_table
 from daemon.config import ConfigError, Settings, load_settings
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -36,7 +37,7 @@ def _emit(args: argparse.Namespace, data: object, human: str) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
-    from daemon.app.service import configure_logging
+    from daemon.logs import configure_logging
 
     configure_logging(settings.log)
     return settings
@@ -92,7 +93,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from connectors.formats import parser_for
     from connectors.kafka import KafkaTicketSource
-    from daemon.app.service import build_quality_filter
+    from daemon.app.wiring import build_quality_filter
     from daemon.ingest.loop import run_ingest
     from daemon.store import store_lock
 
@@ -118,7 +119,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cycle(args: argparse.Namespace) -> int:
-    from daemon.app.service import build_cycle_runner, build_keeper, build_registry
+    from daemon.app.wiring import build_cycle_runner, build_keeper, build_registry
 
     settings = _settings(args)
     store = _store(settings)
@@ -135,47 +136,11 @@ def cmd_cycle(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from daemon.app.service import build_registry
+    from daemon.app.wiring import build_registry
 
     rows = build_registry(_settings(args)).history()
     _emit(args, rows, history_table(rows))
     return 0
-
-
-def history_table(rows: list[dict]) -> str:
-    """Newest first: version, created, verdict, key metrics, the champion and since when; a line
-    marks where a new base model started a new lineage."""
-    if not rows:
-        return "no versions registered yet"
-
-    def number(metrics: dict, key: str) -> str:
-        value = metrics.get(key)
-        return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
-
-    header = (f"{'version':<8} {'created (UTC)':<21} {'verdict':<18} {'eval loss':>9} {'reference':>9} "
-              f"{'gain':>8}  champion")
-    lines = [header, "-" * len(header)]
-    for index, row in enumerate(rows):
-        m = row.get("metrics") or {}
-        reference = m.get("champion_eval_loss", m.get("base_eval_loss"))
-        loss = m.get("candidate_eval_loss")
-        gain = f"{reference - loss:+.4f}" if isinstance(reference, (int, float)) and isinstance(loss, (int, float)) \
-            else "-"
-        verdict = row.get("verdict") or "-"
-        if row.get("state") not in (None, "complete"):
-            verdict = row["state"]
-        if (row.get("tags") or {}).get("ticketune.promotion_forced") == "true":
-            verdict += " (forced)"
-        champion = f"<- champion since {row['champion_since'] or '?'}" if row.get("champion") else ""
-        lines.append(f"v{row['version']:<7} {(row.get('created_at') or '-'):<21} {verdict:<18} "
-                     f"{number(m, 'candidate_eval_loss'):>9} {number({'r': reference}, 'r'):>9} {gain:>8}  {champion}")
-        older = rows[index + 1] if index + 1 < len(rows) else None
-        if older is not None and row.get("base_model_fingerprint") and older.get("base_model_fingerprint") \
-                and row["base_model_fingerprint"] != older["base_model_fingerprint"]:
-            base = (row.get("tags") or {}).get("ticketune.base_model", "?")
-            lines.append(f"{'':8} ---- new base model from v{row['version']} on: {base} "
-                         f"({row['base_model_fingerprint']}); earlier versions are another lineage ----")
-    return "\n".join(lines)
 
 
 def _report_serving(outcomes: dict[str, str]) -> None:
@@ -189,7 +154,7 @@ def _report_serving(outcomes: dict[str, str]) -> None:
 
 
 def _keeper(settings: Settings):
-    from daemon.app.service import build_keeper, build_registry
+    from daemon.app.wiring import build_keeper, build_registry
 
     return build_keeper(settings, _store(settings), build_registry(settings))
 
@@ -245,7 +210,7 @@ def _actor(args: argparse.Namespace) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from daemon.app.service import build_registry, collect_status
+    from daemon.app.wiring import build_registry, collect_status
 
     settings = _settings(args)
     store = _store(settings)
@@ -285,7 +250,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    from daemon.app.service import build_registry
+    from daemon.app.wiring import build_registry
     from daemon.cycle.runner import tag_erased_versions
 
     settings = _settings(args)
@@ -346,7 +311,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from daemon.app.service import build_registry
+    from daemon.app.wiring import build_registry
 
     settings = _settings(args)
     out = args.merged or args.adapter

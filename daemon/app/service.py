@@ -13,89 +13,35 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from contextlib import ExitStack
 from datetime import datetime, timezone
 
-from connectors.executors import build_executor
 from connectors.formats import parser_for
 from connectors.kafka import KafkaTicketSource
 from connectors.registry import (
-    AdapterRegistry,
     NoChampionError,
     PromotionRefusedError,
     RegistryError,
     RegistryUnavailableError,
     VersionNotFoundError,
-    set_mlflow_http_defaults,
 )
-from connectors.serving import PENDING_FILE, ServingNotifier
 from daemon import metrics
 from daemon.app.http import AdminError, Endpoints, start_http_server
-from daemon.champion.keeper import ApprovalError, ChampionKeeper
-from daemon.config import LogConfig, Settings
-from daemon.cycle.runner import CycleOutcome, CycleRunner, tag_erased_versions
+from daemon.app.wiring import build_cycle_runner, build_keeper, build_quality_filter, build_registry, collect_status
+from daemon.champion.keeper import ApprovalError
+from daemon.config import Settings
+from daemon.cycle.runner import CycleOutcome, tag_erased_versions
 from daemon.cycle.scheduler import next_run_time, start_scheduler
-from daemon.ingest.filters import QualityFilter, tokenizer_json_for
 from daemon.ingest.loop import IngestReport, run_ingest, set_broker_up
-from daemon.logs import ContextFilter, JsonFormatter, TextFormatter, mask_url_password
-from daemon.store import ExampleStore, LockBusy, open_store, store_lock
+from daemon.logs import mask_url_password
+from daemon.store import LockBusy, open_store, store_lock
 
 log = logging.getLogger("ticketune.service")
 
 UPKEEP_INTERVAL_S = 600.0
 SERVICE_LOCK = "service"
-
-
-def configure_logging(cfg: LogConfig) -> None:
-    """Root logging to stderr: one JSON object per line (`log.format: json`) or text; URL passwords masked."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if cfg.format == "json" else TextFormatter())
-    handler.addFilter(ContextFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(cfg.level)
-    for noisy in ("kafka", "mlflow", "alembic", "apscheduler", "urllib3", "sqlalchemy"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(cfg.level)))
-
-
-def build_registry(settings: Settings) -> AdapterRegistry:
-    set_mlflow_http_defaults(timeout_s=60)  # bounded retries: an MLflow outage fails a cycle in seconds, not minutes
-    reg = settings.registry
-    return AdapterRegistry(
-        tracking_uri=reg.tracking_uri,
-        model_name=reg.model_name,
-        champion_alias=reg.champion_alias,
-        experiment_name=reg.experiment_name,
-        artifact_location=reg.artifact_location,
-    )
-
-
-def build_serving_notifier(settings: Settings, registry: AdapterRegistry) -> ServingNotifier:
-    """Tells `serving.targets` of champion changes; what fails waits in a JSON file beside the store."""
-    return ServingNotifier(settings.serving, registry, settings.registry.model_name,
-                           settings.store.path.parent / PENDING_FILE)
-
-
-def build_keeper(settings: Settings, store: ExampleStore, registry: AdapterRegistry) -> ChampionKeeper:
-    """Every champion move (cycle, CLI, admin API, outside) goes through one keeper: audit log and serving."""
-    return ChampionKeeper(store, registry, build_serving_notifier(settings, registry))
-
-
-def build_cycle_runner(settings: Settings, store: ExampleStore, registry: AdapterRegistry,
-                       keeper: ChampionKeeper | None = None) -> CycleRunner:
-    return CycleRunner(settings, store, registry, build_executor(settings),
-                       keeper or build_keeper(settings, store, registry))
-
-
-def build_quality_filter(settings: Settings, store: ExampleStore) -> QualityFilter:
-    """The quality filter, its dedupe index in the store (memory stays flat however much is ingested)."""
-    quality = QualityFilter(settings.quality, tokenizer_json_for(settings.model.base), store=store)
-    loaded = quality.load(())
-    log.info("quality filter ready: %d stored examples in the dedupe index", loaded)
-    return quality
 
 
 class Service:
@@ -449,27 +395,3 @@ class Service:
             "next_cycle_at": next_run_time(self._scheduler),
             "uptime_seconds": round(time.time() - self.started_at),
         }
-
-
-def collect_status(settings: Settings, store: ExampleStore, registry: AdapterRegistry) -> dict:
-    """What `ticketune status` and `/v1/status` show; never a secret or ticket text."""
-    counts = store.counts()
-    try:
-        champion = registry.champion_version()
-    except RegistryError as exc:
-        champion = None
-        log.warning("status: %s", exc)
-    cycles = store.cycles(limit=1)
-    return {
-        "examples": counts["examples"],
-        "pending_examples": counts["pending"],
-        "quarantined_examples": counts["quarantined"],
-        "champion_version": champion,
-        "last_cycle": cycles[0] if cycles else None,
-        "model_base": settings.model.base,
-        "registry": {"model_name": settings.registry.model_name,
-                     "champion_alias": settings.registry.champion_alias,
-                     "tracking_uri": mask_url_password(settings.registry.tracking_uri)},
-        "kafka": {"topic": settings.kafka.topic, "group_id": settings.kafka.group_id},
-        "store_path": str(settings.store.path),
-    }

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from daemon.app.cli import history_table
+from daemon.app.tables import history_table
 from daemon.config import load_settings
 
 BATCH_SIZE = 160
@@ -90,8 +90,9 @@ def run_demo(work_dir: Path, *, keep: bool = False, extra_tickets: Sequence[dict
     `extra_tickets` (canonical ticket dicts) are produced with the first batch and trained on with it."""
     from connectors.broker import EmbeddedBroker
     from connectors.kafka import produce_raw, produce_tickets
-    from daemon.app.service import Service, configure_logging
+    from daemon.app.service import Service
     from daemon.demo.samples import generate_tickets
+    from daemon.logs import configure_logging
 
     started = time.monotonic()
     work_dir = work_dir.resolve()

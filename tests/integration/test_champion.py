@@ -14,7 +14,7 @@ from test_serving import Receiver
 
 from connectors.registry import AdapterRegistry, PromotionRefusedError
 from connectors.serving import ServingNotifier
-from daemon.app.cli import history_table
+from daemon.app.tables import history_table
 from daemon.champion.keeper import ApprovalError, ChampionKeeper
 from daemon.config import ServingConfig
 from daemon.store import ExampleStore

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.app.service import build_cycle_runner, build_registry
+from daemon.app.wiring import build_cycle_runner, build_registry
 from daemon.config import load_settings
 from daemon.cycle.runner import CycleRunner
 from daemon.demo.samples import generate_tickets

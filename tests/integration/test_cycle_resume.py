@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from connectors.executors import LocalProcessExecutor, WorkerFailed
-from daemon.app.service import build_registry
+from daemon.app.wiring import build_registry
 from daemon.config import TrainingConfig, load_settings
 from daemon.cycle.runner import WORKER_TRAINING_FIELDS, CycleRunner
 from daemon.demo.samples import generate_tickets

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from test_cycle import examples
 
-from daemon.app.cli import history_table
-from daemon.app.service import build_cycle_runner, build_registry
+from daemon.app.tables import history_table
+from daemon.app.wiring import build_cycle_runner, build_registry
 from daemon.config import load_settings
 from daemon.cycle.runner import base_model_fingerprint
 from daemon.store import ExampleStore

@@ -22,7 +22,7 @@ from test_serving import Receiver
 from connectors.executors import LocalProcessExecutor
 from connectors.formats import parser_for
 from connectors.kafka import KafkaTicketSource, produce_tickets
-from daemon.app.service import build_keeper, build_registry
+from daemon.app.wiring import build_keeper, build_registry
 from daemon.config import load_settings
 from daemon.cycle.runner import CycleRunner
 from daemon.demo.samples import PASTED_CONTACT, RUDE_ANSWERS, generate_tickets

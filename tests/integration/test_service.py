@@ -73,8 +73,8 @@ def test_run_ingests_trains_on_schedule_reports_metrics_and_stops_gracefully(
         assert metric(body, "ticketune_consumer_lag_records") == 0
         assert http_call(port, "/healthz")[0] == 200
         assert http_call(port, "/readyz")[0] == 200
-        assert http_call(port, "/admin/status")[0] == 401
-        status, text = http_call(port, "/admin/status", token="t0ken")
+        assert http_call(port, "/v1/status")[0] == 401
+        status, text = http_call(port, "/v1/status", token="t0ken")
         assert status == 200
         admin = json.loads(text)
         assert admin["champion_version"] == "1" and admin["pending_examples"] == 0
