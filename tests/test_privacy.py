@@ -3,7 +3,6 @@
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -419,16 +418,14 @@ def test_importing_privacy_does_not_import_torch():
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
-def test_scrubbing_a_generated_ticket_costs_well_under_a_millisecond():
+def test_scrubbing_generated_tickets_removes_their_requesters_email_addresses():
+    """(Its speed is measured by bench/ingest_throughput.py, not asserted here.)"""
     tickets = [ticket_from_dict(t) for t in generate_tickets(300, seed=11)]
-    started = time.perf_counter()
     for ticket in tickets:
         scrubber = scrubber_for_ticket(ticket)
         for message in ticket.messages:
-            if message.author_role in (Role.customer, Role.agent):
-                scrubber.scrub(message.body)
-    per_ticket = (time.perf_counter() - started) / len(tickets)
-    assert per_ticket < 0.003  # about 0.2 ms measured; a generous bound against slow machines
+            if message.author_role in (Role.customer, Role.agent) and ticket.requester.email:
+                assert ticket.requester.email.lower() not in scrubber.scrub(message.body).lower()
 
 
 # --- labelled corpus ------------------------------------------------------------------------------
