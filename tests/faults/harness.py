@@ -302,3 +302,38 @@ class HealthWatch:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def cycle_rows(store_path: Path) -> list[dict]:
+    """The store's cycles table, oldest first (read-only; the service writes it)."""
+    if not store_path.exists():
+        return []
+    con = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=10)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute("SELECT * FROM cycles ORDER BY started_at, rowid")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        con.close()
+
+
+def trigger_cycle(port: int, token: str, busy_wait_s: float = 60.0) -> None:
+    """POST /v1/cycles; a 409 while the previous cycle's thread finishes its bookkeeping is waited out."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + busy_wait_s
+    while True:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/cycles", method="POST", data=b"{}",
+                                         headers={"Authorization": f"Bearer {token}",
+                                                  "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 202, response.read()
+                return
+        except urllib.error.HTTPError as err:
+            body = err.read()
+            if err.code != 409 or time.monotonic() > deadline:
+                raise AssertionError(f"POST /v1/cycles answered {err.code}: {body!r}") from None
+        time.sleep(0.5)

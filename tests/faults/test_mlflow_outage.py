@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -29,11 +28,13 @@ from fixture_mlflow import _stop as stop_server
 from harness import (
     HealthWatch,
     ServiceProcess,
+    cycle_rows,
     free_port,
     kafka_section,
     pick,
     record_figures,
     store_count,
+    trigger_cycle,
     wait_for,
     write_config,
 )
@@ -85,40 +86,6 @@ def own_mlflow(tmp_path: Path):
     finally:
         stop_server(proc)
         log.close()
-
-
-def cycle_rows(store_path: Path) -> list[dict]:
-    """The store's cycles table, oldest first (read-only; the service writes it)."""
-    if not store_path.exists():
-        return []
-    con = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=10)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute("SELECT * FROM cycles ORDER BY started_at, rowid")]
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        con.close()
-
-
-def trigger_cycle(service: ServiceProcess, busy_wait_s: float = 60.0) -> None:
-    """POST /v1/cycles; a 409 while the previous cycle's thread finishes its bookkeeping is waited out."""
-    import urllib.error
-
-    deadline = time.monotonic() + busy_wait_s
-    while True:
-        request = urllib.request.Request(f"http://127.0.0.1:{service.port}/v1/cycles", method="POST",
-                                         data=b"{}", headers={"Authorization": f"Bearer {TOKEN}",
-                                                              "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                assert response.status == 202, response.read()
-                return
-        except urllib.error.HTTPError as err:
-            body = err.read()
-            if err.code != 409 or time.monotonic() > deadline:
-                raise AssertionError(f"POST /v1/cycles answered {err.code}: {body!r}") from None
-        time.sleep(0.5)
 
 
 def finished_cycles(service: ServiceProcess) -> list[dict]:
@@ -200,7 +167,7 @@ def test_an_mlflow_outage_fails_the_cycle_cleanly_and_the_next_cycle_recovers(
             # a champion to protect: the first cycle runs with MLflow up
             produce_batch()
             skipped = service.metric(SKIPPED)
-            trigger_cycle(service)
+            trigger_cycle(service.port, TOKEN)
             first = wait_cycle_end(service, runs_ended(service), "the first cycle", skipped)
             assert first["verdict"] in ("promoted", "rejected"), first
             champion_start, _ = registry_view(direct, MODEL)
@@ -215,7 +182,7 @@ def test_an_mlflow_outage_fails_the_cycle_cleanly_and_the_next_cycle_recovers(
                     proxy.cut_after(pattern)
                 elif mode == "on":
                     proxy.cut_on(pattern)
-                trigger_cycle(service)
+                trigger_cycle(service.port, TOKEN)
                 if mode == "training":
                     wait_for(lambda: service.metric("ticketune_training_step") > 0, CYCLE_TIMEOUT_S,
                              "the worker's first training step", on_timeout=service.log_tail)
@@ -256,7 +223,7 @@ def test_an_mlflow_outage_fails_the_cycle_cleanly_and_the_next_cycle_recovers(
 
                 proxy.restore()
                 ended, skipped = runs_ended(service), service.metric(SKIPPED)
-                trigger_cycle(service)
+                trigger_cycle(service.port, TOKEN)
                 recovered = wait_cycle_end(service, ended, f"the cycle after the cut at {name}", skipped)
                 assert recovered["verdict"] in ("promoted", "rejected"), (name, recovered)
                 champion_after, versions_after = registry_view(direct, MODEL)

@@ -16,8 +16,6 @@ import re
 import signal
 import sqlite3
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -25,10 +23,12 @@ from fixture_broker import produce
 from harness import (
     HealthWatch,
     ServiceProcess,
+    cycle_rows,
     kafka_section,
     pick,
     record_figures,
     store_count,
+    trigger_cycle,
     wait_for,
     write_config,
 )
@@ -37,41 +37,12 @@ TOKEN = "worker-death-token"
 CYCLE_TIMEOUT_S = 240
 
 
-def cycle_rows(store_path: Path) -> list[dict]:
-    con = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=10)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute("SELECT * FROM cycles ORDER BY started_at, rowid")]
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        con.close()
-
-
 def pending_examples(store_path: Path) -> int:
     con = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=10)
     try:
         return con.execute("SELECT count(*) FROM examples WHERE batch_id IS NULL").fetchone()[0]
     finally:
         con.close()
-
-
-def trigger_cycle(port: int, busy_wait_s: float = 60.0) -> None:
-    """POST /v1/cycles; a 409 while the previous cycle's thread finishes its bookkeeping is waited out."""
-    deadline = time.monotonic() + busy_wait_s
-    while True:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/cycles", method="POST", data=b"{}",
-                                         headers={"Authorization": f"Bearer {TOKEN}",
-                                                  "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                assert response.status == 202, response.read()
-                return
-        except urllib.error.HTTPError as err:
-            body = err.read()
-            if err.code != 409 or time.monotonic() > deadline:
-                raise AssertionError(f"POST /v1/cycles answered {err.code}: {body!r}") from None
-        time.sleep(0.5)
 
 
 def workers(service_pid: int) -> list[psutil.Process]:
@@ -134,7 +105,7 @@ def test_a_killed_worker_fails_the_cycle_and_the_retry_resumes_from_its_checkpoi
         work_dir = tmp_path / "cycles"
         watch = HealthWatch(service)
         try:
-            trigger_cycle(service.port)
+            trigger_cycle(service.port, TOKEN)
             cycle_id = None
             for kill in range(kills):
                 # the worker of this attempt, once it has written a checkpoint
@@ -185,7 +156,7 @@ def test_a_killed_worker_fails_the_cycle_and_the_retry_resumes_from_its_checkpoi
                     "failed_reason": reasons[-1][:160],
                     "tickets_stored_after_kill": store_count(service.store_path) - before,
                 })
-                trigger_cycle(service.port)  # the retry: the next attempt of the same cycle
+                trigger_cycle(service.port, TOKEN)  # the retry: the next attempt of the same cycle
 
             final_attempt = kills + 1
 
