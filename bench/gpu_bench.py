@@ -52,6 +52,7 @@ from daemon.training.chat_examples import IGNORE_INDEX, TokenizedExample  # noqa
 from daemon.training.lora_recipe import (  # noqa: E402
     prepare_model,
     select_runtime,
+    sized,
     train_adapter,
     uses_packing,
     versions,
@@ -146,6 +147,7 @@ def run_ticketune(model_dir: Path, examples: list[TokenizedExample], settings: T
     packing = uses_packing(spec)
     _reset_peak(runtime.device)
     model = prepare_model(spec, runtime)
+    settings = sized(settings, model, runtime)
     plan = model.ticketune_checkpointing
     quantized = getattr(model.get_base_model(), "is_loaded_in_4bit", False)
     if settings.quantization == "nf4" and not quantized:

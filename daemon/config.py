@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -96,10 +96,11 @@ class TrainingConfig(_Section):
     batch_size: int = Field(default=8, ge=1)  # examples per step when packing is off
     max_seq_len: int = Field(default=2048, ge=16)
     packing: bool = True
-    row_tokens: int = Field(default=16384, ge=64)  # tokens per packed row (one micro-batch)
+    # tokens per packed row (one micro-batch); auto: 16384 on CUDA, on CPU what the RAM holds (2048 at most)
+    row_tokens: Annotated[int, Field(ge=64)] | Literal["auto"] = "auto"
     rows_per_step: int = Field(default=1, ge=1)  # packed rows per optimizer step, across all GPUs
     cross_entropy: Literal["auto", "chunked", "liger", "full"] = "auto"
-    loss_chunk_tokens: int = Field(default=4096, ge=64)
+    loss_chunk_tokens: Annotated[int, Field(ge=64)] | Literal["auto"] = "auto"  # auto: 4096 on CUDA, 1024 on CPU
     # auto: off on CPU; on CUDA, on as few layers as memory_budget_gib needs (measured at the start)
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     memory_budget_gib: float | None = Field(default=None, gt=0)  # GPU memory to plan for; default 90% of it
@@ -124,7 +125,7 @@ class TrainingConfig(_Section):
 
     @model_validator(mode="after")
     def _rows_hold_a_sequence(self) -> TrainingConfig:
-        if self.packing and self.row_tokens < self.max_seq_len:
+        if self.packing and isinstance(self.row_tokens, int) and self.row_tokens < self.max_seq_len:
             raise ValueError(
                 f"row_tokens ({self.row_tokens}) must be at least max_seq_len ({self.max_seq_len}) so that "
                 "no example is split across rows"

@@ -303,6 +303,10 @@ def cmd_make_base_model(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "daemon.training", "make-base-model", str(args.dir), "--seed", str(args.seed)]
     if args.steps is not None:
         command += ["--steps", str(args.steps)]
+    if args.pretrained:
+        command += ["--pretrained", args.pretrained]
+    if args.from_gguf:
+        command += ["--from-gguf", str(args.from_gguf)]
     return subprocess.call(command)
 
 
@@ -432,7 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of tickets whose agent answers are replaced by wrong ones")
     p.add_argument("--topic", default=None)
     p.add_argument("--bootstrap-servers", default=None)
-    p = verb("make-base-model", cmd_make_base_model, "build the tiny local base model and tokenizer into DIR")
+    p = verb("make-base-model", cmd_make_base_model, "build a base model into DIR: the tiny local one (default), "
+             "a packaged real one (--pretrained smollm2-135m-instruct) or any Llama GGUF (--from-gguf FILE)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--pretrained", metavar="NAME", help="smollm2-135m-instruct: SmolLM2-135M-Instruct, offline")
+    source.add_argument("--from-gguf", type=Path, metavar="FILE", help="a Llama-architecture GGUF file")
     p.add_argument("dir", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None)

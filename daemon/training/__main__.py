@@ -38,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     summary = " ".join(__doc__.split("\n\n")[0].split())
     parser = argparse.ArgumentParser(prog="python -m daemon.training", description=summary)
     verbs = parser.add_subparsers(dest="verb", required=True)
-    base = verbs.add_parser("make-base-model", help="build the tiny demo base model and tokenizer into DIR")
+    base = verbs.add_parser("make-base-model", help="build a base model directory into DIR: the tiny random one, "
+                                                   "or a real pre-trained one from a GGUF file")
     base.add_argument("dir", type=Path)
+    source = base.add_mutually_exclusive_group()
+    source.add_argument("--pretrained", metavar="NAME", help="a packaged real model, e.g. smollm2-135m-instruct")
+    source.add_argument("--from-gguf", type=Path, metavar="FILE", help="a Llama-architecture GGUF file")
     base.add_argument("--seed", type=int, default=0)
     base.add_argument("--steps", type=int, default=DEFAULT_PRETRAIN_STEPS, help="pretraining steps")
     train = verbs.add_parser("train", help="train and evaluate an adapter as the spec says")
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    if args.verb == "make-base-model" and (args.pretrained or args.from_gguf):
+        return pretrained_command(args.dir, args.pretrained, args.from_gguf)
     if args.verb == "make-base-model":
         if args.steps < 0:
             parser.error("--steps must be 0 or more")
@@ -95,6 +101,21 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_job(args.tracking_uri, args.run_id, args.scratch, base_model=args.base_model)
     return train_command(args.spec)
+
+
+def pretrained_command(out_dir: Path, name: str | None, gguf_file: Path | None) -> int:
+    from daemon.training.pretrained import make_pretrained_model, packaged_gguf
+
+    try:
+        source = name or str(gguf_file)
+        description = make_pretrained_model(out_dir, gguf_file=packaged_gguf(name) if name else gguf_file,
+                                            source=source)
+    except SpecError as exc:
+        log.error("make-base-model failed: %s", exc)
+        return EXIT_BAD_SPEC
+    log.info("base model written dir=%s source=%s parameters=%d seconds=%.1f", out_dir, source,
+             description["parameters"], description["seconds"])
+    return 0
 
 
 def export_command(base: str, revision: str | None, adapter_dir: Path, out_dir: Path) -> int:

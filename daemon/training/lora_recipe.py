@@ -56,7 +56,13 @@ from daemon.training.chat_examples import (
 from daemon.training.checkpoints import Checkpointer, fingerprint, load_trainable_state, trainable_state
 from daemon.training.distributed import World, close_world, init_world, sum_gradients, sum_values
 from daemon.training.losses import token_loss_sums
-from daemon.training.memory_plan import CheckpointPlan, decoder_layers, plan_checkpointing, set_checkpointed
+from daemon.training.memory_plan import (
+    CheckpointPlan,
+    decoder_layers,
+    plan_checkpointing,
+    resolve_sizes,
+    set_checkpointed,
+)
 from daemon.training.methods import describe
 from daemon.training.packing import PackedBatch, best_fit_rows, collate_packed, collate_padded
 from daemon.training.progress import ProgressReporter
@@ -115,6 +121,7 @@ def run_training(spec: TrainSpec, stop_requested: Callable[[], bool] = lambda: F
 def _run(
     spec: TrainSpec, runtime: Runtime, started: float, stop_requested: Callable[[], bool]
 ) -> dict[str, Any] | None:
+    spec = with_resolved_sizes(spec, runtime)
     tokenizer = load_tokenizer(spec)
     max_seq_len = effective_max_seq_len(spec, tokenizer)
     train_set = tokenize_file(spec.train_file, tokenizer, max_seq_len)
@@ -194,6 +201,27 @@ def _run(
     }
 
 
+def with_resolved_sizes(spec: TrainSpec, runtime: Runtime) -> TrainSpec:
+    """The spec with training.row_tokens and loss_chunk_tokens resolved for this device and base model."""
+    settings = spec.training
+    if settings.row_tokens != "auto" and settings.loss_chunk_tokens != "auto":
+        return spec
+    _check_base_exists(spec.base_model)
+    try:
+        config = transformers.AutoConfig.from_pretrained(spec.base_model, revision=spec.base_revision)
+    except (OSError, ValueError) as exc:
+        raise SpecError(_base_load_message(spec.base_model, exc)) from None
+    return replace(spec, training=resolve_sizes(settings, config, runtime.device))
+
+
+def sized(settings: TrainingConfig, model: torch.nn.Module, runtime: Runtime) -> TrainingConfig:
+    """`settings` with row_tokens and loss_chunk_tokens as numbers, for this model on this device."""
+    if settings.row_tokens != "auto" and settings.loss_chunk_tokens != "auto":
+        return settings
+    causal_lm = model.get_base_model() if isinstance(model, PeftModel) else model
+    return resolve_sizes(settings, causal_lm.config, runtime.device)
+
+
 def select_runtime(requested: str, precision: str = "auto") -> Runtime:
     if requested == "cuda" and not torch.cuda.is_available():
         raise SpecError("training.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
@@ -270,6 +298,7 @@ def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
     plan = CheckpointPlan(layers=layers, checkpointed=layers if checkpointing else 0,
                           reason=f"training.gradient_checkpointing: {settings.gradient_checkpointing}")
     if settings.gradient_checkpointing == "auto" and cuda and uses_packing(spec):
+        settings = sized(settings, model, runtime)
         try:
             plan = plan_checkpointing(model, row_tokens=settings.row_tokens, max_seq_len=settings.max_seq_len,
                                       cross_entropy=settings.cross_entropy, chunk_tokens=settings.loss_chunk_tokens,
@@ -357,6 +386,7 @@ def train_adapter(
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
     """Trains the model's trainable parameters on the examples; returns the `train` part of the result."""
+    settings = sized(settings, model, runtime)
     world = runtime.world
     lengths = [len(example.input_ids) for example in examples]
     supervised = [example.supervised_tokens for example in examples]
@@ -551,6 +581,7 @@ def evaluate_examples(
     """Token-weighted loss over the set, and `[ticket_id, loss_sum, tokens]` per example for bootstraps.
 
     Examples are spread over the ranks and gathered; every rank returns the whole result."""
+    settings = sized(settings, model, runtime)
     world = runtime.world
     was_training = model.training
     model.eval()

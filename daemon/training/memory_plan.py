@@ -9,6 +9,13 @@ activations, spread evenly over the stack; the rest are checkpointed (so "every 
 
 The budget is `training.memory_budget_gib`, or 90% of the device's memory. Only packed training on
 CUDA is planned; CPU training and padded batches keep the configured switch.
+
+`resolve_sizes` turns `row_tokens: auto` and `loss_chunk_tokens: auto` into numbers before the model
+loads: 16,384 and 4,096 on CUDA (the plan then fits the checkpointing to them); on CPU the largest row
+of at most CPU_ROW_CAP tokens whose fp32 activations (estimated from the model's shape: about
+4·(10·hidden + 2·intermediate) bytes per token and layer, measured on SmolLM2-135M) take at most a
+quarter of the memory available, and loss chunks of 1,024 tokens (a chunk's fp32 logits and their
+gradient are 8·vocab bytes per token). A CPU row is never shorter than max_seq_len.
 """
 
 from __future__ import annotations
@@ -16,17 +23,22 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from peft import PeftModel
 
+from daemon.config import TrainingConfig
 from daemon.training.chat_examples import TokenizedExample
 from daemon.training.losses import _hidden_states, autocast_for, token_loss_sums
 from daemon.training.packing import collate_packed
 
 GIB = 1024**3
 DEVICE_SHARE = 0.9  # of the device's memory, when no budget is configured
+CUDA_ROW_TOKENS, CUDA_CHUNK_TOKENS = 16384, 4096
+CPU_ROW_CAP, CPU_CHUNK_TOKENS = 2048, 1024  # on CPU longer rows were no faster (bench/RESULTS.md)
+CPU_RAM_SHARE = 0.25  # of the available memory, for one row's activations
 log = logging.getLogger(__name__)
 
 
@@ -41,6 +53,48 @@ class CheckpointPlan:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def resolve_sizes(settings: TrainingConfig, model_config: Any, device: torch.device,
+                  available_bytes: int | None = None) -> TrainingConfig:
+    """`settings` with row_tokens and loss_chunk_tokens as numbers (the module docstring says how)."""
+    updates: dict[str, int] = {}
+    if device.type == "cuda":
+        if settings.row_tokens == "auto":
+            updates["row_tokens"] = max(CUDA_ROW_TOKENS, settings.max_seq_len)
+        if settings.loss_chunk_tokens == "auto":
+            updates["loss_chunk_tokens"] = CUDA_CHUNK_TOKENS
+        return settings.model_copy(update=updates)
+    if settings.row_tokens == "auto":
+        text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+        per_token = 4 * text.num_hidden_layers * (10 * text.hidden_size + 2 * text.intermediate_size)
+        available = available_bytes if available_bytes is not None else available_memory()
+        fits = int(CPU_RAM_SHARE * available // max(per_token, 1))
+        updates["row_tokens"] = max(settings.max_seq_len, min(CPU_ROW_CAP, fits))
+        log.info("training.row_tokens auto: %d on CPU (%.0f KB of activations a token, %.1f GiB available)",
+                 updates["row_tokens"], per_token / 1e3, available / GIB)
+    if settings.loss_chunk_tokens == "auto":
+        updates["loss_chunk_tokens"] = CPU_CHUNK_TOKENS
+    return settings.model_copy(update=updates)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process: the cgroup's limit less its use where one is set, else
+    the machine's available memory (MemAvailable)."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max":
+            return max(int(limit) - used, 0)
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 8 * GIB
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
