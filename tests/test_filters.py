@@ -297,3 +297,48 @@ def test_a_redelivered_older_revision_does_not_shadow_what_the_store_holds(tmp_p
     qf.record(signed)
     assert qf.check_example(example("2", answer=ANSWER.replace("shortly", "soon"))) is None
     assert qf.check_example(example("3", question="Where is my parcel?", answer=other)) == REASON_EXACT_DUPLICATE
+
+
+def test_judging_changes_nothing_only_recording_counts_an_example() -> None:
+    qf = quality()
+    reason, signed = qf.judge(example("1"))
+    assert reason is None and signed.quality_signature == example_signature(example("1"))
+    assert signed.dedupe_keys is None  # band keys are for a store's table: this filter has none
+    assert qf.judge(example("1")) == (None, signed) and len(qf) == 0
+    assert qf.check_example(example("2")) is None  # "1" was judged, not recorded
+    qf.record(signed)
+    assert qf.check_example(example("2")) == REASON_EXACT_DUPLICATE
+
+
+def test_loading_a_store_signs_and_indexes_what_was_stored_without_and_restarts_a_rebuild_cut_short(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from daemon.store import ExampleStore
+
+    store = ExampleStore(tmp_path / "examples.db")
+    near = example("2", question="Where is my order 5521?", answer=ANSWER.replace("shortly", "soon"))
+    outdated = example("3", question="Can I change my address?", answer=ANSWER.replace("$42", "$17"))
+    # no filter, an in-memory one (a signature, no band keys), a signature of an older version
+    store.apply([example("1"), replace(near, quality_signature=example_signature(near)),
+                 replace(outdated, quality_signature=b"\x01old")])
+    qf = QualityFilter(QualityConfig(), None, store=store)
+    assert store.band_layout() is None
+    assert qf.load(()) == 3 and store.band_layout() == qf.layout
+    assert store.signatures_of(["1", "3"]) == {"1": example_signature(example("1")),
+                                               "3": example_signature(outdated)}
+    assert qf.check_example(example("9")) == REASON_EXACT_DUPLICATE
+    assert qf.check_example(replace(near, ticket_id="9")) == REASON_EXACT_DUPLICATE
+    assert qf.check_example(replace(outdated, ticket_id="9")) == REASON_EXACT_DUPLICATE  # signed again
+    assert qf.check_example(example("9", question="Where is my order 5521?", answer=ANSWER)) == REASON_NEAR_DUPLICATE
+
+    # a rebuild for another threshold that a crash cut short: the layout is not recorded, so it starts again
+    looser = QualityFilter(QualityConfig(near_duplicate_threshold=0.7), None, store=store)
+    assert looser.layout != qf.layout
+    store.clear_bands()
+    store.set_band_keys([("1", [0] * 3)])  # what the first rebuild got to write (and some of it wrong)
+    assert looser.load(()) == 3 and store.band_layout() == looser.layout
+    assert store.band_candidates([0, 0, 0]) == set()
+    assert looser.check_example(example("9", question="Where is my order 5521?", answer=ANSWER)) \
+        == REASON_NEAR_DUPLICATE
