@@ -71,17 +71,13 @@ class DedupeTables(Database):
     def signature_pages(self, rows: int = PAGE_ROWS) -> Iterator[list[tuple[str, bytes | None, bool]]]:
         """Every stored example as (ticket id, signature or None, whether it has band keys), a page at a
         time in ticket id order; each page is its own query, so the caller may write between pages."""
-        after = ""
-        while True:
-            page = self._db.execute(
-                "SELECT ticket_id, quality_signature,"
-                " EXISTS (SELECT 1 FROM dedupe_bands b WHERE b.ticket_id = e.ticket_id) AS indexed"
-                " FROM examples e WHERE ticket_id > ? ORDER BY ticket_id LIMIT ?", (after, rows),
-            ).fetchall()
-            if not page:
-                return
+        select = ("SELECT ticket_id, quality_signature,"
+                  " EXISTS (SELECT 1 FROM dedupe_bands b WHERE b.ticket_id = e.ticket_id) AS indexed FROM examples e")
+        page = self._db.execute(f"{select} ORDER BY ticket_id LIMIT ?", (rows,)).fetchall()
+        while page:
             yield [(r["ticket_id"], r["quality_signature"], bool(r["indexed"])) for r in page]
-            after = page[-1]["ticket_id"]
+            page = self._db.execute(f"{select} WHERE ticket_id > ? ORDER BY ticket_id LIMIT ?",
+                                    (page[-1]["ticket_id"], rows)).fetchall()
 
     def quality_signatures(self) -> list[tuple[str, bytes]]:
         """(ticket_id, signature) of every stored example that has one, as stored (for a filter that holds
