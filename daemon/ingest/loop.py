@@ -230,7 +230,7 @@ def classify(
     return item
 
 
-def _index(quality: QualityFilter, item: Example | Deletion | Skip | _Rejected) -> None:
+def _update_index(quality: QualityFilter, item: Example | Deletion | Skip | _Rejected) -> None:
     """What the batch keeps counts in the dedupe index from now on, so that a copy later in the same
     batch is caught, and a deleted ticket's text is free; the store writes its part with the batch."""
     if isinstance(item, Example):
@@ -333,8 +333,8 @@ def _ingest_batch(
     for record in records:
         try:
             item = classify(record, parse, system_prompt, source.max_value_bytes, quality, scrub)
-            if quality is not None:
-                _index(quality, item)
+            if quality is not None:  # judged, now counted: right away, before the next record is judged
+                _update_index(quality, item)
         except Exception as exc:  # a bug met by one odd record must not stop the stream
             log.exception("internal error on record %s/%d@%d", record.topic, record.partition, record.offset)
             item = _Rejected(
