@@ -61,9 +61,10 @@ def quality(**settings) -> QualityFilter:
 
 
 def accept(qf: QualityFilter, ex: Example) -> str | None:
-    reason = qf.check_example(ex)
+    """What the ingest loop does: judge, then record what it keeps."""
+    reason, signed = qf.judge(ex)
     if reason is None:
-        qf.remember(ex)
+        qf.record(signed)
     return reason
 
 
@@ -190,8 +191,10 @@ def test_index_rebuilt_from_stored_signatures_after_a_restart_still_catches_dupl
     stored = [example("1"), example("2", question="Where is my order 5521?", answer="It ships tomorrow with UPS.")]
     rows = []
     for ex in stored:
-        assert accept(before, ex) is None
-        rows.append((ex.ticket_id, before.signature(ex)))
+        reason, signed = before.judge(ex)
+        assert reason is None
+        before.record(signed)
+        rows.append((ex.ticket_id, signed.quality_signature))
     assert rows[0][1] == example_signature(stored[0])
 
     after = quality()
@@ -237,10 +240,11 @@ def test_the_store_backed_index_decides_as_the_in_memory_one_and_holds_no_stored
     for begin in range(0, len(stream), 25):  # batches, as the ingest loop writes them
         changes = []
         for ex in stream[begin:begin + 25]:
-            expected, got = accept(in_memory, ex), backed.check_example(ex)
+            expected, (got, signed) = accept(in_memory, ex), backed.judge(ex)
             if got is None:
-                changes.append(replace(ex, quality_signature=backed.signature(ex)))
-                backed.remember(ex)
+                assert signed.dedupe_keys  # the store writes them with the example
+                changes.append(signed)
+                backed.record(signed)
             decisions.append((expected, got))
         store.apply(changes)
         backed.committed()
@@ -275,8 +279,6 @@ def test_the_store_backed_index_decides_as_the_in_memory_one_and_holds_no_stored
 def test_a_redelivered_older_revision_does_not_shadow_what_the_store_holds(tmp_path: Path) -> None:
     """After a crash a batch comes again: ticket 1's first revision, which the store already replaced,
     must not make a later ticket that copies only that old text a duplicate (the store keeps neither)."""
-    from dataclasses import replace
-
     from daemon.store import ExampleStore
 
     store = ExampleStore(tmp_path / "examples.db")
@@ -285,11 +287,58 @@ def test_a_redelivered_older_revision_does_not_shadow_what_the_store_holds(tmp_p
     other = ("Hello <CUSTOMER_FIRST_NAME>, your parcel left our warehouse today and arrives on Friday with DHL. "
              "The tracking link in your confirmation email works from tonight.\n\nBest regards,\n<AGENT_FIRST_NAME>")
     newer = example("1", question="Where is my parcel?", answer=other, revision="r2")
-    assert qf.check_example(newer) is None
-    store.apply([replace(newer, quality_signature=qf.signature(newer))])
+    reason, signed = qf.judge(newer)
+    assert reason is None
+    store.apply([signed])
     qf.committed()
     older = example("1", revision="r1")  # the refund text, redelivered
-    assert qf.check_example(older) is None
-    qf.remember(older)
+    reason, signed = qf.judge(older)
+    assert reason is None
+    qf.record(signed)
     assert qf.check_example(example("2", answer=ANSWER.replace("shortly", "soon"))) is None
     assert qf.check_example(example("3", question="Where is my parcel?", answer=other)) == REASON_EXACT_DUPLICATE
+
+
+def test_judging_changes_nothing_only_recording_counts_an_example() -> None:
+    qf = quality()
+    reason, signed = qf.judge(example("1"))
+    assert reason is None and signed.quality_signature == example_signature(example("1"))
+    assert signed.dedupe_keys is None  # band keys are for a store's table: this filter has none
+    assert qf.judge(example("1")) == (None, signed) and len(qf) == 0
+    assert qf.check_example(example("2")) is None  # "1" was judged, not recorded
+    qf.record(signed)
+    assert qf.check_example(example("2")) == REASON_EXACT_DUPLICATE
+
+
+def test_loading_a_store_signs_and_indexes_what_was_stored_without_and_restarts_a_rebuild_cut_short(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from daemon.store import ExampleStore
+
+    store = ExampleStore(tmp_path / "examples.db")
+    near = example("2", question="Where is my order 5521?", answer=ANSWER.replace("shortly", "soon"))
+    outdated = example("3", question="Can I change my address?", answer=ANSWER.replace("$42", "$17"))
+    # no filter, an in-memory one (a signature, no band keys), a signature of an older version
+    store.apply([example("1"), replace(near, quality_signature=example_signature(near)),
+                 replace(outdated, quality_signature=b"\x01old")])
+    qf = QualityFilter(QualityConfig(), None, store=store)
+    assert store.band_layout() is None
+    assert qf.load(()) == 3 and store.band_layout() == qf.layout
+    assert store.signatures_of(["1", "3"]) == {"1": example_signature(example("1")),
+                                               "3": example_signature(outdated)}
+    assert qf.check_example(example("9")) == REASON_EXACT_DUPLICATE
+    assert qf.check_example(replace(near, ticket_id="9")) == REASON_EXACT_DUPLICATE
+    assert qf.check_example(replace(outdated, ticket_id="9")) == REASON_EXACT_DUPLICATE  # signed again
+    assert qf.check_example(example("9", question="Where is my order 5521?", answer=ANSWER)) == REASON_NEAR_DUPLICATE
+
+    # a rebuild for another threshold that a crash cut short: the layout is not recorded, so it starts again
+    looser = QualityFilter(QualityConfig(near_duplicate_threshold=0.7), None, store=store)
+    assert looser.layout != qf.layout
+    store.clear_bands()
+    store.set_band_keys([("1", [0] * 3)])  # what the first rebuild got to write (and some of it wrong)
+    assert looser.load(()) == 3 and store.band_layout() == looser.layout
+    assert store.band_candidates([0, 0, 0]) == set()
+    assert looser.check_example(example("9", question="Where is my order 5521?", answer=ANSWER)) \
+        == REASON_NEAR_DUPLICATE

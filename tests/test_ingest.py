@@ -300,3 +300,31 @@ def test_a_broker_call_left_unanswered_is_reported_as_an_outage_while_it_still_w
     assert silent and "no answer from the brokers" in silent[0][1] and "dead_letter" in silent[0][1]
     assert silent[0][0] < 2.5  # reported while the call still hung
     assert heard[-1][1] is True  # and up again once it answered
+
+
+def test_classify_only_judges_and_the_loop_records_what_each_batch_keeps(example_store):
+    from daemon.config import QualityConfig
+    from daemon.ingest.filters import QualityFilter
+    from daemon.ingest.loop import classify
+    from daemon.ingest.pairs import Skip
+
+    quality = QualityFilter(QualityConfig(min_tokens=1), None, store=example_store)
+    quality.load(())
+    first = record(0, "1", canonical_ticket("1"))
+    copy = canonical_ticket("2") | {"subject": canonical_ticket("1")["subject"]}  # the same conversation
+    judged = classify(first, parse_canonical, None, None, quality)
+    assert isinstance(judged, Example) and judged.quality_signature and judged.dedupe_keys
+    assert isinstance(classify(record(1, "2", copy), parse_canonical, None, None, quality), Example)
+    assert isinstance(classify(record(2, "1", None), parse_canonical, None, None, quality), Deletion)
+    assert len(quality) == 0  # judging recorded nothing
+
+    # in one batch: a copy of a kept ticket is caught; once that ticket is deleted, its text is free again
+    source = MemorySource([[first, record(1, "2", copy), record(2, "1", None), record(3, "3", copy | {
+        "ticket_id": "3"})], [record(4, "4", copy | {"ticket_id": "4"})]])
+    report = ingest(source, example_store, quality=quality)
+    assert report.to_json() == {"consumed": 5, "stored": 2, "dead_lettered": 0, "deleted": 1,
+                                "skipped": {"exact_duplicate": 2}}
+    assert example_store.get_example("3") and example_store.get_example("2") is None
+    assert example_store.indexed_count() == 1  # "3", written with the batch; "1" left with its deletion
+    assert isinstance(classify(record(5, "5", copy | {"ticket_id": "5"}), parse_canonical, None, None, quality),
+                      Skip)

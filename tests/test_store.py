@@ -264,7 +264,7 @@ def test_a_newer_pipeline_version_rebuilds_the_same_revision(store, monkeypatch)
 
     store.apply([example("1")])
     assert store.apply([example("1")]) == ["unchanged"]
-    monkeypatch.setattr(store_module, "PIPELINE_VERSION", "2")
+    monkeypatch.setattr(store_module.examples, "PIPELINE_VERSION", "2")  # what the upsert compares with
     assert store.apply([example("1")]) == ["revised"]
     assert store.apply([example("1")]) == ["unchanged"]
 
@@ -380,3 +380,44 @@ def test_the_attempts_migration_keeps_old_cycles_and_never_retries_them(tmp_path
     assert store.retryable_cycle() is None
     assert store.start_cycle("c0", "test") == 2
     store.close()
+
+
+def test_the_band_table_keeps_the_keys_it_is_given_and_they_come_and_go_with_the_example(store):
+    from dataclasses import replace
+
+    signature = b"\x02" + bytes(range(16)) + bytes(512)  # the store keeps a signature as given
+    store.apply([replace(example("1"), quality_signature=signature, dedupe_keys=(11, 12, 13))])
+    assert store.band_candidates([99, 12, 99]) == {"1"}  # band 1, bucket 12
+    assert store.band_candidates([12, 99, 99]) == set()  # the same bucket in another band is another key
+    assert store.exact_owners(bytes(range(16))) == {"1"} and store.signatures_of(["1", "2"]) == {"1": signature}
+    store.apply([replace(example("1", "2026-11-02T00:00:00+00:00"), quality_signature=signature, dedupe_keys=(21,))])
+    assert store.band_candidates([11, 12, 13]) == set() and store.band_candidates([21]) == {"1"}  # replaced
+    store.set_band_keys([("1", None)])
+    assert store.indexed_count() == 0
+    store.set_band_keys([("1", (31, 32))])
+    assert store.apply([Deletion("1")]) == ["deleted"]
+    assert store.indexed_count() == 0 and store.band_candidates([31, 32]) == set()
+
+
+def test_a_batch_that_fails_leaves_no_band_keys_behind(store):
+    from dataclasses import replace
+
+    kept = replace(example("1"), quality_signature=b"\x02" + bytes(528), dedupe_keys=(1, 2))
+    with pytest.raises(AttributeError):
+        store.apply([kept, object()])  # the second change breaks the batch's one transaction
+    assert store.get_example("1") is None and store.indexed_count() == 0
+
+
+def test_the_band_layout_is_recorded_apart_and_a_rebuild_forgets_it_until_it_is_done(store):
+    assert store.band_layout() is None
+    store.apply([example("1")])
+    store.set_band_keys([("1", (5,))])
+    store.set_band_layout("1x128")
+    assert store.band_layout() == "1x128" and store.indexed_count() == 1
+    assert [[(t, s, indexed) for t, s, indexed in page] for page in store.signature_pages()] == [[("1", None, True)]]
+    store.clear_bands()
+    assert store.band_layout() is None and store.indexed_count() == 0
+    store.apply([example(str(i)) for i in range(2, 7)])
+    pages = list(store.signature_pages(rows=2))
+    assert [len(page) for page in pages] == [2, 2, 2] and [t for page in pages for t, _, _ in page] == [
+        "1", "2", "3", "4", "5", "6"]

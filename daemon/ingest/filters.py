@@ -8,6 +8,11 @@ and LSH band buckets live in the store's SQLite tables and only the batch being 
 memory, so the process's memory stays flat however many tickets it has taken in (a soak of 200,000
 tickets grew an all-in-memory index by about 3 KB per example). Without a store (tests, one-off
 checks) everything is held in memory.
+
+This module owns the signatures (MinHash, the exact hash, the LSH band keys and their layout); the
+store only keeps and looks up what it is given (daemon/store/dedupe.py). Judging changes nothing: the
+ingest loop records what it keeps (`QualityFilter.record`), and the store writes each example's
+signature and band keys with the example, in the batch's one transaction.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import hashlib
 import logging
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -119,7 +125,7 @@ def example_signature(example: Example) -> bytes:
     """What the store keeps per example so the dedupe index survives restarts (529 bytes).
 
     Version byte, 16 bytes of the normalised conversation's SHA-256, 128 MinHash values as uint32.
-    Independent of the configuration, so the store can compute it itself.
+    Independent of the configuration, so a stored one stays valid whatever the threshold.
     """
     text = _conversation_text(example)
     exact = hashlib.sha256(text.encode()).digest()[:_EXACT_BYTES]
@@ -141,13 +147,28 @@ def band_keys(signature: bytes, bands: int, rows: int) -> list[int] | None:
 
 
 class DedupeStore(Protocol):
-    """What the dedupe index needs from `daemon.store.ExampleStore`."""
+    """What the dedupe index needs from `daemon.store.ExampleStore`: its band table and signature lookups
+    (daemon/store/dedupe.py), which take and give keys and signatures that this module computes."""
 
-    def dedupe_layout(self, bands: int, rows: int) -> int: ...
+    def band_layout(self) -> str | None: ...
+
+    def clear_bands(self) -> None: ...
+
+    def set_band_layout(self, layout: str) -> None: ...
+
+    def indexed_count(self) -> int: ...
+
+    def signature_pages(self) -> Iterator[list[tuple[str, bytes | None, bool]]]: ...
+
+    def set_signatures(self, entries: Iterable[tuple[str, bytes, Sequence[int] | None]]) -> None: ...
+
+    def set_band_keys(self, entries: Iterable[tuple[str, Sequence[int] | None]]) -> None: ...
+
+    def get_example(self, ticket_id: str) -> dict | None: ...
 
     def exact_owners(self, exact: bytes) -> set[str]: ...
 
-    def band_candidates(self, keys: list[int]) -> set[str]: ...
+    def band_candidates(self, keys: Sequence[int]) -> set[str]: ...
 
     def signatures_of(self, ticket_ids: Iterable[str]) -> dict[str, bytes]: ...
 
@@ -207,21 +228,24 @@ class TokenCounter:
 
 
 class QualityFilter:
-    """Applies the `quality:` settings. Call `remember` for each example right after accepting it (so a
-    second copy in the same batch is caught), `forget` after a deletion, and `load` once at start."""
+    """Applies the `quality:` settings. `check_ticket` and `judge` (`check_example`) only judge; the ingest
+    loop changes the dedupe index itself: `record` for each example it keeps (right away, so a second copy
+    in the same batch is caught), `forget` for each deletion, `committed` once the batch is stored, and
+    `load` once at start."""
 
     def __init__(self, cfg: QualityConfig, tokenizer_path: Path | None, store: DedupeStore | None = None) -> None:
         self.cfg = cfg
-        # with a store, the in-memory index below holds only what was remembered since `committed()`
+        # with a store, the in-memory index below holds only what was recorded since `committed()`
         self._store = store
+        self._store_synced = False  # whether `load` made the store's band table this filter's layout
         self._forgotten: set[str] = set()  # deleted in the batch being ingested, still in the store
         self.tokens = TokenCounter(tokenizer_path)
         self._languages = {code.lower() for code in cfg.languages} if cfg.languages is not None else None
         self._bands, self._rows = lsh_bands(cfg.near_duplicate_threshold)
+        self.layout = f"{self._bands}x{self._rows}"  # what the store's band table is kept for
         self._buckets: list[dict[int, set[str]]] = [{} for _ in range(self._bands)]
         self._by_ticket: dict[str, tuple[bytes, np.ndarray]] = {}
         self._by_exact: dict[bytes, set[str]] = {}
-        self._last: tuple[Example, bytes] | None = None  # the signature check_example just computed
 
     def __len__(self) -> int:
         return len(self._by_ticket)
@@ -244,29 +268,39 @@ class QualityFilter:
         return None
 
     def check_example(self, example: Example) -> str | None:
+        """The reason to drop the example, or None (see `judge`)."""
+        return self.judge(example)[0]
+
+    def judge(self, example: Example) -> tuple[str | None, Example]:
+        """(the reason to drop the example or None, the example signed); changes nothing.
+
+        An example that passes the length and auto-reply checks comes back with its dedupe signature
+        and, once `load` has synced a store's band table, its band keys: what `record` counts and the
+        store keeps (written with the example, in its transaction).
+        """
         cfg = self.cfg
         tokens = self.tokens.count(example.messages)
         if tokens < cfg.min_tokens:
-            return REASON_TOO_SHORT
+            return REASON_TOO_SHORT, example
         if tokens > cfg.max_tokens:
-            return REASON_TOO_LONG
+            return REASON_TOO_LONG, example
         answers = [m["content"] for m in example.messages if m["role"] == "assistant"]
         if cfg.drop_bot_only and all(is_autoreply(answer) for answer in answers):
-            return REASON_AUTOMATED
-        if not (cfg.dedupe_exact or cfg.dedupe_near):
-            return None
-        signature = self.signature(example)
-        self._last = (example, signature)
+            return REASON_AUTOMATED, example
+        signature = example_signature(example)
         exact, values = _split_signature(signature)
+        keys = self._band_keys(values)
+        signed = replace(example, quality_signature=signature,
+                         dedupe_keys=tuple(keys) if self._store is not None and self._store_synced else None)
         if cfg.dedupe_exact and self._exact_owners(exact) - {example.ticket_id}:
-            return REASON_EXACT_DUPLICATE
+            return REASON_EXACT_DUPLICATE, signed
         if cfg.dedupe_near:
             needed = cfg.near_duplicate_threshold * NUM_PERM
-            for other_values in self._candidate_values(values, example.ticket_id):
+            for other_values in self._candidate_values(keys, example.ticket_id):
                 # LSH only proposes candidates; the share of equal MinHash values estimates the Jaccard
                 if np.count_nonzero(other_values == values) >= needed:
-                    return REASON_NEAR_DUPLICATE
-        return None
+                    return REASON_NEAR_DUPLICATE, signed
+        return None, signed
 
     def _exact_owners(self, exact: bytes) -> set[str]:
         owners = set(self._by_exact.get(exact, ()))
@@ -274,9 +308,8 @@ class QualityFilter:
             owners |= self._store.exact_owners(exact) - self._forgotten - self._by_ticket.keys()
         return owners
 
-    def _candidate_values(self, values: np.ndarray, ticket_id: str) -> list[np.ndarray]:
-        """The MinHash values of every other example sharing an LSH bucket with `values`."""
-        keys = self._band_keys(values)
+    def _candidate_values(self, keys: list[int], ticket_id: str) -> list[np.ndarray]:
+        """The MinHash values of every other example sharing an LSH bucket with these band keys."""
         found = self._candidates_for(keys) - {ticket_id}
         candidates = [self._by_ticket[other][1] for other in found]
         if self._store is not None:
@@ -287,32 +320,103 @@ class QualityFilter:
                     candidates.append(split[1])
         return candidates
 
+    # the explicit changes to the dedupe index (the ingest loop's) --------------------------------
+    def record(self, example: Example) -> None:
+        """Counts an example the ingest loop keeps (as `judge` returned it) in the index of the batch.
+
+        With a store, one the store will refuse (an older revision than it holds, redelivered after a
+        crash) is not counted: it would shadow the text the store keeps and make a later ticket of the
+        batch a "duplicate" of what is not stored. What the store keeps of the index (the signature, the
+        band keys) it writes with the example; `committed` then empties the batch's index here.
+        """
+        if self._store is not None and self._store.would_discard(example):
+            return
+        signature = example.quality_signature
+        if not signature_is_current(signature):
+            signature = example_signature(example)
+        self._add(example.ticket_id, signature)
+
+    def forget(self, ticket_id: str) -> None:
+        """A deletion in the batch: the ticket's text no longer counts as a copy, stored or recorded."""
+        if self._store is not None:
+            self._forgotten.add(ticket_id)
+        self._remove(ticket_id)
+
     def committed(self) -> None:
-        """The ingest loop stored what was remembered: with a store, the memory holds none of it now."""
+        """The ingest loop stored what was recorded: with a store, the memory holds none of it now."""
         if self._store is not None:
             self._buckets = [{} for _ in range(self._bands)]
             self._by_ticket.clear()
             self._by_exact.clear()
             self._forgotten.clear()
 
-    def signature(self, example: Example) -> bytes:
-        if self._last is not None and self._last[0] is example:
-            return self._last[1]
-        return example_signature(example)
+    def load(self, rows: Iterable[tuple[str, bytes | None]]) -> int:
+        """Rebuilds the dedupe index from stored (ticket_id, signature) rows; returns how many it took.
 
-    def remember(self, example: Example) -> None:
-        """Counts an accepted example in the index. With a store, one the store will refuse (an older
-        revision than it holds, redelivered after a crash) is not counted: it would shadow the text the
-        store keeps and make a later ticket of the batch a "duplicate" of what is not stored."""
-        if self._store is not None and self._store.would_discard(example):
-            self._last = None
-            return
-        self._add(example.ticket_id, self.signature(example))
-        self._last = None
-
-    def forget(self, ticket_id: str) -> None:
+        Rows without a signature of this version are skipped. With a store, `rows` is not read: the
+        store's own band table is brought to this filter's layout instead (`_sync_store`).
+        """
         if self._store is not None:
-            self._forgotten.add(ticket_id)
+            return self._sync_store(self._store)
+        loaded = 0
+        for ticket_id, signature in rows:
+            if signature is not None and _split_signature(signature) is not None:
+                self._add(ticket_id, signature)
+                loaded += 1
+        return loaded
+
+    def _sync_store(self, store: DedupeStore) -> int:
+        """Makes the store's band table hold every stored example's keys of this layout; returns how many.
+
+        Missing or outdated signatures are computed (and stored with their keys) first. Another layout (a
+        new near-duplicate threshold), or none yet, empties the table and rebuilds it; the layout is
+        recorded only once the rebuild is complete, so one that a crash cut short is started again.
+        Examples stored without keys (by a filter that holds its index in memory) get theirs. From then
+        on the keys come with each example `judge` signs.
+        """
+        if store.band_layout() != self.layout:
+            store.clear_bands()
+        for page in store.signature_pages():
+            resigned: list[tuple[str, bytes, list[int]]] = []
+            unindexed: list[tuple[str, list[int]]] = []
+            for ticket_id, signature, indexed in page:
+                if not signature_is_current(signature):
+                    stored = store.get_example(ticket_id)
+                    if stored is None:
+                        continue
+                    signature = example_signature(Example(ticket_id=ticket_id, revision="",
+                                                          messages=stored["messages"]))
+                    resigned.append((ticket_id, signature, band_keys(signature, self._bands, self._rows)))
+                elif not indexed:
+                    unindexed.append((ticket_id, band_keys(signature, self._bands, self._rows)))
+            if resigned:
+                store.set_signatures(resigned)
+            if unindexed:
+                store.set_band_keys(unindexed)
+        if store.band_layout() != self.layout:
+            store.set_band_layout(self.layout)
+        self._store_synced = True
+        return store.indexed_count()
+
+    # the in-memory index ------------------------------------------------------------------------
+    def _band_keys(self, values: np.ndarray) -> list[int]:
+        return [band_key(band, values, self._rows) for band in range(self._bands)]
+
+    def _candidates_for(self, keys: list[int]) -> set[str]:
+        found: set[str] = set()
+        for buckets, key in zip(self._buckets, keys, strict=True):
+            found |= buckets.get(key, set())
+        return found
+
+    def _add(self, ticket_id: str, signature: bytes) -> None:
+        self._remove(ticket_id)  # a revision replaces the ticket's earlier text
+        exact, values = _split_signature(signature)
+        self._by_ticket[ticket_id] = (exact, values)
+        self._by_exact.setdefault(exact, set()).add(ticket_id)
+        for buckets, key in zip(self._buckets, self._band_keys(values), strict=True):
+            buckets.setdefault(key, set()).add(ticket_id)
+
+    def _remove(self, ticket_id: str) -> None:
         known = self._by_ticket.pop(ticket_id, None)
         if known is None:
             return
@@ -326,36 +430,3 @@ class QualityFilter:
             members.discard(ticket_id)
             if not members:
                 del buckets[key]
-
-    def load(self, rows: Iterable[tuple[str, bytes | None]]) -> int:
-        """Rebuilds the dedupe index from stored (ticket_id, signature) rows; returns how many it took.
-
-        Rows without a signature of this version are skipped: the store backfills them with
-        `example_signature`. With a store, its own band table is (re)built for this threshold instead
-        and `rows` is not read.
-        """
-        if self._store is not None:
-            return self._store.dedupe_layout(self._bands, self._rows)
-        loaded = 0
-        for ticket_id, signature in rows:
-            if signature is not None and _split_signature(signature) is not None:
-                self._add(ticket_id, signature)
-                loaded += 1
-        return loaded
-
-    def _band_keys(self, values: np.ndarray) -> list[int]:
-        return [band_key(band, values, self._rows) for band in range(self._bands)]
-
-    def _candidates_for(self, keys: list[int]) -> set[str]:
-        found: set[str] = set()
-        for buckets, key in zip(self._buckets, keys, strict=True):
-            found |= buckets.get(key, set())
-        return found
-
-    def _add(self, ticket_id: str, signature: bytes) -> None:
-        self.forget(ticket_id)  # a revision replaces the ticket's earlier text
-        exact, values = _split_signature(signature)
-        self._by_ticket[ticket_id] = (exact, values)
-        self._by_exact.setdefault(exact, set()).add(ticket_id)
-        for buckets, key in zip(self._buckets, self._band_keys(values), strict=True):
-            buckets.setdefault(key, set()).add(ticket_id)

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from daemon import metrics
@@ -206,7 +206,11 @@ def classify(
     quality: QualityFilter | None = None,
     scrub: bool = True,
 ) -> Example | Deletion | Skip | _Rejected:
-    """What one record asks for; bad input is a `_Rejected` (a dead letter), never an exception."""
+    """What one record asks for; bad input is a `_Rejected` (a dead letter), never an exception.
+
+    It only judges: a kept example comes back signed for dedupe, and `_ingest_batch` records it (or a
+    deletion) in the quality filter's index.
+    """
     if record.value is None:
         if not record.key:
             return _Rejected(REASON_TOMBSTONE_WITHOUT_KEY, "a null value needs the ticket id as its key")
@@ -214,8 +218,6 @@ def classify(
             ticket_id = record.key.decode("utf-8")
         except UnicodeDecodeError as exc:
             return _Rejected(REASON_INVALID_KEY, f"a tombstone key must be a UTF-8 ticket id: {exc}")
-        if quality is not None:
-            quality.forget(ticket_id)
         return Deletion(ticket_id)
     if max_value_bytes is not None and len(record.value) > max_value_bytes:
         return _Rejected(REASON_TOO_LARGE, f"{len(record.value)} bytes, the limit is {max_value_bytes}")
@@ -227,12 +229,19 @@ def classify(
         return Skip(ticket.ticket_id, reason)
     item = ticket_to_example(ticket, system_prompt, scrub=scrub)
     if quality is not None and isinstance(item, Example):
-        if reason := quality.check_example(item):
+        reason, item = quality.judge(item)
+        if reason:
             return Skip(item.ticket_id, reason)
-        signature = quality.signature(item)
-        quality.remember(item)  # now, so that a near copy later in the same batch is caught
-        item = replace(item, quality_signature=signature)
     return item
+
+
+def _update_index(quality: QualityFilter, item: Example | Deletion | Skip | _Rejected) -> None:
+    """What the batch keeps counts in the dedupe index from now on, so that a copy later in the same
+    batch is caught, and a deleted ticket's text is free; the store writes its part with the batch."""
+    if isinstance(item, Example):
+        quality.record(item)
+    elif isinstance(item, Deletion):
+        quality.forget(item.ticket_id)
 
 
 def run_ingest(
@@ -329,6 +338,8 @@ def _ingest_batch(
     for record in records:
         try:
             item = classify(record, parse, system_prompt, source.max_value_bytes, quality, scrub)
+            if quality is not None:  # judged, now counted: right away, before the next record is judged
+                _update_index(quality, item)
         except Exception as exc:  # a bug met by one odd record must not stop the stream
             log.exception("internal error on record %s/%d@%d", record.topic, record.partition, record.offset)
             item = _Rejected(

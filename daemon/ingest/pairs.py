@@ -37,6 +37,7 @@ class Example:
     placeholders: list[str] = field(default_factory=list)
     quality_signature: bytes | None = None  # set by the quality filter; the store keeps it for dedupe
     identities: tuple[str, ...] = ()  # the requester's normalised ids; the store keeps only keyed hashes
+    dedupe_keys: tuple[int, ...] | None = None  # its LSH band keys, set by a store-backed quality filter
 
     def to_json(self) -> str:
         return json.dumps(

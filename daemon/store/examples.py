@@ -1,0 +1,236 @@
+"""The examples and their erasure: idempotent upserts by ticket id (one transaction per batch),
+deterministic train/eval splits, deletions, erasure requests with their suppressions, retention, and
+the reads about the examples.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from daemon.ingest.pairs import PIPELINE_VERSION, Example
+from daemon.store.db import Database, unit_hash, utc_now
+from daemon.store.dedupe import write_band_keys
+
+OUTCOME_STORED = "stored"
+OUTCOME_REVISED = "revised"
+OUTCOME_UNCHANGED = "unchanged"
+OUTCOME_STALE = "stale"
+OUTCOME_DELETED = "deleted"
+OUTCOME_ABSENT = "absent"
+OUTCOME_SUPPRESSED = "suppressed"
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """A deletion request (a Kafka tombstone) for one ticket."""
+
+    ticket_id: str
+
+
+class ExampleTables(Database):
+    """`examples`, `deletions`, `example_identities`, `suppressions` and `erasures`."""
+
+    # ingest --------------------------------------------------------------------------------
+    def split_for(self, group_key: str) -> str:
+        return "eval" if unit_hash("split:" + group_key) < self.eval_fraction else "train"
+
+    def apply(self, changes: Sequence[Example | Deletion]) -> list[str]:
+        """Applies upserts and deletions in one transaction, durable when it returns.
+
+        Outcome per change, in order: stored, revised, unchanged, stale, deleted or absent.
+        """
+        outcomes = []
+        with self._write() as db:
+            for change in changes:
+                if isinstance(change, Deletion):
+                    outcomes.append(self._delete(db, change.ticket_id))
+                else:
+                    outcomes.append(self._upsert(db, change))
+        return outcomes
+
+    def would_discard(self, example: Example) -> bool:
+        """Whether `apply` would leave this example out: an erased subject, or a revision older than
+        what the store holds or deleted (a redelivered record). The dedupe index must not count it."""
+        return self._upsert_refusal(self._db, example) is not None
+
+    def _upsert_refusal(self, db: sqlite3.Connection, example: Example) -> str | None:
+        subjects = [self.keyed("ticket:" + example.ticket_id)] + [self.keyed(i) for i in example.identities]
+        marks = ",".join("?" * len(subjects))
+        if db.execute(f"SELECT 1 FROM suppressions WHERE subject IN ({marks}) LIMIT 1", subjects).fetchone():
+            return OUTCOME_SUPPRESSED
+        row = db.execute("SELECT revision FROM examples WHERE ticket_id = ?", (example.ticket_id,)).fetchone()
+        if row is None:
+            deleted = db.execute("SELECT revision FROM deletions WHERE ticket_id = ?", (example.ticket_id,)).fetchone()
+            if deleted is not None and example.revision <= deleted["revision"]:
+                return OUTCOME_STALE
+        elif example.revision < row["revision"]:
+            return OUTCOME_STALE
+        return None
+
+    def _upsert(self, db: sqlite3.Connection, example: Example) -> str:
+        subjects = [self.keyed("ticket:" + example.ticket_id)] + [self.keyed(i) for i in example.identities]
+        marks = ",".join("?" * len(subjects))
+        if db.execute(f"SELECT 1 FROM suppressions WHERE subject IN ({marks}) LIMIT 1", subjects).fetchone():
+            return OUTCOME_SUPPRESSED  # the customer asked to be forgotten: a replay must not bring it back
+        row = db.execute(
+            "SELECT revision, pipeline_version FROM examples WHERE ticket_id = ?", (example.ticket_id,)
+        ).fetchone()
+        if row is None:
+            deleted = db.execute(
+                "SELECT revision FROM deletions WHERE ticket_id = ?", (example.ticket_id,)
+            ).fetchone()
+            if deleted is not None and example.revision <= deleted["revision"]:
+                return OUTCOME_STALE  # a redelivered revision of a ticket the customer had deleted
+            outcome = OUTCOME_STORED
+        elif example.revision == row["revision"] and row["pipeline_version"] == PIPELINE_VERSION:
+            return OUTCOME_UNCHANGED
+        elif example.revision < row["revision"]:
+            return OUTCOME_STALE
+        else:
+            outcome = OUTCOME_REVISED  # a later revision, or the same one rebuilt by a newer pipeline
+        db.execute(
+            "INSERT INTO examples (ticket_id, revision, example_json, category, group_key, split, batch_id,"
+            " stored_at, pipeline_version, quality_signature) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)"
+            " ON CONFLICT(ticket_id) DO UPDATE SET revision = excluded.revision,"
+            " example_json = excluded.example_json, category = excluded.category,"
+            " group_key = excluded.group_key, split = excluded.split, batch_id = NULL,"
+            " stored_at = excluded.stored_at, pipeline_version = excluded.pipeline_version,"
+            " quality_signature = excluded.quality_signature",
+            (
+                example.ticket_id,
+                example.revision,
+                example.to_json(),
+                example.category,
+                self.keyed("group:" + example.group_key),
+                self.split_for(example.group_key),  # from the unkeyed group hash: the same in every store
+                utc_now(),
+                PIPELINE_VERSION,
+                example.quality_signature,
+            ),
+        )
+        db.execute("DELETE FROM example_identities WHERE ticket_id = ?", (example.ticket_id,))
+        db.executemany(
+            "INSERT OR IGNORE INTO example_identities (ticket_id, identity) VALUES (?, ?)",
+            [(example.ticket_id, self.keyed(identity)) for identity in example.identities],
+        )
+        write_band_keys(db, example.ticket_id, example.dedupe_keys)  # the quality filter's, if it gave any
+        return outcome
+
+    def _delete(self, db: sqlite3.Connection, ticket_id: str) -> str:
+        """Deletes a ticket everywhere it is kept, snapshots and trusted sets included."""
+        row = db.execute("SELECT revision FROM examples WHERE ticket_id = ?", (ticket_id,)).fetchone()
+        db.execute("DELETE FROM examples WHERE ticket_id = ?", (ticket_id,))
+        db.execute("DELETE FROM snapshot_items WHERE ticket_id = ?", (ticket_id,))
+        db.execute("DELETE FROM trusted_sets WHERE ticket_id = ?", (ticket_id,))
+        db.execute("DELETE FROM example_identities WHERE ticket_id = ?", (ticket_id,))
+        revision = row["revision"] if row is not None else ""
+        db.execute(
+            "INSERT INTO deletions (ticket_id, revision, deleted_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(ticket_id) DO UPDATE SET revision = max(revision, excluded.revision),"
+            " deleted_at = excluded.deleted_at",
+            (ticket_id, revision, utc_now()),
+        )
+        return OUTCOME_DELETED if row is not None else OUTCOME_ABSENT
+
+    # erasure and retention ----------------------------------------------------------------
+    def forget(self, *, ticket_id: str | None = None, requester_email: str | None = None,
+               requester_id: str | None = None) -> dict:
+        """Erases a ticket, or every ticket of a requester, everywhere the store keeps it, and
+        suppresses it for good (a replay or redelivery is not stored again).
+
+        Returns the erasure id, how many tickets went, and the model versions trained on them
+        (they get tagged in the registry; the next cycle retrains without them). The audit row
+        keeps only keyed hashes, never the id or address itself.
+        """
+        if sum(x is not None for x in (ticket_id, requester_email, requester_id)) != 1:
+            raise ValueError("forget takes exactly one of ticket_id, requester_email, requester_id")
+        if ticket_id is not None:
+            kind, subject = "ticket", self.keyed("ticket:" + ticket_id)
+        elif requester_email is not None:
+            kind, subject = "requester_email", self.keyed("email:" + requester_email.strip().lower())
+        else:
+            kind, subject = "requester_id", self.keyed(f"id:{requester_id}")
+        with self._write() as db:
+            if ticket_id is not None:
+                tickets = [ticket_id]
+            else:
+                tickets = [r[0] for r in db.execute(
+                    "SELECT DISTINCT ticket_id FROM example_identities WHERE identity = ?", (subject,))]
+            marks = ",".join("?" * len(tickets))
+            affected = sorted({r[0] for r in db.execute(
+                "SELECT DISTINCT c.model_version FROM snapshot_items s JOIN cycles c ON c.snapshot_id = s.snapshot_id"
+                f" WHERE s.ticket_id IN ({marks}) AND s.part IN ('batch_train', 'replay')"
+                " AND c.model_version IS NOT NULL", tickets)}, key=lambda v: (len(v), v)) if tickets else []
+            removed = sum(self._delete(db, t) == OUTCOME_DELETED for t in tickets)
+            db.execute("INSERT OR IGNORE INTO suppressions (subject, added_at) VALUES (?, ?)", (subject, utc_now()))
+            for t in tickets:
+                db.execute("INSERT OR IGNORE INTO suppressions (subject, added_at) VALUES (?, ?)",
+                           (self.keyed("ticket:" + t), utc_now()))
+            cursor = db.execute(
+                "INSERT INTO erasures (requested_at, kind, subject, tickets_removed, affected_versions, tagged_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (utc_now(), kind, subject, removed, json.dumps(affected), None if affected else utc_now()),
+            )
+        return {"erasure_id": cursor.lastrowid, "tickets_removed": removed, "affected_versions": affected}
+
+    def pending_erasures(self) -> list[dict]:
+        """Erasures whose affected model versions are not tagged in the registry yet."""
+        rows = self._db.execute(
+            "SELECT id, requested_at, kind, affected_versions FROM erasures WHERE tagged_at IS NULL ORDER BY id"
+        ).fetchall()
+        return [{"erasure_id": r["id"], "requested_at": r["requested_at"], "kind": r["kind"],
+                 "affected_versions": json.loads(r["affected_versions"])} for r in rows]
+
+    def mark_erasure_tagged(self, erasure_id: int) -> None:
+        with self._write() as db:
+            db.execute("UPDATE erasures SET tagged_at = ? WHERE id = ?", (utc_now(), erasure_id))
+
+    def versions_trained_on_erased_data(self) -> set[str]:
+        versions: set[str] = set()
+        for (affected,) in self._db.execute("SELECT affected_versions FROM erasures"):
+            versions.update(json.loads(affected))
+        return versions
+
+    def purge_older_than(self, days: float) -> int:
+        """Retention: deletes examples whose ticket revision is older than `days` (not suppressed)."""
+        cutoff = datetime.fromtimestamp(time.time() - days * 86400, timezone.utc).isoformat(timespec="microseconds")
+        with self._write() as db:
+            old = [r[0] for r in db.execute(
+                "SELECT ticket_id FROM examples WHERE revision != '' AND revision < ?", (cutoff,))]
+            for ticket_id in old:
+                self._delete(db, ticket_id)
+        return len(old)
+
+    # reads ---------------------------------------------------------------------------------
+    def get_example(self, ticket_id: str) -> dict | None:
+        row = self._db.execute("SELECT example_json FROM examples WHERE ticket_id = ?", (ticket_id,)).fetchone()
+        return json.loads(row["example_json"]) if row else None
+
+    def counts(self) -> dict[str, int]:
+        db = self._db
+        total = db.execute("SELECT count(*) FROM examples").fetchone()[0]
+        pending = self.pending_count()
+        quarantined = db.execute(
+            "SELECT count(*) FROM examples e JOIN batches b ON e.batch_id = b.id WHERE b.state = 'quarantined'"
+        ).fetchone()[0]
+        return {"examples": total, "pending": pending, "quarantined": quarantined}
+
+    def freshness(self, top_categories: int = 20) -> dict:
+        """Newest stored_at and examples per category (the largest ones; the rest as 'other')."""
+        db = self._db
+        newest = db.execute("SELECT max(stored_at) FROM examples").fetchone()[0]
+        rows = db.execute(
+            "SELECT coalesce(category, 'none') AS c, count(*) AS n FROM examples GROUP BY c ORDER BY n DESC"
+        ).fetchall()
+        by_category = {r["c"]: r["n"] for r in rows[:top_categories]}
+        if len(rows) > top_categories:
+            by_category["other"] = sum(r["n"] for r in rows[top_categories:])
+        return {"newest_stored_at": newest, "by_category": by_category}
+
+    def pending_count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM examples WHERE batch_id IS NULL").fetchone()[0]
