@@ -32,6 +32,11 @@ if PROFILE not in ("quick", "full"):
 FIGURES_DIR = Path(os.environ.get("TICKETUNE_FAULTS_FIGURES", REPO / ".faults" / PROFILE))
 
 
+# The gate's loss checks only: no generation probe, no general-text pass (keeps a cycle near 30 s on a CPU).
+LOSS_ONLY_GATE = {"min_eval_examples": 5, "profile": "demo", "check_behaviour": False, "check_servable": False,
+                  "max_general_loss_increase": None, "bootstrap_samples": 200}
+
+
 def pick(quick: Any, full: Any) -> Any:
     """The quick profile's value, or the full profile's under `make faults`."""
     return full if PROFILE == "full" else quick
@@ -337,3 +342,64 @@ def trigger_cycle(port: int, token: str, busy_wait_s: float = 60.0) -> None:
             if err.code != 409 or time.monotonic() > deadline:
                 raise AssertionError(f"POST /v1/cycles answered {err.code}: {body!r}") from None
         time.sleep(0.5)
+
+
+class ListSource:
+    """The ingest loop's TicketSource over records held in memory (the reference ingest)."""
+
+    max_value_bytes = None
+
+    def __init__(self, records: list) -> None:
+        self.records = records
+
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list:
+        records, self.records = self.records, []
+        return records
+
+    def dead_letter(self, record, reason: str, detail: str) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def lag(self) -> dict[int, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def reference_ids(config: Path, tickets: list[dict], directory: Path) -> set[str]:
+    """The ticket ids the service's own ingest loop, filters and store keep from `tickets` (in this
+    order), ingested in process into a fresh store with the same settings: what a run under faults must
+    end with."""
+    from connectors.formats import parser_for
+    from daemon.config import load_settings
+    from daemon.ingest.filters import QualityFilter, tokenizer_json_for
+    from daemon.ingest.loop import SourceRecord, run_ingest
+    from daemon.store import ExampleStore
+
+    settings = load_settings(config, environ={})
+    directory.mkdir(parents=True, exist_ok=True)
+    store = ExampleStore(directory / "reference.db", settings.store.eval_fraction)
+    try:
+        quality = QualityFilter(settings.quality, tokenizer_json_for(settings.model.base))
+        records = [SourceRecord("t", 0, i, t["ticket_id"].encode(), json.dumps(t).encode())
+                   for i, t in enumerate(tickets)]
+        run_ingest(ListSource(records), parser_for(settings.kafka.format), store,
+                   system_prompt=settings.model.system_prompt, idle_timeout_s=0.3, poll_timeout_s=0.05,
+                   quality=quality, scrub=settings.privacy.scrub)
+        return {row[0] for row in store._db.execute("SELECT ticket_id FROM examples")}
+    finally:
+        store.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> int:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets(group)[group]
+    finally:
+        admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0)

@@ -29,12 +29,14 @@ import yaml
 from fixture_broker import produce
 from harness import (
     ServiceProcess,
+    committed_offsets,
     http_get,
     integrity_check,
     kafka_section,
     lines_matching,
     pick,
     record_figures,
+    reference_ids,
     store_count,
     stored_ticket_ids,
     wait_for,
@@ -75,66 +77,6 @@ def tmpfs_allowed() -> bool:
 # "disk": a full filesystem (a tmpfs) where the test may mount one, else the store's own cap;
 # "cap": the cap (store.max_size_mb), which the full profile runs too so that both paths stay tested
 VARIANTS = pick(["disk"], ["disk", "cap"])
-
-
-class ListSource:
-    """The ingest loop's TicketSource over records held in memory (the reference ingest)."""
-
-    max_value_bytes = None
-
-    def __init__(self, records: list) -> None:
-        self.records = records
-
-    def poll(self, timeout_s: float, max_records: int | None = None) -> list:
-        records, self.records = self.records, []
-        return records
-
-    def dead_letter(self, record, reason: str, detail: str) -> None:
-        pass
-
-    def commit(self) -> None:
-        pass
-
-    def lag(self) -> dict[int, int]:
-        return {}
-
-    def close(self) -> None:
-        pass
-
-
-def reference_ids(config: Path, tickets: list[dict], directory: Path) -> set[str]:
-    """The ticket ids the service's own ingest loop, filters and store keep from `tickets` (in this
-    order), ingested in process into a fresh store with the same settings."""
-    from connectors.formats import parser_for
-    from daemon.config import load_settings
-    from daemon.ingest.filters import QualityFilter, tokenizer_json_for
-    from daemon.ingest.loop import SourceRecord, run_ingest
-    from daemon.store import ExampleStore
-
-    settings = load_settings(config, environ={})
-    directory.mkdir(parents=True, exist_ok=True)
-    store = ExampleStore(directory / "reference.db", settings.store.eval_fraction)
-    try:
-        quality = QualityFilter(settings.quality, tokenizer_json_for(settings.model.base))
-        records = [SourceRecord("t", 0, i, t["ticket_id"].encode(), json.dumps(t).encode())
-                   for i, t in enumerate(tickets)]
-        run_ingest(ListSource(records), parser_for(settings.kafka.format), store,
-                   system_prompt=settings.model.system_prompt, idle_timeout_s=0.3, poll_timeout_s=0.05,
-                   quality=quality, scrub=settings.privacy.scrub)
-        return {row[0] for row in store._db.execute("SELECT ticket_id FROM examples")}
-    finally:
-        store.close()
-
-
-def committed_offsets(bootstrap: str, group: str, topic: str) -> int:
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets(group)[group]
-    finally:
-        admin.close()
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0)
 
 
 def readiness(port: int) -> tuple[int, dict]:

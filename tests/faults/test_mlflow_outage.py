@@ -26,6 +26,7 @@ import pytest
 from fixture_broker import produce
 from fixture_mlflow import _stop as stop_server
 from harness import (
+    LOSS_ONLY_GATE,
     HealthWatch,
     ServiceProcess,
     cycle_rows,
@@ -141,9 +142,7 @@ def test_an_mlflow_outage_fails_the_cycle_cleanly_and_the_next_cycle_recovers(
         "training": {"max_steps": 6, "learning_rate": 0.01, "max_seq_len": 256, "row_tokens": 512,
                      "eval_every_steps": 3, "checkpoint_every_steps": 2, "work_dir": "./cycles"},
         "schedule": {"enabled": False, "min_new_examples": 10},
-        # the loss checks only: no generation probe, no general-text pass (keeps a cycle near 30 s on a CPU)
-        "gate": {"min_eval_examples": 5, "profile": "demo", "check_behaviour": False, "check_servable": False,
-                 "max_general_loss_increase": None, "bootstrap_samples": 200},
+        "gate": LOSS_ONLY_GATE,
         "registry": {"tracking_uri": proxy.url, "model_name": MODEL, "poll_seconds": 2},
         "server": {"admin_token": TOKEN},
     })

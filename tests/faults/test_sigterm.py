@@ -23,11 +23,13 @@ import pytest
 from fixture_broker import produce
 from harness import (
     ServiceProcess,
+    committed_offsets,
     integrity_check,
     kafka_section,
     lines_matching,
     pick,
     record_figures,
+    reference_ids,
     store_count,
     stored_ticket_ids,
     wait_for,
@@ -43,65 +45,6 @@ MAX_STEPS = 24
 FIRST, LATER = 60, 20  # tickets before the cycle, tickets after the restart (under min_new_examples)
 MIN_NEW = 30
 VERDICTS = ("promoted", "rejected", "awaiting_approval")
-
-
-class ListSource:
-    """The ingest loop's TicketSource over records held in memory (the reference ingest)."""
-
-    max_value_bytes = None
-
-    def __init__(self, records: list) -> None:
-        self.records = records
-
-    def poll(self, timeout_s: float, max_records: int | None = None) -> list:
-        records, self.records = self.records, []
-        return records
-
-    def dead_letter(self, record, reason: str, detail: str) -> None:
-        pass
-
-    def commit(self) -> None:
-        pass
-
-    def lag(self) -> dict[int, int]:
-        return {}
-
-    def close(self) -> None:
-        pass
-
-
-def reference_ids(config: Path, tickets: list[dict], directory: Path) -> set[str]:
-    """The ticket ids that the service's own ingest loop, filters and store keep from `tickets`,
-    ingested in process into a fresh store with the same settings."""
-    from connectors.formats import parser_for
-    from daemon.config import load_settings
-    from daemon.ingest.filters import QualityFilter, tokenizer_json_for
-    from daemon.ingest.loop import SourceRecord, run_ingest
-    from daemon.store import ExampleStore
-
-    settings = load_settings(config, environ={})
-    store = ExampleStore(directory / "reference.db", settings.store.eval_fraction)
-    try:
-        quality = QualityFilter(settings.quality, tokenizer_json_for(settings.model.base))
-        records = [SourceRecord("t", 0, i, t["ticket_id"].encode(), json.dumps(t).encode())
-                   for i, t in enumerate(tickets)]
-        run_ingest(ListSource(records), parser_for(settings.kafka.format), store,
-                   system_prompt=settings.model.system_prompt, idle_timeout_s=0.3, poll_timeout_s=0.05,
-                   quality=quality, scrub=settings.privacy.scrub)
-        return {row[0] for row in store._db.execute("SELECT ticket_id FROM examples")}
-    finally:
-        store.close()
-
-
-def committed_offsets(bootstrap: str, group: str, topic: str) -> int:
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets(group)[group]
-    finally:
-        admin.close()
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0)
 
 
 def store_rows(store: Path, sql: str, args: tuple = ()) -> list[dict]:

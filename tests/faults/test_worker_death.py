@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 from fixture_broker import produce
 from harness import (
+    LOSS_ONLY_GATE,
     HealthWatch,
     ServiceProcess,
     cycle_rows,
@@ -86,9 +87,7 @@ def test_a_killed_worker_fails_the_cycle_and_the_retry_resumes_from_its_checkpoi
         "training": {"max_steps": 12, "learning_rate": 0.01, "max_seq_len": 256, "row_tokens": 512,
                      "eval_every_steps": 6, "checkpoint_every_steps": 2, "work_dir": "./cycles"},
         "schedule": {"enabled": False, "min_new_examples": 10},
-        # the loss checks only: no generation probe, no general-text pass (keeps a cycle near 30 s on a CPU)
-        "gate": {"min_eval_examples": 5, "profile": "demo", "check_behaviour": False, "check_servable": False,
-                 "max_general_loss_increase": None, "bootstrap_samples": 200},
+        "gate": LOSS_ONLY_GATE,
         "registry": {"tracking_uri": mlflow_server_uri, "model_name": model, "poll_seconds": 5},
         "server": {"admin_token": TOKEN},
     })
