@@ -1,18 +1,24 @@
-"""Training throughput on CPU: ticketune's worker against a naive HF Trainer + PEFT run of the same job.
+"""Training throughput on CPU: ticketune's worker against HF Trainer + PEFT and a plain HF + PEFT loop.
 
-Pinned: the tiny model `make-base-model --seed 0 --steps 30` builds, and the chat examples that the
-ingest's ticket_to_example makes of 400 `produce-sample` tickets (seed 7). Both sides train one epoch
+Pinned: the tiny model `make-base-model --seed 0 --steps 30` builds (or `--base DIR`, e.g. the real
+SmolLM2-135M-Instruct from `make-base-model DIR --pretrained smollm2-135m-instruct`), and the chat
+examples that the ingest's ticket_to_example makes of 400 `produce-sample` tickets (seed 7; 60 with
+`--base`, whose model is 130 times larger; `--tickets` changes it). Every side trains one epoch
 of LoRA (r 16, alpha 32, dropout 0, all-linear) in fp32 on the same token ids
 (chat_examples.tokenize_file) with the same number of torch threads, each side `--repeats` times,
 alternating; the best run of each side counts (the one least disturbed by other load).
-ticketune runs as the service runs it, `python -m daemon.training train --spec`, packing rows of 4,096
-tokens; its figure is the worker's own `train.tokens / train.seconds` (training loop only). The
-baseline is `transformers.Trainer` with batches of 8 padded to the longest (DataCollatorForSeq2Seq),
-in random order without length grouping, labels -100 off the assistant turns, timed around
-`trainer.train()`. Tokens are the real (non-padding) tokens each side processed. The last line
-printed is a JSON object: {"ticketune_tokens_per_s": x, "baseline_tokens_per_s": y, "ratio": z}.
+ticketune runs as the service runs it, `python -m daemon.training train --spec`, with the service's
+defaults for the row and loss-chunk sizes (`auto`); its figure is the worker's own
+`train.tokens / train.seconds` (training loop only). The baseline is `transformers.Trainer` with
+batches of 8 padded to the longest (DataCollatorForSeq2Seq), in random order without length grouping,
+labels -100 off the assistant turns, timed around `trainer.train()`: what users run. The loop is a
+plain HF + PEFT loop with its best batching: batches of 8 of similar length (sorted, then the batches
+shuffled), the model's own loss, AdamW, timed around the loop. Tokens are the real (non-padding)
+tokens each side processed. The last line printed is a JSON object: {"ticketune_tokens_per_s": x,
+"baseline_tokens_per_s": y, "ratio": z, "loop_tokens_per_s": u, "loop_ratio": v}, the baseline being
+Trainer + PEFT.
 
-    python bench/train_throughput.py [--work-dir DIR] [--threads N] [--repeats N]
+    python bench/train_throughput.py [--base DIR] [--tickets N] [--work-dir DIR] [--threads N] [--repeats N]
 """
 
 from __future__ import annotations
@@ -28,13 +34,13 @@ import time
 from pathlib import Path
 
 TICKETS = 400
+BASE_TICKETS = 60  # with --base: a real model is about 130 times the tiny one
 TICKET_SEED = 7
 MODEL_SEED = 0
 MODEL_STEPS = 30
 LORA = {"method": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 BATCH_SIZE = 8
 MAX_SEQ_LEN = 2048
-ROW_TOKENS = 4096  # ticketune packs examples into rows of this many tokens, one row a step
 EPOCHS = 1
 LEARNING_RATE = 2e-4
 SEED = 0
@@ -53,7 +59,7 @@ def base_model(work_dir: Path) -> Path:
     return directory
 
 
-def write_train_file(path: Path) -> int:
+def write_train_file(path: Path, tickets: int = TICKETS) -> int:
     """The chat examples of the pinned sample tickets, one JSON record per line; returns how many."""
     from daemon.config import ModelConfig
     from daemon.demo.samples import generate_tickets
@@ -62,7 +68,7 @@ def write_train_file(path: Path) -> int:
 
     system_prompt = ModelConfig().system_prompt
     records = []
-    for raw in generate_tickets(TICKETS, seed=TICKET_SEED):
+    for raw in generate_tickets(tickets, seed=TICKET_SEED):
         example = ticket_to_example(Ticket.model_validate(raw), system_prompt)
         if isinstance(example, Example):
             records.append({"ticket_id": example.ticket_id, "messages": example.messages})
@@ -89,7 +95,8 @@ def run_ticketune(base: Path, train_file: Path, run_dir: Path, threads: int) -> 
             "batch_size": BATCH_SIZE,
             "max_seq_len": MAX_SEQ_LEN,
             "packing": True,
-            "row_tokens": ROW_TOKENS,
+            "row_tokens": "auto",
+            "loss_chunk_tokens": "auto",
             "rows_per_step": 1,
             "cross_entropy": "auto",
             "gradient_checkpointing": False,
@@ -176,6 +183,53 @@ def run_baseline(base: Path, train_file: Path, out_dir: Path, threads: int) -> d
     }
 
 
+def run_loop(base: Path, train_file: Path, threads: int) -> dict:
+    """A plain HF + PEFT loop with its best batching: similar lengths together, the model's own loss."""
+    import random
+
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from daemon.training.chat_examples import tokenize_file
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(SEED)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    examples = tokenize_file(train_file, tokenizer, MAX_SEQ_LEN).examples
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    batches = [order[i : i + BATCH_SIZE] for i in range(0, len(order), BATCH_SIZE)]
+    random.Random(SEED).shuffle(batches)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
+    model = get_peft_model(model, LoraConfig(
+        task_type=TaskType.CAUSAL_LM, r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+        target_modules=LORA["target_modules"],
+    ))
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATE)
+    model.train()
+    tokens, started = 0, time.perf_counter()
+    for indices in batches:
+        width = max(len(examples[i].input_ids) for i in indices)
+        input_ids = torch.full((len(indices), width), pad_id)
+        labels = torch.full((len(indices), width), -100)
+        mask = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, index in enumerate(indices):
+            example = examples[index]
+            size = len(example.input_ids)
+            input_ids[row, :size], labels[row, :size], mask[row, :size] = (
+                torch.tensor(example.input_ids), torch.tensor(example.labels), 1)
+        model(input_ids=input_ids, attention_mask=mask, labels=labels).loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += int(mask.sum())
+    seconds = time.perf_counter() - started
+    return {"examples": len(examples), "steps": len(batches), "tokens": tokens, "seconds": round(seconds, 2),
+            "tokens_per_second": round(tokens / seconds, 1)}
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -188,40 +242,52 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, help="a base model directory instead of the pinned tiny model")
+    parser.add_argument("--tickets", type=int, help=f"sample tickets ({TICKETS}; {BASE_TICKETS} with --base)")
     parser.add_argument("--work-dir", type=Path, help="keeps the built tiny model between runs")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating; the best counts")
     args = parser.parse_args()
 
-    ours_runs, naive_runs = [], []
+    tickets = args.tickets or (BASE_TICKETS if args.base else TICKETS)
+    ours_runs, naive_runs, loop_runs = [], [], []
     with tempfile.TemporaryDirectory(prefix="ticketune-bench-") as scratch:
         scratch_dir = Path(scratch)
         work_dir = args.work_dir or scratch_dir
         work_dir.mkdir(parents=True, exist_ok=True)
-        base = base_model(work_dir)
+        base = args.base.resolve() if args.base else base_model(work_dir)
         train_file = scratch_dir / "train.jsonl"
-        examples = write_train_file(train_file)
+        examples = write_train_file(train_file, tickets)
         for repeat in range(args.repeats):
             ours_runs.append(run_ticketune(base, train_file, scratch_dir / f"ticketune-{repeat}", args.threads))
             naive_runs.append(run_baseline(base, train_file, scratch_dir / f"baseline-{repeat}", args.threads))
+            loop_runs.append(run_loop(base, train_file, args.threads))
 
-    ours = max(ours_runs, key=lambda run: run["tokens_per_second"])
-    naive = max(naive_runs, key=lambda run: run["tokens_per_second"])
+    def best(runs: list[dict]) -> dict:
+        return max(runs, key=lambda run: run["tokens_per_second"])
+
+    ours, naive, loop = best(ours_runs), best(naive_runs), best(loop_runs)
     ratio = ours["tokens_per_second"] / naive["tokens_per_second"]
+    loop_ratio = ours["tokens_per_second"] / loop["tokens_per_second"]
     stack = ", ".join(f"{name} {version}" for name, version in ours["versions"].items())
-    print(f"train throughput: {examples} examples of {TICKETS} sample tickets (seed {TICKET_SEED}), tiny model "
-          f"(seed {MODEL_SEED}, {MODEL_STEPS} steps), LoRA r {LORA['r']} all-linear, fp32, {EPOCHS} epoch, "
-          f"{args.threads} threads on {cpu_name()} ({os.cpu_count()} CPUs); {stack}")
+    model = (f"base {args.base}" if args.base
+             else f"tiny model (seed {MODEL_SEED}, {MODEL_STEPS} steps)")
+    print(f"train throughput: {examples} examples of {tickets} sample tickets (seed {TICKET_SEED}), {model}, "
+          f"LoRA r {LORA['r']} all-linear, fp32, {EPOCHS} epoch, {args.threads} threads on {cpu_name()} "
+          f"({os.cpu_count()} CPUs); {stack}")
     print(f"{'':<22}{'steps':>7}{'real tokens':>13}{'seconds':>9}{'tokens/s':>10}  (best of {args.repeats}; all runs)")
-    for name, best, runs in (("ticketune worker", ours, ours_runs), ("Trainer + PEFT", naive, naive_runs)):
+    for name, chosen, runs in (("ticketune worker", ours, ours_runs), ("Trainer + PEFT", naive, naive_runs),
+                               ("HF + PEFT loop", loop, loop_runs)):
         every = ", ".join(f"{run['tokens_per_second']:,.0f}" for run in runs)
-        print(f"{name:<22}{best['steps']:>7}{best['tokens']:>13,}{best['seconds']:>9.2f}"
-              f"{best['tokens_per_second']:>10,.0f}  ({every})")
-    print(f"ratio {ratio:.2f}x")
+        print(f"{name:<22}{chosen['steps']:>7}{chosen['tokens']:>13,}{chosen['seconds']:>9.2f}"
+              f"{chosen['tokens_per_second']:>10,.0f}  ({every})")
+    print(f"ratio {ratio:.2f}x against Trainer + PEFT, {loop_ratio:.2f}x against the loop")
     print(json.dumps({
         "ticketune_tokens_per_s": ours["tokens_per_second"],
         "baseline_tokens_per_s": naive["tokens_per_second"],
         "ratio": round(ratio, 3),
+        "loop_tokens_per_s": loop["tokens_per_second"],
+        "loop_ratio": round(loop_ratio, 3),
     }))
 
 
