@@ -394,6 +394,27 @@ def _resolve_paths(settings: Settings, root: Path) -> None:
         settings.registry.artifact_location = str(absolute(Path(settings.registry.artifact_location)))
 
 
+def check_paths(settings: Settings) -> tuple[list[str], list[str]]:
+    """(problems, warnings) about the files the config names: a path-shaped value must exist. A hub id
+    for model.base cannot be checked offline: that is a warning, said as such."""
+    problems, warnings = [], []
+    base = settings.model.base
+    if Path(base).is_absolute():
+        if not Path(base).is_dir():
+            problems.append(f"model.base: directory {base} does not exist; build it with `ticketune "
+                            f"make-base-model {base}` (add --pretrained smollm2-135m-instruct for a real model)")
+        elif not (Path(base) / "config.json").is_file():
+            problems.append(f"model.base: {base} has no config.json; point it at a model directory")
+    else:
+        warnings.append(f"model.base: {base!r} is not a local directory, so it is taken as a hub id, which "
+                        "cannot be checked offline; it must be in the local Hugging Face cache")
+    for name in ("golden_prompts", "general_text"):
+        path = getattr(settings.gate, name)
+        if path is not None and not Path(path).is_file():
+            problems.append(f"gate.{name}: file {path} does not exist")
+    return problems, warnings
+
+
 def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
     """Loads YAML (or defaults), applies env overrides, validates, resolves relative paths."""
     environ = dict(os.environ if environ is None else environ)

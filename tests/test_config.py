@@ -71,9 +71,38 @@ def test_validate_config_cli_prints_field_paths_and_exits_nonzero(tmp_path):
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     assert "store.eval_fraction:" in proc.stderr and "server.port:" in proc.stderr
-    good = subprocess.run([sys.executable, "-m", "daemon.app.cli", "validate-config",
+    good = subprocess.run([sys.executable, "-m", "daemon.app.cli", "validate-config", "--no-file-checks",
                            str(REPO / "deploy/k8s/base/config.yaml")], capture_output=True, text=True, cwd=REPO)
     assert good.returncode == 0, good.stderr
+
+
+def test_validate_config_names_each_missing_file_and_warns_about_a_hub_id(tmp_path, capsys):
+    from daemon.app.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {base: ./models/nowhere}\ngate: {golden_prompts: ./gp.yaml, general_text: ./gt.txt}\n")
+    assert main(["validate-config", str(config)]) == 2
+    said = capsys.readouterr().err
+    assert f"model.base: directory {tmp_path / 'models/nowhere'} does not exist" in said
+    assert "gate.golden_prompts: file" in said and "gate.general_text: file" in said
+    (tmp_path / "models/nowhere").mkdir(parents=True)
+    (tmp_path / "models/nowhere/config.json").write_text("{}")
+    (tmp_path / "gp.yaml").write_text("[]")
+    (tmp_path / "gt.txt").write_text("text")
+    assert main(["validate-config", str(config)]) == 0
+    hub = tmp_path / "hub.yaml"
+    hub.write_text("model: {base: HuggingFaceTB/SmolLM2-135M-Instruct}\n")
+    assert main(["validate-config", str(hub)]) == 0
+    assert "taken as a hub id, which cannot be checked offline" in capsys.readouterr().err
+
+
+def test_run_refuses_to_start_without_its_base_model(tmp_path, capsys):
+    from daemon.app.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {base: ./models/nowhere}\n")
+    assert main(["run", "--config", str(config)]) == 2
+    assert "model.base: directory" in capsys.readouterr().err
 
 
 def test_config_hash_ignores_secrets_but_not_training_knobs():

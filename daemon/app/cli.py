@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from daemon.app.tables import history_table
-from daemon.config import ConfigError, Settings, load_settings
+from daemon.config import ConfigError, Settings, check_paths, load_settings
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -57,6 +57,15 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
+    problems, warnings = check_paths(settings) if not args.no_file_checks else ([], [])
+    if args.show:  # a display: what is missing is said, the config is shown regardless
+        warnings, problems = warnings + problems, []
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 2
     if args.show:
         shown = masked_config(settings)
         _emit(args, shown, yaml.safe_dump(shown, sort_keys=False).rstrip())
@@ -82,7 +91,15 @@ def masked_config(settings: Settings) -> dict:
 def cmd_run(args: argparse.Namespace) -> int:
     from daemon.app.service import Service
 
-    Service(_settings(args)).serve()
+    settings = _settings(args)
+    problems, warnings = check_paths(settings)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if problems:  # before anything starts: a service that cannot train is not worth running
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 2
+    Service(settings).serve()
     return 0
 
 
@@ -454,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("validate-config", cmd_validate_config, "check a config file; print every problem with its field")
     p.add_argument("file")
     p.add_argument("--show", action="store_true", help="print the effective configuration, secrets masked")
+    p.add_argument("--no-file-checks", action="store_true",
+                   help="skip the check that model.base and the gate's files exist (a config for another machine)")
     return parser
 
 
