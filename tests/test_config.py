@@ -1,3 +1,4 @@
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,30 @@ def test_config_hash_ignores_secrets_but_not_training_knobs():
     b = load_settings(environ={"TICKETUNE_SERVER__ADMIN_TOKEN": "x"})
     c = load_settings(environ={"TICKETUNE_TRAINING__LEARNING_RATE": "0.1"})
     assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_a_tick_skipped_while_a_cycle_runs_is_logged_at_info_not_warning(caplog):
+    import threading
+    import time
+
+    from daemon.config import ScheduleConfig
+    from daemon.cycle.scheduler import start_scheduler
+
+    release, started = threading.Event(), threading.Event()
+
+    def long_cycle() -> None:
+        started.set()
+        release.wait(10)
+
+    caplog.set_level(logging.INFO, logger="apscheduler")
+    scheduler = start_scheduler(ScheduleConfig(cron=None, interval_minutes=1 / 60), long_cycle)
+    try:
+        assert started.wait(5)
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline and not any("running instances" in r.getMessage() for r in caplog.records):
+            time.sleep(0.1)
+    finally:
+        release.set()
+        scheduler.shutdown(wait=True)
+    busy = [r for r in caplog.records if "maximum number of running instances" in r.getMessage()]
+    assert busy and {r.levelname for r in busy} == {"INFO"}

@@ -19,6 +19,20 @@ from daemon.config import ScheduleConfig
 log = logging.getLogger("ticketune.scheduler")
 
 JOB_ID = "retrain-cycle"
+_BUSY_MESSAGE = "maximum number of running instances reached"
+
+
+class _BusyTickIsInfo(logging.Filter):
+    """APScheduler warns on every tick it skips because the previous cycle still runs; with a frequent
+    interval and a long cycle that is expected, not a warning: it is logged at INFO instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and _BUSY_MESSAGE in record.getMessage():
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("apscheduler.scheduler").addFilter(_BusyTickIsInfo())
 
 
 def build_trigger(cfg: ScheduleConfig) -> CronTrigger | IntervalTrigger:
