@@ -35,6 +35,20 @@ def _emit(args: argparse.Namespace, data: object, human: str) -> None:
     print(text, file=_RESULT_STREAM, flush=True)
 
 
+def _fail(args: argparse.Namespace, code: str, problems: list[str], rc: int,
+          fields: list[str] | None = None) -> int:
+    """A failure said on stderr, one problem a line; with --json also one error document on stdout, shaped
+    like the admin API's (`{"error": {"code", "message"}}`, plus the fields at fault for a config)."""
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if getattr(args, "json", False):
+        error: dict = {"code": code, "message": "; ".join(problems)}
+        if fields is not None:
+            error["fields"] = fields
+        print(json.dumps({"error": error}), file=_RESULT_STREAM, flush=True)
+    return rc
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
     from daemon.logs import configure_logging
@@ -54,24 +68,25 @@ def cmd_validate_config(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.file)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+        return _fail(args, "invalid_config", exc.problems, 2, fields=_fields(exc.problems))
     problems, warnings = check_paths(settings) if not args.no_file_checks else ([], [])
     if args.show:  # a display: what is missing is said, the config is shown regardless
         warnings, problems = warnings + problems, []
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if problems:
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        return 2
+        return _fail(args, "missing_file", problems, 2, fields=_fields(problems))
     if args.show:
         shown = masked_config(settings)
         _emit(args, shown, yaml.safe_dump(shown, sort_keys=False).rstrip())
         return 0
     _emit(args, {"valid": True, "config_hash": settings.config_hash()}, f"{args.file}: valid")
     return 0
+
+
+def _fields(problems: list[str]) -> list[str]:
+    """The field paths that config problems start with (`training.row_tokens: ...`)."""
+    return [problem.split(":", 1)[0] for problem in problems if ":" in problem]
 
 
 def masked_config(settings: Settings) -> dict:
@@ -431,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="operator rollback")
     p.add_argument("--actor", default=None, help="who asks, for the audit log (default: cli:<OS user>)")
     p = verb("audit", cmd_audit, "the audit log of champion moves: who, when, why, newest first")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=50, help="at most this many moves (default 50)")
     verb("status", cmd_status, "store counts, champion and the last cycle")
     p = verb("forget", cmd_forget, "erase a ticket or a requester's tickets everywhere, and never store them again")
     who = p.add_mutually_exclusive_group(required=True)
@@ -446,28 +461,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "release", "discard"])
     p.add_argument("batch", type=int, nargs="?")
     p = verb("produce-sample", cmd_produce_sample, "produce realistic sample tickets to a topic")
-    p.add_argument("--count", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--start-id", type=int, default=10000)
+    p.add_argument("--count", type=int, default=200, help="how many tickets (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same tickets (default 0)")
+    p.add_argument("--start-id", type=int, default=10000, help="the first ticket id (default 10000)")
     p.add_argument("--corrupt-fraction", type=float, default=0.0,
                    help="share of tickets whose agent answers are replaced by wrong ones")
-    p.add_argument("--topic", default=None)
-    p.add_argument("--bootstrap-servers", default=None)
+    p.add_argument("--topic", default=None, help="default: the config's kafka.topic")
+    p.add_argument("--bootstrap-servers", default=None, help="default: the config's kafka.bootstrap_servers")
     p = verb("make-base-model", cmd_make_base_model, "build a base model into DIR: the tiny local one (default), "
              "a packaged real one (--pretrained smollm2-135m-instruct) or any Llama GGUF (--from-gguf FILE)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--pretrained", metavar="NAME", help="smollm2-135m-instruct: SmolLM2-135M-Instruct, offline")
     source.add_argument("--from-gguf", type=Path, metavar="FILE", help="a Llama-architecture GGUF file")
     p.add_argument("dir", type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="the tiny model's seed (default 0)")
+    p.add_argument("--steps", type=int, default=None, help="the tiny model's pretraining steps (default 150)")
     p = verb("export", cmd_export, "write VERSION's adapter, or the base model with it merged, for serving")
     p.add_argument("version")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--merged", type=Path, metavar="DIR", help="the base with the adapter merged in")
     where.add_argument("--adapter", type=Path, metavar="DIR", help="the bare adapter directory")
     p = verb("broker", cmd_broker, "run the embedded Kafka-compatible broker in the foreground")
-    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--port", type=int, default=9092, help="the port to listen on (default 9092)")
     p = verb("validate-config", cmd_validate_config, "check a config file; print every problem with its field")
     p.add_argument("file")
     p.add_argument("--show", action="store_true", help="print the effective configuration, secrets masked")
@@ -488,18 +503,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"config: {problem}", file=sys.stderr)
-        return 2
+        return _fail(args, "invalid_config", [f"config: {problem}" for problem in exc.problems], 2,
+                     fields=_fields(exc.problems))
     except LockBusy as exc:
-        print(str(exc), file=sys.stderr)
-        return 3
+        return _fail(args, "busy", [str(exc)], 3)
+    except BrokenPipeError:  # `ticketune audit | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, _RESULT_STREAM.fileno())
+        return 0
     except Exception as exc:
         from connectors.registry import RegistryError
 
         if isinstance(exc, RegistryError):
-            print(str(exc), file=sys.stderr)
-            return 1
+            return _fail(args, "registry", [str(exc)], 1)
         raise
 
 

@@ -1,0 +1,50 @@
+"""What the CLI prints when things go wrong: a JSON error document under --json, no traceback on a closed pipe,
+and help that says the defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from daemon.app.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_bad_config_under_json_prints_an_error_document_naming_the_fields(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("store: {eval_fraction: 3}\nserver: {port: -1}\n")
+    assert main(["validate-config", "--json", str(bad)]) == 2
+    out, err = capsys.readouterr()
+    document = json.loads(out)
+    assert document["error"]["code"] == "invalid_config"
+    assert document["error"]["fields"] == ["store.eval_fraction", "server.port"]
+    assert "store.eval_fraction:" in document["error"]["message"] and "server.port:" in err
+
+
+def test_a_missing_base_model_under_json_is_an_error_document_too(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {base: ./nowhere}\n")
+    assert main(["validate-config", "--json", str(config)]) == 2
+    document = json.loads(capsys.readouterr().out)
+    assert document["error"]["code"] == "missing_file" and document["error"]["fields"] == ["model.base"]
+
+
+def test_a_reader_that_closes_the_pipe_gets_no_traceback(tmp_path, monkeypatch):
+    config = tmp_path / "c.yaml"
+    config.write_text("store: {path: ./x.db}\n")
+    read, write = os.pipe()
+    os.close(read)
+    stream = os.fdopen(write, "w")
+    monkeypatch.setattr(sys, "stdout", stream)
+    assert main(["validate-config", "--show", "--no-file-checks", str(config)]) == 0
+
+
+def test_help_says_the_defaults():
+    for verb, expected in (("broker", "(default 9092)"), ("produce-sample", "(default 200)")):
+        shown = subprocess.run([sys.executable, "-m", "daemon.app.cli", verb, "--help"], capture_output=True,
+                               text=True, cwd=REPO, check=True).stdout
+        assert expected in " ".join(shown.split())
