@@ -14,11 +14,11 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import CommitFailedError, MessageSizeTooLargeError
+from kafka.errors import CommitFailedError, MessageSizeTooLargeError, UnsupportedCodecError
 from kafka.structs import OffsetAndMetadata
 
 from daemon.config import KafkaConfig
-from daemon.ingest.loop import SourceRecord
+from daemon.ingest.loop import SourceRecord, UndecodableRecords
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class KafkaTicketSource:
         # records per poll, adapted so that handling one batch stays well inside max_poll_interval_ms
         self._batch_limit = config.max_poll_records
         self._returned_at: float | None = None  # when the last poll returned records
+        self._ever_assigned = False
 
     def _consumer_now(self) -> KafkaConsumer:
         if self._consumer is None:
@@ -152,7 +153,13 @@ class KafkaTicketSource:
         consumer = self._consumer_now()
         self._adapt_batch_limit()
         limit = self._batch_limit if max_records is None else min(max_records, self._batch_limit)
-        batches = consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=limit)
+        try:
+            batches = consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=limit)
+        except UnsupportedCodecError as exc:
+            raise UndecodableRecords(
+                f"a batch on {self.config.topic} uses a compression codec this installation cannot read ({exc}); "
+                "install ticketune's dependencies lz4, python-snappy and zstandard, then restart"
+            ) from None
         self._returned_at = time.monotonic() if batches else None
         records = []
         for partition, messages in batches.items():
@@ -173,6 +180,11 @@ class KafkaTicketSource:
             if messages:
                 self._pending[partition] = messages[-1].offset + 1
         return records
+
+    def assigned(self) -> bool:
+        if not self._ever_assigned and self._consumer is not None:
+            self._ever_assigned = bool(self._consumer.assignment())
+        return self._ever_assigned
 
     def dead_letter(self, record: SourceRecord, reason: str, detail: str) -> None:
         """Sends the original key and value with the error headers; returns once the brokers have it."""

@@ -36,6 +36,9 @@ class MemorySource:
         self.polled = 0
         self.committed = 0
 
+    def assigned(self) -> bool:
+        return True
+
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[SourceRecord]:
         if self.poll_failures:
             self.poll_failures -= 1
@@ -328,3 +331,54 @@ def test_classify_only_judges_and_the_loop_records_what_each_batch_keeps(example
     assert example_store.indexed_count() == 1  # "3", written with the batch; "1" left with its deletion
     assert isinstance(classify(record(5, "5", copy | {"ticket_id": "5"}), parse_canonical, None, None, quality),
                       Skip)
+
+
+class LateAssignment(MemorySource):
+    """A consumer group whose first join takes `join_s`: no partitions, and no records, until then."""
+
+    def __init__(self, batches: list[list[SourceRecord]], join_s: float) -> None:
+        super().__init__(batches)
+        self.joined_at = time.monotonic() + join_s
+
+    def assigned(self) -> bool:
+        return time.monotonic() >= self.joined_at
+
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[SourceRecord]:
+        if not self.assigned():
+            time.sleep(min(timeout_s, 0.01))
+            return []
+        return super().poll(timeout_s, max_records)
+
+
+def test_the_idle_clock_starts_at_the_first_assignment(example_store):
+    source = LateAssignment([[record(0, "1", canonical_ticket("1"))]], join_s=0.6)
+    report = ingest(source, example_store, idle_timeout_s=0.2)
+    assert report.stored == 1 and not report.unassigned
+
+
+def test_no_assignment_within_the_limit_ends_the_run_and_says_so(example_store):
+    source = LateAssignment([[record(0, "1", canonical_ticket("1"))]], join_s=60)
+    report = ingest(source, example_store, idle_timeout_s=0.2, assignment_timeout_s=0.4)
+    assert report.unassigned and report.consumed == 0
+
+
+class Undecodable(MemorySource):
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[SourceRecord]:
+        from daemon.ingest.loop import UndecodableRecords
+
+        raise UndecodableRecords("a batch on tickets uses a compression codec this installation cannot read")
+
+
+def test_an_undecodable_batch_is_said_once_shown_in_readiness_and_counted(example_store, caplog):
+    seen: list[tuple[bool, str]] = []
+    before = REGISTRY.get_sample_value("ticketune_ingest_errors_total", {"kind": "undecodable"}) or 0
+    stop = threading.Event()
+    threading.Timer(1.5, stop.set).start()
+    with caplog.at_level("ERROR", logger="ticketune"):
+        report = ingest(Undecodable([]), example_store, idle_timeout_s=None, stop=stop,
+                        on_broker=lambda up, detail: seen.append((up, detail)))
+    assert report.consumed == 0 and report.source_errors >= 2
+    assert REGISTRY.get_sample_value("ticketune_ingest_errors_total", {"kind": "undecodable"}) >= before + 2
+    assert seen and all(not up and "compression codec" in detail for up, detail in seen)
+    said = [r for r in caplog.records if "compression codec" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "ERROR"

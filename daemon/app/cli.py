@@ -130,6 +130,10 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from daemon.store import store_lock
 
     store = _store(settings)
+    # the idle timeout counts from the group's first assignment, which may take about half the session
+    # timeout; no assignment within the session timeout plus the idle timeout is a failure
+    assignment_timeout = (None if args.idle_timeout is None
+                          else settings.kafka.session_timeout_ms / 1000 + args.idle_timeout)
     with store_lock(store.path, "ingest", wait_seconds=None if args.wait else 0):
         quality = build_quality_filter(settings, store)
         source = KafkaTicketSource(settings.kafka)
@@ -137,12 +141,17 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
             report = run_ingest(
                 source, parser_for(settings.kafka.format), store, system_prompt=settings.model.system_prompt,
                 max_records=args.max_records, idle_timeout_s=args.idle_timeout,
-                poll_timeout_s=settings.kafka.poll_timeout_ms / 1000, quality=quality,
-                scrub=settings.privacy.scrub,
+                assignment_timeout_s=assignment_timeout, poll_timeout_s=settings.kafka.poll_timeout_ms / 1000,
+                quality=quality, scrub=settings.privacy.scrub,
             )
         finally:
             source.close()
             store.close()
+    if report.unassigned:
+        return _fail(args, "no_assignment", [
+            f"no partition of {settings.kafka.topic} was assigned to group {settings.kafka.group_id} within "
+            f"{assignment_timeout:.0f} s (kafka.session_timeout_ms plus --idle-timeout); check that the topic "
+            "exists and that other members of the group are not holding every partition"], 1)
     data = report.to_json()
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(data["skipped"].items())) or "none"
     _emit(args, data, f"consumed {data['consumed']}, stored {data['stored']}, skipped: {skipped}, "

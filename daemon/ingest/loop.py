@@ -86,7 +86,17 @@ class TicketSource(Protocol):
     def lag(self) -> dict[int, int] | None:
         """Records not yet committed per partition, or None while unknown (no partitions assigned yet)."""
 
+    def assigned(self) -> bool:
+        """Whether the source has partitions to read yet (a consumer group's first join can take half the
+        session timeout); the idle timeout counts from the first time it has."""
+
     def close(self) -> None: ...
+
+
+class UndecodableRecords(Exception):
+    """The source holds records it cannot hand over (a compression codec it cannot read): retrying cannot
+    help until an operator acts, so the loop says so once, shows it in readiness and the metrics, and
+    waits (nothing is skipped: the records are read once the cause is fixed)."""
 
 
 class ExampleSink(Protocol):
@@ -103,6 +113,7 @@ class IngestReport:
     dead_lettered: int = 0
     deleted: int = 0
     source_errors: int = 0  # failed polls, dead letters, store writes, commits (all retried)
+    unassigned: bool = False  # the run ended because no partition was assigned in time
 
     def to_json(self) -> dict:
         return {
@@ -137,6 +148,7 @@ class _Retrier:
         self.on_store = on_store
         self.in_flight: tuple[str, float] | None = None  # the broker or store call under way, since when
         self._silence_reported = False
+        self._undecodable_said = ""
 
     @contextmanager
     def tracking(self, kind: str) -> Iterator[None]:
@@ -166,6 +178,15 @@ class _Retrier:
 
     def failed(self, kind: str, exc: Exception) -> None:
         self.report.source_errors += 1
+        if isinstance(exc, UndecodableRecords):
+            metrics.INGEST_ERRORS.labels(kind="undecodable").inc()
+            self.broker(False, str(exc))
+            if str(exc) != self._undecodable_said:  # one clear line, not one a retry
+                self._undecodable_said = str(exc)
+                log.error("ingest is stuck: %s", exc)
+            self.stop.wait(self.delay_s)
+            self.delay_s = min(self.delay_s * 2, BACKOFF_MAX_S)
+            return
         metrics.INGEST_ERRORS.labels(kind=kind).inc()
         if kind != "store":
             self.broker(False, f"{type(exc).__name__}: {exc}")
@@ -252,6 +273,7 @@ def run_ingest(
     system_prompt: str | None = None,
     max_records: int | None = None,
     idle_timeout_s: float | None = None,
+    assignment_timeout_s: float | None = None,
     stop: threading.Event | None = None,
     on_batch: Callable[[IngestReport], None] | None = None,
     poll_timeout_s: float = 1.0,
@@ -261,6 +283,9 @@ def run_ingest(
     on_store: Callable[[bool, str], None] | None = None,
 ) -> IngestReport:
     """Runs until `max_records` are consumed, `idle_timeout_s` passes without a record, or `stop` is set.
+
+    The idle clock starts when the source first has partitions assigned; with `assignment_timeout_s`,
+    a source still unassigned after that long ends the run with `report.unassigned` set.
 
     `on_batch` gets the running report after each committed batch. `scrub=False` (the config's
     `privacy.scrub: false`) stores text unscrubbed: only for testing the gate's PII check.
@@ -272,13 +297,23 @@ def run_ingest(
     stop = stop if stop is not None else threading.Event()
     report = IngestReport()
     retrier = _Retrier(stop, report, on_broker, on_store)
-    last_record_at = time.monotonic()
+    started = time.monotonic()
+    last_record_at: float | None = None  # the idle clock: from the first assignment, then each record
     last_lag_at = float("-inf")
     with _silence_watchdog(retrier):
         while not stop.is_set():
             if max_records is not None and report.consumed >= max_records:
                 break
-            if idle_timeout_s is not None and time.monotonic() - last_record_at >= idle_timeout_s:
+            if last_record_at is None and source.assigned():
+                last_record_at = time.monotonic()
+            if idle_timeout_s is not None and last_record_at is not None \
+                    and time.monotonic() - last_record_at >= idle_timeout_s:
+                break
+            if last_record_at is None and assignment_timeout_s is not None \
+                    and time.monotonic() - started >= assignment_timeout_s:
+                report.unassigned = True
+                log.error("no partition of the topic was assigned within %.0f s; is the topic there, and is "
+                          "another consumer of the group holding every partition?", assignment_timeout_s)
                 break
             remaining = None if max_records is None else max_records - report.consumed
             try:

@@ -352,6 +352,9 @@ class ListSource:
     def __init__(self, records: list) -> None:
         self.records = records
 
+    def assigned(self) -> bool:
+        return True
+
     def poll(self, timeout_s: float, max_records: int | None = None) -> list:
         records, self.records = self.records, []
         return records

@@ -226,6 +226,9 @@ class ListSource:
         self.committed = 0
         self.dead_letters: list[tuple[SourceRecord, str, str]] = []
 
+    def assigned(self) -> bool:
+        return True
+
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[SourceRecord]:
         size = min(self.batch_size, max_records or self.batch_size)
         batch = self.records[self.handed_out : self.handed_out + size]
