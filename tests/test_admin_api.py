@@ -1,6 +1,7 @@
 """The admin API (`/v1/...`): auth, status codes, validation, the OpenAPI document; the service lock."""
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -275,6 +276,9 @@ def test_a_second_service_on_the_same_store_is_refused(service_config, tmp_path)
                               cwd=REPO, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 3, proc.stderr[-2000:]
         assert "already serves the store" in proc.stderr and "Traceback" not in proc.stderr
+        assert f"process {os.getpid()} (" in proc.stderr  # the holder is named: this test's process
+        assert "stopped in" not in proc.stderr  # it never started, so it has nothing to stop
+        assert "warning: model.base: directory" in proc.stderr  # said at start, not found at the first cycle
     finally:
         first.shutdown()
     again = Service(load_settings(service_config, environ={}))  # released by shutdown

@@ -139,9 +139,10 @@ def test_the_cycle_lock_is_held_across_processes(tmp_path):
     proc = multiprocessing.Process(target=_hold_lock, args=(path, started))
     proc.start()
     assert started.wait(10)
-    with pytest.raises(LockBusy, match="cycle lock"):
+    with pytest.raises(LockBusy, match="cycle lock") as refused:
         with store_lock(path, "cycle", wait_seconds=0.3):
             pass
+    assert f"process {proc.pid} (" in str(refused.value)  # the refusal names the holder
     proc.join()
     with store_lock(path, "cycle", wait_seconds=0.3):
         pass

@@ -108,12 +108,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     problems, warnings = check_paths(settings)
+    for problem in problems:  # the service still ingests (a model volume may come later); cycles will fail
+        print(f"warning: {problem}; until then every cycle fails", file=sys.stderr)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if problems:  # before anything starts: a service that cannot train is not worth running
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        return 2
     Service(settings).serve()
     return 0
 

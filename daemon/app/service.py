@@ -17,6 +17,7 @@ import threading
 import time
 from contextlib import ExitStack
 from datetime import datetime, timezone
+from pathlib import Path
 
 from connectors.formats import parser_for
 from connectors.kafka import KafkaTicketSource
@@ -36,7 +37,7 @@ from daemon.cycle.runner import CycleOutcome, tag_erased_versions
 from daemon.cycle.scheduler import next_run_time, start_scheduler
 from daemon.ingest.loop import IngestReport, run_ingest, set_broker_up
 from daemon.logs import mask_url_password
-from daemon.store import LockBusy, open_store, store_lock
+from daemon.store import LockBusy, lock_holder, open_store, store_lock
 
 log = logging.getLogger("ticketune.service")
 
@@ -64,6 +65,7 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._cycle_lock = threading.Lock()
         self._held = ExitStack()  # the service lock, from startup to shutdown
+        self._holds_lock = False
         self._scheduler = None
         self._http = None
         self._watchdog: threading.Timer | None = None
@@ -71,6 +73,7 @@ class Service:
     # life cycle ------------------------------------------------------------------------------
     def serve(self) -> None:
         self.install_signal_handlers()
+        self._hold_service_lock()  # a second service stops here, before anything it would have to stop
         try:
             self.startup()
             self.main_loop()
@@ -179,14 +182,17 @@ class Service:
 
     def _hold_service_lock(self) -> None:
         """One service per store: a second `ticketune run` on the same store exits (code 3) here."""
+        if self._holds_lock:
+            return
         try:
             self._held.enter_context(store_lock(self.store.path, SERVICE_LOCK, wait_seconds=0))
         except LockBusy:
             raise LockBusy(
-                f"another `ticketune run` already serves the store {self.store.path} (it holds "
-                f"{self.store.path}.{SERVICE_LOCK}.lock); ticketune runs one replica per store by design: "
-                "stop the other one, or give this one its own store.path"
+                f"{lock_holder(Path(f'{self.store.path}.{SERVICE_LOCK}.lock'))} already serves the store "
+                f"{self.store.path}; ticketune runs one replica per store by design: stop the other one, or give "
+                "this one its own store.path"
             ) from None
+        self._holds_lock = True
 
     def shutdown(self) -> None:
         """Stops the parts in reverse order within `server.shutdown_budget_seconds`: the scheduler, a

@@ -16,7 +16,7 @@ One `ExampleStore` over one database; each module holds one group of its tables:
 from __future__ import annotations
 
 from daemon.config import StoreConfig
-from daemon.store.db import MIGRATIONS, SCHEMA_V1, Database, LockBusy, StoreFull, store_lock
+from daemon.store.db import MIGRATIONS, SCHEMA_V1, Database, LockBusy, StoreFull, lock_holder, store_lock
 from daemon.store.dedupe import DedupeTables
 from daemon.store.examples import (
     OUTCOME_ABSENT,
@@ -51,6 +51,7 @@ __all__ = [
     "Snapshot",
     "StoreFull",
     "open_store",
+    "lock_holder",
     "store_lock",
 ]
 

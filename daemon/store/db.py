@@ -11,8 +11,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import hmac
+import json
+import os
 import secrets
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -146,7 +149,8 @@ def unit_hash(text: str) -> float:
 
 @contextmanager
 def store_lock(store_path: Path, name: str, *, wait_seconds: float | None = None) -> Iterator[None]:
-    """An OS file lock beside the store (`examples.db.cycle.lock`), held across processes.
+    """An OS file lock beside the store (`examples.db.cycle.lock`), held across processes. The holder
+    writes who it is into the file (pid, command, since when), so that a refusal can name it.
 
     `wait_seconds=None` waits forever; otherwise `LockBusy` is raised after that long.
     """
@@ -161,14 +165,35 @@ def store_lock(store_path: Path, name: str, *, wait_seconds: float | None = None
             except BlockingIOError:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise LockBusy(
-                        f"another ticketune process holds the {name} lock on {store_path} "
-                        f"({lock_path}); wait for it to finish or stop it"
+                        f"{lock_holder(lock_path)} holds the {name} lock on {store_path} ({lock_path}); "
+                        "wait for it to finish or stop it"
                     ) from None
                 time.sleep(0.2)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv)[:300], "since": utc_now()}))
+        handle.flush()
         try:
             yield
         finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def lock_holder(lock_path: Path) -> str:
+    """Who holds a lock, as its holder wrote it: `process 4242 (ticketune run, since ...)`."""
+    try:
+        holder = json.loads(Path(lock_path).read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        holder = {}
+    if not isinstance(holder, dict) or "pid" not in holder:
+        return "another ticketune process"
+    command = Path(str(holder.get("command", "")).split(" ", 1)[0]).name
+    rest = str(holder.get("command", "")).partition(" ")[2]
+    shown = " ".join(part for part in (command, rest) if part)
+    return f"process {holder['pid']} (`{shown}`, since {holder.get('since', '?')})"
 
 
 class Database:
