@@ -48,3 +48,25 @@ def test_help_says_the_defaults():
         shown = subprocess.run([sys.executable, "-m", "daemon.app.cli", verb, "--help"], capture_output=True,
                                text=True, cwd=REPO, check=True).stdout
         assert expected in " ".join(shown.split())
+
+
+def test_quarantine_list_shows_quarantined_batches_unless_all_is_asked(tmp_path, capsys):
+    from test_store import example
+
+    from daemon.store import ExampleStore
+
+    store = ExampleStore(tmp_path / "examples.db", eval_fraction=0.25)
+    store.apply([example(str(i)) for i in range(20)])
+    first = store.create_snapshot("c1", None, replay_fraction=0.0)
+    store.close_batch(first.id, verdict="promoted", model_version="1")
+    store.apply([example(f"bad{i}") for i in range(20)])
+    bad = store.create_snapshot("c2", "1", replay_fraction=0.0)
+    store.close_batch(bad.id, verdict="rejected", model_version="2")
+    store.close()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"store: {{path: {tmp_path / 'examples.db'}}}\n")
+    capsys.readouterr()
+    assert main(["quarantine", "list", "--json", "--config", str(config)]) == 0
+    assert [b["state"] for b in json.loads(capsys.readouterr().out)] == ["quarantined"]
+    assert main(["quarantine", "list", "--all", "--json", "--config", str(config)]) == 0
+    assert sorted(b["state"] for b in json.loads(capsys.readouterr().out)) == ["promoted", "quarantined"]

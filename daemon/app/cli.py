@@ -270,10 +270,11 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     store = _store(settings)
     try:
         if args.action == "list":
-            batches = store.list_batches()
+            batches = [b for b in store.list_batches() if args.all or b["state"] == "quarantined"]
             lines = [f"batch {b['id']:<4} {b['state']:<12} {b['examples']:>5} examples  cycle {b['cycle_id']}  "
                      f"version {b['model_version'] or '-'}" for b in batches]
-            _emit(args, batches, "\n".join(lines) or "no closed batches yet")
+            _emit(args, batches, "\n".join(lines) or ("no closed batches yet" if args.all else
+                                                     "no batch is quarantined (--all lists every closed batch)"))
         elif args.action == "release":
             n = store.release_batch(args.batch)
             _emit(args, {"batch": args.batch, "released": n}, f"batch {args.batch}: {n} examples pending again")
@@ -467,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("quarantine", cmd_quarantine, "list rejected batches, or release or discard one")
     p.add_argument("action", choices=["list", "release", "discard"])
     p.add_argument("batch", type=int, nargs="?")
+    p.add_argument("--all", action="store_true", help="list promoted, released and discarded batches too")
     p = verb("produce-sample", cmd_produce_sample, "produce realistic sample tickets to a topic")
     p.add_argument("--count", type=int, default=200, help="how many tickets (default 200)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same tickets (default 0)")
@@ -502,6 +504,13 @@ def main(argv: list[str] | None = None) -> int:
     global _RESULT_STREAM
     args = build_parser().parse_args(argv)
     _RESULT_STREAM, sys.stdout = sys.stdout, sys.stderr
+    try:
+        return _run_verb(args)
+    finally:  # an in-process caller (the demo, a test) gets its stdout back
+        sys.stdout = _RESULT_STREAM
+
+
+def _run_verb(args: argparse.Namespace) -> int:
     if args.verb == "quarantine" and args.action != "list" and args.batch is None:
         print(f"quarantine {args.action} needs a batch id (see `ticketune quarantine list`)", file=sys.stderr)
         return 2
