@@ -141,6 +141,14 @@ class ScheduleConfig(_Section):
     misfire_grace_seconds: int = Field(default=3600, ge=1)
     timezone: str = "UTC"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _interval_replaces_the_default_cron(cls, data: Any) -> Any:
+        """With interval_minutes set, the default cron does not apply (`validate-config --show` shows none)."""
+        if isinstance(data, dict) and data.get("interval_minutes") is not None and "cron" not in data:
+            return {**data, "cron": None}
+        return data
+
     @model_validator(mode="after")
     def _one_trigger(self) -> ScheduleConfig:
         if self.interval_minutes is not None and self.cron is not None and "cron" in self.model_fields_set:

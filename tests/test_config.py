@@ -132,3 +132,9 @@ def test_a_tick_skipped_while_a_cycle_runs_is_logged_at_info_not_warning(caplog)
         scheduler.shutdown(wait=True)
     busy = [r for r in caplog.records if "maximum number of running instances" in r.getMessage()]
     assert busy and {r.levelname for r in busy} == {"INFO"}
+
+
+def test_an_interval_schedule_shows_no_default_cron():
+    settings = load_settings(environ={"TICKETUNE_SCHEDULE__INTERVAL_MINUTES": "30"})
+    assert settings.schedule.cron is None and settings.schedule.interval_minutes == 30
+    assert load_settings(environ={}).schedule.cron == "0 3 * * *"
