@@ -24,6 +24,19 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+
+class _LeaveGroupIsInfo(logging.Filter):
+    """kafka-python logs a failed LeaveGroup as an ERROR; after a quick restart the coordinator has often
+    dropped the old member already, so that is the expected outcome of a restart, not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and record.getMessage().startswith("LeaveGroup request"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("kafka.coordinator").addFilter(_LeaveGroupIsInfo())
+
 HEADER_ERROR = "ticketune.error"  # "<reason>: <detail>", the one header a person reads first
 HEADER_REASON = "ticketune.error.reason"
 HEADER_DETAIL = "ticketune.error.detail"

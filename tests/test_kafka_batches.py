@@ -26,3 +26,15 @@ def test_a_slow_batch_halves_the_records_per_poll_and_quick_ones_grow_it_back():
     source._returned_at = None  # the last poll was empty: nothing to judge
     source._adapt_batch_limit()
     assert source._batch_limit == 400
+
+
+def test_a_failed_leave_group_after_a_restart_is_info_not_error(caplog):
+    import logging
+
+    import connectors.kafka  # noqa: F401  (installs the filter)
+
+    with caplog.at_level(logging.INFO, logger="kafka.coordinator"):
+        logging.getLogger("kafka.coordinator").error("LeaveGroup request failed: %s", "UnknownMemberIdError")
+        logging.getLogger("kafka.coordinator").error("Heartbeat failed: %s", "something else")
+    levels = {r.getMessage().split(":")[0]: r.levelname for r in caplog.records}
+    assert levels == {"LeaveGroup request failed": "INFO", "Heartbeat failed": "ERROR"}
