@@ -78,6 +78,8 @@ WORKER_TRAINING_FIELDS = frozenset({
 class SpecError(Exception):
     """A spec, model or data problem the user can fix; the message is one sentence saying how."""
 
+    retryable = False  # the same spec fails again: a cycle that raises it is not retried
+
 
 def worker_training(training: TrainingConfig) -> TrainingConfig:
     """`training` with only the fields the worker reads; the service's own fields at their defaults."""
@@ -278,8 +280,8 @@ class TrainSummary(_Open):
     tokens: int | None = None
     seconds: float | None = None
     tokens_per_second: float | None = None
-    loss_curve: list[tuple[float, float]] = Field(default_factory=list)  # [step, loss]
-    validation_curve: list[tuple[float, float]] = Field(default_factory=list)
+    loss_curve: list[tuple[int, float]] = Field(default_factory=list)  # [step, loss]
+    validation_curve: list[tuple[int, float]] = Field(default_factory=list)
     best_step: int | None = None
     restored_best_weights: bool | None = None
     final_loss: float | None = None
@@ -297,8 +299,8 @@ class TrainSummary(_Open):
 
 class ProbeAnswer(_Open):
     id: str
-    text: str = ""
-    new_tokens: int = 0
+    text: str | None = ""
+    new_tokens: int | None = 0
 
 
 class ProbeResult(_Open):
@@ -318,7 +320,7 @@ class ProbeResult(_Open):
 class TrainResult(_Open):
     """`result.json`: status `ok` (exit 0), `failed` (exit 1 or 2) or `interrupted` (exit 3)."""
 
-    status: str
+    status: str = "failed"  # a result without a status is not a success
     error: str | None = None
     exit_code: int | None = None
     cycle_id: str | None = None
