@@ -190,9 +190,9 @@ class TrainSpec(WorkerSettings):
         return WorkerSettings(base_model=self.base_model, base_revision=self.base_revision, adapter=self.adapter,
                               training=self.training)
 
-    def input_paths(self) -> list[Path]:
-        """Every input the spec names (data files, adapters, general text), for the resume check."""
-        named = [self.train_file, self.validation_file, self.init_adapter, self.general_text_file,
+    def cycle_inputs(self) -> list[Path]:
+        """The inputs the cycle wrote for the worker (data files, adapters), for the resume check."""
+        named = [self.train_file, self.validation_file, self.init_adapter,
                  *self.eval_files.values(), *self.compare_adapters.values()]
         return [path for path in named if path is not None]
 
