@@ -171,7 +171,7 @@ class TrainSpec(WorkerSettings):
         data = {k: v for k, v in data.items() if not (k in _NULL_IS_DEFAULT and v is None)}
         output_dir = data.get("output_dir")
         if not data.get("progress_file") and isinstance(output_dir, (str, Path)) and str(output_dir):
-            data["progress_file"] = Path(output_dir) / PROGRESS_FILE
+            data["progress_file"] = str(Path(output_dir) / PROGRESS_FILE)
         return data
 
     @model_validator(mode="after")
