@@ -4,6 +4,8 @@ The cycle lock keeps cycles of one store from overlapping, across processes. Wha
 inside a cycle (worker crash, MLflow unreachable) makes it a `failed` cycle whose batch stays
 pending; it never propagates into the service. The next run retries a failed cycle with the same
 id, snapshot and spec, so the worker resumes from its checkpoints, up to `training.max_attempts`.
+What a cycle will do is planned first from the registry's and the store's facts (`plan.py`), then
+executed; the worker's spec and result are the typed models of `daemon/training/contract.py`.
 """
 
 from __future__ import annotations
