@@ -23,6 +23,8 @@ from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from pydantic import ValidationError  # noqa: E402
+
 from daemon.training.base_model import DEFAULT_PRETRAIN_STEPS, make_base_model  # noqa: E402
 from daemon.training.contract import (  # noqa: E402
     EXIT_BAD_SPEC,
@@ -147,6 +149,13 @@ def train_command(spec_path: Path) -> int:
         )
     if result is None:  # not rank 0: rank 0 writes the result
         return EXIT_OK
+    try:
+        result = TrainResult.model_validate(result)
+    except ValidationError as exc:  # a worker bug: say so in the result rather than leave none
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return _fail(output_dir, cycle_id, f"the worker's result does not match contract.TrainResult: {where}: "
+                     f"{first['msg']}", EXIT_FAILED)
     write_result(output_dir, result)
     log.info("done cycle_id=%s seconds=%.1f", cycle_id, time.perf_counter() - started)
     return EXIT_OK
