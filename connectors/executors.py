@@ -26,13 +26,26 @@ from typing import Any
 
 from daemon import metrics
 from daemon.config import ExecutorConfig, Settings
+from daemon.training.contract import (
+    CHECKPOINT_STATE_FILE,
+    EXIT_BAD_SPEC,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    WORKER_LOG,
+    SpecError,
+    TrainResult,
+    TrainSpec,
+    read_result,
+    read_spec,
+    write_result,
+)
 
 log = logging.getLogger("ticketune.executors")
 
-# The worker's exit codes (daemon/training/__main__.py). Under torchrun a failed rank makes torchrun
-# exit 1 whatever the rank's code, so the result file's status is read as well.
-EXIT_BAD_SPEC = 2  # a spec, model or data problem: the same spec fails again
-EXIT_INTERRUPTED = 3  # SIGTERM: a checkpoint was saved, a retry resumes from it
+# The worker's exit codes are contract.EXIT_*. Under torchrun a failed rank makes torchrun exit 1
+# whatever the rank's code, so the result file's status and exit_code are read as well.
+__all__ = ["EXIT_BAD_SPEC", "EXIT_INTERRUPTED", "KubernetesJobExecutor", "LocalProcessExecutor", "WorkerFailed",
+           "build_executor", "read_json_object", "report_progress", "worker_command"]
 PROGRESS_POLL_S = 1.0
 KILL_GRACE_S = 20  # SIGTERM to SIGKILL: time for the worker to finish its step and checkpoint
 
@@ -54,6 +67,15 @@ def worker_command(python: str, spec_path: Path, gpus: int = 1) -> list[str]:
     if gpus > 1:
         return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", *train]
     return [python, *train]
+
+
+def validated_spec(spec_path: Path) -> TrainSpec:
+    """The cycle's spec (`contract.read_spec`); one that does not validate fails the cycle for good, as the
+    worker's bad-spec exit would."""
+    try:
+        return read_spec(spec_path)
+    except SpecError as exc:
+        raise WorkerFailed(f"training worker failed: {exc}", retryable=False) from None
 
 
 def read_json_object(path: Path) -> dict | None:
@@ -96,13 +118,13 @@ class LocalProcessExecutor:
     def run(
         self, spec_path: Path, result_path: Path, *, timeout_s: float, stop: threading.Event | None = None,
         run_id: str | None = None,
-    ) -> dict:
+    ) -> TrainResult:
         """Runs the worker on `spec_path`; its `training.gpus` picks torchrun, its `progress_file` is polled.
         `run_id` (the cycle's MLflow run) is for executors that move the data through MLflow; unused here."""
-        spec = read_json_object(spec_path) or {}  # an unreadable spec is the worker's to report
-        gpus = int((spec.get("training") or {}).get("gpus") or 1)
-        progress_path = Path(spec["progress_file"]) if spec.get("progress_file") else None
-        log_path = spec_path.parent / "worker.log"
+        spec = validated_spec(spec_path)
+        gpus = spec.training.gpus
+        progress_path = spec.progress_file
+        log_path = spec_path.parent / WORKER_LOG
         env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
         result_path.unlink(missing_ok=True)
         if progress_path is not None:
@@ -133,17 +155,17 @@ class LocalProcessExecutor:
         finally:
             metrics.TRAINING_STEP.set(0)
             metrics.TRAINING_ETA.set(0)
-        result = read_json_object(result_path) or {}
-        if proc.returncode == 0 and result.get("status") == "ok":
+        result = read_result(result_path)
+        if proc.returncode == EXIT_OK and result is not None and result.ok:
             return result
-        error = result.get("error") or f"exit code {proc.returncode}"
+        error = (result.error if result is not None else None) or f"exit code {proc.returncode}"
         if _interrupted(proc, result):
             raise WorkerFailed(f"training worker interrupted: {error}; the retry of this cycle resumes from "
                                f"its checkpoint (log: {log_path})")
         raise WorkerFailed(
             f"training worker failed: {error} (log: {log_path})\n{_tail(log_path)}",
             # under torchrun the exit code is torchrun's: the result file carries the worker's own
-            retryable=EXIT_BAD_SPEC not in (proc.returncode, result.get("exit_code")),
+            retryable=EXIT_BAD_SPEC not in (proc.returncode, result.exit_code if result is not None else None),
         )
 
     @staticmethod
@@ -159,13 +181,13 @@ class LocalProcessExecutor:
             proc.wait()
 
 
-def _interrupted(proc: subprocess.Popen, result: dict) -> bool:
+def _interrupted(proc: subprocess.Popen, result: TrainResult | None) -> bool:
     """The worker stopped on SIGTERM after saving a checkpoint (its exit code, or its result under torchrun)."""
-    return proc.returncode == EXIT_INTERRUPTED or result.get("status") == "interrupted"
+    return proc.returncode == EXIT_INTERRUPTED or (result is not None and result.interrupted)
 
 
 def _checkpoint_note(proc: subprocess.Popen, result_path: Path) -> str:
-    if _interrupted(proc, read_json_object(result_path) or {}):
+    if _interrupted(proc, read_result(result_path)):
         return "; it saved a checkpoint and the retry of this cycle resumes from it"
     return ""
 
@@ -340,11 +362,11 @@ class KubernetesJobExecutor:
     def run(
         self, spec_path: Path, result_path: Path, *, timeout_s: float, stop: threading.Event | None = None,
         run_id: str | None = None,
-    ) -> dict:
+    ) -> TrainResult:
         """Creates (or adopts) the cycle's Job, waits for it, and returns the worker's result from `out/`."""
-        spec = read_json_object(spec_path) or {}
+        spec = validated_spec(spec_path)
         cycle_dir = spec_path.parent
-        cycle_id = str(spec.get("cycle_id") or cycle_dir.name)
+        cycle_id = spec.cycle_id
         name = job_name(cycle_id)
         shared = self.cfg.shared_volume_claim is not None
         record = read_json_object(cycle_dir / JOB_RECORD) or {}
@@ -385,26 +407,26 @@ class KubernetesJobExecutor:
         finally:
             metrics.TRAINING_STEP.set(0)
             metrics.TRAINING_ETA.set(0)
-        result = self._collect(job_run, spec, result_path) if not shared else (read_json_object(result_path) or {})
-        if state == "succeeded" and result.get("status") == "ok":
+        result = self._collect(job_run, result_path) if not shared else read_result(result_path)
+        if state == "succeeded" and result is not None and result.ok:
             return result
         exit_code, tail = self._pod_outcome(name)
-        error = (result.get("error") or self._failure_reason(name)
+        error = ((result.error if result is not None else None) or self._failure_reason(name)
                  or (f"its result is not in MLflow run {job_run}" if state == "succeeded"
                      else f"exit code {exit_code}"))
-        if result.get("status") == "interrupted" or exit_code == EXIT_INTERRUPTED:
+        if (result is not None and result.interrupted) or exit_code == EXIT_INTERRUPTED:
             raise WorkerFailed(f"training Job {name} was interrupted: {error}; the retry of this cycle resumes "
                                "from its checkpoint")
         raise WorkerFailed(
             f"training Job {name} failed: {error}" + (f"\n{tail}" if tail else ""),
-            retryable=EXIT_BAD_SPEC not in (exit_code, result.get("exit_code")),
+            retryable=EXIT_BAD_SPEC not in (exit_code, result.exit_code if result is not None else None),
         )
 
     # ---- steps ----------------------------------------------------------------------------------
 
-    def _command(self, spec_path: Path, spec: dict, run_id: str | None) -> list[str]:
+    def _command(self, spec_path: Path, spec: TrainSpec, run_id: str | None) -> list[str]:
         if self.cfg.shared_volume_claim is not None:
-            return worker_command("python", spec_path, int((spec.get("training") or {}).get("gpus") or 1))
+            return worker_command("python", spec_path, spec.training.gpus)
         command = ["python", "-m", "daemon.training", "run-job", "--tracking-uri", self.tracking_uri,
                    "--run-id", str(run_id), "--scratch", SCRATCH]
         return command + (["--base-model", self.cfg.base_model] if self.cfg.base_model else [])
@@ -412,7 +434,7 @@ class KubernetesJobExecutor:
     def _shared_mount_path(self) -> str:
         return self.cfg.shared_volume_mount_path or str(self.work_dir.resolve())
 
-    def _upload_inputs(self, spec: dict, cycle_dir: Path, run_id: str) -> None:
+    def _upload_inputs(self, spec: TrainSpec, cycle_dir: Path, run_id: str) -> None:
         from daemon.training.job import INPUTS_ARTIFACT, SPEC_ARTIFACT, portable_spec
 
         client = self._client()
@@ -428,57 +450,56 @@ class KubernetesJobExecutor:
                     renamed = Path(temporary) / leaf
                     shutil.copyfile(local, renamed)
                     client.log_artifact(run_id, str(renamed), folder)
-        checkpoints = Path(spec["checkpoint_dir"]) if spec.get("checkpoint_dir") else None
+        checkpoints = spec.checkpoint_dir
         steps = sorted(checkpoints.glob("step-*")) if checkpoints is not None and checkpoints.is_dir() else []
-        complete = [step for step in steps if (step / "state.json").is_file()]
+        complete = [step for step in steps if (step / CHECKPOINT_STATE_FILE).is_file()]
         if complete:
             client.log_artifacts(run_id, str(complete[-1]), f"{INPUTS_ARTIFACT}/checkpoints/{complete[-1].name}")
-        client.log_dict(run_id, portable, SPEC_ARTIFACT)
+        client.log_dict(run_id, portable.model_dump(mode="json"), SPEC_ARTIFACT)
 
-    def _pull_checkpoint(self, previous_run: str, spec: dict) -> None:
+    def _pull_checkpoint(self, previous_run: str, spec: TrainSpec) -> None:
         """The newest checkpoint an earlier attempt's Job logged, into the cycle's checkpoint dir."""
         from daemon.training.job import download_into, newest_checkpoint
 
-        if not spec.get("checkpoint_dir"):
+        if spec.checkpoint_dir is None:
             return
         try:
             newest = newest_checkpoint(self._client(), previous_run)
             if newest is None:
                 return
-            checkpoints = Path(spec["checkpoint_dir"])
+            checkpoints = spec.checkpoint_dir
             checkpoints.mkdir(parents=True, exist_ok=True)
             download_into(self._client(), previous_run, newest, checkpoints / newest.rsplit("/", 1)[-1])
         except Exception as exc:  # without it the retry starts from step 0, which is slower, not wrong
             log.warning("could not fetch the checkpoint of run %s: %s", previous_run, exc)
 
-    def _finished_result(self, run_id: str, result_path: Path) -> dict | None:
+    def _finished_result(self, run_id: str, result_path: Path) -> TrainResult | None:
         try:
-            result = self._collect(run_id, {}, result_path)
+            result = self._collect(run_id, result_path)
         except Exception:
             return None
-        return result if result.get("status") == "ok" else None
+        return result if result is not None and result.ok else None
 
-    def _collect(self, run_id: str | None, spec: dict, result_path: Path) -> dict:
-        """`job/out` of the run into the cycle's `out/`, with `adapter_dir` pointing there; {} when absent."""
+    def _collect(self, run_id: str | None, result_path: Path) -> TrainResult | None:
+        """`job/out` of the run into the cycle's `out/`, with `adapter_dir` pointing there; None when absent."""
         from daemon.training.job import OUT_ARTIFACT, download_into
 
         if run_id is None:
-            return {}
+            return None
         out_dir = result_path.parent
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
             download_into(self._client(), run_id, OUT_ARTIFACT, out_dir)
         except Exception as exc:
             log.warning("no worker output in MLflow run %s: %s", run_id, str(exc).splitlines()[0] if str(exc) else exc)
-            return {}
-        result = read_json_object(result_path) or {}
-        adapter = result.get("adapter_dir")
-        if isinstance(adapter, str) and not Path(adapter).is_absolute():
-            result["adapter_dir"] = str((out_dir / adapter).resolve())
-            result_path.write_text(json.dumps(result, indent=1) + "\n", "utf-8")
+            return None
+        result = read_result(result_path)
+        if result is not None and result.adapter_dir is not None and not Path(result.adapter_dir).is_absolute():
+            result = result.model_copy(update={"adapter_dir": str((out_dir / result.adapter_dir).resolve())})
+            write_result(out_dir, result)
         return result
 
-    def _wait(self, name: str, run_id: str | None, spec: dict, timeout_s: float,
+    def _wait(self, name: str, run_id: str | None, spec: TrainSpec, timeout_s: float,
               stop: threading.Event | None) -> str:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -505,9 +526,9 @@ class KubernetesJobExecutor:
             else:
                 time.sleep(self.cfg.poll_seconds)
 
-    def _progress(self, run_id: str | None, spec: dict) -> dict | None:
+    def _progress(self, run_id: str | None, spec: TrainSpec) -> dict | None:
         if self.cfg.shared_volume_claim is not None:
-            return read_json_object(Path(spec["progress_file"])) if spec.get("progress_file") else None
+            return read_json_object(spec.progress_file) if spec.progress_file is not None else None
         from daemon.training.job import PROGRESS_ARTIFACT
 
         if run_id is None:

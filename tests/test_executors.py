@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 
 from connectors.executors import LocalProcessExecutor, WorkerFailed, worker_command
 from daemon import metrics
+from daemon.training.contract import TrainResult
 
 FAKE_WORKER = """#!{python}
 import json, signal, sys, time
@@ -64,8 +65,10 @@ def fake_python(tmp_path) -> str:
 def write_spec(tmp_path: Path, gpus: int = 1, **plan) -> Path:
     cycle_dir = tmp_path / "c1"
     cycle_dir.mkdir()
-    spec = {
+    spec = {  # a valid contract.TrainSpec (the executor validates it), plus the fake worker's plan
         "cycle_id": "c1",
+        "base_model": "tiny",
+        "train_file": str(cycle_dir / "train.jsonl"),
         "output_dir": str(cycle_dir / "out"),
         "progress_file": str(cycle_dir / "out" / "progress.json"),
         "training": {"gpus": gpus},
@@ -116,7 +119,7 @@ def test_the_progress_file_feeds_the_training_gauges_and_step_and_eta_reset_when
     finally:
         (spec.parent / "release").touch()
         thread.join(30)
-    assert box["result"]["status"] == "ok"
+    assert isinstance(box["result"], TrainResult) and box["result"].ok and box["result"].adapter_dir == "a"
     assert gauge("ticketune_training_step") == 0 and gauge("ticketune_training_eta_seconds") == 0
     assert gauge("ticketune_training_loss_nats") == 1.25  # the last run's loss stays readable
 
@@ -161,8 +164,15 @@ def test_an_earlier_attempts_progress_file_is_not_read_and_no_file_is_no_update(
     time.sleep(1.5)
     (spec.parent / "release").touch()
     thread.join(30)
-    assert box["result"]["status"] == "ok" and not progress.exists()
+    assert box["result"].status == "ok" and not progress.exists()
     assert gauge("ticketune_training_total_steps") == 5
+
+
+def test_a_spec_that_does_not_validate_fails_for_good_without_starting_the_worker(tmp_path, fake_python):
+    spec = write_spec(tmp_path, gpus=0)
+    with pytest.raises(WorkerFailed, match="training worker failed: spec field training.gpus") as caught:
+        LocalProcessExecutor(python=fake_python).run(spec, spec.parent / "out" / "result.json", timeout_s=60)
+    assert caught.value.retryable is False and not (spec.parent / "argv.json").exists()
 
 
 @pytest.mark.parametrize("gpus", [1, 2])

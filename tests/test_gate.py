@@ -361,7 +361,7 @@ def test_general_losses_and_the_probe_are_read_from_the_worker_result():
                                    "base": {"loss": 4.0, "examples": 8}}},
               "probe": probe_of(GOOD)}
     inputs = inputs_from_result(result, has_champion=True, golden=GOLDEN)
-    assert inputs.general == (4.4, 4.0) and inputs.probe["status"] == "ok" and inputs.golden is GOLDEN
+    assert inputs.general == (4.4, 4.0) and inputs.probe.status == "ok" and inputs.golden is GOLDEN
     verdict = judge(inputs, GateConfig(min_eval_examples=1, max_general_loss_increase=0.05))
     assert check(verdict, "forgetting").status == "fail" and check(verdict, "behaviour").status == "pass"
     bare = inputs_from_result({"eval": {"trusted": {}}}, has_champion=False)

@@ -171,7 +171,8 @@ def write_cycle(work_dir: Path, cycle_id: str = "c-20261102-030000-ab12") -> Pat
     cycle_dir = work_dir / cycle_id
     (cycle_dir / "data").mkdir(parents=True)
     (cycle_dir / "data" / "train.jsonl").write_text('{"messages": []}\n')
-    spec = {"cycle_id": cycle_id, "output_dir": str(cycle_dir / "out"), "train_file": str(cycle_dir / "data" /
+    spec = {"cycle_id": cycle_id, "base_model": "tiny", "output_dir": str(cycle_dir / "out"),
+            "train_file": str(cycle_dir / "data" /
             "train.jsonl"), "checkpoint_dir": str(cycle_dir / "checkpoints"),
             "progress_file": str(cycle_dir / "out" / "progress.json"), "training": {"gpus": 2}}
     (cycle_dir / "spec.json").write_text(json.dumps(spec))
@@ -322,7 +323,7 @@ def test_a_restarted_service_adopts_the_running_job_instead_of_creating_another(
     cluster.set_state(name, "succeeded")
     thread.join(10)
     out = spec_path.parent / "out"
-    assert box["result"]["status"] == "ok" and box["result"]["adapter_dir"] == str((out / "adapter").resolve())
+    assert box["result"].status == "ok" and box["result"].adapter_dir == str((out / "adapter").resolve())
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert json.loads((out / "result.json").read_text())["adapter_dir"] == str((out / "adapter").resolve())
     assert len(cluster.verbs("create")) == 1 and not (tmp_path / "mlflow" / "run-2").exists()
@@ -380,7 +381,7 @@ def test_the_failed_job_of_an_earlier_attempt_is_replaced_and_its_checkpoint_car
     cluster.kubelet = succeed_soon
     result = executor_for(cluster, tmp_path, mlflow=mlflow).run(
         spec_path, spec_path.parent / "out" / "result.json", timeout_s=60, run_id="run-2")
-    assert result["status"] == "ok"
+    assert result.status == "ok"
     assert [c[0] for c in cluster.calls if c[0] in ("create", "delete")] == ["create", "delete", "create"]
     assert cluster.jobs[name].metadata.annotations[ANNOTATION_RUN] == "run-2"
     assert (mlflow.root / "run-2" / "job" / "inputs" / "checkpoints" / "step-00000040" / "state.json").is_file()
@@ -444,10 +445,10 @@ def test_the_job_gets_spec_and_data_from_mlflow_and_its_result_and_adapter_come_
             if container.poll() is None:
                 container.kill()
     log_text = (tmp_path / "container.log").read_text(errors="replace")
-    assert result["status"] == "ok", log_text[-3000:]
-    adapter = Path(result["adapter_dir"])
+    assert result.status == "ok", log_text[-3000:]
+    adapter = Path(result.adapter_dir)
     assert adapter == (cycle_dir / "out" / "adapter").resolve() and (adapter / "adapter_config.json").is_file()
-    assert "general" in result["eval"] and result["train"]["steps"] == 2
+    assert "general" in result.eval and result.train.steps == 2
     assert json.loads((cycle_dir / "out" / "result.json").read_text())["adapter_dir"] == str(adapter)
     assert str(scratch / cycle_id / "data" / "train.jsonl") in json.loads(
         (scratch / cycle_id / "spec.json").read_text())["train_file"]  # the Job trained on its own copies

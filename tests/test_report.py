@@ -176,7 +176,8 @@ def test_a_result_without_train_or_eval_still_renders_and_says_what_is_missing(t
 
 
 def test_partial_train_and_eval_name_each_missing_piece(tmp_path):
-    result = {"train": {"steps": 5, "loss_curve": [[1, float("nan")], [2, 2.5], "bad row"]},
+    # a malformed row ("bad row") no longer gets this far: contract.TrainResult rejects it when the result is read
+    result = {"train": {"steps": 5, "loss_curve": [[1, float("nan")], [2, 2.5]]},
               "eval": {"trusted": {"candidate": {"loss": 2.4, "examples": 60}}}}
     write_report(tmp_path, _inputs(result=result, decision="awaiting_approval"))
     page = (tmp_path / "report.html").read_text(encoding="utf-8")

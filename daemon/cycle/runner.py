@@ -4,6 +4,8 @@ The cycle lock keeps cycles of one store from overlapping, across processes. Wha
 inside a cycle (worker crash, MLflow unreachable) makes it a `failed` cycle whose batch stays
 pending; it never propagates into the service. The next run retries a failed cycle with the same
 id, snapshot and spec, so the worker resumes from its checkpoints, up to `training.max_attempts`.
+What a cycle will do is planned first from the registry's and the store's facts (`plan.py`), then
+executed; the worker's spec and result are the typed models of `daemon/training/contract.py`.
 """
 
 from __future__ import annotations
@@ -20,15 +22,45 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
+from pydantic import ValidationError
+
 from daemon import code_version, metrics
 from daemon.champion.keeper import ChampionKeeper
 from daemon.config import Settings
+from daemon.cycle.plan import (
+    CycleFacts,
+    CyclePlan,
+    Resumption,
+    find_resumption,
+    fresh_reason,
+    plan_cycle,
+    worker_settings,
+)
 from daemon.gate.checks import Verdict, inputs_from_result, judge
 from daemon.gate.golden import GoldenSet, general_text_path, load_golden, spec_prompts
 from daemon.ingest.privacy import PLACEHOLDERS
 from daemon.logs import log_context
 from daemon.store import ExampleStore, Snapshot, store_lock
 from daemon.training import methods as adapter_methods
+from daemon.training.contract import (
+    CHAMPION_DIR,
+    CHECKPOINTS_DIR,
+    DATA_DIR,
+    OUT_DIR,
+    PROGRESS_FILE,
+    RESULT_FILE,
+    SPEC_FILE,
+    WORKER_TRAINING_FIELDS,
+    ProbeResult,
+    ProbeSpec,
+    TrainResult,
+    TrainSpec,
+    TrainSummary,
+    WorkerSettings,
+    as_result,
+    spec_error,
+    write_spec,
+)
 
 log = logging.getLogger("ticketune.cycle")
 
@@ -40,13 +72,7 @@ VERDICT_FAILED = "failed"
 
 _WHOLE_FILE_BYTES = 64 << 20
 _EDGE_BYTES = 1 << 20
-# The training settings the worker reads; the rest of `training` is the service's (see test_cycle_resume).
-WORKER_TRAINING_FIELDS = frozenset({
-    "device", "epochs", "max_steps", "learning_rate", "lr_schedule", "warmup_fraction", "batch_size",
-    "max_seq_len", "packing", "row_tokens", "rows_per_step", "cross_entropy", "loss_chunk_tokens",
-    "gradient_checkpointing", "memory_budget_gib", "precision", "compile", "quantization", "max_minutes", "max_tokens",
-    "eval_every_steps", "early_stop_patience", "checkpoint_every_steps", "gpus", "seed",
-})
+__all__ = ["WORKER_TRAINING_FIELDS", "CycleOutcome", "CycleRunner", "base_model_fingerprint", "new_cycle_id"]
 
 
 class Registry(Protocol):
@@ -62,13 +88,14 @@ class Registry(Protocol):
 
 
 class Executor(Protocol):
-    """Runs the worker on a spec and returns its result; raises when there is none. An exception
-    with `retryable = False` says the same spec cannot succeed, so the cycle is not retried."""
+    """Runs the worker on a spec and returns its result (a `TrainResult`; a plain dict is validated into
+    one); raises when there is none. An exception with `retryable = False` says the same spec cannot
+    succeed, so the cycle is not retried."""
 
     def run(
         self, spec_path: Path, result_path: Path, *, timeout_s: float, stop: threading.Event | None = None,
         run_id: str | None = None,
-    ) -> dict: ...
+    ) -> TrainResult | dict: ...
 
 
 @dataclass
@@ -81,12 +108,6 @@ class CycleOutcome:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class _Resumption:
-    cycle_id: str
-    snapshot: Snapshot
 
 
 def new_cycle_id() -> str:
@@ -117,23 +138,23 @@ def base_model_fingerprint(base: str, revision: str | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def _flatten_result_metrics(result: dict, has_champion: bool) -> dict:
-    trusted = result.get("eval", {}).get("trusted", {})
-    heldout = result.get("eval", {}).get("batch_heldout", {})
-    train = result.get("train", {})
+def _flatten_result_metrics(result: TrainResult, has_champion: bool) -> dict:
+    train = result.train or TrainSummary()
+    trusted = result.score("trusted", "candidate")
+    heldout = result.score("batch_heldout", "candidate")
     flat = {
-        "candidate_eval_loss": (trusted.get("candidate") or {}).get("loss"),
-        "champion_eval_loss": (trusted.get("champion") or {}).get("loss") if has_champion else None,
-        "base_eval_loss": (trusted.get("base") or {}).get("loss"),
-        "trusted_eval_examples": (trusted.get("candidate") or {}).get("examples"),
-        "batch_heldout_candidate_loss": (heldout.get("candidate") or {}).get("loss"),
-        "batch_heldout_champion_loss": (heldout.get("champion") or {}).get("loss"),
-        "batch_heldout_examples": (heldout.get("candidate") or {}).get("examples"),
-        "train_examples": train.get("examples"),
-        "train_final_loss": train.get("final_loss"),
-        "train_steps": train.get("steps"),
-        "train_seconds": train.get("seconds"),
-        "train_tokens_per_second": train.get("tokens_per_second"),
+        "candidate_eval_loss": result.loss("trusted", "candidate"),
+        "champion_eval_loss": result.loss("trusted", "champion") if has_champion else None,
+        "base_eval_loss": result.loss("trusted", "base"),
+        "trusted_eval_examples": trusted.examples if trusted is not None else None,
+        "batch_heldout_candidate_loss": result.loss("batch_heldout", "candidate"),
+        "batch_heldout_champion_loss": result.loss("batch_heldout", "champion"),
+        "batch_heldout_examples": heldout.examples if heldout is not None else None,
+        "train_examples": train.examples,
+        "train_final_loss": train.final_loss,
+        "train_steps": train.steps,
+        "train_seconds": train.seconds,
+        "train_tokens_per_second": train.tokens_per_second,
     }
     return {k: v for k, v in flat.items() if v is not None}
 
@@ -151,11 +172,11 @@ def _check_metrics(verdict: Verdict) -> dict[str, float]:
     return out
 
 
-def golden_rows(result: dict, verdict: Verdict, golden: GoldenSet) -> list[dict]:
+def golden_rows(result: TrainResult | dict, verdict: Verdict, golden: GoldenSet) -> list[dict]:
     """The golden prompts with the candidate's and the champion's answers and the behaviour check's
     findings, for the report (which scrubs every answer before writing it)."""
-    answers = (result.get("probe") or {}).get("answers") or {}
-    by_model = {label: {a["id"]: a.get("text", "") for a in rows} for label, rows in answers.items()}
+    probe = as_result(result).probe or ProbeResult()
+    by_model = {label: {a.id: a.text for a in rows} for label, rows in probe.answers.items()}
     behaviour = next((c for c in verdict.checks if c.name == "behaviour"), None)
     findings = {row.get("id"): row for row in (behaviour.details.get("prompts", []) if behaviour else [])}
     rows = []
@@ -216,11 +237,15 @@ class CycleRunner:
             return self._run_locked(trigger=trigger, force=force, stop=stop)
 
     def _run_locked(self, *, trigger: str, force: bool, stop: threading.Event | None) -> CycleOutcome:
+        outcome = self._plan_and_run(trigger=trigger, force=force, stop=stop)
+        metrics.CYCLES.labels(verdict=outcome.verdict).inc()  # every cycle is counted here, and only here
+        return outcome
+
+    def _plan_and_run(self, *, trigger: str, force: bool, stop: threading.Event | None) -> CycleOutcome:
         cfg = self.settings
         try:
             golden = load_golden(cfg.gate.golden_prompts, cfg.gate.profile)
         except ValueError as exc:  # the golden prompts file is broken: say so, never judge without it
-            metrics.CYCLES.labels(verdict=VERDICT_FAILED).inc()
             return CycleOutcome(new_cycle_id(), VERDICT_FAILED, reasons=[str(exc).splitlines()[0]])
         try:
             champion = self.registry.champion_version()
@@ -229,41 +254,42 @@ class CycleRunner:
             champion_base = (self.registry.get_version_tags(champion).get("ticketune.base_model_fingerprint")
                              if champion is not None else None)
         except Exception as exc:  # the registry is unreachable: nothing to compare with, so no cycle
-            metrics.CYCLES.labels(verdict=VERDICT_FAILED).inc()
             return CycleOutcome(new_cycle_id(), VERDICT_FAILED, reasons=[str(exc).splitlines()[0]])
+        plan = plan_cycle(self._facts(champion, champion_base, force))
+        if not plan.resume:
+            self._remove_stale_checkpoints()  # a fresh cycle: no earlier one will resume any more
+        if plan.skip_reason is not None:
+            return CycleOutcome(plan.cycle_id, VERDICT_SKIPPED, reasons=[plan.skip_reason])
+        return self._execute(plan, golden, trigger=trigger, stop=stop)
+
+    def _facts(self, champion: str | None, champion_base: str | None, force: bool) -> CycleFacts:
+        """What the plan is computed from; the store's side (erasures, a failed cycle to retry, pending)."""
+        cfg = self.settings
         base_fingerprint = base_model_fingerprint(cfg.model.base, cfg.model.revision)
-        # a new model.base (or revision) starts a new lineage: the champion cannot be compared on it
-        new_base = champion is not None and champion_base is not None and champion_base != base_fingerprint
-        if new_base:
+        erased = champion is not None and champion in self.store.versions_trained_on_erased_data()
+        reason = fresh_reason(champion, champion_base, base_fingerprint, erased)
+        if reason == "new_base":  # a new model.base (or revision): the champion cannot be compared on it
             log.info("champion %s was trained on another base model (%s, now %s): a new lineage, judged against "
                      "the new base on the champion's trusted set", champion, champion_base, base_fingerprint)
-        erased = champion is not None and champion in self.store.versions_trained_on_erased_data()
-        retrain = new_base or erased
-        resumption = self._resumption(champion, retrain)
-        if resumption is not None:
-            cycle_id, snapshot = resumption.cycle_id, resumption.snapshot
-        else:
-            self._remove_stale_checkpoints()
-            cycle_id, snapshot = new_cycle_id(), None
-            pending = self.store.pending_count()
-            if retrain:
-                log.info("cycle %s: champion %s was trained on %s: a fresh adapter on all trusted data", cycle_id,
-                         champion, "erased data" if erased else "another base model")
-            if not (force or erased) and pending < cfg.schedule.min_new_examples:
-                metrics.CYCLES.labels(verdict=VERDICT_SKIPPED).inc()
-                return CycleOutcome(
-                    cycle_id,
-                    VERDICT_SKIPPED,
-                    reasons=[f"{pending} new examples since the last cycle, schedule.min_new_examples is "
-                             f"{cfg.schedule.min_new_examples}"],
-                )
+        resumption = self._resumption(champion, reason is not None)
+        return CycleFacts(
+            champion=champion, champion_base=champion_base, base_fingerprint=base_fingerprint, erased=erased,
+            resumption=resumption, new_cycle_id=new_cycle_id() if resumption is None else "",
+            pending=self.store.pending_count() if resumption is None else 0, force=force,
+            min_new_examples=cfg.schedule.min_new_examples,
+            warm_start_champion=cfg.training.warm_start == "champion",
+        )
+
+    def _execute(self, plan: CyclePlan, golden: GoldenSet, *, trigger: str,
+                 stop: threading.Event | None) -> CycleOutcome:
+        cfg = self.settings
+        cycle_id, snapshot, champion = plan.cycle_id, plan.snapshot, plan.champion
         try:
             attempt = self.store.start_cycle(cycle_id, trigger)
         except Exception as exc:  # the store takes no writes (a full disk): no cycle, said plainly
             log.error("cycle %s could not start: %s", cycle_id, str(exc).splitlines()[0])
-            metrics.CYCLES.labels(verdict=VERDICT_FAILED).inc()
             return CycleOutcome(cycle_id, VERDICT_FAILED, reasons=[str(exc).splitlines()[0]])
-        notes = [f"resumes cycle {cycle_id} attempt {attempt}"] if resumption else []
+        notes = [f"resumes cycle {cycle_id} attempt {attempt}"] if plan.resume else []
         outcome = CycleOutcome(cycle_id, VERDICT_FAILED, reasons=list(notes))
         cycle_dir = cfg.training.work_dir / cycle_id
         run_id: str | None = None
@@ -274,34 +300,34 @@ class CycleRunner:
             if snapshot is None:
                 snapshot = self.store.create_snapshot(
                     cycle_id, champion, replay_fraction=cfg.training.replay_fraction, seed=cfg.training.seed,
-                    replay_all=retrain,
+                    replay_all=plan.replay_all,
                 )
-            skip = self._why_skip(snapshot, retrain)
+            skip = self._why_skip(snapshot, plan.replay_all)
             if skip:
                 outcome = CycleOutcome(cycle_id, VERDICT_SKIPPED, reasons=notes + [skip])
                 return outcome
-            if resumption is not None:
+            if plan.resume:
                 log.info("cycle %s: attempt %d on snapshot %s, resuming from its checkpoints",
                          cycle_id, attempt, snapshot.id)
-                spec_path = cycle_dir / "spec.json"
+                spec_path = cycle_dir / SPEC_FILE
             else:
                 log.info("cycle %s: training on %s (champion %s)", cycle_id, snapshot.counts, champion)
-                spec_path = self._write_spec(cycle_dir, snapshot, champion, golden, warm=not retrain,
-                                             compare_champion=not new_base)
-            run_tags = self._run_tags(snapshot, attempt, base_fingerprint)
+                spec_path = self._write_spec(cycle_dir, snapshot, champion, golden, warm=plan.warm_start,
+                                             compare_champion=plan.compare_champion)
+            run_tags = self._run_tags(snapshot, attempt, plan.base_fingerprint)
             run_id = self.registry.start_cycle_run(cycle_id, self._run_params(snapshot, attempt), run_tags)
-            result = self.executor.run(
-                spec_path, cycle_dir / "out" / "result.json",
+            result = as_result(self.executor.run(
+                spec_path, cycle_dir / OUT_DIR / RESULT_FILE,
                 timeout_s=cfg.training.timeout_minutes * 60, stop=stop, run_id=run_id,
-            )
+            ))
             outcome = self._judge_and_register(
                 cycle_id, run_id, snapshot, champion, result, run_tags, golden,
-                fresh_reason=("new_base" if new_base else "erased") if retrain else None,
-                previous_base=champion_base,
+                fresh_reason=plan.fresh_reason,
+                previous_base=plan.champion_base,
             )
             outcome.reasons = notes + outcome.reasons
             try:  # the verdict is in MLflow and the store already: what follows cannot make the cycle fail
-                self.registry.log_artifacts(run_id, cycle_dir / "out", "worker")
+                self.registry.log_artifacts(run_id, cycle_dir / OUT_DIR, "worker")
                 self.registry.end_run(run_id, "FINISHED")
             except Exception as exc:
                 log.warning("cycle %s: %s, but the worker's files could not be attached to its MLflow run: %s",
@@ -321,7 +347,6 @@ class CycleRunner:
             return outcome
         finally:
             metrics.CYCLE_RUNNING.set(0)
-            metrics.CYCLES.labels(verdict=outcome.verdict).inc()
             try:
                 self.store.finish_cycle(
                     cycle_id, verdict=outcome.verdict, model_version=outcome.version,
@@ -335,7 +360,7 @@ class CycleRunner:
                 log.info("cycle %s: attempt %d failed; the next run resumes it from its checkpoints",
                          cycle_id, attempt)
             else:
-                shutil.rmtree(cycle_dir / "checkpoints", ignore_errors=True)
+                shutil.rmtree(cycle_dir / CHECKPOINTS_DIR, ignore_errors=True)
             self._prune_cycle_dirs()
 
     def _settle_registrations(self) -> None:
@@ -346,55 +371,16 @@ class CycleRunner:
         except Exception as exc:  # best effort: such a version is never promotable meanwhile
             log.warning("versions left registering were not settled now: %s", str(exc).splitlines()[0])
 
-    def _resumption(self, champion: str | None, retrain: bool) -> _Resumption | None:
+    def _resumption(self, champion: str | None, retrain: bool) -> Resumption | None:
         """The failed cycle to retry with its own id, snapshot and spec, if every condition holds."""
-        failed = self.store.retryable_cycle()
-        if failed is None:
-            return None
-        attempts = self.settings.training.max_attempts
-        if failed.attempts >= attempts:
-            log.warning("cycle %s failed %d times (training.max_attempts %d): abandoning it for a fresh cycle "
-                        "with a fresh snapshot", failed.cycle_id, failed.attempts, attempts)
-            return None
-        snapshot = self.store.load_snapshot(failed.snapshot_id)
-        why_not = self._why_not_resume(failed.cycle_id, snapshot, champion, retrain)
-        if why_not:
-            log.info("cycle %s is not resumed (%s): starting a fresh cycle", failed.cycle_id, why_not)
-            return None
-        return _Resumption(failed.cycle_id, snapshot)
+        return find_resumption(self.store, self.settings, champion, retrain)
 
-    def _why_not_resume(self, cycle_id: str, snapshot: Snapshot, champion: str | None, retrain: bool) -> str | None:
-        cycle_dir = self.settings.training.work_dir / cycle_id
-        try:
-            spec = json.loads((cycle_dir / "spec.json").read_text("utf-8"))
-        except (OSError, ValueError):
-            return f"no readable spec.json in {cycle_dir}"
-        named = [spec.get("train_file"), spec.get("validation_file"), spec.get("init_adapter"),
-                 *(spec.get("eval_files") or {}).values(), *(spec.get("compare_adapters") or {}).values()]
-        missing = [path for path in named if path is not None and not Path(path).exists()]
-        if missing or spec.get("snapshot_id") != snapshot.id:
-            return f"its data in {cycle_dir} is gone or belongs to another snapshot"
-        if snapshot.champion_version != champion:
-            return f"the champion is {champion} now, its snapshot was taken against {snapshot.champion_version}"
-        if {key: spec.get(key) for key in self._worker_settings()} != self._worker_settings():
-            return "the model, adapter or training settings changed since"
-        if retrain and spec.get("init_adapter") is not None:
-            return f"it starts from champion {champion}, which has since been found trained on erased data"
-        return None
-
-    def _worker_settings(self) -> dict:
-        """What the spec takes from the config; a retry needs them unchanged to resume its checkpoints."""
-        cfg = self.settings
-        return {
-            "base_model": cfg.model.base,
-            "base_revision": cfg.model.revision,
-            "adapter": cfg.adapter.model_dump(mode="json"),
-            "training": cfg.training.model_dump(mode="json", include=set(WORKER_TRAINING_FIELDS)),
-        }
+    def _worker_settings(self) -> WorkerSettings:
+        return worker_settings(self.settings)
 
     def _remove_stale_checkpoints(self) -> None:
         """A fresh cycle starts: no earlier cycle will resume from its checkpoints any more."""
-        for checkpoints in self.settings.training.work_dir.glob("c-*/checkpoints"):
+        for checkpoints in self.settings.training.work_dir.glob(f"c-*/{CHECKPOINTS_DIR}"):
             shutil.rmtree(checkpoints, ignore_errors=True)
 
     def _why_skip(self, snapshot: Snapshot, retrain: bool) -> str | None:
@@ -414,33 +400,34 @@ class CycleRunner:
         """`warm=False` trains a fresh adapter (the champion was trained on data erased since, or on
         another base model); `compare_champion=False` leaves out a champion of another base."""
         cfg = self.settings
-        files = snapshot.write_jsonl(cycle_dir / "data", cfg.training.validation_fraction)
+        files = snapshot.write_jsonl(cycle_dir / DATA_DIR, cfg.training.validation_fraction)
         champion_dir = None
         if champion is not None and compare_champion:
-            champion_dir = self.registry.download_adapter(champion, cycle_dir / "champion")
+            champion_dir = self.registry.download_adapter(champion, cycle_dir / CHAMPION_DIR)
         init = champion_dir if warm and cfg.training.warm_start == "champion" else None
         probe = cfg.gate.check_servable or cfg.gate.check_behaviour  # one fresh process serves both checks
-        spec = {
-            "cycle_id": snapshot.cycle_id,
-            "snapshot_id": snapshot.id,
-            **self._worker_settings(),
-            "output_dir": str(cycle_dir / "out"),
-            "init_adapter": str(init) if init else None,
-            "train_file": str(files["train"]),
-            "validation_file": str(files["validation"]),
-            "eval_files": {"trusted": str(files["trusted"]), "batch_heldout": str(files["batch_heldout"])},
-            "compare_adapters": {"champion": str(champion_dir)} if champion_dir else {},
-            "evaluate_base": True,
-            "general_text_file": (str(general_text_path(cfg.gate.general_text))
-                                  if cfg.gate.max_general_loss_increase is not None else None),
-            "golden_prompts": spec_prompts(golden, cfg.model.system_prompt) if probe else None,
-            "probe": {"enabled": probe, "max_new_tokens": golden.max_new_tokens or cfg.gate.max_new_tokens},
-            "checkpoint_dir": str(cycle_dir / "checkpoints"),
-            "progress_file": str(cycle_dir / "out" / "progress.json"),
-        }
-        spec_path = cycle_dir / "spec.json"
-        spec_path.write_text(json.dumps(spec, indent=2), "utf-8")
-        return spec_path
+        try:
+            spec = TrainSpec(
+                cycle_id=snapshot.cycle_id,
+                snapshot_id=snapshot.id,
+                **dict(self._worker_settings()),
+                output_dir=cycle_dir / OUT_DIR,
+                init_adapter=init,
+                train_file=files["train"],
+                validation_file=files["validation"],
+                eval_files={"trusted": files["trusted"], "batch_heldout": files["batch_heldout"]},
+                compare_adapters={"champion": champion_dir} if champion_dir else {},
+                evaluate_base=True,
+                general_text_file=(general_text_path(cfg.gate.general_text)
+                                   if cfg.gate.max_general_loss_increase is not None else None),
+                golden_prompts=spec_prompts(golden, cfg.model.system_prompt) if probe else [],
+                probe=ProbeSpec(enabled=probe, max_new_tokens=golden.max_new_tokens or cfg.gate.max_new_tokens),
+                checkpoint_dir=cycle_dir / CHECKPOINTS_DIR,
+                progress_file=cycle_dir / OUT_DIR / PROGRESS_FILE,
+            )
+        except ValidationError as exc:  # the worker would refuse it with its bad-spec exit: not retried either
+            raise spec_error(exc) from None
+        return write_spec(spec, cycle_dir / SPEC_FILE)
 
     def _run_params(self, snapshot: Snapshot, attempt: int) -> dict:
         cfg = self.settings
@@ -471,7 +458,8 @@ class CycleRunner:
         }
 
     def _judge_and_register(
-        self, cycle_id: str, run_id: str, snapshot: Snapshot, champion: str | None, result: dict, run_tags: dict,
+        self, cycle_id: str, run_id: str, snapshot: Snapshot, champion: str | None, result: TrainResult,
+        run_tags: dict,
         golden: GoldenSet, *, fresh_reason: str | None = None, previous_base: str | None = None,
     ) -> CycleOutcome:
         """`fresh_reason`: the champion cannot be the reference: it was trained on erased data
@@ -502,9 +490,10 @@ class CycleRunner:
         numeric = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float))}
         numeric.update(_check_metrics(verdict))
         self.registry.log_metrics(run_id, numeric)
-        for step, loss in result.get("train", {}).get("loss_curve", []):
+        train = result.train or TrainSummary()
+        for step, loss in train.loss_curve:
             self.registry.log_metrics(run_id, {"train_loss": float(loss)}, step=int(step))
-        for step, loss in result.get("train", {}).get("validation_curve", []):
+        for step, loss in train.validation_curve:
             self.registry.log_metrics(run_id, {"validation_loss": float(loss)}, step=int(step))
         if not verdict.passed:
             decision = VERDICT_REJECTED
@@ -526,7 +515,9 @@ class CycleRunner:
         }
         if fresh_reason == "new_base":
             tags["ticketune.lineage_break"] = f"base model changed from {previous_base}"
-        adapter_dir = Path(result["adapter_dir"])
+        if result.adapter_dir is None:
+            raise RuntimeError("the worker's result names no adapter_dir")
+        adapter_dir = Path(result.adapter_dir)
         # the placeholder vocabulary travels with the adapter: serving fills or strips what the model writes
         (adapter_dir / "ticketune_placeholders.json").write_text(json.dumps(PLACEHOLDERS, indent=2), "utf-8")
         version = self.registry.register_candidate(run_id, adapter_dir, tags)
@@ -569,7 +560,8 @@ class CycleRunner:
                         "marks it abandoned: %s", cycle_id, version, str(tag_exc).splitlines()[0])
 
     def _attach_report(
-        self, run_id: str, cycle_id: str, version: str, decision: str, verdict: Verdict, tags: dict, result: dict,
+        self, run_id: str, cycle_id: str, version: str, decision: str, verdict: Verdict, tags: dict,
+        result: TrainResult,
         reference: str, golden: GoldenSet,
     ) -> dict[str, str]:
         """Renders the candidate's report into the cycle's MLflow run (`report/`); a report that

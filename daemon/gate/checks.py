@@ -22,6 +22,7 @@ import numpy as np
 from daemon.config import GateConfig
 from daemon.gate.golden import GoldenPrompt, GoldenSet
 from daemon.ingest.privacy import FILLABLE_PLACEHOLDERS, PLACEHOLDERS, scrub_patterns
+from daemon.training.contract import EvalScore, ProbeResult, TrainResult, as_result
 
 PASS, FAIL, OFF = "pass", "fail", "off"
 MAX_TAG_CHARS = 5000  # MLflow stores a tag value in VARCHAR(5000) on SQL backends
@@ -75,8 +76,12 @@ class GateInputs:
     paired: PairedLosses | None = None  # None when the result has no per-example losses
     categories: Mapping[str, str | None] = field(default_factory=dict)  # ticket id → category
     general: tuple[float, float] | None = None  # (candidate, base) loss on general text, nats per token
-    probe: dict | None = None  # the worker's probe result: status, error, answers per adapter
+    probe: ProbeResult | None = None  # the worker's probe result: status, error, answers per adapter
     golden: GoldenSet | None = None  # the golden prompts the probe answered
+
+    def __post_init__(self) -> None:
+        if isinstance(self.probe, Mapping):  # a plain result dict (tests, older callers)
+            object.__setattr__(self, "probe", ProbeResult.model_validate(dict(self.probe)))
 
 
 @dataclass(frozen=True)
@@ -350,25 +355,25 @@ def check_behaviour(inputs: GateInputs, cfg: GateConfig) -> CheckResult:
     if inputs.golden is None:
         return CheckResult("behaviour", OFF, "skipped: no golden prompts were given to the gate", details)
     probe = inputs.probe
-    if not probe or probe.get("status") == "off":
+    if probe is None or probe.status == "off":
         return CheckResult("behaviour", OFF, "skipped: the worker ran no probe (spec probe.enabled: false)", details)
-    if probe.get("status") != "ok":
-        return CheckResult("behaviour", FAIL, f"the probe failed, so no answer can be judged: {probe.get('error')}",
+    if probe.status != "ok":
+        return CheckResult("behaviour", FAIL, f"the probe failed, so no answer can be judged: {probe.error}",
                            details)
-    answers = {a.get("id"): a for a in (probe.get("answers") or {}).get("candidate") or []}
+    answers = {a.id: a for a in probe.answers_of("candidate")}
     rows = []
     for prompt in inputs.golden.prompts:
         answer = answers.get(prompt.id)
         if answer is None:
             rows.append({"id": prompt.id, "status": FAIL, "failed": ["not answered by the probe"]})
             continue
-        text = str(answer.get("text") or "").strip()
+        text = (answer.text or "").strip()
         found = answer_failures(prompt, text, cfg.max_repetition_ratio)
         failed = [name for name in found if not name.startswith(relaxed_names)]
         row = {"id": prompt.id, "status": FAIL if failed else PASS, "failed": failed}
         if len(failed) < len(found):
             row["advisory"] = [name for name in found if name.startswith(relaxed_names)]
-        row.update(new_tokens=answer.get("new_tokens"), repetition=_round(repetition_ratio(text)),
+        row.update(new_tokens=answer.new_tokens, repetition=_round(repetition_ratio(text)),
                    answer=scrub_patterns(text)[0][:ANSWER_CHARS])
         rows.append(row)
     rows.sort(key=lambda row: row["status"] != FAIL)  # failing prompts first: what a truncated tag keeps
@@ -391,20 +396,20 @@ def check_servable(inputs: GateInputs, cfg: GateConfig) -> CheckResult:
     if not cfg.check_servable:
         return CheckResult("servable", OFF, "switched off (gate.check_servable: false)")
     probe = inputs.probe
-    if not probe or probe.get("status") == "off":
+    if probe is None or probe.status == "off":
         return CheckResult("servable", OFF, "skipped: the worker ran no probe (spec probe.enabled: false)")
-    answers = (probe.get("answers") or {}).get("candidate") or []
-    tokens = sum(int(a.get("new_tokens") or 0) for a in answers)
-    details = {"probe_status": probe.get("status"), "load_seconds": probe.get("load_seconds"),
-               "seconds": probe.get("seconds"), "wall_seconds": probe.get("wall_seconds"),
+    answers = probe.answers_of("candidate")
+    tokens = sum(a.new_tokens or 0 for a in answers)
+    details = {"probe_status": probe.status, "load_seconds": probe.load_seconds,
+               "seconds": probe.seconds, "wall_seconds": probe.wall_seconds,
                "prompts": len(answers), "new_tokens": tokens}
-    if probe.get("status") != "ok":
+    if probe.status != "ok":
         return CheckResult("servable", FAIL, f"the adapter did not load and generate in a fresh process: "
-                           f"{probe.get('error')}", details)
-    if not any(int(a.get("new_tokens") or 0) > 0 for a in answers):
+                           f"{probe.error}", details)
+    if not any((a.new_tokens or 0) > 0 for a in answers):
         return CheckResult("servable", FAIL, f"the adapter loaded but generated no token for any of "
                            f"{len(answers)} prompts", details)
-    return CheckResult("servable", PASS, f"loaded onto the base in a fresh process in {probe.get('load_seconds')} s "
+    return CheckResult("servable", PASS, f"loaded onto the base in a fresh process in {probe.load_seconds} s "
                        f"and generated {tokens} tokens for {len(answers)} prompts", details)
 
 
@@ -415,28 +420,28 @@ def judge(inputs: GateInputs, cfg: GateConfig) -> Verdict:
 
 
 def inputs_from_result(
-    result: dict,
+    result: TrainResult | Mapping,
     has_champion: bool,
     categories: Mapping[str, str | None] | None = None,
     golden: GoldenSet | None = None,
 ) -> GateInputs:
-    """Reads the worker's result file: the trusted set's candidate and reference losses, per example
-    too; `categories` maps the trusted examples' ticket ids to their category for the slices; the
-    general-text losses of the candidate and the base, and the probe; `golden` is the set it answered."""
-    general = (result.get("eval") or {}).get("general") or {}
-    general_losses = ((general.get("candidate") or {}).get("loss"), (general.get("base") or {}).get("loss"))
-    trusted = result.get("eval", {}).get("trusted", {})
+    """Reads the worker's result (`contract.TrainResult`; a plain dict is validated into one): the trusted
+    set's candidate and reference losses, per example too; `categories` maps the trusted examples' ticket
+    ids to their category for the slices; the general-text losses of the candidate and the base, and the
+    probe; `golden` is the set it answered."""
+    result = as_result(result)
+    general_losses = (result.loss("general", "candidate"), result.loss("general", "base"))
     reference = "champion" if has_champion else "base"
-    candidate = trusted.get("candidate") or {}
-    scored = trusted.get(reference) or {}
+    candidate = result.score("trusted", "candidate") or EvalScore()
+    scored = result.score("trusted", reference) or EvalScore()
     return GateInputs(
-        trusted_examples=int(candidate.get("examples") or 0),
-        candidate_loss=candidate.get("loss"),
-        reference_loss=scored.get("loss"),
+        trusted_examples=int(candidate.examples or 0),
+        candidate_loss=candidate.loss,
+        reference_loss=scored.loss,
         reference=reference,
-        paired=paired_losses(candidate.get("per_example"), scored.get("per_example")),
+        paired=paired_losses(candidate.per_example, scored.per_example),
         categories=dict(categories or {}),
         general=None if None in general_losses else (float(general_losses[0]), float(general_losses[1])),
-        probe=result.get("probe"),
+        probe=result.probe,
         golden=golden,
     )

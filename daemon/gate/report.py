@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from daemon.ingest.privacy import Scrubber
+from daemon.training.contract import TrainResult, TrainSummary, as_result
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -41,10 +42,13 @@ class ReportInputs:
     decision: str  # "promoted" | "rejected" | "awaiting_approval"
     verdict: dict  # Verdict.to_dict()
     tags: dict[str, str]  # the version's metadata tags
-    result: dict  # the training worker's result.json; any key may be missing
+    result: TrainResult  # the training worker's result.json (a plain dict is validated); any part may be missing
     reference: str  # "champion" or "base": what the candidate was compared with
     # [{"id", "prompt", "candidate", "champion" (None without one), "status", "failures": [str]}]
     golden: Sequence[dict] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "result", as_result(self.result))
 
 
 @dataclass(frozen=True)
@@ -165,14 +169,14 @@ def slices_figure(verdict: Mapping, reference: str) -> Figure | None:
     return fig
 
 
-def loss_curves_figure(result: Mapping, reference: str) -> Figure:
+def loss_curves_figure(result: TrainResult, reference: str) -> Figure:
     """Training and validation loss per step, the best step, and the candidate's and reference's
     loss on the trusted eval set; a note in the plot where the result has no curve."""
     from matplotlib.figure import Figure
 
-    train = result.get("train") or {}
-    training = _points(train.get("loss_curve"))
-    validation = _points(train.get("validation_curve"))
+    train = result.train or TrainSummary()
+    training = _points(train.loss_curve)
+    validation = _points(train.validation_curve)
     fig = Figure(figsize=(7, 3.6), dpi=DPI)
     ax = fig.add_subplot()
     if training:
@@ -180,8 +184,8 @@ def loss_curves_figure(result: Mapping, reference: str) -> Figure:
     if validation:
         ax.plot(*zip(*validation, strict=True), color="#ff7f0e", lw=1.2, marker="o", ms=3,
                 label="validation loss")
-    if _is_number(train.get("best_step")):
-        ax.axvline(float(train["best_step"]), color="#2ca02c", ls=":", lw=1.2, label=f"best step {train['best_step']}")
+    if _is_number(train.best_step):
+        ax.axvline(float(train.best_step), color="#2ca02c", ls=":", lw=1.2, label=f"best step {train.best_step}")
     for label, colour in (("candidate", "#d62728"), (reference, "#7f7f7f")):
         loss = _trusted_loss(result, label)
         if loss is not None:
@@ -293,29 +297,29 @@ def _slice_blocks(check: Mapping | None, reference: str, image: _Image | None) -
     return blocks
 
 
-def _training_blocks(result: Mapping, image: _Image, missing: list[str]) -> list:
+def _training_blocks(result: TrainResult, image: _Image, missing: list[str]) -> list:
     blocks: list = [_Heading("Training")]
-    train = result.get("train")
-    if not isinstance(train, Mapping):
+    train = result.train
+    if train is None:
         note = "no training summary in the worker's result (train missing)"
         missing.append(note)
         return [*blocks, _Para(note[0].upper() + note[1:] + ".", missing=True), image]
     for key, what in (("loss_curve", "training loss curve"), ("validation_curve", "validation loss curve")):
-        if not _points(train.get(key)):
+        if not _points(getattr(train, key)):
             note = f"no {what} in the worker's result (train.{key} missing or empty)"
             missing.append(note)
             blocks.append(_Para(note[0].upper() + note[1:] + ".", missing=True))
     blocks.append(image)
-    rows = [[key, _fmt(train.get(key))] for key in
+    rows = [[key, _fmt(getattr(train, key))] for key in
             ("steps", "seconds", "tokens_per_second", "best_step", "stopped_by")]
     blocks.append(_Table(["", "value"], rows))
     return blocks
 
 
-def _eval_blocks(result: Mapping, reference: str, missing: list[str]) -> list:
+def _eval_blocks(result: TrainResult, reference: str, missing: list[str]) -> list:
     blocks: list = [_Heading("Evaluation")]
-    evaluation = result.get("eval")
-    if not isinstance(evaluation, Mapping) or not evaluation:
+    evaluation = result.eval
+    if not evaluation:
         note = "no evaluation in the worker's result (eval missing)"
         missing.append(note)
         return [*blocks, _Para(note[0].upper() + note[1:] + ".", missing=True)]
@@ -327,11 +331,11 @@ def _eval_blocks(result: Mapping, reference: str, missing: list[str]) -> list:
     names = [name for name in EVAL_SETS if name in evaluation] + sorted(set(evaluation) - set(EVAL_SETS))
     rows = []
     for name in names:
-        scored = evaluation.get(name) or {}
+        scored = evaluation[name]
         labels = [label for label in EVAL_LABELS if label in scored] + sorted(set(scored) - set(EVAL_LABELS))
         for label in labels:
-            entry = scored.get(label) or {}
-            rows.append([name, label, _fmt(entry.get("loss")), _fmt(entry.get("examples")), _fmt(entry.get("tokens"))])
+            entry = scored[label]
+            rows.append([name, label, _fmt(entry.loss), _fmt(entry.examples), _fmt(entry.tokens)])
     if rows:
         blocks.append(_Table(["set", "model", "loss (nats/token)", "examples", "tokens"], rows))
     return blocks
@@ -464,11 +468,8 @@ def _points(curve: object) -> list[tuple[float, float]]:
     return [(float(p[0]), float(p[1])) for p in curve if _is_interval(p)]
 
 
-def _trusted_loss(result: Mapping, label: str) -> float | None:
-    evaluation = result.get("eval")
-    trusted = evaluation.get("trusted") if isinstance(evaluation, Mapping) else None
-    entry = trusted.get(label) if isinstance(trusted, Mapping) else None
-    loss = entry.get("loss") if isinstance(entry, Mapping) else None
+def _trusted_loss(result: TrainResult, label: str) -> float | None:
+    loss = result.loss("trusted", label)
     return float(loss) if _is_number(loss) else None
 
 

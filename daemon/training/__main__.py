@@ -11,7 +11,6 @@ stderr and the spec's progress file, without ticket text.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -24,13 +23,22 @@ from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from daemon.training.base_model import DEFAULT_PRETRAIN_STEPS, make_base_model  # noqa: E402
-from daemon.training.lora_recipe import Interrupted, run_training, versions  # noqa: E402
-from daemon.training.spec import SpecError, load_spec_json, parse_spec  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 
-EXIT_FAILED = 1
-EXIT_BAD_SPEC = 2
-EXIT_INTERRUPTED = 3
+from daemon.training.base_model import DEFAULT_PRETRAIN_STEPS, make_base_model  # noqa: E402
+from daemon.training.contract import (  # noqa: E402
+    EXIT_BAD_SPEC,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    RESULT_FILE,
+    TrainResult,
+    failure_result,
+)
+from daemon.training.contract import write_result as write_result_file  # noqa: E402
+from daemon.training.lora_recipe import Interrupted, run_training, versions  # noqa: E402
+from daemon.training.spec import SpecError, load_spec, load_spec_json  # noqa: E402
+
 log = logging.getLogger("daemon.training")
 
 
@@ -139,14 +147,14 @@ def train_command(spec_path: Path) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # checkpoint at the end of the step, then exit 3
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
-        raw = load_spec_json(spec_path)
+        raw = load_spec_json(spec_path)  # where to report a spec that does not validate
         if isinstance(raw.get("output_dir"), str):
             Path(raw["output_dir"]).mkdir(parents=True, exist_ok=True)
             output_dir = Path(raw["output_dir"])
             if main_rank:  # a killed run must not leave an old one
-                (output_dir / "result.json").unlink(missing_ok=True)
+                (output_dir / RESULT_FILE).unlink(missing_ok=True)
         cycle_id = raw.get("cycle_id")
-        result = run_training(parse_spec(raw), stop_requested=stop.is_set)
+        result = run_training(load_spec(spec_path), stop_requested=stop.is_set)
     except SpecError as exc:
         return _fail(output_dir if main_rank else None, cycle_id, str(exc), EXIT_BAD_SPEC)
     except Interrupted as exc:
@@ -161,39 +169,33 @@ def train_command(spec_path: Path) -> int:
             EXIT_FAILED,
         )
     if result is None:  # not rank 0: rank 0 writes the result
-        return 0
+        return EXIT_OK
+    try:
+        result = TrainResult.model_validate(result)
+    except ValidationError as exc:  # a worker bug: say so in the result rather than leave none
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return _fail(output_dir, cycle_id, f"the worker's result does not match contract.TrainResult: {where}: "
+                     f"{first['msg']}", EXIT_FAILED)
     write_result(output_dir, result)
     log.info("done cycle_id=%s seconds=%.1f", cycle_id, time.perf_counter() - started)
-    return 0
+    return EXIT_OK
 
 
 def _fail(output_dir: Path | None, cycle_id: Any, error: str, code: int, status: str = "failed") -> int:
     log.error("%s: %s", status, error)
     if output_dir is not None:
-        result = {
-            "status": status,
-            "error": error,
-            "exit_code": code,
-            "cycle_id": cycle_id,
-            "adapter_dir": None,
-            "device": None,
-            "train": None,
-            "eval": None,
-            "versions": versions(),
-        }
         try:
-            write_result(output_dir, result)
+            write_result(output_dir, failure_result(status, error, code, cycle_id, versions()))
         except OSError as exc:
             log.error("could not write result.json into %s: %s", output_dir, exc)
     return code
 
 
-def write_result(output_dir: Path, result: dict[str, Any]) -> None:
-    """Temp file then rename, so a reader sees either no result.json or a whole one."""
-    final = output_dir / "result.json"
-    temporary = output_dir / "result.json.tmp"
-    temporary.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, final)
+def write_result(output_dir: Path, result: TrainResult | dict[str, Any]) -> None:
+    """Validated against `contract.TrainResult`, then temp file and rename, so a reader sees either no
+    result.json or a whole one."""
+    write_result_file(output_dir, result)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ This module imports no torch: the service uses its artifact layout to fill and r
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -22,22 +21,41 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from daemon.training.contract import (
+    CHECKPOINT_STATE_FILE,
+    CHECKPOINTS_ARTIFACT,
+    CHECKPOINTS_DIR,
+    EXIT_BAD_SPEC,
+    EXIT_FAILED,
+    INPUTS_ARTIFACT,
+    OUT_ARTIFACT,
+    OUT_DIR,
+    PROGRESS_ARTIFACT,
+    PROGRESS_FILE,
+    RESULT_FILE,
+    SPEC_ARTIFACT,
+    SPEC_FILE,
+    SpecError,
+    TrainResult,
+    TrainSpec,
+    read_result,
+    read_spec,
+    write_result,
+    write_spec,
+)
+
 log = logging.getLogger("daemon.training")
 
-SPEC_ARTIFACT = "job/spec.json"
-INPUTS_ARTIFACT = "job/inputs"
-OUT_ARTIFACT = "job/out"
-PROGRESS_ARTIFACT = "job/progress.json"
-CHECKPOINTS_ARTIFACT = "job/checkpoints"
+__all__ = ["CHECKPOINTS_ARTIFACT", "INPUTS_ARTIFACT", "OUT_ARTIFACT", "PROGRESS_ARTIFACT", "SPEC_ARTIFACT",
+           "download_into", "local_spec", "newest_checkpoint", "portable_spec", "run_job"]
 INPUT_FIELDS = ("train_file", "validation_file", "init_adapter", "general_text_file")
 INPUT_MAPS = ("eval_files", "compare_adapters")
-OUTPUT_DEFAULTS = {"output_dir": "out", "checkpoint_dir": "checkpoints", "progress_file": "out/progress.json"}
+OUTPUT_DEFAULTS = {"output_dir": OUT_DIR, "checkpoint_dir": CHECKPOINTS_DIR,
+                   "progress_file": f"{OUT_DIR}/{PROGRESS_FILE}"}
 PROGRESS_SYNC_S = 5.0
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 3
 
 
-def portable_spec(spec: dict[str, Any], cycle_dir: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+def portable_spec(spec: TrainSpec, cycle_dir: Path) -> tuple[TrainSpec, dict[str, Path]]:
     """The spec with every path relative to the inputs root, and what to upload there (artifact path → local).
 
     Inputs inside the cycle directory keep their place (`data/train.jsonl`, `champion/...`); files
@@ -47,52 +65,45 @@ def portable_spec(spec: dict[str, Any], cycle_dir: Path) -> tuple[dict[str, Any]
     root = cycle_dir.resolve()
     uploads: dict[str, Path] = {}
 
-    def portable(value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        path = Path(value)
+    def portable(path: Path | None) -> Path | None:
+        if path is None:
+            return None
         try:
             relative = path.resolve().relative_to(root)
         except ValueError:
-            key = f"extra/{hashlib.sha256(value.encode()).hexdigest()[:8]}-{path.name}"
+            key = f"extra/{hashlib.sha256(str(path).encode()).hexdigest()[:8]}-{path.name}"
             if path.exists():
                 uploads[key] = path
-            return key
+            return Path(key)
         top = relative.parts[0]
         if (root / top).exists():
             uploads[top] = root / top
-        return relative.as_posix()
+        return Path(relative.as_posix())
 
-    out = dict(spec)
-    for name in INPUT_FIELDS:
-        out[name] = portable(spec.get(name))
+    update: dict[str, Any] = {name: portable(getattr(spec, name)) for name in INPUT_FIELDS}
     for name in INPUT_MAPS:
-        if isinstance(spec.get(name), dict):
-            out[name] = {key: portable(value) for key, value in spec[name].items()}
+        update[name] = {key: portable(value) for key, value in getattr(spec, name).items()}
     for name, default in OUTPUT_DEFAULTS.items():
-        value = spec.get(name)
-        if isinstance(value, str):
+        value = getattr(spec, name)
+        if value is not None:
             try:
-                out[name] = Path(value).resolve().relative_to(root).as_posix()
+                update[name] = Path(value.resolve().relative_to(root).as_posix())
             except ValueError:
-                out[name] = default
-    uploads.pop("checkpoints", None)  # only the newest checkpoint travels (the executor picks it)
-    return out, uploads
+                update[name] = Path(default)
+    uploads.pop(CHECKPOINTS_DIR, None)  # only the newest checkpoint travels (the executor picks it)
+    return spec.model_copy(update=update), uploads
 
 
-def local_spec(portable: dict[str, Any], root: Path) -> dict[str, Any]:
+def local_spec(portable: TrainSpec, root: Path) -> TrainSpec:
     """The portable spec with its relative paths resolved against `root` (the downloaded inputs)."""
 
-    def local(value: Any) -> Any:
-        return str(root / value) if isinstance(value, str) and not Path(value).is_absolute() else value
+    def local(path: Path | None) -> Path | None:
+        return root / path if path is not None and not path.is_absolute() else path
 
-    out = dict(portable)
-    for name in (*INPUT_FIELDS, *OUTPUT_DEFAULTS):
-        out[name] = local(portable.get(name))
+    update: dict[str, Any] = {name: local(getattr(portable, name)) for name in (*INPUT_FIELDS, *OUTPUT_DEFAULTS)}
     for name in INPUT_MAPS:
-        if isinstance(portable.get(name), dict):
-            out[name] = {key: local(value) for key, value in portable[name].items()}
-    return out
+        update[name] = {key: local(value) for key, value in getattr(portable, name).items()}
+    return portable.model_copy(update=update)
 
 
 def newest_checkpoint(client: Any, run_id: str, artifact_dir: str = CHECKPOINTS_ARTIFACT) -> str | None:
@@ -117,14 +128,14 @@ def download_into(client: Any, run_id: str, artifact_path: str, dst: Path) -> Pa
     return dst
 
 
-def relative_result(result: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+def relative_result(result: TrainResult, output_dir: Path) -> TrainResult:
     """`adapter_dir` relative to the output directory, so the service can place it in its own `out/`."""
-    adapter = result.get("adapter_dir")
-    if isinstance(adapter, str):
+    if result.adapter_dir is not None:
         try:
-            result = {**result, "adapter_dir": Path(adapter).resolve().relative_to(output_dir.resolve()).as_posix()}
+            relative = Path(result.adapter_dir).resolve().relative_to(output_dir.resolve()).as_posix()
         except ValueError:
-            pass
+            return result
+        return result.model_copy(update={"adapter_dir": relative})
     return result
 
 
@@ -138,11 +149,11 @@ def train_command(python: str, spec_path: Path, gpus: int) -> list[str]:
 class _Syncer:
     """Logs the progress file and every new checkpoint of the running worker to the run."""
 
-    def __init__(self, client: Any, run_id: str, spec: dict[str, Any]) -> None:
+    def __init__(self, client: Any, run_id: str, spec: TrainSpec) -> None:
         self.client = client
         self.run_id = run_id
-        self.progress = Path(spec["progress_file"]) if spec.get("progress_file") else None
-        self.checkpoints = Path(spec["checkpoint_dir"]) if spec.get("checkpoint_dir") else None
+        self.progress = spec.progress_file
+        self.checkpoints = spec.checkpoint_dir
         self.sent: set[str] = set()
         self.progress_mtime = 0.0
 
@@ -155,7 +166,7 @@ class _Syncer:
                     self.client.log_artifact(self.run_id, str(self.progress), "job")
             if self.checkpoints is not None and self.checkpoints.is_dir():
                 for step in sorted(self.checkpoints.glob("step-*")):
-                    if step.name not in self.sent and (step / "state.json").is_file():
+                    if step.name not in self.sent and (step / CHECKPOINT_STATE_FILE).is_file():
                         self.client.log_artifacts(self.run_id, str(step), f"{CHECKPOINTS_ARTIFACT}/{step.name}")
                         self.sent.add(step.name)
         except Exception as exc:  # MLflow briefly unreachable: the next sync tries again
@@ -169,28 +180,29 @@ def run_job(tracking_uri: str, run_id: str, scratch: Path, *, base_model: str | 
 
     client = MlflowClient(tracking_uri=tracking_uri)
     scratch.mkdir(parents=True, exist_ok=True)
-    portable = json.loads(Path(client.download_artifacts(run_id, SPEC_ARTIFACT, str(scratch))).read_text("utf-8"))
-    root = scratch / str(portable.get("cycle_id") or "cycle")  # the same paths in every pod of this cycle
+    try:
+        portable = read_spec(Path(client.download_artifacts(run_id, SPEC_ARTIFACT, str(scratch))))
+    except SpecError as exc:
+        log.error("the spec of run %s does not validate: %s", run_id, exc)
+        return EXIT_BAD_SPEC
+    root = scratch / (portable.cycle_id or "cycle")  # the same paths in every pod of this cycle
     root.mkdir(parents=True, exist_ok=True)
     for item in client.list_artifacts(run_id, INPUTS_ARTIFACT):
         download_into(client, run_id, item.path, root / item.path.rsplit("/", 1)[-1])
     spec = local_spec(portable, root)
     if base_model:
-        spec["base_model"] = base_model
+        spec = spec.model_copy(update={"base_model": base_model})
     own = newest_checkpoint(client, run_id)  # an earlier pod of this Job got further than the inputs
-    if own is not None and spec.get("checkpoint_dir"):
-        checkpoints = Path(spec["checkpoint_dir"])
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        download_into(client, run_id, own, checkpoints / own.rsplit("/", 1)[-1])
-    spec_path = root / "spec.json"
-    spec_path.write_text(json.dumps(spec, indent=2), "utf-8")
-    output_dir = Path(spec["output_dir"])
+    if own is not None and spec.checkpoint_dir is not None:
+        spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        download_into(client, run_id, own, spec.checkpoint_dir / own.rsplit("/", 1)[-1])
+    spec_path = write_spec(spec, root / SPEC_FILE)
+    output_dir = spec.output_dir
 
     syncer = _Syncer(client, run_id, spec)
-    syncer.sent = {path.name for path in Path(spec.get("checkpoint_dir") or root / "none").glob("step-*")}
-    gpus = int((spec.get("training") or {}).get("gpus") or 1)
-    child = subprocess.Popen(train_command(python or sys.executable, spec_path, gpus), start_new_session=True,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    syncer.sent = {path.name for path in (spec.checkpoint_dir or root / "none").glob("step-*")}
+    child = subprocess.Popen(train_command(python or sys.executable, spec_path, spec.training.gpus),
+                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def forward(signum: int, _frame: Any) -> None:  # the pod is deleted: the worker checkpoints and exits 3
         try:
@@ -208,14 +220,16 @@ def run_job(tracking_uri: str, run_id: str, scratch: Path, *, base_model: str | 
             pass
     syncer.sync()
     code = child.returncode
-    result_file = output_dir / "result.json"
-    try:
-        result = json.loads(result_file.read_text("utf-8"))
-        result_file.write_text(json.dumps(relative_result(result, output_dir), indent=1) + "\n", "utf-8")
-        if result.get("status") != "ok" and isinstance(result.get("exit_code"), int):
-            code = result["exit_code"]  # under torchrun the child's code is torchrun's
-    except (OSError, ValueError):
+    result = read_result(output_dir / RESULT_FILE)
+    if result is None:
         log.error("the worker left no readable result.json in %s (exit code %s)", output_dir, code)
+    else:
+        try:
+            write_result(output_dir, relative_result(result, output_dir))
+        except OSError as exc:
+            log.error("could not rewrite result.json in %s: %s", output_dir, exc)
+        if not result.ok and result.exit_code is not None:
+            code = result.exit_code  # under torchrun the child's code is torchrun's
     try:
         if output_dir.is_dir():
             client.log_artifacts(run_id, str(output_dir), OUT_ARTIFACT)

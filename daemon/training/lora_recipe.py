@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from daemon.training.chat_examples import (
     tokenize_file,
 )
 from daemon.training.checkpoints import Checkpointer, fingerprint, load_trainable_state, trainable_state
+from daemon.training.contract import ADAPTER_DIR, PROBE_FILE, PROBE_PROMPTS_FILE
 from daemon.training.distributed import World, close_world, init_world, sum_gradients, sum_values
 from daemon.training.losses import token_loss_sums
 from daemon.training.memory_plan import (
@@ -177,7 +178,7 @@ def _run(
     evaluation = evaluate_all(model, eval_sets, spec, runtime, tokenizer.pad_token_id)
     if not runtime.world.is_main:
         return None
-    adapter_dir = spec.output_dir / "adapter"
+    adapter_dir = spec.output_dir / ADAPTER_DIR
     save_adapter(model, tokenizer, spec, adapter_dir)
     del model  # the probe loads its own copy of the base: the training one must not hold memory meanwhile
     gc.collect()
@@ -642,7 +643,7 @@ def evaluate_all(
         if PEFT_TYPES[method] != PEFT_TYPES[spec.adapter.method]:
             # peft holds one adapter type per model: an adapter of another method gets its own copy of the base
             adapter = spec.adapter.model_copy(update={"method": method, "use_rslora": False})
-            other_spec = replace(spec, init_adapter=adapter_dir, adapter=adapter)
+            other_spec = spec.model_copy(update={"init_adapter": adapter_dir, "adapter": adapter})
             evaluate_into(label, prepare_model(other_spec, runtime), uses_packing(other_spec))
             continue
         name = f"compare-{label}"
@@ -698,15 +699,16 @@ def tokenize_general_text(path: Path, tokenizer: PreTrainedTokenizerBase, window
 def probe_adapter(spec: TrainSpec, adapter_dir: Path) -> dict[str, Any]:
     """Runs `python -m daemon.training probe` on the saved adapter in a fresh process (as a server would
     load it) and returns its JSON; a probe that crashes or times out is a failed probe, never a failed run."""
-    if not spec.probe:
+    if not spec.probe.enabled:
         return {"status": "off"}
     started = time.perf_counter()
-    prompts_file, out_file = spec.output_dir / "probe_prompts.json", spec.output_dir / "probe.json"
-    prompts_file.write_text(json.dumps(spec.golden_prompts), encoding="utf-8")
+    prompts_file, out_file = spec.output_dir / PROBE_PROMPTS_FILE, spec.output_dir / PROBE_FILE
+    prompts_file.write_text(json.dumps([p.model_dump(mode="json", exclude_none=True) for p in spec.golden_prompts]),
+                            encoding="utf-8")
     out_file.unlink(missing_ok=True)
     command = [sys.executable, "-m", "daemon.training", "probe", "--base", spec.base_model,
                "--adapter", str(adapter_dir), "--prompts", str(prompts_file), "--out", str(out_file),
-               "--max-new-tokens", str(spec.probe_max_new_tokens), "--device", spec.training.device]
+               "--max-new-tokens", str(spec.probe.max_new_tokens), "--device", spec.training.device]
     if spec.base_revision:
         command += ["--revision", spec.base_revision]
     for label, directory in spec.compare_adapters.items():
@@ -716,10 +718,10 @@ def probe_adapter(spec: TrainSpec, adapter_dir: Path) -> dict[str, Any]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     log.info("probe started prompts=%d compare=%s", len(spec.golden_prompts), ",".join(spec.compare_adapters))
     try:
-        completed = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, timeout=spec.probe_timeout_seconds,
+        completed = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, timeout=spec.probe.timeout_seconds,
                                    check=False)
     except subprocess.TimeoutExpired:
-        probe = {"status": "failed", "error": f"the probe did not finish within {spec.probe_timeout_seconds} s"}
+        probe = {"status": "failed", "error": f"the probe did not finish within {spec.probe.timeout_seconds} s"}
     except OSError as exc:
         probe = {"status": "failed", "error": f"the probe could not start ({exc})"}
     else:
