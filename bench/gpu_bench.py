@@ -49,16 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from daemon.config import AdapterConfig, TrainingConfig  # noqa: E402
 from daemon.training.attention import reset_path_counts  # noqa: E402
 from daemon.training.chat_examples import IGNORE_INDEX, TokenizedExample  # noqa: E402
-from daemon.training.lora_recipe import (  # noqa: E402
-    prepare_model,
-    select_runtime,
-    sized,
-    train_adapter,
-    uses_packing,
-    versions,
-)
 from daemon.training.packing import best_fit_rows  # noqa: E402
+from daemon.training.preparation import prepare_model, select_runtime, sized, uses_packing, versions  # noqa: E402
 from daemon.training.spec import TrainSpec  # noqa: E402
+from daemon.training.train_loop import train_adapter  # noqa: E402
 
 PEAK_FLOPS = 790e12
 GIB = 1024**3

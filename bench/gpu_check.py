@@ -38,10 +38,11 @@ from gpu_bench import LORA, PAD_ID, SHAPES, random_model_dir, synthetic_examples
 from daemon.config import TrainingConfig  # noqa: E402
 from daemon.training.attention import reset_path_counts  # noqa: E402
 from daemon.training.chat_examples import IGNORE_INDEX, TokenizedExample  # noqa: E402
-from daemon.training.lora_recipe import prepare_model, select_runtime, train_adapter  # noqa: E402
 from daemon.training.losses import _liger_installed, token_loss_sums  # noqa: E402
 from daemon.training.packing import collate_packed, collate_padded  # noqa: E402
+from daemon.training.preparation import prepare_model, select_runtime  # noqa: E402
 from daemon.training.spec import TrainSpec  # noqa: E402
+from daemon.training.train_loop import train_adapter  # noqa: E402
 
 SHAPES["check"] = {"hidden_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 16, "num_key_value_heads": 4,
                    "intermediate_size": 2816, "vocab_size": 32000, "tie_word_embeddings": False}

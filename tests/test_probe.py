@@ -19,7 +19,8 @@ from transformers import AutoTokenizer
 from daemon.gate.golden import general_text_path, load_golden, spec_prompts
 from daemon.training.adapters import attach_adapter, load_base
 from daemon.training.chat_examples import IGNORE_INDEX
-from daemon.training.lora_recipe import probe_adapter, tokenize_general_text
+from daemon.training.evaluation import tokenize_general_text
+from daemon.training.outputs import probe_adapter
 from daemon.training.spec import parse_spec
 
 MAX_NEW_TOKENS = 12

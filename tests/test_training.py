@@ -17,7 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from daemon.config import TrainingConfig
 from daemon.training.chat_examples import IGNORE_INDEX, tokenize_conversation, tokenize_file
-from daemon.training.lora_recipe import Runtime, evaluate_all, evaluate_examples, prepare_model
+from daemon.training.evaluation import evaluate_all, evaluate_examples
+from daemon.training.preparation import Runtime, prepare_model
 from daemon.training.spec import parse_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -20,8 +20,9 @@ from transformers import AutoTokenizer
 
 from daemon.config import TrainingConfig
 from daemon.training.chat_examples import tokenize_file
-from daemon.training.lora_recipe import Runtime, plan_from, prepare_model, total_steps_for, train_adapter
+from daemon.training.preparation import Runtime, prepare_model
 from daemon.training.spec import parse_spec
+from daemon.training.train_loop import plan_from, total_steps_for, train_adapter
 
 CPU = Runtime(torch.device("cpu"), torch.float32)
 

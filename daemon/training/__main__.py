@@ -36,8 +36,10 @@ from daemon.training.contract import (  # noqa: E402
     failure_result,
 )
 from daemon.training.contract import write_result as write_result_file  # noqa: E402
-from daemon.training.lora_recipe import Interrupted, run_training, versions  # noqa: E402
+from daemon.training.lora_recipe import run_training  # noqa: E402
+from daemon.training.preparation import versions  # noqa: E402
 from daemon.training.spec import SpecError, load_spec, load_spec_json  # noqa: E402
+from daemon.training.train_loop import Interrupted  # noqa: E402
 
 log = logging.getLogger("daemon.training")
 

@@ -167,7 +167,7 @@ def _freeze_for_kbit_training(model: transformers.PreTrainedModel) -> None:
     parameter that is not 4-bit (norms, embeddings, the output head) to fp32, so the hidden states, the
     attention and every 4-bit matmul's output (bitsandbytes returns its input's dtype) become fp32 and
     leave the bf16 kernels. Here they keep the compute dtype; the adapters keep fp32 master weights and
-    the training loop runs under bf16 autocast (lora_recipe.autocast_for)."""
+    the training loop runs under bf16 autocast (losses.autocast_for)."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
 

@@ -269,7 +269,7 @@ class CheckpointingPlan(_Open):
 
 
 class TrainSummary(_Open):
-    """`result.train`: what training did (lora_recipe.train_adapter and _run)."""
+    """`result.train`: what training did (train_loop.train_adapter and lora_recipe._run)."""
 
     examples: int | None = None
     validation_examples: int | None = None

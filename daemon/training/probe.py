@@ -20,7 +20,7 @@ from peft import PeftModel
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from daemon.training.adapters import load_base, saved_method
-from daemon.training.lora_recipe import PEFT_TYPES, select_runtime
+from daemon.training.preparation import PEFT_TYPES, select_runtime
 
 CANDIDATE = "candidate"
 log = logging.getLogger(__name__)

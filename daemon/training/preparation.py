@@ -1,0 +1,199 @@
+"""The recipe's setup steps: the runtime (device, dtype, ranks), the tokenizer, and the model: the base
+(quantised when asked) with its adapter, kernels, autocast and checkpointing plan; the auto sizes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import peft
+import torch
+import transformers
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from daemon.config import TrainingConfig
+from daemon.training.adapters import attach_adapter, load_base
+from daemon.training.attention import register_packed_attention
+from daemon.training.distributed import World, init_world
+from daemon.training.memory_plan import (
+    CheckpointPlan,
+    decoder_layers,
+    plan_checkpointing,
+    resolve_sizes,
+    set_checkpointed,
+)
+from daemon.training.spec import SpecError, TrainSpec
+
+log = logging.getLogger(__name__)
+CANDIDATE = "default"  # peft's name for the adapter being trained
+PEFT_TYPES = {"lora": "LORA", "dora": "LORA", "ia3": "IA3", "prompt_tuning": "PROMPT_TUNING"}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype
+    world: World = field(default_factory=World)
+
+
+def with_resolved_sizes(spec: TrainSpec, runtime: Runtime) -> TrainSpec:
+    """The spec with training.row_tokens and loss_chunk_tokens resolved for this device and base model."""
+    settings = spec.training
+    if settings.row_tokens != "auto" and settings.loss_chunk_tokens != "auto":
+        return spec
+    _check_base_exists(spec.base_model)
+    try:
+        config = transformers.AutoConfig.from_pretrained(spec.base_model, revision=spec.base_revision)
+    except (OSError, ValueError) as exc:
+        raise SpecError(_base_load_message(spec.base_model, exc)) from None
+    return spec.model_copy(update={"training": resolve_sizes(settings, config, runtime.device)})
+
+
+def sized(settings: TrainingConfig, model: torch.nn.Module, runtime: Runtime) -> TrainingConfig:
+    """`settings` with row_tokens and loss_chunk_tokens as numbers, for this model on this device."""
+    if settings.row_tokens != "auto" and settings.loss_chunk_tokens != "auto":
+        return settings
+    causal_lm = model.get_base_model() if isinstance(model, PeftModel) else model
+    return resolve_sizes(settings, causal_lm.config, runtime.device)
+
+
+def select_runtime(requested: str, precision: str = "auto") -> Runtime:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SpecError("training.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    use_cuda = requested in ("auto", "cuda") and torch.cuda.is_available()
+    world = init_world(use_cuda)
+    if use_cuda:
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise SpecError("training.precision is 'bf16' but this GPU has no bf16; use 'auto' or 'fp32'")
+        bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported())
+        return Runtime(torch.device("cuda", world.local_rank), torch.bfloat16 if bf16 else torch.float32, world)
+    if precision == "bf16":
+        raise SpecError("training.precision 'bf16' is for CUDA devices; on CPU use 'auto' or 'fp32'")
+    return Runtime(torch.device("cpu"), torch.float32, world)
+
+
+def uses_packing(spec: TrainSpec) -> bool:
+    """Prompt tuning's virtual tokens lead a row, so it trains on padded batches."""
+    return spec.training.packing and spec.adapter.method != "prompt_tuning"
+
+
+def load_tokenizer(spec: TrainSpec) -> PreTrainedTokenizerBase:
+    _check_base_exists(spec.base_model)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(spec.base_model, revision=spec.base_revision)
+    except (OSError, ValueError) as exc:
+        raise SpecError(_base_load_message(spec.base_model, exc)) from None
+    if not tokenizer.is_fast:
+        raise SpecError(
+            f"base model {spec.base_model} has no fast tokenizer (tokenizer.json), "
+            "which assistant masking needs; use a model that ships one"
+        )
+    if not tokenizer.chat_template:
+        raise SpecError(
+            f"base model {spec.base_model} has no chat template; use an instruct/chat model "
+            "or one made by `ticketune make-base-model`"
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
+    """The base (quantised when asked) with a trainable adapter: the init adapter or a fresh one.
+
+    On CUDA: Liger's RMSNorm, SwiGLU and RoPE kernels where installed; adapters with fp32 master weights
+    whose matmuls run under the base's bf16 autocast (losses.autocast_for); with gradient_checkpointing
+    "auto", checkpointing on as few layers as the memory budget needs (memory_plan.py). The plan and the
+    kernels are on the model as `ticketune_checkpointing` and `ticketune_kernels`."""
+    _check_base_exists(spec.base_model)
+    settings = spec.training
+    cuda = runtime.device.type == "cuda"
+    checkpointing = settings.gradient_checkpointing
+    if checkpointing == "auto":
+        checkpointing = cuda
+    attention = register_packed_attention() if uses_packing(spec) else "sdpa"
+    base = load_base(
+        spec.base_model,
+        spec.base_revision,
+        device=runtime.device,
+        dtype=runtime.dtype,
+        quantization=settings.quantization,
+        attn_implementation=attention,
+        gradient_checkpointing=bool(checkpointing),
+        liger=cuda,
+    )
+    kernels = getattr(base, "ticketune_kernels", [])
+    model = attach_adapter(base, spec.adapter, init_adapter=spec.init_adapter, seed=settings.seed)
+    if runtime.dtype != torch.float32:
+        # every forward runs under autocast: peft's copy of each adapter input to its fp32 weights is waste
+        for module in model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
+    layers = len(decoder_layers(model))
+    plan = CheckpointPlan(layers=layers, checkpointed=layers if checkpointing else 0,
+                          reason=f"training.gradient_checkpointing: {settings.gradient_checkpointing}")
+    if settings.gradient_checkpointing == "auto" and cuda and uses_packing(spec):
+        settings = sized(settings, model, runtime)
+        try:
+            plan = plan_checkpointing(model, row_tokens=settings.row_tokens, max_seq_len=settings.max_seq_len,
+                                      cross_entropy=settings.cross_entropy, chunk_tokens=settings.loss_chunk_tokens,
+                                      budget_gib=settings.memory_budget_gib, device=runtime.device)
+        except torch.OutOfMemoryError:
+            raise SpecError(
+                f"a row of training.row_tokens={settings.row_tokens} tokens does not fit on this GPU even with "
+                "every layer checkpointed; lower training.row_tokens or use training.quantization: nf4"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - the plan is an optimisation: checkpoint everything instead
+            log.warning("checkpointing plan failed (%s); checkpointing every layer", exc)
+            set_checkpointed(decoder_layers(model), set(range(layers)))
+            plan = CheckpointPlan(layers=layers, checkpointed=layers, reason=f"plan failed: {exc}"[:200])
+    model.ticketune_checkpointing = plan.as_dict()
+    model.ticketune_kernels = kernels
+    if settings.compile:
+        compile_layers(model)
+    return model
+
+
+def compile_layers(model: PeftModel) -> None:
+    """Regional compilation: each decoder layer once (they share one graph), not the whole model."""
+    body = getattr(model.get_base_model(), "model", None)
+    layers = getattr(body, "layers", None)
+    if layers is None:
+        raise SpecError("training.compile needs a decoder with a `model.layers` list; set training.compile: false")
+    for layer in layers:
+        layer.compile(dynamic=True)
+
+
+def effective_max_seq_len(spec: TrainSpec, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The spec's limit, capped by the base's context length when the tokenizer declares a real one."""
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and 0 < declared < 1_000_000:
+        return min(spec.training.max_seq_len, declared)
+    return spec.training.max_seq_len
+
+
+def count_trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def versions() -> dict[str, str]:
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def _check_base_exists(base_model: str) -> None:
+    looks_like_path = base_model.startswith(("/", ".")) or Path(base_model).exists()
+    if looks_like_path and not Path(base_model).is_dir():
+        raise SpecError(
+            f"base model directory {base_model} does not exist; build it with "
+            f"`ticketune make-base-model {base_model}` or point model.base at a model directory"
+        )
+
+
+def _base_load_message(base_model: str, exc: Exception) -> str:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"base model {base_model} could not be loaded ({reason}); point model.base at a model directory "
+        "or a hub id present in the local cache"
+    )
