@@ -136,8 +136,14 @@ def cmd_cycle(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     from daemon.app.service import build_registry
+    from daemon.champion.versions import history
 
-    rows = build_registry(_settings(args)).history()
+    settings = _settings(args)
+    store = _store(settings)
+    try:
+        rows = history(build_registry(settings), store)
+    finally:
+        store.close()
     _emit(args, rows, history_table(rows))
     return 0
 
@@ -145,6 +151,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 def history_table(rows: list[dict]) -> str:
     """Newest first: version, created, verdict, key metrics, the champion and since when; a line
     marks where a new base model started a new lineage."""
+    from daemon.champion.vocabulary import TAG_BASE_MODEL, TAG_PROMOTION_FORCED
+
     if not rows:
         return "no versions registered yet"
 
@@ -164,7 +172,7 @@ def history_table(rows: list[dict]) -> str:
         verdict = row.get("verdict") or "-"
         if row.get("state") not in (None, "complete"):
             verdict = row["state"]
-        if (row.get("tags") or {}).get("ticketune.promotion_forced") == "true":
+        if (row.get("tags") or {}).get(TAG_PROMOTION_FORCED) == "true":
             verdict += " (forced)"
         champion = f"<- champion since {row['champion_since'] or '?'}" if row.get("champion") else ""
         lines.append(f"v{row['version']:<7} {(row.get('created_at') or '-'):<21} {verdict:<18} "
@@ -172,7 +180,7 @@ def history_table(rows: list[dict]) -> str:
         older = rows[index + 1] if index + 1 < len(rows) else None
         if older is not None and row.get("base_model_fingerprint") and older.get("base_model_fingerprint") \
                 and row["base_model_fingerprint"] != older["base_model_fingerprint"]:
-            base = (row.get("tags") or {}).get("ticketune.base_model", "?")
+            base = (row.get("tags") or {}).get(TAG_BASE_MODEL, "?")
             lines.append(f"{'':8} ---- new base model from v{row['version']} on: {base} "
                          f"({row['base_model_fingerprint']}); earlier versions are another lineage ----")
     return "\n".join(lines)
@@ -286,7 +294,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     from daemon.app.service import build_registry
-    from daemon.cycle.runner import tag_erased_versions
+    from daemon.champion.versions import tag_erased_versions
 
     settings = _settings(args)
     store = _store(settings)
