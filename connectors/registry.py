@@ -1,8 +1,9 @@
-"""The adapter registry on MLflow: cycle runs, candidate model versions, the champion alias.
+"""The adapter registry on MLflow: cycle runs, model versions and their tags, the champion alias.
 
-Every candidate adapter is a version of one registered model, tagged `ticketune.*`; the serving
-champion is a model version alias (never a stage). Alias moves are kept in an append-only event
-log (a registered-model tag) so that `rollback` knows the champion before the current one.
+A thin adapter: every candidate adapter is a version of one registered model, tagged `ticketune.*`;
+the serving champion is a model version alias (never a stage). It logs, registers, lists, reads and
+writes tags and moves the alias as told; what a tag means and which moves are allowed is decided
+in daemon/champion (the keeper, the rules, the audit log in the store).
 Works against a local store (`sqlite:///...`) and an `mlflow server` (`http://...`) alike.
 """
 
@@ -21,41 +22,15 @@ from typing import Any
 import mlflow.artifacts
 import requests
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
+from daemon.champion.vocabulary import TAG_CYCLE_ID, TAG_PREFIX
 from daemon.logs import mask_url_password
-
-TAG_PREFIX = "ticketune."
-TAG_CYCLE_ID = "ticketune.cycle_id"
-TAG_VERDICT = "ticketune.verdict"
-TAG_REASONS = "ticketune.reasons"
-TAG_METRICS = "ticketune.metrics"
-TAG_PROMOTED_AT = "ticketune.promoted_at"
-TAG_PROMOTED_BY = "ticketune.promoted_by"
-TAG_PROMOTION_REASON = "ticketune.promotion_reason"
-TAG_PROMOTION_FORCED = "ticketune.promotion_forced"
-TAG_ROLLED_BACK_AT = "ticketune.rolled_back_at"
-TAG_ROLLBACK_REASON = "ticketune.rollback_reason"
-TAG_CHAMPION_EVENTS = "ticketune.champion_events"  # on the registered model
-TAG_STATE = "ticketune.state"  # registering → complete (or abandoned by the startup reconciliation)
-TAG_APPROVED_BY = "ticketune.approved_by"
-TAG_APPROVED_AT = "ticketune.approved_at"
-TAG_APPROVAL_REASON = "ticketune.approval_reason"
-TAG_BASE_FINGERPRINT = "ticketune.base_model_fingerprint"
-STATE_REGISTERING, STATE_COMPLETE, STATE_ABANDONED = "registering", "complete", "abandoned"
-VERDICT_PROMOTED = "promoted"
-VERDICT_REJECTED = "rejected"
-VERDICT_AWAITING_APPROVAL = "awaiting_approval"
-VERDICT_ABANDONED = "abandoned"
 
 ADAPTER_ARTIFACT_PATH = "adapter"
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
-# The event log lives in one registered-model tag; SQL backends store it as VARCHAR(5000).
-MAX_EVENTS = 50
-MAX_EVENTS_CHARS = 5000
-MAX_EVENT_REASON_CHARS = 200
 # MLflow's own HTTP defaults retry an unreachable server for about four minutes (7 retries,
 # backoff factor 2) with a 120 s read timeout; see `set_mlflow_http_defaults`.
 DEFAULT_HTTP_MAX_RETRIES = 2
@@ -75,30 +50,6 @@ class RegistryUnavailableError(RegistryError):
 
 class VersionNotFoundError(RegistryError):
     """The named model version does not exist."""
-
-
-class NoChampionError(RegistryError):
-    """There is no champion, or no earlier champion to roll back to."""
-
-
-class PromotionRefusedError(RegistryError):
-    """The version may not become champion (rejected by the gate and not forced, or not complete)."""
-
-
-def version_state(tags: Mapping[str, str]) -> str:
-    """A version's registration state; versions registered before the state tag existed are complete."""
-    return tags.get(TAG_STATE) or STATE_COMPLETE
-
-
-def refusal(version: str, tags: Mapping[str, str], *, force: bool) -> str | None:
-    """Why `version` may not become champion, or None. An incomplete version is refused even when forced."""
-    state = version_state(tags)
-    if state != STATE_COMPLETE:
-        return (f"version {version} is {state}: its registration did not finish, so it never becomes champion "
-                "(`ticketune history` shows it).")
-    if tags.get(TAG_VERDICT) == VERDICT_REJECTED and not force:
-        return f"version {version} was rejected by the gate; promote it with --force to override."
-    return None
 
 
 def set_mlflow_http_defaults(
@@ -174,32 +125,11 @@ def _prefixed(key: str) -> str:
     return key if key.startswith(TAG_PREFIX) else TAG_PREFIX + key
 
 
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def _ms_to_iso(ms: int | None) -> str | None:
     if ms is None:
         return None
     moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _loads(text: str | None, default: Any) -> Any:
-    if not text:
-        return default
-    try:
-        return json.loads(text)
-    except ValueError:
-        return default
-
-
-def _trim_events(events: list[dict]) -> list[dict]:
-    """The newest events that fit both caps, oldest first."""
-    events = events[-MAX_EVENTS:]
-    while len(events) > 1 and len(json.dumps(events, separators=(",", ":"))) > MAX_EVENTS_CHARS:
-        events = events[1:]
-    return events
 
 
 class AdapterRegistry:
@@ -208,8 +138,6 @@ class AdapterRegistry:
     Uses an explicit `MlflowClient` (no `mlflow.start_run` globals), so one instance can serve
     several threads; the experiment and the registered model are created on first use.
     HTTP retries and timeouts follow MLflow's environment variables: see `set_mlflow_http_defaults`.
-    The event log is read-modify-write: moves from this instance are serialised, moves from two
-    processes at the same instant are not (the cycle lock keeps cycles apart).
     """
 
     def __init__(
@@ -242,7 +170,6 @@ class AdapterRegistry:
                     "check registry.tracking_uri"
                 ) from exc
         self._setup_lock = threading.Lock()
-        self._champion_lock = threading.Lock()
         self._experiment_id: str | None = None
         self._model_ready = False
 
@@ -329,12 +256,6 @@ class AdapterRegistry:
         with self._mlflow_errors(f"logging metrics of run {run_id}"):
             for start in range(0, len(items), _BATCH):
                 self._client.log_batch(run_id, metrics=items[start : start + _BATCH])
-
-    def set_run_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        items = [RunTag(k, _as_text(v)) for k, v in tags.items()]
-        with self._mlflow_errors(f"tagging run {run_id}"):
-            for start in range(0, len(items), _BATCH):
-                self._client.log_batch(run_id, tags=items[start : start + _BATCH])
 
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         with self._mlflow_errors(f"uploading {local_dir} to run {run_id}"):
@@ -426,8 +347,9 @@ class AdapterRegistry:
             )
         return Path(local)
 
-    def history(self) -> list[dict]:
-        """Every version, newest first, as the CLI's `history --json` prints it."""
+    def list_versions(self) -> list[dict]:
+        """Every version, newest first: `version`, `champion` (whether the alias points to it),
+        `created_at`, `run_id` and its `tags`."""
         champion = self.champion_version()
         versions: list[ModelVersion] = []
         with self._mlflow_errors(f"listing versions of {self.model_name}"):
@@ -441,20 +363,11 @@ class AdapterRegistry:
                 if not page_token:
                     break
         versions.sort(key=lambda mv: int(mv.version), reverse=True)
-        since = next((event.get("at") for event in reversed(self.champion_events())
-                      if champion is not None and str(event.get("version")) == champion), None)
         return [
             {
                 "version": str(mv.version),
-                "verdict": mv.tags.get(TAG_VERDICT),
                 "champion": str(mv.version) == champion,
-                "champion_since": since if str(mv.version) == champion else None,
                 "created_at": _ms_to_iso(mv.creation_timestamp),
-                "state": version_state(mv.tags),
-                "base_model_fingerprint": mv.tags.get(TAG_BASE_FINGERPRINT),
-                "promoted_at": mv.tags.get(TAG_PROMOTED_AT),
-                "metrics": _loads(mv.tags.get(TAG_METRICS), {}),
-                "reasons": _loads(mv.tags.get(TAG_REASONS), []),
                 "run_id": mv.run_id,
                 "tags": dict(mv.tags),
             }
@@ -481,126 +394,10 @@ class AdapterRegistry:
         version = (model.aliases or {}).get(self.champion_alias)
         return str(version) if version is not None else None
 
-    def champion_events(self) -> list[dict]:
-        """Alias moves, oldest first (the newest `MAX_EVENTS` that fit in one tag)."""
-        model = self._registered_model()
-        raw = (model.tags or {}).get(TAG_CHAMPION_EVENTS) if model is not None else None
-        if not raw:
-            return []
-        try:
-            events = json.loads(raw)
-        except ValueError as exc:
-            raise RegistryError(
-                f"the tag {TAG_CHAMPION_EVENTS} of model {self.model_name} is not valid JSON; delete it "
-                "in MLflow to start a new event log."
-            ) from exc
-        return events if isinstance(events, list) else []
-
-    def _move_champion(
-        self, action: str, version: str, previous: str | None, *, actor: str, reason: str, forced: bool
-    ) -> None:
-        """Points the alias at `version`, then appends the move to the event log."""
+    def set_champion(self, version: str) -> None:
+        """Points the champion alias at `version` (which the caller has checked exists)."""
         with self._mlflow_errors(f"moving alias {self.champion_alias!r} to version {version}"):
-            self._client.set_registered_model_alias(self.model_name, self.champion_alias, version)
-        if len(reason) > MAX_EVENT_REASON_CHARS:
-            reason = reason[: MAX_EVENT_REASON_CHARS - 1] + "…"
-        event = {"action": action, "version": version, "previous": previous, "at": _now_iso(),
-                 "actor": actor, "reason": reason, "forced": forced}
-        events = _trim_events([*self.champion_events(), event])
-        with self._mlflow_errors(f"recording the champion event of version {version}"):
-            self._client.set_registered_model_tag(
-                self.model_name, TAG_CHAMPION_EVENTS, json.dumps(events, separators=(",", ":"))
-            )
-
-    def promote(self, version: str, *, reason: str, force: bool = False, actor: str = "cycle") -> str | None:
-        """Makes `version` the champion; returns the previous champion.
-
-        A version the gate rejected is refused unless `force`, which is then recorded on the
-        version and in the event. Promoting the current champion changes nothing.
-        """
-        version = str(version)
-        self.check_promotable(version, force=force)
-        with self._champion_lock:
-            previous = self.champion_version()
-            if previous == version:
-                return previous
-            self._move_champion("promote", version, previous, actor=actor, reason=reason, forced=force)
-            self._tag_version(version, {
-                TAG_PROMOTED_AT: _now_iso(),
-                TAG_PROMOTED_BY: actor,
-                TAG_PROMOTION_REASON: reason,
-                TAG_PROMOTION_FORCED: "true" if force else "false",
-            })
-        return previous
-
-    def check_promotable(self, version: str, *, force: bool = False) -> None:
-        """Raises `PromotionRefusedError` (or `VersionNotFoundError`) unless `version` may become champion."""
-        why_not = refusal(str(version), self._version(str(version)).tags, force=force)
-        if why_not:
-            raise PromotionRefusedError(why_not)
-
-    def _previous_champion(self, current: str) -> str:
-        """The champion before `current` became champion by its latest promotion."""
-        for event in reversed(self.champion_events()):
-            if event.get("action") == "promote" and event.get("version") == current:
-                if event.get("previous") is None:
-                    raise NoChampionError(
-                        f"version {current} was the first champion; there is no earlier one to roll back to."
-                    )
-                return str(event["previous"])
-        raise NoChampionError(
-            f"the event log has no promotion of the current champion {current}; "
-            "name the version to roll back to with --to VERSION."
-        )
-
-    def rollback_target(self, to_version: str | None = None, *, force: bool = False) -> tuple[str, str]:
-        """(current champion, the version a rollback moves to); raises when there is none to move to.
-
-        Rolling back twice walks further back: a version reached by a rollback is left for the
-        champion that preceded its own promotion, never for the version just rolled back from.
-        A version the gate rejected is a target only with `force` when named as `to_version`.
-        """
-        current = self.champion_version()
-        if current is None:
-            raise NoChampionError(f"model {self.model_name} has no {self.champion_alias!r} version to roll back from.")
-        target = str(to_version) if to_version is not None else self._previous_champion(current)
-        if target == current:
-            raise RegistryError(f"version {target} is already the champion; nothing to roll back.")
-        # the previous champion was champion before (forced or not): only a version named with --to is checked
-        why_not = refusal(target, self._version(target).tags, force=force or to_version is None)
-        if why_not:
-            raise PromotionRefusedError(why_not.replace("promote it with", "roll back to it with"))
-        return current, target
-
-    def rollback(
-        self, to_version: str | None = None, *, reason: str = "operator rollback", actor: str = "operator",
-        force: bool = False,
-    ) -> tuple[str | None, str]:
-        """Moves the champion back (by default to the champion before the current one); returns (from, to)."""
-        with self._champion_lock:
-            current, target = self.rollback_target(to_version, force=force)
-            forced = force or self._version(target).tags.get(TAG_VERDICT) == VERDICT_REJECTED
-            self._move_champion("rollback", target, current, actor=actor, reason=reason, forced=forced)
-            self._tag_version(current, {TAG_ROLLED_BACK_AT: _now_iso(), TAG_ROLLBACK_REASON: reason})
-        return current, target
-
-    def note_outside_move(self, version: str | None, previous: str | None, *, reason: str, forced: bool) -> None:
-        """Records an alias move made outside ticketune (the MLflow UI or API) in the event log and on
-        the version, as ticketune's own moves are recorded."""
-        if len(reason) > MAX_EVENT_REASON_CHARS:
-            reason = reason[: MAX_EVENT_REASON_CHARS - 1] + "…"
-        event = {"action": "outside_move", "version": version, "previous": previous, "at": _now_iso(),
-                 "actor": "outside ticketune", "reason": reason, "forced": forced}
-        events = _trim_events([*self.champion_events(), event])
-        with self._mlflow_errors("recording an outside champion move"):
-            self._client.set_registered_model_tag(
-                self.model_name, TAG_CHAMPION_EVENTS, json.dumps(events, separators=(",", ":"))
-            )
-        if version is not None:
-            self._tag_version(version, {
-                TAG_PROMOTED_AT: _now_iso(), TAG_PROMOTED_BY: "outside ticketune", TAG_PROMOTION_REASON: reason,
-                TAG_PROMOTION_FORCED: "true" if forced else "false",
-            })
+            self._client.set_registered_model_alias(self.model_name, self.champion_alias, str(version))
 
     # ---- health ---------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Protocol
 
 from daemon import metrics
+from daemon.champion.vocabulary import TAG_ADAPTER_METHOD
 from daemon.config import ServingConfig, ServingTarget
 from daemon.training.methods import UnsupportedAdapter, check_servable
 
@@ -38,7 +39,6 @@ log = logging.getLogger("ticketune.serving")
 PROMOTED = "promoted"
 ROLLED_BACK = "rolled_back"
 DELIVERED, FAILED, REFUSED, SUPERSEDED = "delivered", "failed", "refused", "superseded"
-TAG_ADAPTER_METHOD = "ticketune.adapter_method"
 SIGNATURE_HEADER = "X-Ticketune-Signature"
 PENDING_FILE = "serving_pending.json"
 _RESPONSE_EXCERPT_CHARS = 200

@@ -89,7 +89,6 @@ class FakeRegistry:
     def __init__(self, methods: dict[str, str]) -> None:
         self.methods = methods
         self.downloads: list[str] = []
-        self.events: list[dict] = []
 
     def get_version_tags(self, version: str) -> dict[str, str]:
         return {"ticketune.adapter_method": self.methods[version]}
@@ -101,8 +100,6 @@ class FakeRegistry:
         (adapter / "adapter_config.json").write_text(json.dumps({"version": version}))
         return adapter
 
-    def champion_events(self) -> list[dict]:
-        return self.events
 
 
 def notifier(tmp_path: Path, targets: list[dict], registry: FakeRegistry | None = None, **cfg) -> ServingNotifier:
@@ -434,7 +431,7 @@ def test_a_cycle_that_promotes_in_the_service_tells_serving_through_the_keeper(d
     from daemon.cycle.runner import CycleOutcome
 
     registry, (v1, v2) = deployment["registry"], deployment["versions"]
-    registry.promote(v1, reason="cycle c-1 passed the gate")
+    registry.set_champion(v1)  # the champion before the service starts: its first watch takes it as found
     service = Service(load_settings(deployment["config"], environ={}))
 
     class PromotingRunner:  # stands in for training: registers nothing, promotes as a passing cycle does

@@ -176,8 +176,14 @@ def cmd_cycle(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     from daemon.app.wiring import build_registry
+    from daemon.champion.versions import history
 
-    rows = build_registry(_settings(args)).history()
+    settings = _settings(args)
+    store = _store(settings)
+    try:
+        rows = history(build_registry(settings), store)
+    finally:
+        store.close()
     _emit(args, rows, history_table(rows))
     return 0
 
@@ -291,7 +297,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     from daemon.app.wiring import build_registry
-    from daemon.cycle.runner import tag_erased_versions
+    from daemon.champion.versions import tag_erased_versions
 
     settings = _settings(args)
     store = _store(settings)

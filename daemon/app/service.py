@@ -22,8 +22,6 @@ from pathlib import Path
 from connectors.formats import parser_for
 from connectors.kafka import KafkaTicketSource
 from connectors.registry import (
-    NoChampionError,
-    PromotionRefusedError,
     RegistryError,
     RegistryUnavailableError,
     VersionNotFoundError,
@@ -31,9 +29,11 @@ from connectors.registry import (
 from daemon import metrics
 from daemon.app.http import AdminError, Endpoints, start_http_server
 from daemon.app.wiring import build_cycle_runner, build_keeper, build_quality_filter, build_registry, collect_status
-from daemon.champion.keeper import ApprovalError
+from daemon.champion.keeper import ApprovalError, NoChampionError, PromotionRefusedError
+from daemon.champion.versions import tag_erased_versions
+from daemon.champion.vocabulary import TAG_METRICS
 from daemon.config import Settings
-from daemon.cycle.runner import CycleOutcome, tag_erased_versions
+from daemon.cycle.runner import CycleOutcome
 from daemon.cycle.scheduler import next_run_time, start_scheduler
 from daemon.ingest.loop import IngestReport, run_ingest, set_broker_up
 from daemon.logs import mask_url_password
@@ -350,7 +350,7 @@ class Service:
 
     def _admin_history(self, body: dict) -> dict:
         try:
-            return {"versions": self.registry.history()}
+            return {"versions": self.keeper.history()}
         except RegistryError as exc:
             raise AdminError(503, mask_url_password(str(exc)), "registry_unavailable") from None
 
@@ -371,7 +371,7 @@ class Service:
                 champion = self.registry.champion_version()
                 metrics.CHAMPION_VERSION.set(float(champion) if champion and champion.isdigit() else 0)
                 if champion is not None:
-                    tagged = json.loads(self.registry.get_version_tags(champion).get("ticketune.metrics", "{}"))
+                    tagged = json.loads(self.registry.get_version_tags(champion).get(TAG_METRICS, "{}"))
                     if "candidate_eval_loss" in tagged:
                         metrics.CHAMPION_EVAL_LOSS.set(tagged["candidate_eval_loss"])
         except Exception as exc:  # gauges are best effort; readiness reports the real problem

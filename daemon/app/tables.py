@@ -6,6 +6,8 @@ from __future__ import annotations
 def history_table(rows: list[dict]) -> str:
     """Newest first: version, created, verdict, key metrics, the champion and since when; a line
     marks where a new base model started a new lineage."""
+    from daemon.champion.vocabulary import TAG_BASE_MODEL, TAG_PROMOTION_FORCED
+
     if not rows:
         return "no versions registered yet"
 
@@ -25,7 +27,7 @@ def history_table(rows: list[dict]) -> str:
         verdict = row.get("verdict") or "-"
         if row.get("state") not in (None, "complete"):
             verdict = row["state"]
-        if (row.get("tags") or {}).get("ticketune.promotion_forced") == "true":
+        if (row.get("tags") or {}).get(TAG_PROMOTION_FORCED) == "true":
             verdict += " (forced)"
         champion = f"<- champion since {row['champion_since'] or '?'}" if row.get("champion") else ""
         lines.append(f"v{row['version']:<7} {(row.get('created_at') or '-'):<21} {verdict:<18} "
@@ -33,7 +35,7 @@ def history_table(rows: list[dict]) -> str:
         older = rows[index + 1] if index + 1 < len(rows) else None
         if older is not None and row.get("base_model_fingerprint") and older.get("base_model_fingerprint") \
                 and row["base_model_fingerprint"] != older["base_model_fingerprint"]:
-            base = (row.get("tags") or {}).get("ticketune.base_model", "?")
+            base = (row.get("tags") or {}).get(TAG_BASE_MODEL, "?")
             lines.append(f"{'':8} ---- new base model from v{row['version']} on: {base} "
                          f"({row['base_model_fingerprint']}); earlier versions are another lineage ----")
     return "\n".join(lines)

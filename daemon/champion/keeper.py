@@ -2,10 +2,11 @@
 
 The cycle's promotions, `ticketune promote|approve|rollback`, the admin API and moves made outside
 ticketune (an operator moving the alias in the MLflow UI) all end here: an audit row in the store
-(who, when, why, forced or not), tags on the version and the registry's event log, the serving
-targets told, the metrics updated. A move is written to the audit log as `pending` before the alias
-moves, so a watcher never mistakes it for an outside move and a crash halfway shows; `reconcile()`
-settles what a crash left, including half-registered versions, before the service starts work.
+(who, when, why, forced or not), tags on the version, the serving targets told, the metrics
+updated; the audit log is also where a rollback finds its target (daemon/champion/rules.py).
+A move is written to the audit log as `pending` before the alias moves, so a watcher never
+mistakes it for an outside move and a crash halfway shows; `reconcile()` settles what a crash
+left, including half-registered versions, before the service starts work.
 """
 
 from __future__ import annotations
@@ -21,46 +22,63 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from daemon import metrics
+from daemon.champion import rules, versions
+from daemon.champion.rules import ApprovalError, NoChampionError, PromotionRefusedError
+from daemon.champion.vocabulary import (
+    ACTION_APPROVE,
+    ACTION_OBSERVED,
+    ACTION_OUTSIDE_MOVE,
+    ACTION_PROMOTE,
+    ACTION_ROLLBACK,
+    OUTSIDE_ACTOR,
+    STATE_COMPLETE,
+    STATE_REGISTERING,
+    TAG_APPROVAL_REASON,
+    TAG_APPROVED_AT,
+    TAG_APPROVED_BY,
+    TAG_CYCLE_ID,
+    TAG_METRICS,
+    TAG_PARENT,
+    TAG_PROMOTED_AT,
+    TAG_PROMOTED_BY,
+    TAG_PROMOTION_FORCED,
+    TAG_PROMOTION_REASON,
+    TAG_REASONS,
+    TAG_ROLLBACK_REASON,
+    TAG_ROLLED_BACK_AT,
+    TAG_STATE,
+    TAG_VERDICT,
+    VERDICT_AWAITING_APPROVAL,
+    VERDICT_FAILED,
+    VERDICT_PROMOTED,
+)
 from daemon.store import ExampleStore
+
+__all__ = ["ApprovalError", "ChampionKeeper", "Move", "NoChampionError", "PromotionRefusedError"]
 
 log = logging.getLogger("ticketune.champion")
 
-TAG_VERDICT = "ticketune.verdict"
-TAG_STATE = "ticketune.state"
-TAG_CYCLE_ID = "ticketune.cycle_id"
-TAG_PARENT = "ticketune.parent_champion"
-TAG_PROMOTED_AT = "ticketune.promoted_at"
-TAG_REASONS = "ticketune.reasons"
-TAG_METRICS = "ticketune.metrics"
-PROMOTED, REJECTED, AWAITING_APPROVAL, ABANDONED = "promoted", "rejected", "awaiting_approval", "abandoned"
-REGISTERING, COMPLETE = "registering", "complete"
-OUTSIDE_ACTOR = "outside ticketune"
 PENDING_MOVE_GRACE_S = 120.0  # a pending audit row younger than this is a move under way in another process
 
 
 class AliasRegistry(Protocol):
     """What the keeper needs from the registry (connectors/registry.py `AdapterRegistry`)."""
 
+    model_name: str
+    champion_alias: str
+
     def champion_version(self) -> str | None: ...
+    def set_champion(self, version: str) -> None: ...
     def get_version_tags(self, version: str) -> dict[str, str]: ...
     def set_version_tags(self, version: str, tags: dict[str, str]) -> None: ...
-    def check_promotable(self, version: str, *, force: bool = False) -> None: ...
-    def promote(self, version: str, *, reason: str, force: bool = False, actor: str = "cycle") -> str | None: ...
-    def rollback_target(self, to_version: str | None = None, *, force: bool = False) -> tuple[str, str]: ...
-    def rollback(self, to_version: str | None = None, *, reason: str, actor: str,
-                 force: bool = False) -> tuple[str | None, str]: ...
-    def note_outside_move(self, version: str | None, previous: str | None, *, reason: str, forced: bool) -> None: ...
-    def history(self) -> list[dict]: ...
+    def register_candidate(self, run_id: str, adapter_dir, tags) -> str: ...
+    def list_versions(self) -> list[dict]: ...
 
 
 class ServingTargets(Protocol):
     def promoted(self, version: str, previous: str | None, *, reason: str, actor: str,
                  forced: bool = False) -> dict[str, str]: ...
     def rolled_back(self, version: str, previous: str | None, *, reason: str, actor: str) -> dict[str, str]: ...
-
-
-class ApprovalError(ValueError):
-    """The version is not awaiting approval (the message says what it is)."""
 
 
 @dataclass
@@ -99,58 +117,72 @@ class ChampionKeeper:
 
     # ---- moves ---------------------------------------------------------------------------
 
-    def promote(self, version: str, *, reason: str, actor: str, force: bool = False, action: str = "promote") -> Move:
+    def promote(self, version: str, *, reason: str, actor: str, force: bool = False,
+                action: str = ACTION_PROMOTE) -> Move:
         """Makes `version` the champion (refused for a rejected version unless `force`, and for an
         incomplete one always); promoting the champion again changes nothing."""
         version = str(version)
         with self._lock:
-            self.registry.check_promotable(version, force=force)  # refusals are not moves: nothing is written
+            tags = self.registry.get_version_tags(version)  # an unknown version raises VersionNotFoundError
+            rules.check_promotable(version, tags, force=force)  # refusals are not moves: nothing is written
             previous = self.registry.champion_version()
             if previous == version:
                 return Move(action, previous, version, moved=False)
-            with self._audited(action, version, previous, actor=actor, reason=reason, forced=force):
-                self.registry.promote(version, reason=reason, force=force, actor=actor)
+            forced = rules.is_forced(action, tags, force=force)
+            with self._audited(action, version, previous, actor=actor, reason=reason, forced=forced):
+                self.registry.set_champion(version)
+                self.registry.set_version_tags(version, {
+                    TAG_PROMOTED_AT: _now_iso(), TAG_PROMOTED_BY: actor, TAG_PROMOTION_REASON: reason,
+                    TAG_PROMOTION_FORCED: "true" if forced else "false",
+                })
         metrics.CHAMPION_MOVES.labels(action=action).inc()
-        log.info("champion %s -> %s (%s by %s%s)", previous, version, action, actor, ", forced" if force else "")
-        serving = self.serving.promoted(version, previous, reason=reason, actor=actor, forced=force) \
+        log.info("champion %s -> %s (%s by %s%s)", previous, version, action, actor, ", forced" if forced else "")
+        serving = self.serving.promoted(version, previous, reason=reason, actor=actor, forced=forced) \
             if self.serving else {}
         self.refresh_gauges()
-        return Move(action, previous, version, forced=force, serving=serving)
+        return Move(action, previous, version, forced=forced, serving=serving)
 
     def approve(self, version: str, *, reason: str, actor: str) -> Move:
-        """Approves a candidate that passed the gate under `gate.approval: manual` and promotes it."""
+        """Approves a candidate that passed the gate under `gate.approval: manual` and promotes it;
+        approving it again (or after a crash before the move) only completes the move."""
         version = str(version)
         with self._lock:
-            tags = self.registry.get_version_tags(version)
-            verdict = tags.get(TAG_VERDICT)
-            if verdict == PROMOTED and tags.get("ticketune.approved_by"):  # approved before (a repeat, or a crash
-                return self.promote(version, reason=reason, actor=actor, action="approve")  # before the move)
-            if verdict != AWAITING_APPROVAL:
-                raise ApprovalError(
-                    f"version {version} is {verdict or 'not judged'}, not awaiting approval; "
-                    + ("`ticketune promote --force` overrides the gate." if verdict == REJECTED
-                       else "only a candidate that passed the gate under gate.approval: manual waits for it.")
-                )
-            self.registry.set_version_tags(version, {
-                "ticketune.approved_by": actor, "ticketune.approved_at": _now_iso(),
-                "ticketune.approval_reason": reason, TAG_VERDICT: PROMOTED,
-            })
-            return self.promote(version, reason=reason, actor=actor, action="approve")
+            if not rules.approval_is_repeat(version, self.registry.get_version_tags(version)):
+                self.registry.set_version_tags(version, {
+                    TAG_APPROVED_BY: actor, TAG_APPROVED_AT: _now_iso(), TAG_APPROVAL_REASON: reason,
+                    TAG_VERDICT: VERDICT_PROMOTED,
+                })
+            return self.promote(version, reason=reason, actor=actor, action=ACTION_APPROVE)
 
     def rollback(self, to_version: str | None = None, *, reason: str, actor: str, force: bool = False) -> Move:
-        """Moves the champion back to the previous champion, or to `to_version`."""
+        """Moves the champion back to the champion the current one replaced (walking back over earlier
+        rollbacks, by the audit log), or to `to_version`; repeating `--to` changes nothing."""
         with self._lock:
-            if to_version is not None and self.registry.champion_version() == str(to_version):
-                return Move("rollback", str(to_version), str(to_version), moved=False)  # a repeat: already there
-            current, target = self.registry.rollback_target(to_version, force=force)
-            force = force or self.registry.get_version_tags(target).get(TAG_VERDICT) == REJECTED  # recorded as such
-            with self._audited("rollback", target, current, actor=actor, reason=reason, forced=force):
-                self.registry.rollback(target, reason=reason, actor=actor, force=force)
-        metrics.CHAMPION_MOVES.labels(action="rollback").inc()
+            current = self.registry.champion_version()
+            if to_version is not None and current == str(to_version):
+                return Move(ACTION_ROLLBACK, current, current, moved=False)  # a repeat: already there
+            target = rules.rollback_target(
+                current, to_version, moves=self.audit_log(), tags_of=self.registry.get_version_tags, force=force,
+                model=getattr(self.registry, "model_name", "the model"),
+                alias=getattr(self.registry, "champion_alias", "champion"),
+            )
+            forced = rules.is_forced(ACTION_ROLLBACK, self.registry.get_version_tags(target), force=force)
+            with self._audited(ACTION_ROLLBACK, target, current, actor=actor, reason=reason, forced=forced):
+                self.registry.set_champion(target)
+                self.registry.set_version_tags(current, {TAG_ROLLED_BACK_AT: _now_iso(), TAG_ROLLBACK_REASON: reason})
+        metrics.CHAMPION_MOVES.labels(action=ACTION_ROLLBACK).inc()
         log.info("champion rolled back %s -> %s (by %s)", current, target, actor)
         serving = self.serving.rolled_back(target, current, reason=reason, actor=actor) if self.serving else {}
         self.refresh_gauges()
-        return Move("rollback", current, target, forced=force, serving=serving)
+        return Move(ACTION_ROLLBACK, current, target, forced=forced, serving=serving)
+
+    def audit_log(self) -> list[dict]:
+        """Every champion move in the store's audit log, oldest first."""
+        return list(reversed(self.store.champion_moves(limit=versions.ALL_MOVES)))
+
+    def history(self) -> list[dict]:
+        """Every version, newest first, as `ticketune history --json` prints it (daemon/champion/versions.py)."""
+        return versions.history(self.registry, self.store)
 
     @contextmanager
     def _audited(self, action: str, version: str, previous: str | None, *, actor: str, reason: str,
@@ -176,7 +208,7 @@ class ChampionKeeper:
             recorded, known = self.store.known_champion()
             if not recorded:  # the first look at this store: what is there now is the starting point
                 if champion is not None:
-                    self.store.begin_move("observed", champion, None, actor="ticketune", state="done",
+                    self.store.begin_move(ACTION_OBSERVED, champion, None, actor="ticketune", state="done",
                                           reason="the champion when ticketune first watched the alias")
                 self.refresh_gauges()
                 return None
@@ -185,21 +217,22 @@ class ChampionKeeper:
             return self._outside_move(champion, known)
 
     def _outside_move(self, champion: str | None, known: str | None) -> Move:
-        tags = self.registry.get_version_tags(champion) if champion is not None else {}
-        verdict = tags.get(TAG_VERDICT)
-        forced = champion is not None and verdict not in (PROMOTED, AWAITING_APPROVAL)
+        tags = self.registry.get_version_tags(champion) if champion is not None else None
+        verdict = (tags or {}).get(TAG_VERDICT)
+        forced = rules.is_forced(ACTION_OUTSIDE_MOVE, tags)
         reason = (f"alias moved outside ticketune (MLflow UI or API) from version {known or 'none'} to "
                   f"{champion or 'none'}" + (f"; the gate's verdict on it: {verdict or 'none'}" if forced else ""))
-        self.store.begin_move("outside_move", champion, known, actor=OUTSIDE_ACTOR, reason=reason, forced=forced,
+        self.store.begin_move(ACTION_OUTSIDE_MOVE, champion, known, actor=OUTSIDE_ACTOR, reason=reason, forced=forced,
                               state="done")
         if champion is not None:
-            if verdict == AWAITING_APPROVAL:  # moving a waiting candidate is the operator's approval
-                self.registry.set_version_tags(champion, {
-                    "ticketune.approved_by": OUTSIDE_ACTOR, "ticketune.approved_at": _now_iso(), TAG_VERDICT: PROMOTED,
-                })
-            self.registry.note_outside_move(champion, known, reason=reason, forced=forced)
+            moved_tags = {TAG_PROMOTED_AT: _now_iso(), TAG_PROMOTED_BY: OUTSIDE_ACTOR, TAG_PROMOTION_REASON: reason,
+                          TAG_PROMOTION_FORCED: "true" if forced else "false"}
+            if verdict == VERDICT_AWAITING_APPROVAL:  # moving a waiting candidate is the operator's approval
+                moved_tags |= {TAG_APPROVED_BY: OUTSIDE_ACTOR, TAG_APPROVED_AT: _now_iso(),
+                               TAG_VERDICT: VERDICT_PROMOTED}
+            self.registry.set_version_tags(champion, moved_tags)
         metrics.OUTSIDE_MOVES.labels(gate="failed" if forced else "passed").inc()
-        metrics.CHAMPION_MOVES.labels(action="outside_move").inc()
+        metrics.CHAMPION_MOVES.labels(action=ACTION_OUTSIDE_MOVE).inc()
         if forced:
             log.warning("%s: honoured as the operator's choice and recorded as forced", reason)
         else:
@@ -212,7 +245,7 @@ class ChampionKeeper:
             serving = (self.serving.rolled_back(champion, known, reason=reason, actor=OUTSIDE_ACTOR) if older
                        else self.serving.promoted(champion, known, reason=reason, actor=OUTSIDE_ACTOR, forced=forced))
         self.refresh_gauges()
-        return Move("outside_move", known, champion, forced=forced, serving=serving)
+        return Move(ACTION_OUTSIDE_MOVE, known, champion, forced=forced, serving=serving)
 
     def _settle_pending(self, champion: str | None, *, grace_s: float) -> bool:
         """Ends pending audit rows older than `grace_s` by what the alias shows; True while a younger
@@ -244,13 +277,13 @@ class ChampionKeeper:
                 self.store.end_move(move["id"], state)
                 notes.append(f"audit row {move['id']} ({move['action']} to {move['version']}) settled as {state}")
             unfinished = set(self.store.unfinished_cycles())
-            for row in self.registry.history():
+            for row in self.registry.list_versions():
                 tags = row.get("tags") or {}
                 version, cycle_id = row["version"], tags.get(TAG_CYCLE_ID)
-                if tags.get(TAG_STATE) == REGISTERING:
+                if tags.get(TAG_STATE) == STATE_REGISTERING:
                     notes.append(self.settle_registration(version, cycle_id))
                     tags = self.registry.get_version_tags(version)
-                if cycle_id in unfinished and tags.get(TAG_STATE, COMPLETE) == COMPLETE:
+                if cycle_id in unfinished and rules.version_state(tags) == STATE_COMPLETE:
                     notes.extend(self._finish_interrupted_cycle(version, cycle_id, tags, champion))
                     unfinished.discard(cycle_id)
         for note in notes:
@@ -266,9 +299,9 @@ class ChampionKeeper:
         notes: list[str] = []
         with self._lock:
             unfinished = set(self.store.unfinished_cycles())
-            for row in self.registry.history():
+            for row in self.registry.list_versions():
                 tags = row.get("tags") or {}
-                if tags.get(TAG_STATE) == REGISTERING and tags.get(TAG_CYCLE_ID) not in unfinished:
+                if tags.get(TAG_STATE) == STATE_REGISTERING and tags.get(TAG_CYCLE_ID) not in unfinished:
                     notes.append(self.settle_registration(row["version"], tags.get(TAG_CYCLE_ID)))
         for note in notes:
             log.warning("settled: %s", note)
@@ -279,19 +312,11 @@ class ChampionKeeper:
                             ) -> str:
         """A version left `registering`: complete when the store holds its decision (a closed batch),
         otherwise abandoned (never promotable); `why` says how its registration was cut short."""
-        batch = self.store.batch_of_version(version)
-        if batch is not None:
-            self.registry.set_version_tags(version, {TAG_STATE: COMPLETE})
-            return f"version {version} (cycle {cycle_id}): the store had its decision; registration completed"
-        self.registry.set_version_tags(version, {
-            TAG_STATE: ABANDONED, TAG_VERDICT: ABANDONED,
-            "ticketune.abandoned_reason": f"{why}; its batch stayed pending",
-        })
-        return f"version {version} (cycle {cycle_id}): half-registered, marked abandoned (never promotable)"
+        return versions.settle_registration(self.store, self.registry, version, cycle_id, why)
 
     def _finish_interrupted_cycle(self, version: str, cycle_id: str, tags: dict, champion: str | None) -> list[str]:
         batch = self.store.batch_of_version(version)
-        verdict = tags.get(TAG_VERDICT) or "failed"
+        verdict = tags.get(TAG_VERDICT) or VERDICT_FAILED
         notes = []
         try:
             reasons = json.loads(tags.get(TAG_REASONS) or "[]")
@@ -304,7 +329,7 @@ class ChampionKeeper:
         )
         notes.append(f"cycle {cycle_id} recorded as {verdict} with version {version}")
         parent = tags.get(TAG_PARENT) or None
-        if verdict == PROMOTED and not tags.get(TAG_PROMOTED_AT) and champion != version:
+        if verdict == VERDICT_PROMOTED and not tags.get(TAG_PROMOTED_AT) and champion != version:
             if champion == parent:
                 self.promote(version, reason=f"completing the promotion of cycle {cycle_id} after a restart",
                              actor="ticketune")
@@ -319,12 +344,14 @@ class ChampionKeeper:
         """Champion version, whether it failed the gate (an alert), candidates awaiting approval."""
         try:
             champion = self.registry.champion_version()
-            rows = self.registry.history()
+            rows = self.registry.list_versions()
         except Exception as exc:  # best effort: the registry's outage shows elsewhere
             log.debug("champion gauges not refreshed: %s", exc)
             return
         metrics.CHAMPION_VERSION.set(float(champion) if champion and champion.isdigit() else 0)
         current = next((row for row in rows if row["version"] == champion), None)
-        failed_gate = current is not None and (current.get("tags") or {}).get(TAG_VERDICT) not in (PROMOTED, None)
+        verdict = (current.get("tags") or {}).get(TAG_VERDICT) if current is not None else None
+        failed_gate = current is not None and verdict not in (VERDICT_PROMOTED, None)
         metrics.CHAMPION_FAILED_GATE.set(1 if failed_gate else 0)
-        metrics.AWAITING_APPROVAL.set(sum(1 for row in rows if row.get("verdict") == AWAITING_APPROVAL))
+        metrics.AWAITING_APPROVAL.set(sum(1 for row in rows
+                                          if (row.get("tags") or {}).get(TAG_VERDICT) == VERDICT_AWAITING_APPROVAL))

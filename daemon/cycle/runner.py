@@ -25,7 +25,17 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from daemon import code_version, metrics
+from daemon.champion import versions
+from daemon.champion import vocabulary as vocab
 from daemon.champion.keeper import ChampionKeeper
+from daemon.champion.versions import tag_erased_versions
+from daemon.champion.vocabulary import (
+    VERDICT_AWAITING_APPROVAL,
+    VERDICT_FAILED,
+    VERDICT_PROMOTED,
+    VERDICT_REJECTED,
+    VERDICT_SKIPPED,
+)
 from daemon.config import Settings
 from daemon.cycle.plan import (
     CycleFacts,
@@ -64,11 +74,6 @@ from daemon.training.contract import (
 
 log = logging.getLogger("ticketune.cycle")
 
-VERDICT_PROMOTED = "promoted"
-VERDICT_REJECTED = "rejected"
-VERDICT_AWAITING_APPROVAL = "awaiting_approval"  # passed the gate; gate.approval is manual
-VERDICT_SKIPPED = "skipped"
-VERDICT_FAILED = "failed"
 
 _WHOLE_FILE_BYTES = 64 << 20
 _EDGE_BYTES = 1 << 20
@@ -192,21 +197,6 @@ def golden_rows(result: TrainResult | dict, verdict: Verdict, golden: GoldenSet)
     return rows
 
 
-def tag_erased_versions(store: ExampleStore, registry: Registry) -> int:
-    """Tags the model versions trained on erased examples; returns how many erasures are still pending."""
-    pending = store.pending_erasures()
-    for erasure in pending:
-        for version in erasure["affected_versions"]:
-            registry.set_version_tags(version, {
-                "ticketune.trained_on_erased_data": "true",
-                "ticketune.erasure_requested_at": erasure["requested_at"],
-            })
-        store.mark_erasure_tagged(erasure["erasure_id"])
-    left = len(store.pending_erasures())
-    metrics.ERASURES_PENDING.set(left)
-    return left
-
-
 def eval_snapshot_id(snapshot: Snapshot) -> str:
     """Names the trusted eval set a candidate was judged on: the same examples give the same id."""
     digest = hashlib.sha256()
@@ -251,7 +241,7 @@ class CycleRunner:
             champion = self.registry.champion_version()
             tag_erased_versions(self.store, self.registry)
             self._settle_registrations()
-            champion_base = (self.registry.get_version_tags(champion).get("ticketune.base_model_fingerprint")
+            champion_base = (self.registry.get_version_tags(champion).get(vocab.TAG_BASE_FINGERPRINT)
                              if champion is not None else None)
         except Exception as exc:  # the registry is unreachable: nothing to compare with, so no cycle
             return CycleOutcome(new_cycle_id(), VERDICT_FAILED, reasons=[str(exc).splitlines()[0]])
@@ -445,16 +435,16 @@ class CycleRunner:
         computed once per cycle (it reads the base model's files)."""
         cfg = self.settings
         return {
-            "ticketune.cycle_id": snapshot.cycle_id,
-            "ticketune.attempt": str(attempt),
-            "ticketune.snapshot_id": snapshot.id,
-            "ticketune.eval_snapshot_id": eval_snapshot_id(snapshot),
-            "ticketune.base_model": cfg.model.base,
-            "ticketune.base_revision": cfg.model.revision or "",
-            "ticketune.base_model_fingerprint": base_fingerprint,
-            "ticketune.parent_champion": snapshot.champion_version or "",
-            "ticketune.config_hash": cfg.config_hash(),
-            "ticketune.code_version": code_version(),
+            vocab.TAG_CYCLE_ID: snapshot.cycle_id,
+            vocab.TAG_ATTEMPT: str(attempt),
+            vocab.TAG_SNAPSHOT_ID: snapshot.id,
+            vocab.TAG_EVAL_SNAPSHOT_ID: eval_snapshot_id(snapshot),
+            vocab.TAG_BASE_MODEL: cfg.model.base,
+            vocab.TAG_BASE_REVISION: cfg.model.revision or "",
+            vocab.TAG_BASE_FINGERPRINT: base_fingerprint,
+            vocab.TAG_PARENT: snapshot.champion_version or "",
+            vocab.TAG_CONFIG_HASH: cfg.config_hash(),
+            vocab.TAG_CODE_VERSION: code_version(),
         }
 
     def _judge_and_register(
@@ -501,33 +491,32 @@ class CycleRunner:
             decision = VERDICT_PROMOTED if cfg.gate.approval == "auto" else VERDICT_AWAITING_APPROVAL
         tags = {
             **run_tags,
-            "ticketune.state": "registering",
-            "ticketune.verdict": decision,
-            "ticketune.reasons": json.dumps(reasons),
-            "ticketune.metrics": json.dumps(numeric, sort_keys=True),
-            "ticketune.gate": json.dumps(verdict.to_dict()),
-            "ticketune.adapter_method": adapter_methods.describe(
+            vocab.TAG_VERDICT: decision,
+            vocab.TAG_REASONS: json.dumps(reasons),
+            vocab.TAG_METRICS: json.dumps(numeric, sort_keys=True),
+            vocab.TAG_GATE: json.dumps(verdict.to_dict()),
+            vocab.TAG_ADAPTER_METHOD: adapter_methods.describe(
                 cfg.adapter.method, cfg.adapter.use_rslora, cfg.training.quantization
             ),
-            "ticketune.gate_profile": cfg.gate.profile,
-            "ticketune.gate_approval": cfg.gate.approval,
-            "ticketune.reference": "champion" if has_reference_champion else "base",
+            vocab.TAG_GATE_PROFILE: cfg.gate.profile,
+            vocab.TAG_GATE_APPROVAL: cfg.gate.approval,
+            vocab.TAG_REFERENCE: "champion" if has_reference_champion else "base",
         }
         if fresh_reason == "new_base":
-            tags["ticketune.lineage_break"] = f"base model changed from {previous_base}"
+            tags[vocab.TAG_LINEAGE_BREAK] = f"base model changed from {previous_base}"
         if result.adapter_dir is None:
             raise RuntimeError("the worker's result names no adapter_dir")
         adapter_dir = Path(result.adapter_dir)
         # the placeholder vocabulary travels with the adapter: serving fills or strips what the model writes
         (adapter_dir / "ticketune_placeholders.json").write_text(json.dumps(PLACEHOLDERS, indent=2), "utf-8")
-        version = self.registry.register_candidate(run_id, adapter_dir, tags)
+        version = versions.register_candidate(self.registry, run_id, adapter_dir, tags)  # `registering`
         try:
             self.store.freeze_trusted_set(version, snapshot.id, champion, cfg.gate.trusted_eval_cap)
             self.store.close_batch(snapshot.id, verdict="rejected" if decision == VERDICT_REJECTED else "promoted",
                                    model_version=version)
             report_tags = self._attach_report(run_id, cycle_id, version, decision, verdict, tags, result,
                                               "champion" if has_reference_champion else "base", golden)
-            self.registry.set_version_tags(version, {**report_tags, "ticketune.state": "complete"})
+            versions.complete_registration(self.registry, version, report_tags)
         except Exception as exc:
             self._abandon_registration(cycle_id, version, snapshot.id, exc)
             raise
@@ -574,14 +563,14 @@ class CycleRunner:
             write_report(out_dir, ReportInputs(
                 model_name=self.settings.registry.model_name, version=version, cycle_id=cycle_id, decision=decision,
                 verdict=verdict.to_dict(max_chars=1_000_000), result=result, reference=reference,
-                tags={k: v for k, v in tags.items() if k != "ticketune.state"},  # complete once the report is in
+                tags=tags,  # without the state tag: the version is complete once the report is in
                 golden=golden_rows(result, verdict, golden),
             ))
         except Exception as exc:  # a plotting bug must not cost the cycle its decision
             log.error("cycle %s: the report could not be drawn: %s", cycle_id, exc)
-            return {"ticketune.report": f"failed: {type(exc).__name__}"}
+            return {vocab.TAG_REPORT: f"failed: {type(exc).__name__}"}
         self.registry.log_artifacts(run_id, out_dir, "report")
-        return {"ticketune.report": "report/report.html"}
+        return {vocab.TAG_REPORT: "report/report.html"}
 
     def _prune_cycle_dirs(self) -> None:
         root = self.settings.training.work_dir

@@ -151,7 +151,7 @@ def run_demo(work_dir: Path, *, keep: bool = False, extra_tickets: Sequence[dict
                 previous, current = service.rollback(first, reason="demo: roll back to the first adapter")
                 rollback = {"from": previous, "to": current}
                 _say(f"[demo] rolled the champion back: v{previous} -> v{current}")
-            history = service.registry.history()
+            history = service.keeper.history()
             status = service.status()
             metric_lines = _metric_lines(service.http_port)
         finally:

@@ -12,10 +12,10 @@ from prometheus_client import REGISTRY
 from test_registry import make_adapter
 from test_serving import Receiver
 
-from connectors.registry import AdapterRegistry, PromotionRefusedError
+from connectors.registry import AdapterRegistry
 from connectors.serving import ServingNotifier
 from daemon.app.tables import history_table
-from daemon.champion.keeper import ApprovalError, ChampionKeeper
+from daemon.champion.keeper import ApprovalError, ChampionKeeper, NoChampionError, PromotionRefusedError
 from daemon.config import ServingConfig
 from daemon.store import ExampleStore
 
@@ -146,10 +146,13 @@ def test_an_alias_moved_in_the_mlflow_ui_is_handled_like_a_rollback_and_a_failed
     last = store.champion_moves()[0]
     assert (last["action"], last["previous"], last["version"], last["forced"]) == ("outside_move", v1, v2, True)
     assert "rejected" in last["reason"]
-    events = registry.champion_events()
-    assert events[-1]["action"] == "outside_move" and events[-1]["version"] == v2
+    assert "ticketune.champion_events" not in (ui.get_registered_model(MODEL).tags or {})  # the store keeps the log
 
     # the next rollback walks back from the operator's choice, as from ticketune's own moves
+    move = keeper.rollback(reason="v2 was a mistake", actor="cli:bo")
+    assert (move.previous, move.current, move.forced) == (v2, v1, False)
+    with pytest.raises(NoChampionError, match="first champion"):  # v1 replaced nobody: the undo stack is empty
+        keeper.rollback(reason="again", actor="cli:bo")
     keeper.promote(v3, reason="fixed", actor="cli:bo")
     assert metric("ticketune_champion_failed_gate") == 0
 
@@ -218,7 +221,7 @@ def test_history_table_shows_the_champion_since_when_and_the_break_of_a_new_base
     v3 = register(registry, tmp_path, "c-3", "promoted", base="base-b")
     keeper.promote(v1, reason="first", actor="cycle")
     keeper.promote(v3, reason="new base", actor="cycle")
-    rows = registry.history()
+    rows = keeper.history()
     table = history_table(rows)
     lines = table.splitlines()
     champion_line = next(line for line in lines if line.startswith(f"v{v3} "))
@@ -228,3 +231,48 @@ def test_history_table_shows_the_champion_since_when_and_the_break_of_a_new_base
     assert "new base model" in lines[brk] and "base-b" in lines[brk]
     assert lines[brk + 1].startswith(f"v{v2} ") and "rejected" in lines[brk + 1]
     assert not any("new base model" in line for line in lines[brk + 1:])
+
+
+def test_rollback_after_an_outside_move_goes_to_the_champion_it_replaced(parts, mlflow_sqlite_uri) -> None:
+    """The rollback target comes from the store's audit log, where outside moves are recorded too
+    (it used to come from an MLflow tag that knew only ticketune's own promotions, and refused with
+    "the event log has no promotion of the current champion")."""
+    registry, store, keeper, receiver, tmp_path = parts
+    v1, v2, v3 = (register(registry, tmp_path, f"c-{i}", "promoted") for i in (1, 2, 3))
+    ui = MlflowClient(tracking_uri=mlflow_sqlite_uri, registry_uri=mlflow_sqlite_uri)
+    ui.set_registered_model_alias(MODEL, "champion", v1)  # the champion before ticketune ever moved it
+    assert keeper.watch_once() is None  # taken as found (`observed`)
+    keeper.promote(v2, reason="cycle c-2 passed the gate", actor="cycle")
+    ui.set_registered_model_alias(MODEL, "champion", v3)  # an operator's promotion in the MLflow UI
+    assert keeper.watch_once().action == "outside_move"
+
+    move = keeper.rollback(reason="v3 misroutes refunds", actor="cli:bo")
+    assert (move.previous, move.current) == (v3, v2)
+    move = keeper.rollback(reason="v2 too", actor="cli:bo")  # walks back like an undo stack
+    assert (move.previous, move.current) == (v2, v1)
+    with pytest.raises(NoChampionError, match="no earlier one"):
+        keeper.rollback(reason="and again", actor="cli:bo")
+    assert registry.champion_version() == v1
+    assert [(r["action"], r["previous"], r["version"]) for r in reversed(store.champion_moves())] == [
+        ("observed", None, v1), ("promote", v1, v2), ("outside_move", v2, v3), ("rollback", v3, v2),
+        ("rollback", v2, v1),
+    ]
+    rows = {row["version"]: row for row in keeper.history()}
+    assert rows[v1]["champion"] and rows[v1]["champion_since"] == store.champion_moves()[0]["at"]
+
+
+def test_rollback_from_another_process_counts_an_outside_move_no_watcher_has_seen_yet(
+    parts, mlflow_sqlite_uri
+) -> None:
+    registry, store, keeper, receiver, tmp_path = parts
+    v1, v2, v3, v4 = (register(registry, tmp_path, f"c-{i}", "promoted") for i in (1, 2, 3, 4))
+    keeper.promote(v1, reason="first", actor="cycle")
+    keeper.promote(v2, reason="second", actor="cycle")
+    MlflowClient(tracking_uri=mlflow_sqlite_uri, registry_uri=mlflow_sqlite_uri).set_registered_model_alias(
+        MODEL, "champion", v3)  # moved in the UI; this process (the CLI) watches nothing
+    move = keeper.rollback(reason="undo the UI move", actor="cli:bo")
+    assert (move.previous, move.current) == (v3, v2)
+    # `rollback --to` a version that was never champion takes the place of the one it replaced
+    keeper.rollback(to_version=v4, reason="try v4", actor="cli:bo")
+    assert keeper.rollback(to_version=v4, reason="repeated", actor="cli:bo").moved is False
+    assert keeper.rollback(reason="v4 is worse", actor="cli:bo").current == v1

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from daemon.app.wiring import build_cycle_runner, build_registry
+from daemon.champion.versions import history
 from daemon.config import load_settings
 from daemon.cycle.runner import CycleRunner
 from daemon.demo.samples import generate_tickets
@@ -78,8 +79,8 @@ def test_clean_batch_promotes_then_a_poisoned_batch_is_rejected_and_quarantined(
     assert any(r.startswith("FAIL improvement") for r in second.reasons)
     assert registry.champion_version() == first.version
     assert store.counts()["quarantined"] > 0 and store.pending_count() == 0
-    history = registry.history()
-    assert [(h["version"], h["verdict"], h["champion"]) for h in history] == [
+    rows = history(registry, store)
+    assert [(h["version"], h["verdict"], h["champion"]) for h in rows] == [
         (second.version, "rejected", False), (first.version, "promoted", True)]
     cycles = store.cycles()
     assert [c["verdict"] for c in cycles] == ["rejected", "promoted"]
@@ -102,7 +103,7 @@ def test_a_worker_failure_is_a_failed_cycle_that_keeps_the_batch_pending(setup, 
     assert outcome.verdict == "failed"
     assert "no-such-model" in outcome.reasons[0] or "model" in outcome.reasons[0].lower()
     assert store.pending_count() == len(examples(60, seed=4, start_id=4000))
-    assert registry.history() == []
+    assert registry.list_versions() == []
     assert store.cycles()[0]["verdict"] == "failed"
     assert store.retryable_cycle() is None  # a missing model (worker exit 2) fails the same way again
 

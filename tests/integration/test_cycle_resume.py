@@ -78,9 +78,8 @@ class MemoryRegistry:
         self.versions[version] = dict(tags)
         return version
 
-    def promote(self, version: str, *, reason: str, force: bool = False, actor: str = "cycle") -> str | None:
-        previous, self.champion = self.champion, version
-        return previous
+    def set_champion(self, version: str) -> None:
+        self.champion = version
 
     def set_version_tags(self, version: str, tags: dict) -> None:
         self.versions[version].update(tags)
@@ -88,11 +87,8 @@ class MemoryRegistry:
     def get_version_tags(self, version: str) -> dict:
         return dict(self.versions.get(version, {}))
 
-    def check_promotable(self, version: str, *, force: bool = False) -> None:
-        assert self.versions[version].get("ticketune.state") == "complete"
-
-    def history(self) -> list[dict]:
-        return [{"version": v, "verdict": t.get("ticketune.verdict"), "tags": t} for v, t in self.versions.items()]
+    def list_versions(self) -> list[dict]:
+        return [{"version": v, "champion": v == self.champion, "tags": t} for v, t in self.versions.items()]
 
 
 class ScriptedWorker:

@@ -14,6 +14,7 @@ from test_cycle import examples
 
 from daemon.app.tables import history_table
 from daemon.app.wiring import build_cycle_runner, build_registry
+from daemon.champion.versions import history
 from daemon.config import load_settings
 from daemon.cycle.runner import base_model_fingerprint
 from daemon.store import ExampleStore
@@ -72,7 +73,7 @@ def test_a_new_base_model_is_judged_against_the_new_base_on_the_old_trusted_set(
         snapshot = store.load_snapshot(spec["snapshot_id"])
         assert snapshot.replay and len(snapshot.trusted_eval) == trusted_before
 
-        table = history_table(registry.history()).splitlines()
+        table = history_table(history(registry, store)).splitlines()
         v2 = next(i for i, line in enumerate(table) if line.startswith("v2 "))
         assert "new base model" in table[v2 + 1] and str(other_base) in table[v2 + 1]
         assert table[v2 + 2].startswith("v1 ")

@@ -1,4 +1,5 @@
-"""The adapter registry against a real MLflow: a sqlite store, and an `mlflow server` over HTTP."""
+"""The adapter registry against a real MLflow: a sqlite store, and an `mlflow server` over HTTP; the
+champion's moves through the keeper on it (the registry only moves the alias it is told to)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,15 @@ from fixture_mlflow import free_port
 from mlflow import MlflowClient
 
 from connectors.registry import (
-    MAX_EVENTS_CHARS,
     AdapterRegistry,
-    NoChampionError,
-    PromotionRefusedError,
     RegistryError,
     RegistryUnavailableError,
     VersionNotFoundError,
     set_mlflow_http_defaults,
 )
+from daemon.champion.keeper import ChampionKeeper, NoChampionError, PromotionRefusedError
+from daemon.champion.versions import history
+from daemon.store import ExampleStore
 
 MODEL = "ticketune-test"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +62,18 @@ def registry(mlflow_sqlite_uri: str) -> AdapterRegistry:
     return AdapterRegistry(tracking_uri=mlflow_sqlite_uri, model_name=MODEL)
 
 
+@pytest.fixture
+def keeper(registry: AdapterRegistry, tmp_path: Path):
+    store = ExampleStore(tmp_path / "examples.db")
+    yield ChampionKeeper(store, registry)
+    store.close()
+
+
+def moves(keeper: ChampionKeeper) -> list[tuple]:
+    """The audit log, oldest first, as (action, version, previous)."""
+    return [(m["action"], m["version"], m["previous"]) for m in keeper.audit_log()]
+
+
 def test_register_candidate_uploads_adapter_beside_sqlite_store_and_tags_version(
     registry: AdapterRegistry, tmp_path: Path
 ):
@@ -87,130 +100,148 @@ def test_register_candidate_uploads_adapter_beside_sqlite_store_and_tags_version
     assert client.get_run(again).info.experiment_id == run.info.experiment_id
 
 
-def test_promote_moves_alias_returns_previous_and_records_events(registry: AdapterRegistry, tmp_path: Path):
+def test_promote_moves_alias_returns_previous_and_records_the_moves(
+    registry: AdapterRegistry, keeper: ChampionKeeper, tmp_path: Path
+):
     first, second = register(registry, tmp_path, "c1"), register(registry, tmp_path, "c2")
     assert registry.champion_version() is None
 
-    assert registry.promote(first, reason="first gate pass") is None
-    assert registry.promote(second, reason="second gate pass", actor="cycle") == first
-    assert registry.promote(second, reason="again") == second  # already champion: nothing changes
+    assert keeper.promote(first, reason="first gate pass", actor="cycle").previous is None
+    assert keeper.promote(second, reason="second gate pass", actor="cycle").previous == first
+    assert keeper.promote(second, reason="again", actor="cycle").moved is False  # already champion: nothing changes
 
     assert registry.champion_version() == second
-    events = registry.champion_events()
-    assert [(e["action"], e["version"], e["previous"]) for e in events] == [
-        ("promote", first, None), ("promote", second, first)
-    ]
-    assert events[1]["reason"] == "second gate pass" and events[1]["actor"] == "cycle"
-    assert events[1]["forced"] is False and events[1]["at"].endswith("Z")
+    assert moves(keeper) == [("promote", first, None), ("promote", second, first)]
+    last = keeper.audit_log()[-1]
+    assert last["reason"] == "second gate pass" and last["actor"] == "cycle" and last["forced"] is False
     tags = registry.get_version_tags(second)
     assert tags["ticketune.promotion_forced"] == "false" and "ticketune.promoted_at" in tags
+    assert "ticketune.champion_events" not in (registry._registered_model().tags or {})  # no longer written
+
+
+def test_set_champion_only_moves_the_alias(registry: AdapterRegistry, tmp_path: Path):
+    first = register(registry, tmp_path, "c1")
+    registry.set_champion(first)
+    assert registry.champion_version() == first
+    assert not any(key.startswith("ticketune.promot") for key in registry.get_version_tags(first))
 
 
 def test_history_lists_versions_newest_first_with_champion_flag_and_verdict(
-    registry: AdapterRegistry, tmp_path: Path
+    registry: AdapterRegistry, keeper: ChampionKeeper, tmp_path: Path
 ):
-    assert registry.history() == []
+    assert registry.list_versions() == [] and keeper.history() == []
     first = register(registry, tmp_path, "c1")
     second = register(registry, tmp_path, "c2", verdict="rejected")
     third = register(registry, tmp_path, "c3")
-    registry.promote(first, reason="gate")
-    registry.promote(third, reason="gate")
+    keeper.promote(first, reason="gate", actor="cycle")
+    keeper.promote(third, reason="gate", actor="cycle")
 
-    history = registry.history()
-
-    assert [(h["version"], h["verdict"], h["champion"]) for h in history] == [
+    listed = registry.list_versions()
+    assert [(row["version"], row["champion"]) for row in listed] == [(third, True), (second, False), (first, False)]
+    assert set(listed[0]) == {"version", "champion", "created_at", "run_id", "tags"}
+    rows = keeper.history()
+    assert [(h["version"], h["verdict"], h["champion"]) for h in rows] == [
         (third, "promoted", True), (second, "rejected", False), (first, "promoted", False)
     ]
-    assert history[1]["reasons"] == ["eval loss got worse"]
-    assert history[0]["metrics"] == {"candidate_eval_loss": 1.5}
-    assert history[0]["created_at"].endswith("Z") and history[0]["run_id"]
-    assert history[0]["tags"]["ticketune.dataset_snapshot"] == "snap-c3"
-    json.dumps(history)  # the CLI prints it as is
+    assert rows[1]["reasons"] == ["eval loss got worse"]
+    assert rows[0]["metrics"] == {"candidate_eval_loss": 1.5}
+    assert rows[0]["created_at"].endswith("Z") and rows[0]["run_id"]
+    assert rows[0]["tags"]["ticketune.dataset_snapshot"] == "snap-c3"
+    assert rows[0]["champion_since"] == keeper.audit_log()[-1]["at"] and rows[1]["champion_since"] is None
+    assert list(rows[0]) == ["version", "verdict", "champion", "champion_since", "created_at", "state",
+                             "base_model_fingerprint", "promoted_at", "metrics", "reasons", "run_id", "tags"]
+    assert history(registry)[0]["champion_since"] is None  # without the store there is no audit log to ask
+    json.dumps(rows)  # the CLI prints it as is
 
 
 def test_rollback_defaults_to_the_champion_before_the_current_one_and_walks_back(
-    registry: AdapterRegistry, tmp_path: Path
+    registry: AdapterRegistry, keeper: ChampionKeeper, tmp_path: Path
 ):
     v1, v2, v3 = (register(registry, tmp_path, f"c{i}") for i in (1, 2, 3))
     for version in (v1, v2, v3):
-        registry.promote(version, reason="gate")
+        keeper.promote(version, reason="gate", actor="cycle")
 
-    assert registry.rollback(reason="bad answers in production") == (v3, v2)
+    move = keeper.rollback(reason="bad answers in production", actor="operator")
+    assert (move.previous, move.current) == (v3, v2)
     assert registry.champion_version() == v2
     tags = registry.get_version_tags(v3)
     assert tags["ticketune.rollback_reason"] == "bad answers in production"
     assert "ticketune.rolled_back_at" in tags
     # A second rollback goes to the champion before v2, not back to v3.
-    assert registry.rollback() == (v2, v1)
+    move = keeper.rollback(reason="operator rollback", actor="operator")
+    assert (move.previous, move.current) == (v2, v1)
     with pytest.raises(NoChampionError, match="first champion"):
-        registry.rollback()
+        keeper.rollback(reason="operator rollback", actor="operator")
     assert registry.champion_version() == v1
-    assert [(e["action"], e["version"], e["previous"]) for e in registry.champion_events()][-2:] == [
-        ("rollback", v2, v3), ("rollback", v1, v2)
-    ]
+    assert moves(keeper)[-2:] == [("rollback", v2, v3), ("rollback", v1, v2)]
 
 
 def test_rollback_to_a_named_version_and_to_unknown_or_current_versions(
-    registry: AdapterRegistry, tmp_path: Path
+    registry: AdapterRegistry, keeper: ChampionKeeper, tmp_path: Path
 ):
     v1, v2, v3 = (register(registry, tmp_path, f"c{i}") for i in (1, 2, 3))
-    registry.promote(v2, reason="gate")
-    registry.promote(v3, reason="gate")
+    keeper.promote(v2, reason="gate", actor="cycle")
+    keeper.promote(v3, reason="gate", actor="cycle")
 
-    assert registry.rollback(to_version=v1, reason="operator pick") == (v3, v1)
+    move = keeper.rollback(to_version=v1, reason="operator pick", actor="operator")
+    assert (move.previous, move.current) == (v3, v1)
     assert registry.champion_version() == v1
     with pytest.raises(VersionNotFoundError, match="no version 42"):
-        registry.rollback(to_version="42")
+        keeper.rollback(to_version="42", reason="typo", actor="operator")
     with pytest.raises(VersionNotFoundError, match="not a model version number"):
-        registry.rollback(to_version="latest")
-    with pytest.raises(RegistryError, match="already the champion"):
-        registry.rollback(to_version=v1)
+        keeper.rollback(to_version="latest", reason="typo", actor="operator")
+    assert keeper.rollback(to_version=v1, reason="repeat", actor="operator").moved is False  # already there
     assert registry.champion_version() == v1
+    # v1 took v3's place: the next rollback goes to the champion v3 replaced
+    assert keeper.rollback(reason="v1 is worse", actor="operator").current == v2
 
 
 def test_rollback_without_champion_or_previous_champion_is_a_clear_error(
-    registry: AdapterRegistry, tmp_path: Path
+    registry: AdapterRegistry, keeper: ChampionKeeper, tmp_path: Path
 ):
     with pytest.raises(NoChampionError, match="no 'champion' version"):
-        registry.rollback()
+        keeper.rollback(reason="r", actor="operator")
     only = register(registry, tmp_path, "c1")
     with pytest.raises(NoChampionError, match="no 'champion' version"):
-        registry.rollback()
-    registry.promote(only, reason="gate")
+        keeper.rollback(reason="r", actor="operator")
+    keeper.promote(only, reason="gate", actor="cycle")
     with pytest.raises(NoChampionError, match="no earlier one"):
-        registry.rollback()
+        keeper.rollback(reason="r", actor="operator")
     assert registry.champion_version() == only
 
 
 def test_promote_refuses_rejected_version_unless_forced_and_records_the_force(
-    registry: AdapterRegistry, tmp_path: Path
+    registry: AdapterRegistry, keeper: ChampionKeeper, tmp_path: Path
 ):
     good = register(registry, tmp_path, "c1")
     rejected = register(registry, tmp_path, "c2", verdict="rejected")
-    registry.promote(good, reason="gate")
+    keeper.promote(good, reason="gate", actor="cycle")
 
     with pytest.raises(PromotionRefusedError, match="--force"):
-        registry.promote(rejected, reason="try")
+        keeper.promote(rejected, reason="try", actor="operator")
     assert registry.champion_version() == good
+    assert len(keeper.audit_log()) == 1  # a refusal is not a move
 
-    previous = registry.promote(rejected, reason="known good on manual review", force=True, actor="operator")
-    assert previous == good
+    move = keeper.promote(rejected, reason="known good on manual review", force=True, actor="operator")
+    assert (move.previous, move.forced) == (good, True)
     assert registry.champion_version() == rejected
     tags = registry.get_version_tags(rejected)
     assert tags["ticketune.promotion_forced"] == "true"
     assert tags["ticketune.promoted_by"] == "operator"
     assert tags["ticketune.promotion_reason"] == "known good on manual review"
     assert tags["ticketune.verdict"] == "rejected"
-    last = registry.champion_events()[-1]
+    last = keeper.audit_log()[-1]
     assert (last["version"], last["forced"], last["actor"]) == (rejected, True, "operator")
 
 
-def test_promote_unknown_version_is_version_not_found(registry: AdapterRegistry, tmp_path: Path):
+def test_promote_unknown_version_is_version_not_found(
+    registry: AdapterRegistry, keeper: ChampionKeeper, tmp_path: Path
+):
     with pytest.raises(VersionNotFoundError, match="no version 7"):
-        registry.promote("7", reason="typo")
+        keeper.promote("7", reason="typo", actor="operator")
     register(registry, tmp_path, "c1")
     with pytest.raises(VersionNotFoundError, match="no version 7"):
-        registry.promote("7", reason="typo")
+        keeper.promote("7", reason="typo", actor="operator")
     with pytest.raises(VersionNotFoundError):
         registry.get_version_tags("7")
 
@@ -223,22 +254,6 @@ def test_download_adapter_returns_the_registered_files(registry: AdapterRegistry
 
     assert local.is_dir() and local.is_relative_to(tmp_path / "download")
     assert files_of(local) == files_of(tmp_path / "adapters" / "c1")
-
-
-def test_champion_event_log_keeps_the_newest_events_within_the_tag_limit(
-    registry: AdapterRegistry, tmp_path: Path
-):
-    a, b = register(registry, tmp_path, "c1"), register(registry, tmp_path, "c2")
-    long_reason = "r" * 500
-    for i in range(16):
-        registry.promote(a if i % 2 == 0 else b, reason=f"{i} {long_reason}")
-
-    events = registry.champion_events()
-
-    assert 1 < len(events) < 16
-    assert len(json.dumps(events, separators=(",", ":"))) <= MAX_EVENTS_CHARS
-    assert events[-1]["reason"].startswith("15 ") and len(events[-1]["reason"]) == 200
-    assert registry.rollback() == (b, a)
 
 
 def test_registry_errors_are_registry_errors_not_mlflow_tracebacks(registry: AdapterRegistry):
@@ -282,18 +297,22 @@ def test_unreachable_server_fails_fast_with_registry_unavailable(monkeypatch: py
 
 def test_http_server_register_promote_download_rollback(mlflow_server_uri: str, tmp_path: Path):
     registry = AdapterRegistry(tracking_uri=mlflow_server_uri, model_name="ticketune-http")
+    store = ExampleStore(tmp_path / "examples.db")
+    keeper = ChampionKeeper(store, registry)
     v1, v2 = register(registry, tmp_path, "h1"), register(registry, tmp_path, "h2")
 
-    assert registry.promote(v1, reason="gate") is None
-    assert registry.promote(v2, reason="gate") == v1
+    assert keeper.promote(v1, reason="gate", actor="cycle").previous is None
+    assert keeper.promote(v2, reason="gate", actor="cycle").previous == v1
     assert MlflowClient(tracking_uri=mlflow_server_uri).get_model_version(
         "ticketune-http", v2
     ).source.startswith("mlflow-artifacts:")
     local = registry.download_adapter(v2, tmp_path / "download")
     assert files_of(local) == files_of(tmp_path / "adapters" / "h2")
-    assert registry.rollback(reason="http rollback") == (v2, v1)
-    assert [(h["version"], h["champion"]) for h in registry.history()] == [(v2, False), (v1, True)]
+    move = keeper.rollback(reason="http rollback", actor="operator")
+    assert (move.previous, move.current) == (v2, v1)
+    assert [(h["version"], h["champion"]) for h in keeper.history()] == [(v2, False), (v1, True)]
     assert registry.get_version_tags(v2)["ticketune.rollback_reason"] == "http rollback"
+    store.close()
 
 
 def test_registry_module_does_not_import_torch():
@@ -302,3 +321,13 @@ def test_registry_module_does_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
     )
     assert result.returncode == 0, result.stderr or "connectors.registry imported torch"
+
+
+def test_registry_module_is_an_adapter_without_the_champion_rules():
+    code = ("import sys, connectors.registry; "
+            "sys.exit(sorted(m for m in sys.modules if m.startswith('daemon.champion.') "
+            "and m != 'daemon.champion.vocabulary') or 0)")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
+    )
+    assert result.returncode == 0, result.stderr or "connectors.registry imported the champion rules"
