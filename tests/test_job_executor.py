@@ -20,14 +20,9 @@ k8s = pytest.importorskip("kubernetes.client")
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 from mlflow.entities import FileInfo  # noqa: E402
 
-from connectors.executors import (  # noqa: E402
-    ANNOTATION_RUN,
-    KubernetesJobExecutor,
-    WorkerFailed,
-    build_executor,
-    build_job,
-    job_name,
-)
+from connectors.executors import WorkerFailed  # noqa: E402
+from connectors.kubernetes_job import ANNOTATION_RUN, KubernetesJobExecutor, build_job, job_name  # noqa: E402
+from daemon.app.wiring import build_executor  # noqa: E402
 from daemon.config import ExecutorConfig, load_settings  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,10 @@ build their parts here, so a part is built the same way wherever it runs."""
 from __future__ import annotations
 
 import logging
+import re
 
-from connectors.executors import build_executor
+from connectors.executors import LocalProcessExecutor
+from connectors.kubernetes_job import KubernetesJobExecutor
 from connectors.registry import AdapterRegistry, RegistryError, set_mlflow_http_defaults
 from connectors.serving import PENDING_FILE, ServingNotifier
 from daemon.champion.keeper import ChampionKeeper
@@ -78,3 +80,14 @@ def collect_status(settings: Settings, store: ExampleStore, registry: AdapterReg
         "kafka": {"topic": settings.kafka.topic, "group_id": settings.kafka.group_id},
         "store_path": str(settings.store.path),
     }
+
+
+def build_executor(settings: Settings) -> LocalProcessExecutor | KubernetesJobExecutor:
+    """The executor `settings.executor.kind` names: a local child process, or a Kubernetes Job per cycle."""
+    if settings.executor.kind == "local":
+        return LocalProcessExecutor(python=settings.training.python)
+    uri = settings.registry.tracking_uri
+    if settings.executor.shared_volume_claim is None and not re.match(r"^(https?|databricks)", uri):
+        log.warning("executor.kind is kubernetes but registry.tracking_uri %s is not a server the Job can reach; "
+                    "use an MLflow server (http://...) or executor.shared_volume_claim", uri)
+    return KubernetesJobExecutor(settings.executor, tracking_uri=uri, work_dir=settings.training.work_dir)
