@@ -352,7 +352,7 @@ class LateAssignment(MemorySource):
 
 def test_the_idle_clock_starts_at_the_first_assignment(example_store):
     source = LateAssignment([[record(0, "1", canonical_ticket("1"))]], join_s=0.6)
-    report = ingest(source, example_store, idle_timeout_s=0.2)
+    report = ingest(source, example_store, idle_timeout_s=0.2, assignment_timeout_s=5)
     assert report.stored == 1 and not report.unassigned
 
 

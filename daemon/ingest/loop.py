@@ -284,8 +284,8 @@ def run_ingest(
 ) -> IngestReport:
     """Runs until `max_records` are consumed, `idle_timeout_s` passes without a record, or `stop` is set.
 
-    The idle clock starts when the source first has partitions assigned; with `assignment_timeout_s`,
-    a source still unassigned after that long ends the run with `report.unassigned` set.
+    The idle clock starts when the source first has partitions assigned; a source still unassigned after
+    `assignment_timeout_s` (default: the idle timeout) ends the run with `report.unassigned` set.
 
     `on_batch` gets the running report after each committed batch. `scrub=False` (the config's
     `privacy.scrub: false`) stores text unscrubbed: only for testing the gate's PII check.
@@ -298,6 +298,8 @@ def run_ingest(
     report = IngestReport()
     retrier = _Retrier(stop, report, on_broker, on_store)
     started = time.monotonic()
+    if assignment_timeout_s is None:
+        assignment_timeout_s = idle_timeout_s
     last_record_at: float | None = None  # the idle clock: from the first assignment, then each record
     last_lag_at = float("-inf")
     with _silence_watchdog(retrier):
