@@ -20,24 +20,13 @@ import time
 from pathlib import Path
 
 from daemon import metrics
-from daemon.training.contract import (
-    EXIT_BAD_SPEC,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    WORKER_LOG,
-    SpecError,
-    TrainResult,
-    TrainSpec,
-    read_result,
-    read_spec,
-)
+from daemon.training import contract
 
 log = logging.getLogger("ticketune.executors")
 
 # The worker's exit codes are contract.EXIT_*. Under torchrun a failed rank makes torchrun exit 1
 # whatever the rank's code, so the result file's status and exit_code are read as well.
-__all__ = ["EXIT_BAD_SPEC", "EXIT_INTERRUPTED", "LocalProcessExecutor", "WorkerFailed", "read_json_object",
-           "report_progress", "worker_command"]
+__all__ = ["LocalProcessExecutor", "WorkerFailed", "read_json_object", "report_progress", "worker_command"]
 PROGRESS_POLL_S = 1.0
 KILL_GRACE_S = 20  # SIGTERM to SIGKILL: time for the worker to finish its step and checkpoint
 
@@ -61,12 +50,12 @@ def worker_command(python: str, spec_path: Path, gpus: int = 1) -> list[str]:
     return [python, *train]
 
 
-def validated_spec(spec_path: Path) -> TrainSpec:
+def validated_spec(spec_path: Path) -> contract.TrainSpec:
     """The cycle's spec (`contract.read_spec`); one that does not validate fails the cycle for good, as the
     worker's bad-spec exit would."""
     try:
-        return read_spec(spec_path)
-    except SpecError as exc:
+        return contract.read_spec(spec_path)
+    except contract.SpecError as exc:
         raise WorkerFailed(f"training worker failed: {exc}", retryable=False) from None
 
 
@@ -110,13 +99,13 @@ class LocalProcessExecutor:
     def run(
         self, spec_path: Path, result_path: Path, *, timeout_s: float, stop: threading.Event | None = None,
         run_id: str | None = None,
-    ) -> TrainResult:
+    ) -> contract.TrainResult:
         """Runs the worker on `spec_path`; its `training.gpus` picks torchrun, its `progress_file` is polled.
         `run_id` (the cycle's MLflow run) is for executors that move the data through MLflow; unused here."""
         spec = validated_spec(spec_path)
         gpus = spec.training.gpus
         progress_path = spec.progress_file
-        log_path = spec_path.parent / WORKER_LOG
+        log_path = spec_path.parent / contract.WORKER_LOG
         env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
         result_path.unlink(missing_ok=True)
         if progress_path is not None:
@@ -147,8 +136,8 @@ class LocalProcessExecutor:
         finally:
             metrics.TRAINING_STEP.set(0)
             metrics.TRAINING_ETA.set(0)
-        result = read_result(result_path)
-        if proc.returncode == EXIT_OK and result is not None and result.ok:
+        result = contract.read_result(result_path)
+        if proc.returncode == contract.EXIT_OK and result is not None and result.ok:
             return result
         error = (result.error if result is not None else None) or f"exit code {proc.returncode}"
         if _interrupted(proc, result):
@@ -157,7 +146,7 @@ class LocalProcessExecutor:
         raise WorkerFailed(
             f"training worker failed: {error} (log: {log_path})\n{tail_of(log_path)}",
             # under torchrun the exit code is torchrun's: the result file carries the worker's own
-            retryable=EXIT_BAD_SPEC not in (proc.returncode, result.exit_code if result is not None else None),
+            retryable=contract.EXIT_BAD_SPEC not in (proc.returncode, result.exit_code if result is not None else None),
         )
 
     @staticmethod
@@ -173,13 +162,13 @@ class LocalProcessExecutor:
             proc.wait()
 
 
-def _interrupted(proc: subprocess.Popen, result: TrainResult | None) -> bool:
+def _interrupted(proc: subprocess.Popen, result: contract.TrainResult | None) -> bool:
     """The worker stopped on SIGTERM after saving a checkpoint (its exit code, or its result under torchrun)."""
-    return proc.returncode == EXIT_INTERRUPTED or (result is not None and result.interrupted)
+    return proc.returncode == contract.EXIT_INTERRUPTED or (result is not None and result.interrupted)
 
 
 def _checkpoint_note(proc: subprocess.Popen, result_path: Path) -> str:
-    if _interrupted(proc, read_result(result_path)):
+    if _interrupted(proc, contract.read_result(result_path)):
         return "; it saved a checkpoint and the retry of this cycle resumes from it"
     return ""
 

@@ -37,9 +37,11 @@ def test_the_exit_codes_are_defined_once_and_shared():
     import daemon.training.job as job
 
     assert (EXIT_FAILED, EXIT_BAD_SPEC, EXIT_INTERRUPTED) == (1, 2, 3)
-    assert executors.EXIT_BAD_SPEC is contract.EXIT_BAD_SPEC and job.EXIT_BAD_SPEC is contract.EXIT_BAD_SPEC
-    main = Path(contract.__file__).with_name("__main__.py").read_text()
-    assert "EXIT_BAD_SPEC = " not in main and "EXIT_" in main
+    assert executors.contract is contract and job.EXIT_BAD_SPEC is contract.EXIT_BAD_SPEC
+    for module in ("__main__.py", "job.py"):
+        text = Path(contract.__file__).with_name(module).read_text()
+        assert "EXIT_BAD_SPEC = " not in text and "EXIT_" in text
+    assert "EXIT_BAD_SPEC = " not in Path(executors.__file__).read_text()
 
 
 def test_the_bench_constructor_works_and_a_spec_round_trips(tmp_path):

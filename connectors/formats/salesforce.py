@@ -16,15 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from connectors.formats.payload import (
-    build_ticket,
-    list_at,
-    load_object,
-    object_at,
-    required,
-    text_at,
-    unsupported,
-)
+from connectors.formats.payload import build_ticket, list_at, load_object, object_at, required, text_at, unsupported
 from connectors.formats.text import clean_body
 from daemon.tickets import Role, Ticket, TicketParseError
 

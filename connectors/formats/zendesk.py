@@ -12,15 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from connectors.formats.payload import (
-    build_ticket,
-    list_at,
-    load_object,
-    object_at,
-    required,
-    tag_names,
-    unsupported,
-)
+from connectors.formats.payload import build_ticket, list_at, load_object, object_at, required, tag_names, unsupported
 from connectors.formats.text import clean_body
 from daemon.tickets import Role, Ticket, TicketParseError
 
