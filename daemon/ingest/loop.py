@@ -20,15 +20,8 @@ from typing import Protocol, TypeVar
 from daemon import metrics
 from daemon.ingest.filters import QualityFilter
 from daemon.ingest.pairs import Example, Skip, ticket_to_example
-from daemon.store import (
-    OUTCOME_DELETED,
-    OUTCOME_REVISED,
-    OUTCOME_STALE,
-    OUTCOME_STORED,
-    OUTCOME_SUPPRESSED,
-    OUTCOME_UNCHANGED,
-    Deletion,
-)
+from daemon.store import Deletion
+from daemon.store import examples as stored_as  # the store's outcome names
 from daemon.tickets import Ticket, TicketParseError
 
 log = logging.getLogger(__name__)
@@ -396,15 +389,15 @@ def _ingest_batch(
         quality.committed()  # the store holds the batch now, its dedupe entries too
     stored = deleted = 0
     for outcome in outcomes:
-        if outcome in (OUTCOME_STORED, OUTCOME_REVISED):
+        if outcome in (stored_as.OUTCOME_STORED, stored_as.OUTCOME_REVISED):
             stored += 1
-        elif outcome == OUTCOME_UNCHANGED:
+        elif outcome == stored_as.OUTCOME_UNCHANGED:
             skipped[SKIP_DUPLICATE] += 1
-        elif outcome == OUTCOME_STALE:
+        elif outcome == stored_as.OUTCOME_STALE:
             skipped[SKIP_STALE_REVISION] += 1
-        elif outcome == OUTCOME_SUPPRESSED:
+        elif outcome == stored_as.OUTCOME_SUPPRESSED:
             skipped[SKIP_ERASED] += 1
-        elif outcome == OUTCOME_DELETED:
+        elif outcome == stored_as.OUTCOME_DELETED:
             deleted += 1
 
     try:
