@@ -180,29 +180,41 @@ def run_naive(model_dir: Path, examples: list[TokenizedExample], device: torch.d
         task_type=TaskType.CAUSAL_LM, r=LORA.r, lora_alpha=LORA.alpha, lora_dropout=LORA.dropout,
         target_modules=LORA.target_modules,
     ))
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=2e-4)
     order = list(range(len(examples)))
     random.Random(0).shuffle(order)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if len(batches) < warmup + steps:
         raise ValueError(f"{len(examples)} examples make fewer than {warmup + steps} batches of {batch_size}")
+    figures = _timed_steps(model, [[examples[i] for i in b] for b in batches], _padded, device, warmup, steps,
+                           contextlib.nullcontext(), fused=False)
+    return figures | {"layout": f"padded batches of {batch_size}", "checkpointed_fraction": 0.0}
+
+
+def _timed_steps(model: torch.nn.Module, groups: list[list[TokenizedExample]], make_batch, device: torch.device,
+                 warmup: int, steps: int, autocast: Any, *, fused: bool) -> dict[str, Any]:
+    """A baseline's loop: AdamW over the trainable parameters, the model's own loss, `steps` timed steps
+    after `warmup`; tokens are the real ones (the attention mask's, or the whole packed row)."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=2e-4, fused=fused)
     model.train()
     tokens, started = 0, 0.0
-    for number, indices in enumerate(batches[: warmup + steps]):
+    for number, chosen in enumerate(groups[: warmup + steps]):
         if number == warmup:
             _synchronize(device)
             tokens, started = 0, time.perf_counter()
-        batch = _padded([examples[i] for i in indices], device)
-        model(**batch).loss.backward()
+        batch = make_batch(chosen, device)
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        tokens += int(batch["attention_mask"].sum())
+        mask = batch["attention_mask"]
+        tokens += int(mask.sum()) if mask.dim() == 2 else batch["input_ids"].shape[1]  # a 4D mask: the row is real
     _synchronize(device)
     seconds = time.perf_counter() - started
     figures = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "steps": steps,
-               "layout": f"padded batches of {batch_size}", "checkpointed_fraction": 0.0, **_peak(device)}
+               **_peak(device)}
     del model, optimizer
     _free(device)
     return figures
@@ -229,35 +241,14 @@ def run_packed_liger(model_dir: Path, examples: list[TokenizedExample], device: 
         task_type=TaskType.CAUSAL_LM, r=LORA.r, lora_alpha=LORA.alpha, lora_dropout=LORA.dropout,
         target_modules=LORA.target_modules,
     ))
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=2e-4, fused=device.type == "cuda")
     rows = best_fit_rows([len(e.input_ids) for e in examples], row_tokens)
     random.Random(0).shuffle(rows)
     if len(rows) < warmup + steps:
         raise ValueError(f"{len(examples)} examples make fewer than {warmup + steps} rows of {row_tokens}")
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    model.train()
-    tokens, started = 0, 0.0
-    for number, indices in enumerate(rows[: warmup + steps]):
-        if number == warmup:
-            _synchronize(device)
-            tokens, started = 0, time.perf_counter()
-        batch = _block_masked_row([examples[i] for i in indices], device)
-        with autocast:
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        tokens += batch["input_ids"].shape[1]
-    _synchronize(device)
-    seconds = time.perf_counter() - started
-    figures = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "steps": steps,
-               "layout": f"packed rows of {row_tokens}, 4D mask, {kernels}", "checkpointed_fraction": 1.0,
-               **_peak(device)}
-    del model, optimizer
-    _free(device)
-    return figures
+    figures = _timed_steps(model, [[examples[i] for i in row] for row in rows], _block_masked_row, device, warmup,
+                           steps, autocast, fused=device.type == "cuda")
+    return figures | {"layout": f"packed rows of {row_tokens}, 4D mask, {kernels}", "checkpointed_fraction": 1.0}
 
 
 def _block_masked_row(examples: list[TokenizedExample], device: torch.device) -> dict[str, torch.Tensor]:
