@@ -337,6 +337,12 @@ class CycleRunner:
             return outcome
         finally:
             metrics.CYCLE_RUNNING.set(0)
+            # before the row says the cycle ended: whoever reads the end finds no checkpoint it cannot use
+            if retryable and attempt < cfg.training.max_attempts:
+                log.info("cycle %s: attempt %d failed; the next run resumes it from its checkpoints",
+                         cycle_id, attempt)
+            else:
+                shutil.rmtree(cycle_dir / CHECKPOINTS_DIR, ignore_errors=True)
             try:
                 self.store.finish_cycle(
                     cycle_id, verdict=outcome.verdict, model_version=outcome.version,
@@ -346,11 +352,6 @@ class CycleRunner:
             except Exception as exc:  # a full disk: the row stays unfinished, and the next start marks it failed
                 log.error("cycle %s: its end (%s) could not be recorded in the store: %s", cycle_id, outcome.verdict,
                           str(exc).splitlines()[0])
-            if retryable and attempt < cfg.training.max_attempts:
-                log.info("cycle %s: attempt %d failed; the next run resumes it from its checkpoints",
-                         cycle_id, attempt)
-            else:
-                shutil.rmtree(cycle_dir / CHECKPOINTS_DIR, ignore_errors=True)
             self._prune_cycle_dirs()
 
     def _settle_registrations(self) -> None:

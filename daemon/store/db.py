@@ -169,17 +169,24 @@ def store_lock(store_path: Path, name: str, *, wait_seconds: float | None = None
                         "wait for it to finish or stop it"
                     ) from None
                 time.sleep(0.2)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv)[:300], "since": utc_now()}))
-        handle.flush()
+        _note_holder(handle, json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv)[:300],
+                                         "since": utc_now()}))
         try:
             yield
         finally:
-            handle.seek(0)
-            handle.truncate()
-            handle.flush()
+            _note_holder(handle, "")
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _note_holder(handle, text: str) -> None:
+    """Best effort: a full disk must not stop a lock from being taken (the holder is then just unnamed)."""
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(text)
+        handle.flush()
+    except OSError:
+        pass
 
 
 def lock_holder(lock_path: Path) -> str:
