@@ -180,11 +180,9 @@ def store_lock(store_path: Path, name: str, *, wait_seconds: float | None = None
 
 def _note_holder(handle, text: str) -> None:
     """Best effort: a full disk must not stop a lock from being taken (the holder is then just unnamed)."""
-    try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(text)
-        handle.flush()
+    try:  # straight to the file descriptor: a buffered write that failed would fail again at close
+        os.ftruncate(handle.fileno(), 0)
+        os.pwrite(handle.fileno(), text.encode("utf-8"), 0)
     except OSError:
         pass
 
