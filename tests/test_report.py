@@ -52,9 +52,9 @@ RESULT = {
 GOLDEN = [
     {"id": "refund-policy", "prompt": "How do I get a refund?",
      "candidate": f"Email {EMAIL} or call {PHONE} and we will refund you.",
-     "champion": "Refunds take 5 days.", "status": "pass", "failures": []},
+     "reference": "Refunds take 5 days.", "status": "pass", "failures": []},
     {"id": "no-code", "prompt": "Say hi", "candidate": "<script>alert('x')</script> hi | there",
-     "champion": None, "status": "fail", "failures": [f"answer names {EMAIL}", "contains markup"]},
+     "reference": None, "status": "fail", "failures": [f"answer names {EMAIL}", "contains markup"]},
 ]
 TAGS = {
     "ticketune.snapshot_id": "snap-0042", "ticketune.eval_snapshot_id": "snap-0040",
@@ -136,7 +136,7 @@ def test_markdown_links_the_plots_beside_it_and_keeps_table_rows_whole(report):
     assert "](loss_curves.png)" in markdown and "](slices.png)" in markdown and "data:" not in markdown
     golden_row = next(line for line in markdown.splitlines() if line.startswith("| no-code |"))
     assert len(re.findall(r"(?<!\\)\|", golden_row)) == 7  # six cells: the answer's "|" is escaped
-    assert "(no champion)" in golden_row
+    assert "(no champion answer)" in golden_row
 
 
 def test_the_slice_plot_has_one_bar_per_slice_plus_the_overall_row(report):

@@ -46,9 +46,10 @@ from daemon.cycle.plan import (
     plan_cycle,
     worker_settings,
 )
+from daemon.gate.answers import RELEVANCE_OWN, RELEVANCE_SWAPPED, answer_prompts, relevance_sets
 from daemon.gate.checks import Verdict, inputs_from_result, judge
 from daemon.gate.golden import GoldenSet, general_text_path, load_golden, spec_prompts
-from daemon.ingest.privacy import PLACEHOLDERS
+from daemon.ingest.privacy import FILLABLE_PLACEHOLDERS, PLACEHOLDERS
 from daemon.logs import log_context
 from daemon.store import ExampleStore, Snapshot, store_lock
 from daemon.training import methods as adapter_methods
@@ -177,9 +178,9 @@ def _check_metrics(verdict: Verdict) -> dict[str, float]:
     return out
 
 
-def golden_rows(result: TrainResult | dict, verdict: Verdict, golden: GoldenSet) -> list[dict]:
-    """The golden prompts with the candidate's and the champion's answers and the behaviour check's
-    findings, for the report (which scrubs every answer before writing it)."""
+def golden_rows(result: TrainResult | dict, verdict: Verdict, golden: GoldenSet, reference: str) -> list[dict]:
+    """The golden prompts with the candidate's and the reference's (champion or base) answers and the
+    behaviour check's findings, for the report (which scrubs every answer before writing it)."""
     probe = as_result(result).probe or ProbeResult()
     by_model = {label: {a.id: a.text for a in rows} for label, rows in probe.answers.items()}
     behaviour = next((c for c in verdict.checks if c.name == "behaviour"), None)
@@ -190,9 +191,30 @@ def golden_rows(result: TrainResult | dict, verdict: Verdict, golden: GoldenSet)
         rows.append({
             "id": prompt.id, "prompt": prompt.prompt,
             "candidate": by_model.get("candidate", {}).get(prompt.id, ""),
-            "champion": by_model.get("champion", {}).get(prompt.id),
+            "reference": by_model.get(reference, {}).get(prompt.id),
             "status": found.get("status", "off"),
             "failures": list(found.get("failed", [])) + [f"{name} (advisory)" for name in found.get("advisory", [])],
+        })
+    return rows
+
+
+SAMPLE_ROWS = 6  # sampled trusted questions shown in the report
+
+
+def sample_rows(result: TrainResult | dict, prompts: list[dict], reference: str) -> list[dict]:
+    """A few sampled trusted questions with the agent's, the candidate's and the reference's answers and
+    their similarities, for the report (which scrubs them)."""
+    probe = as_result(result).probe or ProbeResult()
+    candidate = {a.id: a for a in probe.samples_of("candidate")}
+    other = {a.id: a for a in probe.samples_of(reference)}
+    rows = []
+    for prompt in prompts[:SAMPLE_ROWS]:
+        mine, theirs = candidate.get(prompt["id"]), other.get(prompt["id"])
+        rows.append({
+            "id": prompt["id"], "question": prompt["messages"][-1]["content"], "agent": prompt["reference"],
+            "candidate": mine.text if mine else None, "reference": theirs.text if theirs else None,
+            "candidate_similarity": mine.similarity if mine else None,
+            "reference_similarity": theirs.similarity if theirs else None,
         })
     return rows
 
@@ -303,7 +325,8 @@ class CycleRunner:
             else:
                 log.info("cycle %s: training on %s (champion %s)", cycle_id, snapshot.counts, champion)
                 spec_path = self._write_spec(cycle_dir, snapshot, champion, golden, warm=plan.warm_start,
-                                             compare_champion=plan.compare_champion)
+                                             compare_champion=plan.compare_champion,
+                                             base_is_reference=champion is None or plan.fresh_reason is not None)
             run_tags = self._run_tags(snapshot, attempt, plan.base_fingerprint)
             run_id = self.registry.start_cycle_run(cycle_id, self._run_params(snapshot, attempt), run_tags)
             result = as_result(self.executor.run(
@@ -386,17 +409,28 @@ class CycleRunner:
 
     def _write_spec(
         self, cycle_dir: Path, snapshot: Snapshot, champion: str | None, golden: GoldenSet, *, warm: bool,
-        compare_champion: bool = True,
+        compare_champion: bool = True, base_is_reference: bool = False,
     ) -> Path:
         """`warm=False` trains a fresh adapter (the champion was trained on data erased since, or on
-        another base model); `compare_champion=False` leaves out a champion of another base."""
+        another base model); `compare_champion=False` leaves out a champion of another base;
+        `base_is_reference`: the gate compares with the base, so the probe has the base answer too."""
         cfg = self.settings
+        gate = cfg.gate
         files = snapshot.write_jsonl(cycle_dir / DATA_DIR, cfg.training.validation_fraction)
+        eval_files = {"trusted": files["trusted"], "batch_heldout": files["batch_heldout"]}
+        if gate.check_relevance:
+            own, swapped = relevance_sets(snapshot.trusted_eval, gate.relevance_examples, cfg.training.seed)
+            for name, rows in ((RELEVANCE_OWN, own), (RELEVANCE_SWAPPED, swapped)):
+                eval_files[name] = cycle_dir / DATA_DIR / f"{name}.jsonl"
+                eval_files[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+        samples = answer_prompts(snapshot.trusted_eval, gate.answer_samples, cfg.training.seed) \
+            if gate.check_answers else []
         champion_dir = None
         if champion is not None and compare_champion:
             champion_dir = self.registry.download_adapter(champion, cycle_dir / CHAMPION_DIR)
         init = champion_dir if warm and cfg.training.warm_start == "champion" else None
-        probe = cfg.gate.check_servable or cfg.gate.check_behaviour  # one fresh process serves both checks
+        # one fresh process serves the servable, behaviour and answers checks
+        probe = gate.check_servable or gate.check_behaviour or gate.check_answers
         try:
             spec = TrainSpec(
                 cycle_id=snapshot.cycle_id,
@@ -406,13 +440,19 @@ class CycleRunner:
                 init_adapter=init,
                 train_file=files["train"],
                 validation_file=files["validation"],
-                eval_files={"trusted": files["trusted"], "batch_heldout": files["batch_heldout"]},
+                eval_files=eval_files,
                 compare_adapters={"champion": champion_dir} if champion_dir else {},
                 evaluate_base=True,
                 general_text_file=(general_text_path(cfg.gate.general_text)
                                    if cfg.gate.max_general_loss_increase is not None else None),
                 golden_prompts=spec_prompts(golden, cfg.model.system_prompt) if probe else [],
-                probe=ProbeSpec(enabled=probe, max_new_tokens=golden.max_new_tokens or cfg.gate.max_new_tokens),
+                answer_prompts=samples,
+                supervised_placeholders=sorted(FILLABLE_PLACEHOLDERS),
+                probe=ProbeSpec(
+                    enabled=probe, max_new_tokens=golden.max_new_tokens or gate.max_new_tokens,
+                    with_base=base_is_reference, answer_max_new_tokens=gate.answer_max_new_tokens,
+                    embedding_model=str(gate.embedding_model) if gate.embedding_model else None,
+                ),
                 checkpoint_dir=cycle_dir / CHECKPOINTS_DIR,
                 progress_file=cycle_dir / OUT_DIR / PROGRESS_FILE,
             )
@@ -565,13 +605,22 @@ class CycleRunner:
                 model_name=self.settings.registry.model_name, version=version, cycle_id=cycle_id, decision=decision,
                 verdict=verdict.to_dict(max_chars=1_000_000), result=result, reference=reference,
                 tags=tags,  # without the state tag: the version is complete once the report is in
-                golden=golden_rows(result, verdict, golden),
+                golden=golden_rows(result, verdict, golden, reference),
+                samples=sample_rows(result, self._answer_prompts(cycle_id), reference),
             ))
         except Exception as exc:  # a plotting bug must not cost the cycle its decision
             log.error("cycle %s: the report could not be drawn: %s", cycle_id, exc)
             return {vocab.TAG_REPORT: f"failed: {type(exc).__name__}"}
         self.registry.log_artifacts(run_id, out_dir, "report")
         return {vocab.TAG_REPORT: "report/report.html"}
+
+    def _answer_prompts(self, cycle_id: str) -> list[dict]:
+        """The sampled trusted questions the cycle's spec gave the probe."""
+        try:
+            spec = TrainSpec.model_validate_json((self.settings.training.work_dir / cycle_id / SPEC_FILE).read_bytes())
+        except (OSError, ValidationError):
+            return []
+        return [p.model_dump(mode="json") for p in spec.answer_prompts]
 
     def _prune_cycle_dirs(self) -> None:
         root = self.settings.training.work_dir

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from daemon.config import GateConfig
+from daemon.gate.answers import RELEVANCE_OWN, RELEVANCE_SWAPPED, answers_finding, relevance_finding
 from daemon.gate.golden import GoldenPrompt, GoldenSet
 from daemon.ingest.privacy import FILLABLE_PLACEHOLDERS, PLACEHOLDERS, scrub_patterns
 from daemon.training.contract import EvalScore, ProbeResult, TrainResult, as_result
@@ -78,6 +79,8 @@ class GateInputs:
     general: tuple[float, float] | None = None  # (candidate, base) loss on general text, nats per token
     probe: ProbeResult | None = None  # the worker's probe result: status, error, answers per adapter
     golden: GoldenSet | None = None  # the golden prompts the probe answered
+    # per-example rows of the relevance eval sets: candidate own, candidate swapped, reference own, swapped
+    relevance: tuple[Sequence | None, Sequence | None, Sequence | None, Sequence | None] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.probe, Mapping):  # a plain result dict (tests, older callers)
@@ -413,9 +416,31 @@ def check_servable(inputs: GateInputs, cfg: GateConfig) -> CheckResult:
                        f"and generated {tokens} tokens for {len(answers)} prompts", details)
 
 
+def check_relevance(inputs: GateInputs, cfg: GateConfig) -> CheckResult:
+    """The answers still depend on the questions (see daemon/gate/answers.py)."""
+    finding = relevance_finding(*(inputs.relevance or (None,) * 4), inputs.reference, cfg)
+    return CheckResult("relevance", finding.status, finding.message, finding.details)
+
+
+def check_answers(inputs: GateInputs, cfg: GateConfig) -> CheckResult:
+    """Greedy answers on sampled trusted questions are no further from the agents' answers than the
+    reference's (see daemon/gate/answers.py); advisory under the demo profile, whose tiny model babbles."""
+    probe = inputs.probe or ProbeResult()
+    if cfg.check_answers and probe.status == "off":
+        return CheckResult("answers", OFF, "skipped: the worker ran no probe (spec probe.enabled: false)")
+    error = probe.error if probe.status != "ok" else probe.similarity_error
+    finding = answers_finding(probe.samples_of("candidate"), probe.samples_of(inputs.reference), inputs.reference,
+                              cfg, probe_error=error)
+    if finding.status == FAIL and cfg.profile == "demo":
+        return CheckResult("answers", PASS, f"advisory under gate.profile demo: {finding.message}",
+                           {**finding.details, "advisory": True})
+    return CheckResult("answers", finding.status, finding.message, finding.details)
+
+
 def judge(inputs: GateInputs, cfg: GateConfig) -> Verdict:
     checks = [check_eval_size(inputs, cfg), check_improvement(inputs, cfg), check_slices(inputs, cfg),
-              check_general_text(inputs, cfg), check_behaviour(inputs, cfg), check_servable(inputs, cfg)]
+              check_relevance(inputs, cfg), check_general_text(inputs, cfg), check_behaviour(inputs, cfg),
+              check_answers(inputs, cfg), check_servable(inputs, cfg)]
     return Verdict(passed=all(c.passed for c in checks), checks=checks)
 
 
@@ -434,6 +459,8 @@ def inputs_from_result(
     reference = "champion" if has_champion else "base"
     candidate = result.score("trusted", "candidate") or EvalScore()
     scored = result.score("trusted", reference) or EvalScore()
+    relevance = tuple((result.score(name, label) or EvalScore()).per_example
+                      for label in ("candidate", reference) for name in (RELEVANCE_OWN, RELEVANCE_SWAPPED))
     return GateInputs(
         trusted_examples=int(candidate.examples or 0),
         candidate_loss=candidate.loss,
@@ -444,4 +471,5 @@ def inputs_from_result(
         general=None if None in general_losses else (float(general_losses[0]), float(general_losses[1])),
         probe=result.probe,
         golden=golden,
+        relevance=relevance,  # type: ignore[arg-type]
     )

@@ -44,8 +44,11 @@ class ReportInputs:
     tags: dict[str, str]  # the version's metadata tags
     result: TrainResult  # the training worker's result.json (a plain dict is validated); any part may be missing
     reference: str  # "champion" or "base": what the candidate was compared with
-    # [{"id", "prompt", "candidate", "champion" (None without one), "status", "failures": [str]}]
+    # [{"id", "prompt", "candidate", "reference" (the champion's or base's answer, None without one), "status",
+    #   "failures": [str]}]
     golden: Sequence[dict] = ()
+    # [{"id", "question", "agent", "candidate", "reference", "candidate_similarity", "reference_similarity"}]
+    samples: Sequence[dict] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "result", as_result(self.result))
@@ -235,7 +238,8 @@ def _blocks(inputs: ReportInputs, images: dict[str, _Image]) -> tuple[list, list
     blocks.extend(_slice_blocks(by_name.get("slices"), inputs.reference, images.get("slices.png")))
     blocks.extend(_training_blocks(inputs.result, images["loss_curves.png"], missing))
     blocks.extend(_eval_blocks(inputs.result, inputs.reference, missing))
-    blocks.extend(_golden_blocks(inputs.golden, scrubber))
+    blocks.extend(_golden_blocks(inputs.golden, inputs.reference, scrubber))
+    blocks.extend(_sample_blocks(inputs.samples, inputs.reference, scrubber))
 
     blocks.append(_Heading("Metadata"))
     rows = [[key, str(value)] for key, value in sorted(inputs.tags.items()) if not _is_json_blob(key, value)]
@@ -341,7 +345,7 @@ def _eval_blocks(result: TrainResult, reference: str, missing: list[str]) -> lis
     return blocks
 
 
-def _golden_blocks(golden: Sequence[Mapping], scrubber: Scrubber) -> list:
+def _golden_blocks(golden: Sequence[Mapping], reference: str, scrubber: Scrubber) -> list:
     blocks: list = [_Heading("Golden prompts")]
     if not golden:
         return [*blocks, _Para("No golden prompts were answered in this cycle.")]
@@ -350,12 +354,33 @@ def _golden_blocks(golden: Sequence[Mapping], scrubber: Scrubber) -> list:
         return "—" if text is None else scrubber.scrub(str(text))
 
     rows = [[clean(item.get("id")), clean(item.get("prompt")), clean(item.get("candidate")),
-             "(no champion)" if item.get("champion") is None else clean(item.get("champion")),
+             f"(no {reference} answer)" if item.get("reference") is None else clean(item.get("reference")),
              str(item.get("status")), "\n".join(clean(f) for f in item.get("failures") or [])]
             for item in golden]
-    blocks.append(_Table(["id", "prompt", "candidate answer", "champion answer", "status", "failures"], rows,
+    blocks.append(_Table(["id", "prompt", "candidate answer", f"{reference} answer", "status", "failures"], rows,
                          status_column=4))
     return blocks
+
+
+def _sample_blocks(samples: Sequence[Mapping], reference: str, scrubber: Scrubber) -> list:
+    """Sampled trusted questions: the agent's real answer, the candidate's and the reference's, with each
+    one's similarity to the agent's (the answers check)."""
+    if not samples:
+        return []
+
+    def clean(text: object) -> str:
+        return "—" if text is None else scrubber.scrub(str(text))
+
+    def score(value: object) -> str:
+        return f"{value:.3f}" if _is_number(value) else "—"
+
+    rows = [[clean(item.get("question")), clean(item.get("agent")), clean(item.get("candidate")),
+             score(item.get("candidate_similarity")), clean(item.get("reference")),
+             score(item.get("reference_similarity"))] for item in samples]
+    return [_Heading("Answers to sampled trusted questions"),
+            _Para(f"Greedy answers of the candidate and the {reference} beside the agent's real answer, with each "
+                  "answer's cosine similarity to it (sentence embeddings); the answers check compares the means."),
+            _Table(["question", "agent's answer", "candidate", "similarity", reference, "similarity"], rows)]
 
 
 def _to_html(inputs: ReportInputs, blocks: list, missing: list[str]) -> str:

@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--out", type=Path, required=True, help="where to write the probe's JSON")
     probe.add_argument("--max-new-tokens", type=int, default=96)
     probe.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    probe.add_argument("--samples", type=Path, default=None,
+                       help="JSON list of {id, messages, reference}: sampled questions whose answers are scored")
+    probe.add_argument("--sample-max-new-tokens", type=int, default=64)
+    probe.add_argument("--with-base", action="store_true", help="the base model (adapter disabled) answers too")
+    probe.add_argument("--embedding-model", type=Path, default=None,
+                       help="sentence-embedding model directory scoring the sampled answers")
     job = verbs.add_parser("run-job", help="inside a Kubernetes Job: train on the spec and data of an MLflow run "
                                            "and log the result, adapter and checkpoints back to it")
     job.add_argument("--tracking-uri", required=True)
@@ -105,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         if len(compare) != len(args.compare) or args.max_new_tokens < 1:
             parser.error("--compare takes NAME=DIR and --max-new-tokens 1 or more")
         return probe_command(args.base, args.revision, args.adapter, {k: Path(v) for k, v in compare.items()},
-                             args.prompts, args.out, args.max_new_tokens, args.device)
+                             args.prompts, args.out, args.max_new_tokens, args.device, samples_file=args.samples,
+                             sample_max_new_tokens=args.sample_max_new_tokens, with_base=args.with_base,
+                             embedding_model=args.embedding_model)
     if args.verb == "run-job":
         from daemon.training.job import run_job
 

@@ -5,7 +5,9 @@ rendering the prefix before each assistant turn (with the generation prompt) and
 it; a fast tokenizer's offset mapping turns them into token labels. Each span covers the assistant
 content plus the end-of-turn special token that follows it. Templates that are not prefix-stable (the
 rendering of earlier turns changes as turns are added) fall back to locating each assistant content
-in the full rendering, in order. Everything else is labelled -100.
+in the full rendering, in order. Everything else is labelled -100, and so are the tokens of a
+placeholder the serving layer cannot fill (`<EMAIL>`, `<CARD_NUMBER>`, any `<UPPER_CASE>` word not in
+the spec's `supervised_placeholders`): the model reads them in context but never learns to write them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from daemon.training.spec import SpecError
 
 IGNORE_INDEX = -100
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")  # what the privacy scrubber writes, new types included
 log = logging.getLogger(__name__)
 _warned_templates: set[str] = set()
 
@@ -65,11 +70,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def tokenize_file(path: Path, tokenizer: PreTrainedTokenizerBase, max_seq_len: int) -> TokenizedSet:
+def tokenize_file(
+    path: Path, tokenizer: PreTrainedTokenizerBase, max_seq_len: int,
+    supervised_placeholders: Collection[str] | None = None,
+) -> TokenizedSet:
+    """`supervised_placeholders`: None supervises every assistant token; else the tokens of any other
+    placeholder carry no label."""
     examples, dropped, truncated = [], 0, 0
     for record in read_jsonl(path):
         try:
-            ids, labels = tokenize_conversation(tokenizer, record["messages"])
+            ids, labels = tokenize_conversation(tokenizer, record["messages"], supervised_placeholders)
         except TemplateError as exc:
             raise SpecError(
                 f"{path} ticket {record.get('ticket_id')}: the base model's chat template rejects "
@@ -87,9 +97,11 @@ def tokenize_file(path: Path, tokenizer: PreTrainedTokenizerBase, max_seq_len: i
 
 
 def tokenize_conversation(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+    supervised_placeholders: Collection[str] | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Token ids of the rendered conversation and labels: the id on assistant tokens, -100 elsewhere."""
+    """Token ids of the rendered conversation and labels: the id on assistant tokens, -100 elsewhere and
+    on the tokens of placeholders outside `supervised_placeholders` (when it is given)."""
     text, spans = assistant_char_spans(tokenizer, messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
@@ -104,6 +116,11 @@ def tokenize_conversation(
         # A token such as " You" may begin with the space before the content: it still produces the content.
         if end > max(start, span_start) and not text[start:span_start].strip():
             labels[position] = ids[position]
+    if supervised_placeholders is not None:
+        hidden = [m.span() for m in PLACEHOLDER.finditer(text) if m.group() not in supervised_placeholders]
+        for position, (start, end) in enumerate(encoded["offset_mapping"]):
+            if any(start < h_end and end > h_start for h_start, h_end in hidden):
+                labels[position] = IGNORE_INDEX
     return ids, labels
 
 

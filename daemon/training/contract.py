@@ -53,6 +53,7 @@ CHAMPION_DIR = "champion"  # in the cycle directory: the champion's adapter
 WORKER_LOG = "worker.log"  # in the cycle directory: the local worker's stdout and stderr
 PROBE_PROMPTS_FILE = "probe_prompts.json"  # in output_dir
 PROBE_FILE = "probe.json"  # in output_dir
+PROBE_SAMPLES_FILE = "probe_samples.json"  # in output_dir: the sampled trusted questions with their answers
 CHECKPOINT_STATE_FILE = "state.json"  # in each checkpoints/step-N: its presence marks a complete checkpoint
 # the artifacts of a cycle's MLflow run that carry a Kubernetes Job's inputs and outputs (job.py)
 SPEC_ARTIFACT = f"job/{SPEC_FILE}"
@@ -64,6 +65,7 @@ CHECKPOINTS_ARTIFACT = f"job/{CHECKPOINTS_DIR}"
 RESERVED_EVAL_NAMES = ("candidate", "base")
 GENERAL_EVAL_NAME = "general"  # the eval set made from general_text_file (the forgetting guard)
 DEFAULT_PROBE_TOKENS = 96
+DEFAULT_ANSWER_TOKENS = 64  # per sampled trusted question the probe answers
 DEFAULT_PROBE_TIMEOUT = 900  # seconds; a probe that runs longer is killed and reported failed
 
 # The training settings the worker reads; the rest of `training` is the service's (see test_cycle_resume).
@@ -104,6 +106,12 @@ class GoldenPrompt(BaseModel):
     max_new_tokens: StrictInt | None = Field(default=None, ge=1)
 
 
+class AnswerPrompt(GoldenPrompt):
+    """A sampled trusted question the probe answers, with the agent's real answer to score against."""
+
+    reference: str
+
+
 class ProbeSpec(BaseModel):
     """Whether and how the worker probes the saved adapter in a fresh process (spec field `probe`)."""
 
@@ -111,6 +119,9 @@ class ProbeSpec(BaseModel):
     enabled: StrictBool = False
     max_new_tokens: StrictInt = Field(default=DEFAULT_PROBE_TOKENS, ge=1)
     timeout_seconds: StrictInt = Field(default=DEFAULT_PROBE_TIMEOUT, ge=1)
+    with_base: StrictBool = False  # the base model (adapter disabled) answers too, as the reference
+    answer_max_new_tokens: StrictInt = Field(default=DEFAULT_ANSWER_TOKENS, ge=1)
+    embedding_model: str | None = None  # sentence-embedding model directory scoring the sampled answers
 
     @model_validator(mode="before")
     @classmethod
@@ -161,6 +172,10 @@ class TrainSpec(WorkerSettings):
     progress_file: Path | None = None  # output_dir/progress.json when not given
     general_text_file: Path | None = None  # plain text scored as the eval set "general", every token a label
     golden_prompts: list[GoldenPrompt] = Field(default_factory=list)
+    answer_prompts: list[AnswerPrompt] = Field(default_factory=list)  # sampled trusted questions (gate: answers)
+    # placeholders the model may learn to write (serving fills them); the tokens of every other <PLACEHOLDER>
+    # in an assistant turn carry no loss. None: every assistant token is supervised.
+    supervised_placeholders: list[str] | None = None
     probe: ProbeSpec = Field(default_factory=ProbeSpec)  # answer golden_prompts in a fresh process after saving
 
     @model_validator(mode="before")
@@ -301,6 +316,7 @@ class ProbeAnswer(_Open):
     id: str
     text: str | None = ""
     new_tokens: int | None = 0
+    similarity: float | None = None  # sampled answers: cosine with the agent's real answer
 
 
 class ProbeResult(_Open):
@@ -311,10 +327,16 @@ class ProbeResult(_Open):
     load_seconds: float | None = None
     seconds: float | None = None
     wall_seconds: float | None = None
-    answers: dict[str, list[ProbeAnswer]] = Field(default_factory=dict)
+    answers: dict[str, list[ProbeAnswer]] = Field(default_factory=dict)  # golden prompts, per model
+    samples: dict[str, list[ProbeAnswer]] = Field(default_factory=dict)  # sampled trusted questions, per model
+    embedding_model: str | None = None
+    similarity_error: str | None = None  # the answers were generated but could not be scored
 
     def answers_of(self, label: str) -> list[ProbeAnswer]:
         return self.answers.get(label) or []
+
+    def samples_of(self, label: str) -> list[ProbeAnswer]:
+        return self.samples.get(label) or []
 
 
 class TrainResult(_Open):

@@ -76,14 +76,15 @@ def _run(
     spec = with_resolved_sizes(spec, runtime)
     tokenizer = load_tokenizer(spec)
     max_seq_len = effective_max_seq_len(spec, tokenizer)
-    train_set = tokenize_file(spec.train_file, tokenizer, max_seq_len)
+    masked = spec.supervised_placeholders
+    train_set = tokenize_file(spec.train_file, tokenizer, max_seq_len, masked)
     if not train_set.examples:
         raise SpecError(
             f"train_file {spec.train_file} has no example with an assistant token "
             f"within max_seq_len={max_seq_len}; check the export and the limit"
         )
-    validation = tokenize_file(spec.validation_file, tokenizer, max_seq_len) if spec.validation_file else None
-    eval_sets = {name: tokenize_file(path, tokenizer, max_seq_len) for name, path in spec.eval_files.items()}
+    validation = tokenize_file(spec.validation_file, tokenizer, max_seq_len, masked) if spec.validation_file else None
+    eval_sets = {name: tokenize_file(path, tokenizer, max_seq_len, masked) for name, path in spec.eval_files.items()}
     if spec.general_text_file is not None:
         window = min(max_seq_len, GENERAL_WINDOW_TOKENS)
         eval_sets[GENERAL_EVAL_NAME] = tokenize_general_text(spec.general_text_file, tokenizer, window)

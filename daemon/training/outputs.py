@@ -16,7 +16,7 @@ from typing import Any
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from daemon.training.contract import PROBE_FILE, PROBE_PROMPTS_FILE
+from daemon.training.contract import PROBE_FILE, PROBE_PROMPTS_FILE, PROBE_SAMPLES_FILE
 from daemon.training.methods import describe
 from daemon.training.preparation import CANDIDATE
 from daemon.training.spec import TrainSpec
@@ -47,10 +47,20 @@ def probe_adapter(spec: TrainSpec, adapter_dir: Path) -> dict[str, Any]:
         command += ["--revision", spec.base_revision]
     for label, directory in spec.compare_adapters.items():
         command += ["--compare", f"{label}={directory}"]
+    if spec.probe.with_base:
+        command.append("--with-base")
+    if spec.answer_prompts:
+        samples_file = spec.output_dir / PROBE_SAMPLES_FILE
+        samples_file.write_text(json.dumps([p.model_dump(mode="json", exclude_none=True) for p in spec.answer_prompts]),
+                                encoding="utf-8")
+        command += ["--samples", str(samples_file), "--sample-max-new-tokens", str(spec.probe.answer_max_new_tokens)]
+        if spec.probe.embedding_model:
+            command += ["--embedding-model", spec.probe.embedding_model]
     env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_VARIABLES and not k.startswith("TORCHELASTIC")}
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    log.info("probe started prompts=%d compare=%s", len(spec.golden_prompts), ",".join(spec.compare_adapters))
+    log.info("probe started prompts=%d samples=%d compare=%s", len(spec.golden_prompts), len(spec.answer_prompts),
+             ",".join(spec.compare_adapters) + (",base" if spec.probe.with_base else ""))
     try:
         completed = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, timeout=spec.probe.timeout_seconds,
                                    check=False)

