@@ -284,3 +284,29 @@ def test_a_second_service_on_the_same_store_is_refused(service_config, tmp_path)
     again = Service(load_settings(service_config, environ={}))  # released by shutdown
     again.startup(with_scheduler=False, with_ingest=False)
     again.shutdown()
+
+
+def test_a_refusal_names_the_request_field_that_overrides_it_not_the_cli_flag(service_config, monkeypatch):
+    from daemon.app.service import Service
+    from daemon.champion.rules import PromotionRefusedError, previous_champion, refusal
+    from daemon.config import load_settings
+
+    def refuse_rejected(version, **_):
+        raise PromotionRefusedError(refusal(version, {"ticketune.verdict": "rejected"}, force=False))
+
+    def refuse_first(to_version, **_):
+        previous_champion([], "1")
+
+    service = Service(load_settings(service_config, environ={}))
+    monkeypatch.setattr(service.keeper, "promote", refuse_rejected)
+    monkeypatch.setattr(service.keeper, "rollback", refuse_first)
+    service.startup(with_scheduler=False, with_ingest=False)
+    try:
+        status, body = call(service.http_port, "/v1/promote", "POST", token=TOKEN, body={"version": "1"})
+        message = json.loads(body)["error"]["message"]
+        assert status == 409 and '"force": true' in message and "--force" not in message
+        status, body = call(service.http_port, "/v1/rollback", "POST", token=TOKEN, body={})
+        message = json.loads(body)["error"]["message"]
+        assert status == 409 and '"to": "VERSION"' in message and "--to" not in message
+    finally:
+        service.shutdown()

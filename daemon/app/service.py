@@ -30,6 +30,7 @@ from daemon import metrics
 from daemon.app.http import AdminError, Endpoints, start_http_server
 from daemon.app.wiring import build_cycle_runner, build_keeper, build_quality_filter, build_registry, collect_status
 from daemon.champion.keeper import ApprovalError, NoChampionError, PromotionRefusedError
+from daemon.champion.rules import in_api_words
 from daemon.champion.versions import tag_erased_versions
 from daemon.champion.vocabulary import TAG_METRICS
 from daemon.config import Settings
@@ -326,9 +327,9 @@ class Service:
         except VersionNotFoundError as exc:
             raise AdminError(404, str(exc), "version_not_found") from None
         except NoChampionError as exc:
-            raise AdminError(409, str(exc), "nothing_to_roll_back") from None
+            raise AdminError(409, in_api_words(str(exc)), "nothing_to_roll_back") from None
         except (PromotionRefusedError, ApprovalError) as exc:
-            raise AdminError(409, str(exc), "refused") from None
+            raise AdminError(409, in_api_words(str(exc)), "refused") from None
         except RegistryUnavailableError as exc:
             raise AdminError(503, mask_url_password(str(exc)), "registry_unavailable") from None
         except RegistryError as exc:
