@@ -51,7 +51,9 @@ CYCLE_DURATION = Histogram(
     buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800),
 )
 LAST_SUCCESSFUL_CYCLE = Gauge(
-    "ticketune_last_successful_cycle_timestamp_seconds", "Unix time the last cycle ended promoted or rejected."
+    "ticketune_last_successful_cycle_timestamp_seconds",
+    "Unix time the last cycle reached the gate's decision (promoted, rejected or awaiting approval), read from the "
+    "store's journal: it survives restarts and counts cycles run by the CLI (0: none yet).",
 )
 CHAMPION_EVAL_LOSS = Gauge(
     "ticketune_champion_eval_loss_nats", "Eval loss of the current champion on its trusted set (nats/token)."

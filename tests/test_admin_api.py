@@ -10,12 +10,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
+from fixture_service import ADMIN_TOKEN as TOKEN
 from http_helpers import http_call as call
 
 from daemon.app.http import ADMIN_ROUTES, MAX_BODY_BYTES, AdminError, Endpoints, openapi_document, start_http_server
 
-TOKEN = "s3cret-token"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -203,20 +202,7 @@ def test_the_openapi_document_describes_the_paths_schemas_and_security(api):
         Draft202012Validator.check_schema(schema)
 
 
-# with a real Service (no training: an empty store, a sqlite MLflow) ------------------------------------------
-@pytest.fixture
-def service_config(tmp_path, mlflow_sqlite_uri):
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "kafka": {"bootstrap_servers": "127.0.0.1:1"},  # nothing listens: Kafka is down all along
-        "store": {"path": "./store/examples.db"},
-        "registry": {"tracking_uri": mlflow_sqlite_uri, "poll_seconds": 0},
-        "schedule": {"enabled": False},
-        "server": {"host": "127.0.0.1", "port": 0, "admin_token": TOKEN, "shutdown_budget_seconds": 20},
-    }))
-    return config
-
-
+# with a real Service (no training: an empty store, a sqlite MLflow; the config is fixture_service's) ----------
 def test_a_real_service_answers_the_admin_api_and_stays_ready_while_kafka_is_down(service_config):
     from prometheus_client import REGISTRY
 

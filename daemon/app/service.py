@@ -365,6 +365,8 @@ class Service:
             if fresh["newest_stored_at"]:
                 newest = datetime.fromisoformat(fresh["newest_stored_at"])
                 metrics.STORE_NEWEST_EXAMPLE_AGE.set((datetime.now(timezone.utc) - newest).total_seconds())
+            decided = self.store.last_decided_at()  # any process's cycle, and across restarts
+            metrics.LAST_SUCCESSFUL_CYCLE.set(datetime.fromisoformat(decided).timestamp() if decided else 0)
             metrics.STORE_EXAMPLES_BY_CATEGORY.clear()
             for category, n in fresh["by_category"].items():
                 metrics.STORE_EXAMPLES_BY_CATEGORY.labels(category=category).set(n)

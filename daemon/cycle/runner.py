@@ -322,7 +322,6 @@ class CycleRunner:
             except Exception as exc:
                 log.warning("cycle %s: %s, but the worker's files could not be attached to its MLflow run: %s",
                             cycle_id, outcome.verdict, str(exc).splitlines()[0])
-            metrics.LAST_SUCCESSFUL_CYCLE.set(time.time())
             metrics.CYCLE_DURATION.observe(time.monotonic() - started)
             return outcome
         except Exception as exc:  # a failed cycle is recorded, never raised into the service

@@ -78,6 +78,14 @@ class JournalTables(Database):
             return None  # an erasure or retention removed examples: its files on disk are out of date
         return RetryableCycle(row["cycle_id"], snapshot_id, row["attempts"])
 
+    def last_decided_at(self) -> str | None:
+        """When the last cycle that reached the gate's decision (promoted, rejected or awaiting
+        approval) ended, as ISO 8601 UTC; None before the first."""
+        row = self._db.execute(
+            "SELECT max(ended_at) FROM cycles WHERE verdict IN ('promoted', 'rejected', 'awaiting_approval')"
+        ).fetchone()
+        return row[0] if row else None
+
     def cycles(self, limit: int = 20) -> list[dict]:
         rows = self._db.execute(
             "SELECT * FROM cycles ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,)
