@@ -27,3 +27,44 @@ def test_the_last_successful_cycle_gauge_is_restored_from_the_journal_at_start(s
         assert REGISTRY.get_sample_value("ticketune_last_successful_cycle_timestamp_seconds") == decided > 0
     finally:
         service.shutdown()
+
+
+def test_every_labelled_counter_has_its_known_series_before_any_event(service_config):
+    import yaml
+
+    config = yaml.safe_load(service_config.read_text())
+    config["serving"] = {"targets": [{"kind": "webhook", "url": "http://127.0.0.1:1/hook", "secret": "k"}]}
+    service_config.write_text(yaml.safe_dump(config))
+    service = Service(load_settings(service_config, environ={}))
+    service.startup(with_scheduler=False)
+    try:
+        def sample(name: str, **labels: str) -> float | None:
+            return REGISTRY.get_sample_value(name, labels)
+
+        for verdict in ("promoted", "rejected", "awaiting_approval", "skipped", "failed"):
+            assert sample("ticketune_cycles_total", verdict=verdict) is not None, verdict
+        for action in ("promote", "approve", "rollback", "outside_move"):
+            assert sample("ticketune_champion_moves_total", action=action) is not None, action
+        for gate in ("passed", "failed"):
+            assert sample("ticketune_outside_alias_moves_total", gate=gate) is not None, gate
+        for reason in ("invalid_json", "invalid_ticket", "unsupported_payload", "too_large", "internal_error"):
+            assert sample("ticketune_dead_lettered_total", reason=reason) is not None, reason
+        for kind in ("start", "poll", "store", "commit", "lag", "undecodable", "dead_letter"):
+            assert sample("ticketune_ingest_errors_total", kind=kind) is not None, kind
+        for outcome in ("delivered", "failed", "refused", "superseded"):
+            assert sample("ticketune_serving_notifications_total", target_kind="webhook", outcome=outcome) is not None
+        assert sample("ticketune_serving_last_success_timestamp_seconds", target_kind="webhook") is not None
+    finally:
+        service.shutdown()
+
+
+def test_every_parse_reason_in_the_code_is_a_known_dead_letter_series():
+    import re
+    from pathlib import Path
+
+    from daemon.tickets import PARSE_REASONS
+
+    root = Path(__file__).resolve().parents[1]
+    used = {reason for path in [*root.glob("daemon/**/*.py"), *root.glob("connectors/**/*.py")]
+            for reason in re.findall(r'TicketParseError\(\s*"(\w+)"', path.read_text("utf-8"))}
+    assert used and used <= set(PARSE_REASONS), used - set(PARSE_REASONS)

@@ -36,7 +36,7 @@ from daemon.champion.vocabulary import TAG_METRICS
 from daemon.config import Settings
 from daemon.cycle.runner import CycleOutcome
 from daemon.cycle.scheduler import next_run_time, start_scheduler
-from daemon.ingest.loop import IngestReport, run_ingest, set_broker_up
+from daemon.ingest.loop import ERROR_KIND_START, IngestReport, declare_series, run_ingest, set_broker_up
 from daemon.logs import mask_url_password
 from daemon.store import LockBusy, lock_holder, open_store, store_lock
 
@@ -124,6 +124,7 @@ class Service:
         log.info("http on %s:%d (/metrics, /healthz, /readyz, admin API %s)", server.host, self.http_port,
                  "on: /v1/openapi.json" if token else "off: no server.admin_token")
         if with_ingest:
+            declare_series()
             self._spawn("ingest", self._ingest_forever)
         if self.settings.registry.poll_seconds > 0:
             self._spawn("alias-watch", self._watch_alias_forever)
@@ -259,7 +260,7 @@ class Service:
             except Exception as exc:  # broker unreachable at start, bad credentials...: retry, never die
                 self._note_broker(False, f"{type(exc).__name__}: {exc}")
                 set_broker_up(False)
-                metrics.INGEST_ERRORS.labels(kind="start").inc()
+                metrics.INGEST_ERRORS.labels(kind=ERROR_KIND_START).inc()
                 log.error("ingest: %s; retrying in 10 s", exc)
                 self.stop.wait(10.0)
 

@@ -218,6 +218,8 @@ class CycleRunner:
         self.registry = registry
         self.executor = executor
         self.keeper = keeper or ChampionKeeper(store, registry)  # type: ignore[arg-type]
+        for verdict in vocab.CYCLE_VERDICTS:  # every verdict's series from the start, at 0
+            metrics.CYCLES.labels(verdict=verdict)
 
     def run(
         self, *, trigger: str = "manual", force: bool = False, stop: threading.Event | None = None,
