@@ -68,3 +68,37 @@ def test_every_parse_reason_in_the_code_is_a_known_dead_letter_series():
     used = {reason for path in [*root.glob("daemon/**/*.py"), *root.glob("connectors/**/*.py")]
             for reason in re.findall(r'TicketParseError\(\s*"(\w+)"', path.read_text("utf-8"))}
     assert used and used <= set(PARSE_REASONS), used - set(PARSE_REASONS)
+
+
+def test_a_cycle_interrupted_by_a_stop_resumes_soon_after_start_not_at_the_next_tick(
+    service_config, monkeypatch, caplog
+):
+    import threading
+
+    from daemon.app import service as service_module
+
+    settings = load_settings(service_config, environ={})
+    store = open_store(settings.store)
+    store.start_cycle("c-interrupted", "schedule")
+    snapshot = store.create_snapshot("c-interrupted", None, replay_fraction=0.0)
+    store.finish_cycle("c-interrupted", verdict="failed", model_version=None, snapshot_id=snapshot.id,
+                       reasons=["training worker stopped: the service is shutting down"], metrics={}, retryable=True)
+    store.close()
+    monkeypatch.setattr(service_module, "RESUME_DELAY_S", 0.2)
+    service = Service(settings)
+    triggers: list[str] = []
+    ran = threading.Event()
+
+    def run_cycle(*, trigger: str, force: bool = False):
+        triggers.append(trigger)
+        ran.set()
+        return service_module.CycleOutcome("c-interrupted", "promoted")
+
+    monkeypatch.setattr(service, "run_cycle", run_cycle)
+    caplog.set_level("INFO", logger="ticketune.service")
+    service.startup(with_ingest=False)  # schedule.enabled is false: no tick would ever come
+    try:
+        assert ran.wait(10) and triggers == ["restart"]
+        assert "cycle c-interrupted was interrupted on attempt 1; it resumes from its checkpoints at" in caplog.text
+    finally:
+        service.shutdown()

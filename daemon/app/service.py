@@ -43,6 +43,7 @@ from daemon.store import LockBusy, lock_holder, open_store, store_lock
 log = logging.getLogger("ticketune.service")
 
 UPKEEP_INTERVAL_S = 600.0
+RESUME_DELAY_S = 10.0  # an interrupted cycle resumes this long after start (the parts are up by then)
 SERVICE_LOCK = "service"
 
 
@@ -130,9 +131,7 @@ class Service:
             self._spawn("alias-watch", self._watch_alias_forever)
         if with_scheduler:
             self._scheduler = start_scheduler(self.settings.schedule, self._scheduled_cycle)
-            if self.settings.executor.kind == "kubernetes" and self.store.retryable_cycle() is not None:
-                # the interrupted cycle's Job may still be running: adopt it now rather than at the next schedule
-                self._spawn("readopt-cycle", lambda: self.run_cycle(trigger="restart"))
+            self._resume_interrupted_cycle()
 
     def main_loop(self) -> None:
         last_upkeep, last_serving_flush = 0.0, time.monotonic()
@@ -287,6 +286,24 @@ class Service:
             self.last_cycle = outcome
         self._refresh_gauges(include_registry=True)
         return outcome
+
+    def _resume_interrupted_cycle(self) -> None:
+        """A cycle that a stop interrupted (SIGTERM, a crash) with attempts left resumes from its
+        checkpoints soon after start, not at the next scheduled tick (a day away with a daily cron); a
+        Kubernetes Job of it that still runs is adopted. The cycle lock keeps it from overlapping another."""
+        failed = self.store.retryable_cycle()
+        if failed is None or failed.attempts >= self.settings.training.max_attempts:
+            return
+        at = datetime.fromtimestamp(time.time() + RESUME_DELAY_S, timezone.utc)
+        log.info("cycle %s was interrupted on attempt %d; it resumes from its checkpoints at %s (in %.0f s)",
+                 failed.cycle_id, failed.attempts, at.isoformat(timespec="seconds"), RESUME_DELAY_S)
+
+        def resume() -> None:
+            if not self.stop.wait(RESUME_DELAY_S):
+                outcome = self.run_cycle(trigger="restart")
+                log.info("resumed cycle: %s %s", outcome.verdict, "; ".join(outcome.reasons[:2]))
+
+        self._spawn("resume-cycle", resume)
 
     def _scheduled_cycle(self) -> None:
         outcome = self.run_cycle(trigger="schedule")
