@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +44,7 @@ from daemon.store import LockBusy, lock_holder, open_store, store_lock
 log = logging.getLogger("ticketune.service")
 
 UPKEEP_INTERVAL_S = 600.0
+CYCLE_ID_WAIT_S = 30.0  # POST /v1/cycles answers once the cycle is in the journal, or after this long
 RESUME_DELAY_S = 10.0  # an interrupted cycle resumes this long after start (the parts are up by then)
 SERVICE_LOCK = "service"
 
@@ -118,7 +120,8 @@ class Service:
         token = server.admin_token.get_secret_value() if server.admin_token else None
         self._http = start_http_server(server.host, server.port, Endpoints(
             status=self.status, ready=self.ready, admin_token=token,
-            admin_actions={"cycle": self._admin_cycle, "rollback": self._admin_rollback,
+            admin_actions={"cycle": self._admin_cycle, "cycle_status": self._admin_cycle_status,
+                           "rollback": self._admin_rollback,
                            "promote": self._admin_promote, "approve": self._admin_approve,
                            "history": self._admin_history},
         ))
@@ -277,9 +280,10 @@ class Service:
         with self._cycle_lock:
             return self._run_cycle_locked(trigger=trigger, force=force)
 
-    def _run_cycle_locked(self, *, trigger: str, force: bool) -> CycleOutcome:
+    def _run_cycle_locked(self, *, trigger: str, force: bool,
+                          on_recorded: Callable[[str], None] | None = None) -> CycleOutcome:
         try:
-            outcome = self.cycles.run(trigger=trigger, force=force, stop=self.stop)
+            outcome = self.cycles.run(trigger=trigger, force=force, stop=self.stop, on_recorded=on_recorded)
         except LockBusy as exc:
             outcome = CycleOutcome("", "skipped", reasons=[str(exc)])
         if outcome.verdict != "skipped" or self.last_cycle is None:
@@ -310,7 +314,8 @@ class Service:
         log.info("scheduled cycle: %s %s", outcome.verdict, "; ".join(outcome.reasons[:2]))
 
     def _admin_cycle(self, body: dict) -> dict:
-        """Starts a cycle in its own thread (202); 409 while one runs here or in another process."""
+        """Starts a cycle in its own thread and answers (202) with its id once the journal has it
+        (`GET /v1/cycles/<id>` follows it); 409 while one runs here or in another process."""
         if self.stop.is_set():
             raise AdminError(503, "the service is shutting down", "shutting_down")
         if not self._cycle_lock.acquire(blocking=False):
@@ -323,16 +328,38 @@ class Service:
             raise AdminError(409, "a cycle is already running in another process on this store",
                              "cycle_running") from None
         force = bool(body.get("force", False))
+        recorded: list[str] = []
+        known = threading.Event()
+
+        def note(cycle_id: str) -> None:
+            recorded.append(cycle_id)
+            known.set()
 
         def run() -> None:
             try:
-                outcome = self._run_cycle_locked(trigger="admin", force=force)
-                log.info("admin cycle: %s %s", outcome.verdict, "; ".join(outcome.reasons[:2]))
+                outcome = self._run_cycle_locked(trigger="admin", force=force, on_recorded=note)
+                log.info("admin cycle %s: %s %s", outcome.cycle_id, outcome.verdict, "; ".join(outcome.reasons[:2]))
+                note(outcome.cycle_id)  # one that failed before the journal had it (MLflow unreachable)
             finally:
                 self._cycle_lock.release()
 
         self._spawn("admin-cycle", run)
-        return {"accepted": True, "force": force, "status_url": "/v1/status"}
+        known.wait(CYCLE_ID_WAIT_S)
+        cycle_id = recorded[0] if recorded and recorded[0] else None
+        return {"accepted": True, "force": force, "cycle_id": cycle_id,
+                "cycle_url": f"/v1/cycles/{cycle_id}" if cycle_id else None, "status_url": "/v1/status"}
+
+    def _admin_cycle_status(self, body: dict) -> dict:
+        """One cycle from the journal (`running` until it ends); one that failed before the journal had
+        it is known from this service's last outcome."""
+        cycle_id = str(body["cycle_id"])
+        row = self.store.cycle(cycle_id)
+        if row is not None:
+            return row
+        last = self.last_cycle
+        if last is not None and last.cycle_id == cycle_id:
+            return last.to_json()
+        raise AdminError(404, f"no cycle {cycle_id} in the journal", "cycle_not_found")
 
     def rollback(self, to_version: str | None, *, reason: str) -> tuple[str | None, str]:
         move = self.keeper.rollback(to_version, reason=reason, actor="operator")

@@ -17,6 +17,7 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -223,17 +224,21 @@ class CycleRunner:
 
     def run(
         self, *, trigger: str = "manual", force: bool = False, stop: threading.Event | None = None,
-        lock_wait_seconds: float | None = 0.0,
+        lock_wait_seconds: float | None = 0.0, on_recorded: Callable[[str], None] | None = None,
     ) -> CycleOutcome:
+        """`on_recorded(cycle_id)` is called once the cycle's row is in the store's journal (running or skipped)."""
         with store_lock(self.store.path, "cycle", wait_seconds=lock_wait_seconds), log_context():
-            return self._run_locked(trigger=trigger, force=force, stop=stop)
+            return self._run_locked(trigger=trigger, force=force, stop=stop, on_recorded=on_recorded)
 
-    def _run_locked(self, *, trigger: str, force: bool, stop: threading.Event | None) -> CycleOutcome:
-        outcome = self._plan_and_run(trigger=trigger, force=force, stop=stop)
+    def _run_locked(self, *, trigger: str, force: bool, stop: threading.Event | None,
+                    on_recorded: Callable[[str], None] | None = None) -> CycleOutcome:
+        outcome = self._plan_and_run(trigger=trigger, force=force, stop=stop,
+                                     on_recorded=on_recorded or (lambda _cycle_id: None))
         metrics.CYCLES.labels(verdict=outcome.verdict).inc()  # every cycle is counted here, and only here
         return outcome
 
-    def _plan_and_run(self, *, trigger: str, force: bool, stop: threading.Event | None) -> CycleOutcome:
+    def _plan_and_run(self, *, trigger: str, force: bool, stop: threading.Event | None,
+                      on_recorded: Callable[[str], None]) -> CycleOutcome:
         cfg = self.settings
         try:
             golden = load_golden(cfg.gate.golden_prompts, cfg.gate.profile)
@@ -251,8 +256,13 @@ class CycleRunner:
         if not plan.resume:
             self._remove_stale_checkpoints()  # a fresh cycle: no earlier one will resume any more
         if plan.skip_reason is not None:
+            try:
+                self.store.record_skip(plan.cycle_id, trigger, plan.skip_reason)
+                on_recorded(plan.cycle_id)
+            except Exception as exc:  # a full disk: still a skip, only not in the journal
+                log.warning("cycle %s: its skip could not be recorded: %s", plan.cycle_id, str(exc).splitlines()[0])
             return CycleOutcome(plan.cycle_id, VERDICT_SKIPPED, reasons=[plan.skip_reason])
-        return self._execute(plan, golden, trigger=trigger, stop=stop)
+        return self._execute(plan, golden, trigger=trigger, stop=stop, on_recorded=on_recorded)
 
     def _facts(self, champion: str | None, champion_base: str | None, force: bool) -> CycleFacts:
         """What the plan is computed from; the store's side (erasures, a failed cycle to retry, pending)."""
@@ -273,7 +283,7 @@ class CycleRunner:
         )
 
     def _execute(self, plan: CyclePlan, golden: GoldenSet, *, trigger: str,
-                 stop: threading.Event | None) -> CycleOutcome:
+                 stop: threading.Event | None, on_recorded: Callable[[str], None]) -> CycleOutcome:
         cfg = self.settings
         cycle_id, snapshot, champion = plan.cycle_id, plan.snapshot, plan.champion
         try:
@@ -281,6 +291,7 @@ class CycleRunner:
         except Exception as exc:  # the store takes no writes (a full disk): no cycle, said plainly
             log.error("cycle %s could not start: %s", cycle_id, str(exc).splitlines()[0])
             return CycleOutcome(cycle_id, VERDICT_FAILED, reasons=[str(exc).splitlines()[0]])
+        on_recorded(cycle_id)
         notes = [f"resumes cycle {cycle_id} attempt {attempt}"] if plan.resume else []
         outcome = CycleOutcome(cycle_id, VERDICT_FAILED, reasons=list(notes))
         cycle_dir = cfg.training.work_dir / cycle_id
