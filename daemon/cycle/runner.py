@@ -314,7 +314,7 @@ class CycleRunner:
                          cycle_id, attempt, snapshot.id)
                 spec_path = cycle_dir / SPEC_FILE
             else:
-                log.info("cycle %s: training on %s (champion %s)", cycle_id, snapshot.counts, champion)
+                log.info("cycle %s: training on %s; champion %s", cycle_id, snapshot.describe(), champion or "none")
                 spec_path = self._write_spec(cycle_dir, snapshot, champion, golden, warm=plan.warm_start,
                                              compare_champion=plan.compare_champion)
             run_tags = self._run_tags(snapshot, attempt, plan.base_fingerprint)
@@ -577,7 +577,7 @@ class CycleRunner:
                 model_name=self.settings.registry.model_name, version=version, cycle_id=cycle_id, decision=decision,
                 verdict=verdict.to_dict(max_chars=1_000_000), result=result, reference=reference,
                 tags=tags,  # without the state tag: the version is complete once the report is in
-                golden=golden_rows(result, verdict, golden),
+                golden=golden_rows(result, verdict, golden), attempt=int(tags[vocab.TAG_ATTEMPT]),
             ))
         except Exception as exc:  # a plotting bug must not cost the cycle its decision
             log.error("cycle %s: the report could not be drawn: %s", cycle_id, exc)
