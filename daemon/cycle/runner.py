@@ -539,8 +539,6 @@ class CycleRunner:
             self.keeper.refresh_gauges()
         if "candidate_eval_loss" in numeric:
             metrics.CANDIDATE_EVAL_LOSS.set(numeric["candidate_eval_loss"])
-        if "train_tokens_per_second" in numeric:
-            metrics.TRAINING_TOKENS_PER_SECOND.set(numeric["train_tokens_per_second"])
         log.info("cycle %s: version %s %s", cycle_id, version, decision)
         return CycleOutcome(cycle_id, decision, version=version, reasons=reasons, metrics=flat)
 
