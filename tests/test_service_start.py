@@ -47,6 +47,8 @@ def test_every_labelled_counter_has_its_known_series_before_any_event(service_co
             assert sample("ticketune_champion_moves_total", action=action) is not None, action
         for gate in ("passed", "failed"):
             assert sample("ticketune_outside_alias_moves_total", gate=gate) is not None, gate
+        for reason in ("not_resolved", "low_csat", "near_duplicate", "stale_revision", "erased"):
+            assert sample("ticketune_tickets_skipped_total", reason=reason) is not None, reason
         for reason in ("invalid_json", "invalid_ticket", "unsupported_payload", "too_large", "internal_error"):
             assert sample("ticketune_dead_lettered_total", reason=reason) is not None, reason
         for kind in ("start", "poll", "store", "commit", "lag", "undecodable", "dead_letter"):
