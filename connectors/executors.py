@@ -68,18 +68,34 @@ def read_json_object(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+_TRAINING_GAUGES = (
+    ("step", metrics.TRAINING_STEP),
+    ("total_steps", metrics.TRAINING_TOTAL_STEPS),
+    ("loss", metrics.TRAINING_LOSS),
+    ("tokens_per_second", metrics.TRAINING_TOKENS_PER_SECOND),
+    ("eta_seconds", metrics.TRAINING_ETA),
+)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def report_progress(progress: dict) -> None:
-    """Sets the training gauges from one progress record; fields that are absent or null are left alone."""
-    for key, gauge in (
-        ("step", metrics.TRAINING_STEP),
-        ("total_steps", metrics.TRAINING_TOTAL_STEPS),
-        ("loss", metrics.TRAINING_LOSS),
-        ("tokens_per_second", metrics.TRAINING_TOKENS_PER_SECOND),
-        ("eta_seconds", metrics.TRAINING_ETA),
-    ):
-        value = progress.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            gauge.set(value)
+    """Sets the training gauges from a record of a training step (one with its loss); the records of
+    other phases (validation, evaluation) leave them as the last step set them, so the gauges never
+    show a step without its loss. Fields that are absent or null are left alone."""
+    if not _is_number(progress.get("loss")):
+        return
+    for key, gauge in _TRAINING_GAUGES:
+        if _is_number(progress.get(key)):
+            gauge.set(progress[key])
+
+
+def clear_training_gauges() -> None:
+    """No worker trains: every training gauge reads 0 (before a worker starts and after it ends)."""
+    for _, gauge in _TRAINING_GAUGES:
+        gauge.set(0)
 
 
 def tail_of(path: Path, lines: int = 15) -> str:
@@ -110,6 +126,7 @@ class LocalProcessExecutor:
         result_path.unlink(missing_ok=True)
         if progress_path is not None:
             progress_path.unlink(missing_ok=True)  # an earlier attempt's progress is not this one's
+        clear_training_gauges()
         try:
             with open(log_path, "ab") as log:
                 proc = subprocess.Popen(
@@ -134,8 +151,7 @@ class LocalProcessExecutor:
                             report_progress(progress)
                     time.sleep(0.2)
         finally:
-            metrics.TRAINING_STEP.set(0)
-            metrics.TRAINING_ETA.set(0)
+            clear_training_gauges()
         result = contract.read_result(result_path)
         if proc.returncode == contract.EXIT_OK and result is not None and result.ok:
             return result

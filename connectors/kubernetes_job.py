@@ -16,8 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from connectors.executors import WorkerFailed, read_json_object, report_progress, validated_spec, worker_command
-from daemon import metrics
+from connectors.executors import (
+    WorkerFailed,
+    clear_training_gauges,
+    read_json_object,
+    report_progress,
+    validated_spec,
+    worker_command,
+)
 from daemon.config import ExecutorConfig
 from daemon.training.contract import (
     CHECKPOINT_STATE_FILE,
@@ -240,11 +246,11 @@ class KubernetesJobExecutor:
             (cycle_dir / JOB_RECORD).write_text(json.dumps({"job": name, "namespace": self.namespace,
                                                             "run_id": run_id}), "utf-8")
             log.info("cycle %s: created Job %s in namespace %s", cycle_id, name, self.namespace)
+        clear_training_gauges()
         try:
             state = self._wait(name, job_run, spec, timeout_s, stop)
         finally:
-            metrics.TRAINING_STEP.set(0)
-            metrics.TRAINING_ETA.set(0)
+            clear_training_gauges()
         result = self._collect(job_run, result_path) if not shared else read_result(result_path)
         if state == "succeeded" and result is not None and result.ok:
             return result

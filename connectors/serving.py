@@ -127,6 +127,10 @@ class ServingNotifier:
         self.model_name = model_name
         self.pending_path = Path(pending_path)
         self._thread_lock = threading.Lock()
+        for kind in {target.kind for target in cfg.targets}:  # the targets' series from the start, at 0
+            for outcome in (DELIVERED, FAILED, REFUSED, SUPERSEDED):
+                metrics.SERVING_NOTIFICATIONS.labels(kind, outcome)
+            metrics.SERVING_LAST_SUCCESS.labels(kind)
 
     # ---- what callers use ------------------------------------------------------------------
 

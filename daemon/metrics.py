@@ -51,7 +51,9 @@ CYCLE_DURATION = Histogram(
     buckets=(30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800),
 )
 LAST_SUCCESSFUL_CYCLE = Gauge(
-    "ticketune_last_successful_cycle_timestamp_seconds", "Unix time the last cycle ended promoted or rejected."
+    "ticketune_last_successful_cycle_timestamp_seconds",
+    "Unix time the last cycle reached the gate's decision (promoted, rejected or awaiting approval), read from the "
+    "store's journal: it survives restarts and counts cycles run by the CLI (0: none yet).",
 )
 CHAMPION_EVAL_LOSS = Gauge(
     "ticketune_champion_eval_loss_nats", "Eval loss of the current champion on its trusted set (nats/token)."
@@ -60,15 +62,17 @@ CANDIDATE_EVAL_LOSS = Gauge(
     "ticketune_candidate_eval_loss_nats", "Eval loss of the last candidate on the trusted set (nats/token)."
 )
 CHAMPION_VERSION = Gauge("ticketune_champion_version", "Registered model version serving as champion (0: none).")
+# The training gauges describe the running worker's last training step; all read 0 while no worker trains
+# (a finished cycle's figures are in its MLflow run).
 TRAINING_TOKENS_PER_SECOND = Gauge(
-    "ticketune_training_tokens_per_second", "Training throughput of the running (else the last) cycle's worker."
+    "ticketune_training_tokens_per_second", "Training throughput of the running worker (0: none runs)."
 )
 TRAINING_STEP = Gauge("ticketune_training_step", "Optimizer step the running training worker reached (0: none runs).")
 TRAINING_TOTAL_STEPS = Gauge(
-    "ticketune_training_total_steps", "Optimizer steps planned for the running (else the last) worker."
+    "ticketune_training_total_steps", "Optimizer steps planned for the running worker (0: none runs)."
 )
 TRAINING_LOSS = Gauge(
-    "ticketune_training_loss_nats", "Training loss of the running (else the last) worker at its last step (nats/token)."
+    "ticketune_training_loss_nats", "Training loss of the running worker at its last step (nats/token; 0: none runs)."
 )
 TRAINING_ETA = Gauge(
     "ticketune_training_eta_seconds", "Estimated seconds until the running worker finishes training (0: none runs)."

@@ -95,8 +95,12 @@ class Ticket(_Lenient):
         return stamp.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
+# Every `TicketParseError.reason`, here and in connectors/formats/ (a test keeps the list whole).
+PARSE_REASONS = ("invalid_utf8", "invalid_json", "not_an_object", "invalid_ticket", "unsupported_payload")
+
+
 class TicketParseError(ValueError):
-    """A message that cannot become a `Ticket`; `reason` is a short machine-readable code."""
+    """A message that cannot become a `Ticket`; `reason` is a short machine-readable code (`PARSE_REASONS`)."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")

@@ -8,3 +8,4 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from fixture_broker import *  # noqa: F401,F403
 from fixture_mlflow import *  # noqa: F401,F403
 from fixture_model import *  # noqa: F401,F403
+from fixture_service import *  # noqa: F401,F403

@@ -10,12 +10,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
+from fixture_service import ADMIN_TOKEN as TOKEN
 from http_helpers import http_call as call
 
 from daemon.app.http import ADMIN_ROUTES, MAX_BODY_BYTES, AdminError, Endpoints, openapi_document, start_http_server
 
-TOKEN = "s3cret-token"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -43,7 +42,11 @@ def api():
             if name == "cycle":
                 if busy.is_set():
                     raise AdminError(409, "a cycle is already running", "cycle_running")
-                return {"accepted": True, "force": body["force"]}
+                return {"accepted": True, "force": body["force"], "cycle_id": "c-1", "cycle_url": "/v1/cycles/c-1"}
+            if name == "cycle_status":
+                if body["cycle_id"] != "c-1":
+                    raise AdminError(404, f"no cycle {body['cycle_id']} in the journal", "cycle_not_found")
+                return {"cycle_id": "c-1", "verdict": "running"}
             if name == "history":
                 return {"versions": [{"version": "2", "champion": True}, {"version": "1", "champion": False}]}
             version = body.get("version") or body.get("to")
@@ -58,7 +61,8 @@ def api():
     def make(token=TOKEN):
         endpoints = Endpoints(
             status=lambda: {"examples": 7, "champion_version": "2"}, ready=lambda: (True, {"store": "ok"}),
-            admin_actions={name: action(name) for name in ("cycle", "promote", "rollback", "approve", "history")},
+            admin_actions={name: action(name)
+                           for name in ("cycle", "cycle_status", "promote", "rollback", "approve", "history")},
             admin_token=token,
         )
         server = start_http_server("127.0.0.1", 0, endpoints)
@@ -118,7 +122,12 @@ def test_status_history_and_moves_succeed_with_the_token(api):
 def test_starting_a_cycle_is_202_and_409_while_one_runs(api):
     port = api()
     status, body = call(port, "/v1/cycles", "POST", token=TOKEN, body={"force": True})
-    assert status == 202 and json.loads(body) == {"accepted": True, "force": True}
+    assert status == 202 and json.loads(body)["cycle_url"] == "/v1/cycles/c-1"
+    status, body = call(port, "/v1/cycles/c-1", token=TOKEN)
+    assert status == 200 and json.loads(body)["verdict"] == "running"
+    assert api.calls[-1] == ("cycle_status", {"cycle_id": "c-1"})  # the path's parameter
+    assert error_code(call(port, "/v1/cycles/c-2", token=TOKEN)[1]) == "cycle_not_found"
+    assert raw_call(port, "/v1/cycles/c-1", "POST", b"{}")[0] == 405
     status, _, body = raw_call(port, "/v1/cycles", "POST", b"")  # no body: the defaults
     assert status == 202 and body["force"] is False
     api.busy.set()
@@ -187,7 +196,8 @@ def test_the_openapi_document_describes_the_paths_schemas_and_security(api):
     assert doc["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http", "scheme": "bearer", "description": "server.admin_token"}
     assert {path: list(ops) for path, ops in doc["paths"].items()} == {
-        "/v1/status": ["get"], "/v1/history": ["get"], "/v1/cycles": ["post"], "/v1/promote": ["post"],
+        "/v1/status": ["get"], "/v1/history": ["get"], "/v1/cycles": ["post"], "/v1/cycles/{cycle_id}": ["get"],
+        "/v1/promote": ["post"],
         "/v1/rollback": ["post"], "/v1/approve": ["post"], "/v1/openapi.json": ["get"]}
     promote = doc["paths"]["/v1/promote"]["post"]
     assert promote["security"] == [{"bearerAuth": []}]
@@ -195,6 +205,9 @@ def test_the_openapi_document_describes_the_paths_schemas_and_security(api):
     schemas = doc["components"]["schemas"]
     assert schemas["PromoteRequest"]["required"] == ["version"]
     assert set(schemas["MoveResponse"]["properties"]) >= {"from", "to", "moved", "forced", "serving"}
+    follow = doc["paths"]["/v1/cycles/{cycle_id}"]["get"]
+    assert follow["parameters"][0]["name"] == "cycle_id" and "404" in follow["responses"]
+    assert {"cycle_id", "cycle_url"} <= set(schemas["CycleAccepted"]["properties"])
     refs = {m for m in json.dumps(doc).split('"') if m.startswith("#/components/schemas/")}
     assert {ref.rsplit("/", 1)[1] for ref in refs} <= set(schemas)  # every $ref resolves
     from jsonschema import Draft202012Validator
@@ -203,20 +216,7 @@ def test_the_openapi_document_describes_the_paths_schemas_and_security(api):
         Draft202012Validator.check_schema(schema)
 
 
-# with a real Service (no training: an empty store, a sqlite MLflow) ------------------------------------------
-@pytest.fixture
-def service_config(tmp_path, mlflow_sqlite_uri):
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "kafka": {"bootstrap_servers": "127.0.0.1:1"},  # nothing listens: Kafka is down all along
-        "store": {"path": "./store/examples.db"},
-        "registry": {"tracking_uri": mlflow_sqlite_uri, "poll_seconds": 0},
-        "schedule": {"enabled": False},
-        "server": {"host": "127.0.0.1", "port": 0, "admin_token": TOKEN, "shutdown_budget_seconds": 20},
-    }))
-    return config
-
-
+# with a real Service (no training: an empty store, a sqlite MLflow; the config is fixture_service's) ----------
 def test_a_real_service_answers_the_admin_api_and_stays_ready_while_kafka_is_down(service_config):
     from prometheus_client import REGISTRY
 
@@ -249,12 +249,13 @@ def test_a_real_service_answers_the_admin_api_and_stays_ready_while_kafka_is_dow
             status, body = call(port, "/v1/cycles", "POST", token=TOKEN, body={})
             assert status == 409 and error_code(body) == "cycle_running"
         status, body = call(port, "/v1/cycles", "POST", token=TOKEN, body={})
-        assert status == 202 and json.loads(body)["accepted"] is True
-        deadline = time.monotonic() + 30
-        while service.last_cycle is None:  # too few examples: the cycle is a quick skip
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        assert service.last_cycle.verdict == "skipped"
+        accepted = json.loads(body)
+        assert status == 202 and accepted["accepted"] is True and accepted["cycle_id"].startswith("c-")
+        status, body = call(port, accepted["cycle_url"], token=TOKEN)  # too few examples: a quick skip, recorded
+        assert status == 200 and json.loads(body)["verdict"] == "skipped", body
+        assert "schedule.min_new_examples" in json.loads(body)["reasons"][0]
+        last = json.loads(call(port, "/v1/status", token=TOKEN)[1])["last_cycle"]
+        assert (last["cycle_id"], last["verdict"]) == (accepted["cycle_id"], "skipped")
     finally:
         service.shutdown()
 
@@ -284,3 +285,29 @@ def test_a_second_service_on_the_same_store_is_refused(service_config, tmp_path)
     again = Service(load_settings(service_config, environ={}))  # released by shutdown
     again.startup(with_scheduler=False, with_ingest=False)
     again.shutdown()
+
+
+def test_a_refusal_names_the_request_field_that_overrides_it_not_the_cli_flag(service_config, monkeypatch):
+    from daemon.app.service import Service
+    from daemon.champion.rules import PromotionRefusedError, previous_champion, refusal
+    from daemon.config import load_settings
+
+    def refuse_rejected(version, **_):
+        raise PromotionRefusedError(refusal(version, {"ticketune.verdict": "rejected"}, force=False))
+
+    def refuse_first(to_version, **_):
+        previous_champion([], "1")
+
+    service = Service(load_settings(service_config, environ={}))
+    monkeypatch.setattr(service.keeper, "promote", refuse_rejected)
+    monkeypatch.setattr(service.keeper, "rollback", refuse_first)
+    service.startup(with_scheduler=False, with_ingest=False)
+    try:
+        status, body = call(service.http_port, "/v1/promote", "POST", token=TOKEN, body={"version": "1"})
+        message = json.loads(body)["error"]["message"]
+        assert status == 409 and '"force": true' in message and "--force" not in message
+        status, body = call(service.http_port, "/v1/rollback", "POST", token=TOKEN, body={})
+        message = json.loads(body)["error"]["message"]
+        assert status == 409 and '"to": "VERSION"' in message and "--to" not in message
+    finally:
+        service.shutdown()

@@ -70,3 +70,17 @@ def test_quarantine_list_shows_quarantined_batches_unless_all_is_asked(tmp_path,
     assert [b["state"] for b in json.loads(capsys.readouterr().out)] == ["quarantined"]
     assert main(["quarantine", "list", "--all", "--json", "--config", str(config)]) == 0
     assert sorted(b["state"] for b in json.loads(capsys.readouterr().out)) == ["promoted", "quarantined"]
+
+
+def test_status_says_a_cycle_under_way_is_running_and_shows_a_recorded_skip(service_config, capsys):
+    from daemon.config import load_settings
+    from daemon.store import open_store
+
+    store = open_store(load_settings(service_config, environ={}).store)
+    store.record_skip("c-skipped", "schedule", "3 new examples since the last cycle, schedule.min_new_examples is 200")
+    assert main(["status", "--config", str(service_config)]) == 0
+    assert "last cycle c-skipped skipped" in capsys.readouterr().out
+    store.start_cycle("c-now", "admin")
+    store.close()
+    assert main(["status", "--config", str(service_config)]) == 0
+    assert "last cycle c-now running" in capsys.readouterr().out

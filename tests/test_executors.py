@@ -104,7 +104,7 @@ def run_in_thread(executor, spec, stop=None) -> tuple[threading.Thread, dict]:
     return thread, box
 
 
-def test_the_progress_file_feeds_the_training_gauges_and_step_and_eta_reset_when_the_worker_ends(
+def test_the_progress_file_feeds_the_training_gauges_and_all_read_0_when_the_worker_ends(
     tmp_path, fake_python
 ):
     spec = write_spec(tmp_path, progress=True, hold=True)
@@ -120,8 +120,8 @@ def test_the_progress_file_feeds_the_training_gauges_and_step_and_eta_reset_when
         (spec.parent / "release").touch()
         thread.join(30)
     assert isinstance(box["result"], TrainResult) and box["result"].ok and box["result"].adapter_dir == "a"
-    assert gauge("ticketune_training_step") == 0 and gauge("ticketune_training_eta_seconds") == 0
-    assert gauge("ticketune_training_loss_nats") == 1.25  # the last run's loss stays readable
+    for name in ("step", "total_steps", "loss_nats", "tokens_per_second", "eta_seconds"):
+        assert gauge(f"ticketune_training_{name}") == 0, name  # nothing stale once no worker trains
 
 
 def test_a_worker_that_exits_3_failed_retryably_and_resumes_from_its_checkpoint(tmp_path, fake_python):
@@ -159,13 +159,24 @@ def test_an_earlier_attempts_progress_file_is_not_read_and_no_file_is_no_update(
     progress = spec.parent / "out" / "progress.json"
     progress.parent.mkdir()
     progress.write_text('{"step": 99, "total_steps": 99}')
-    metrics.TRAINING_TOTAL_STEPS.set(5)
+    metrics.TRAINING_TOTAL_STEPS.set(5)  # what the last run left
     thread, box = run_in_thread(LocalProcessExecutor(python=fake_python), spec)
     time.sleep(1.5)
+    assert gauge("ticketune_training_total_steps") == 0  # cleared at the start, and 99 was never read
     (spec.parent / "release").touch()
     thread.join(30)
     assert box["result"].status == "ok" and not progress.exists()
-    assert gauge("ticketune_training_total_steps") == 5
+
+
+def test_a_record_of_another_phase_never_shows_a_step_without_its_loss():
+    from connectors.executors import clear_training_gauges, report_progress
+
+    clear_training_gauges()
+    report_progress({"phase": "evaluate", "step": 2, "total_steps": 2})  # the first record the service saw
+    assert gauge("ticketune_training_step") == 0 and gauge("ticketune_training_total_steps") == 0
+    report_progress({"phase": "train", "step": 1, "total_steps": 2, "loss": 2.5, "tokens_per_second": 900.0})
+    report_progress({"phase": "validate", "step": 2, "total_steps": 2})
+    assert (gauge("ticketune_training_step"), gauge("ticketune_training_loss_nats")) == (1, 2.5)
 
 
 def test_a_spec_that_does_not_validate_fails_for_good_without_starting_the_worker(tmp_path, fake_python):

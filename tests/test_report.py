@@ -121,14 +121,43 @@ def test_no_email_or_phone_from_an_answer_reaches_either_file(report):
     for text in (page, markdown, html.unescape(page), html.unescape(markdown)):
         assert EMAIL not in text and PHONE not in text and "555 0134" not in text
     assert "&lt;EMAIL&gt;" in page and "&lt;PHONE&gt;" in page
-    assert "<EMAIL>" in html.unescape(markdown) and "<PHONE>" in html.unescape(markdown)
+    assert "\\<EMAIL\\>" in markdown and "\\<PHONE\\>" in markdown  # backslash-escaped: shown as typed
     assert "answer names &lt;EMAIL&gt;" in page  # failures are scrubbed too
 
 
 def test_markup_in_an_answer_is_escaped_in_html_and_markdown(report):
     _, page, markdown = report
-    assert "<script" not in page.lower() and "<script" not in markdown.lower()
+    assert "<script" not in page.lower() and not re.search(r"(?<!\\)<", markdown)  # every < escaped
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "\\<script\\>alert('x')\\</script\\>" in markdown
+
+
+def test_markdown_has_no_html_entities_or_line_break_tags(tmp_path):
+    checks = [*CHECKS, {"name": "improvement_note", "status": "pass", "passed": True,
+                        "message": "loss > champion & base\nsecond line", "details": {}}]
+    write_report(tmp_path, _inputs(verdict={"passed": False, "checks": checks}))
+    markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "&gt;" not in markdown and "&lt;" not in markdown and "&amp;" not in markdown and "<br>" not in markdown
+    assert "loss \\> champion \\& base second line" in markdown
+
+
+def test_a_check_skipped_for_want_of_data_says_skipped_and_one_switched_off_says_off(tmp_path):
+    checks = [*CHECKS[:5], {"name": "servable", "status": "off", "passed": True,
+                            "message": "skipped: the worker ran no probe (spec probe.enabled: false)", "details": {}}]
+    write_report(tmp_path, _inputs(verdict={"passed": False, "checks": checks}))
+    markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| servable | skipped | skipped: the worker ran no probe" in markdown
+    assert "| forgetting | off | switched off" in markdown
+    assert '<tr class="status-skipped"><td>servable</td>' in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_resumed_attempt_says_from_which_step_it_resumed(tmp_path):
+    result = {**RESULT, "train": {**RESULT["train"], "resumed_from_step": 64}}
+    write_report(tmp_path, _inputs(result=result, attempt=2))
+    markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "Attempt 2 of this cycle: resumed from step 64 of the checkpoint attempt 1 saved" in markdown
+    write_report(tmp_path / "first", _inputs())
+    assert "Attempt" not in (tmp_path / "first" / "report.md").read_text(encoding="utf-8")
 
 
 def test_markdown_links_the_plots_beside_it_and_keeps_table_rows_whole(report):
@@ -171,7 +200,7 @@ def test_a_result_without_train_or_eval_still_renders_and_says_what_is_missing(t
         assert "no training summary in the worker&#x27;s result (train missing)" in page
         assert "(eval missing)" in text and "(not registered)" in text
         assert "No golden prompts were answered" in text
-    assert "<td>slices</td><td>off</td>" in page
+    assert "<td>slices</td><td>skipped</td>" in page  # as its message says
     assert (tmp_path / "loss_curves.png").read_bytes().startswith(PNG_SIGNATURE)
 
 

@@ -108,3 +108,15 @@ def test_no_markdown_file_links_outside_the_repository():
             if not resolved.resolve().is_relative_to(REPO_ROOT) or not resolved.exists():
                 outside.append(f"{path.relative_to(REPO_ROOT)}: {target}")
     assert outside == []
+
+
+def test_the_readme_names_the_training_values_the_demo_sets_for_the_tiny_model(tmp_path):
+    import yaml
+
+    from daemon.demo.walkthrough import MODELS, _demo_config
+
+    demo = yaml.safe_load(_demo_config(tmp_path, "127.0.0.1:9092", MODELS["tiny"]).read_text())["training"]
+    readme = " ".join((REPO_ROOT / "README.md").read_text("utf-8").split())
+    section = readme[readme.index("**A first cycle with the tiny model.**"):]
+    for key in ("epochs", "learning_rate", "max_seq_len", "row_tokens"):
+        assert f"{key}: {demo[key]}" in section, key

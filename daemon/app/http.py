@@ -93,7 +93,25 @@ class MoveResponse(BaseModel):
 class CycleAccepted(BaseModel):
     accepted: bool = True
     force: bool
+    cycle_id: str | None = Field(description="the cycle this request runs (a resumed one keeps its own id); null "
+                                             "only when it was not planned within 30 s (the registry is slow)")
+    cycle_url: str | None = Field(description="`GET` it to follow the cycle: `/v1/cycles/<cycle_id>`")
     status_url: str = "/v1/status"
+
+
+class CycleRecord(BaseModel):
+    """One cycle as the store's journal records it (`last_cycle` in `/v1/status` has the same shape)."""
+
+    model_config = ConfigDict(extra="allow")
+    cycle_id: str
+    trigger: str = Field(description="schedule, admin, cli, restart")
+    verdict: str = Field(description="running, then promoted, rejected, awaiting_approval, skipped or failed")
+    started_at: str
+    ended_at: str | None
+    attempts: int | None = Field(default=None, description="2 and more: resumed from the checkpoints of the last")
+    model_version: str | None = None
+    reasons: list[str]
+    metrics: dict
 
 
 class HistoryResponse(BaseModel):
@@ -126,6 +144,8 @@ ADMIN_ROUTES: dict[str, Route] = {
     "/v1/history": Route("GET", "history", "Registered adapter versions, newest first", response=HistoryResponse),
     "/v1/cycles": Route("POST", "cycle", "Start a retrain cycle now", CycleRequest, CycleAccepted, 202,
                         "a cycle is already running"),
+    "/v1/cycles/{cycle_id}": Route("GET", "cycle_status", "One cycle: running, then its verdict and reasons",
+                                   response=CycleRecord),
     "/v1/promote": Route("POST", "promote", "Make a version the champion", PromoteRequest, MoveResponse, 200,
                          "the promotion is refused (rejected or incomplete version without force)"),
     "/v1/rollback": Route("POST", "rollback", "Move the champion back", RollbackRequest, MoveResponse, 200,
@@ -134,14 +154,27 @@ ADMIN_ROUTES: dict[str, Route] = {
                          ApproveRequest, MoveResponse, 200, "the version is not awaiting approval"),
 }
 PUBLIC_GETS = ("/metrics", "/healthz", "/readyz", "/v1/openapi.json")
+_PATH_PARAMETER = re.compile(r"\{(\w+)\}")
+
+
+def resolve_route(path: str) -> tuple[Route | None, dict[str, str]]:
+    """The admin route `path` names and its path parameters (`/v1/cycles/c-1` → cycle_id c-1)."""
+    if path in ADMIN_ROUTES:
+        return ADMIN_ROUTES[path], {}
+    for template, route in ADMIN_ROUTES.items():
+        pattern = _PATH_PARAMETER.sub(lambda m: f"(?P<{m[1]}>[A-Za-z0-9._-]+)", template)
+        if "(?P<" in pattern and (found := re.fullmatch(pattern, path)):
+            return route, found.groupdict()
+    return None, {}
 
 
 @dataclass
 class Endpoints:
     """What the HTTP server asks the service; each callable returns JSON-ready data.
 
-    `admin_actions` maps a route's action ("cycle", "promote", "rollback", "approve", "history") to
-    a callable taking the validated request body as a dict; one that is missing answers 404.
+    `admin_actions` maps a route's action ("cycle", "cycle_status", "promote", "rollback", "approve",
+    "history") to a callable taking the validated request body and the path's parameters as one dict;
+    one that is missing answers 404.
     """
 
     status: Callable[[], dict]
@@ -153,7 +186,8 @@ class Endpoints:
 def openapi_document() -> dict:
     """The OpenAPI 3.1 document of the admin API, with schemas generated from the request models."""
     models = [(m, "validation") for m in (CycleRequest, PromoteRequest, RollbackRequest, ApproveRequest)]
-    models += [(m, "serialization") for m in (MoveResponse, CycleAccepted, HistoryResponse, ErrorResponse)]
+    models += [(m, "serialization") for m in (MoveResponse, CycleAccepted, CycleRecord, HistoryResponse,
+                                              ErrorResponse)]
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
     schemas = top.get("$defs", {})
 
@@ -186,6 +220,11 @@ def openapi_document() -> dict:
             responses["503"] = error("the registry (MLflow) is unreachable")
         if route.conflicts:
             responses["409"] = error(route.conflicts)
+        names = _PATH_PARAMETER.findall(path)
+        if names:
+            operation["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                                       for name in names]
+            responses["404"] = error(f"no such {names[0].replace('_id', '')}")
         paths[path] = {route.method.lower(): operation}
     paths["/v1/openapi.json"] = {"get": {"summary": "This document", "operationId": "openapi", "security": [],
                                          "responses": {"200": {"description": "OpenAPI 3.1 document"}}}}
@@ -259,7 +298,7 @@ def _handler(endpoints: Endpoints) -> type[BaseHTTPRequestHandler]:
             self._admin("DELETE", self.path.split("?", 1)[0])
 
         def _admin(self, method: str, path: str) -> None:
-            route = ADMIN_ROUTES.get(path)
+            route, parameters = resolve_route(path)
             if route is None or (route.action != "status" and route.action not in endpoints.admin_actions):
                 if method != "GET" and path in PUBLIC_GETS:
                     self._error(405, f"{path} allows GET", headers={"Allow": "GET"})
@@ -278,7 +317,7 @@ def _handler(endpoints: Endpoints) -> type[BaseHTTPRequestHandler]:
                 if route.action == "status":
                     result = endpoints.status()
                 else:
-                    result = endpoints.admin_actions[route.action](body)
+                    result = endpoints.admin_actions[route.action](body | parameters)
                 self._json(route.success, result)
             except AdminError as exc:
                 self._error(exc.status, str(exc), exc.code)

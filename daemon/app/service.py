@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,18 +31,21 @@ from daemon import metrics
 from daemon.app.http import AdminError, Endpoints, start_http_server
 from daemon.app.wiring import build_cycle_runner, build_keeper, build_quality_filter, build_registry, collect_status
 from daemon.champion.keeper import ApprovalError, NoChampionError, PromotionRefusedError
+from daemon.champion.rules import in_api_words
 from daemon.champion.versions import tag_erased_versions
 from daemon.champion.vocabulary import TAG_METRICS
 from daemon.config import Settings
 from daemon.cycle.runner import CycleOutcome
 from daemon.cycle.scheduler import next_run_time, start_scheduler
-from daemon.ingest.loop import IngestReport, run_ingest, set_broker_up
+from daemon.ingest.loop import ERROR_KIND_START, IngestReport, declare_series, run_ingest, set_broker_up
 from daemon.logs import mask_url_password
 from daemon.store import LockBusy, lock_holder, open_store, store_lock
 
 log = logging.getLogger("ticketune.service")
 
 UPKEEP_INTERVAL_S = 600.0
+CYCLE_ID_WAIT_S = 30.0  # POST /v1/cycles answers once the cycle is in the journal, or after this long
+RESUME_DELAY_S = 10.0  # an interrupted cycle resumes this long after start (the parts are up by then)
 SERVICE_LOCK = "service"
 
 
@@ -116,21 +120,21 @@ class Service:
         token = server.admin_token.get_secret_value() if server.admin_token else None
         self._http = start_http_server(server.host, server.port, Endpoints(
             status=self.status, ready=self.ready, admin_token=token,
-            admin_actions={"cycle": self._admin_cycle, "rollback": self._admin_rollback,
+            admin_actions={"cycle": self._admin_cycle, "cycle_status": self._admin_cycle_status,
+                           "rollback": self._admin_rollback,
                            "promote": self._admin_promote, "approve": self._admin_approve,
                            "history": self._admin_history},
         ))
         log.info("http on %s:%d (/metrics, /healthz, /readyz, admin API %s)", server.host, self.http_port,
                  "on: /v1/openapi.json" if token else "off: no server.admin_token")
         if with_ingest:
+            declare_series()
             self._spawn("ingest", self._ingest_forever)
         if self.settings.registry.poll_seconds > 0:
             self._spawn("alias-watch", self._watch_alias_forever)
         if with_scheduler:
             self._scheduler = start_scheduler(self.settings.schedule, self._scheduled_cycle)
-            if self.settings.executor.kind == "kubernetes" and self.store.retryable_cycle() is not None:
-                # the interrupted cycle's Job may still be running: adopt it now rather than at the next schedule
-                self._spawn("readopt-cycle", lambda: self.run_cycle(trigger="restart"))
+            self._resume_interrupted_cycle()
 
     def main_loop(self) -> None:
         last_upkeep, last_serving_flush = 0.0, time.monotonic()
@@ -258,7 +262,7 @@ class Service:
             except Exception as exc:  # broker unreachable at start, bad credentials...: retry, never die
                 self._note_broker(False, f"{type(exc).__name__}: {exc}")
                 set_broker_up(False)
-                metrics.INGEST_ERRORS.labels(kind="start").inc()
+                metrics.INGEST_ERRORS.labels(kind=ERROR_KIND_START).inc()
                 log.error("ingest: %s; retrying in 10 s", exc)
                 self.stop.wait(10.0)
 
@@ -276,9 +280,10 @@ class Service:
         with self._cycle_lock:
             return self._run_cycle_locked(trigger=trigger, force=force)
 
-    def _run_cycle_locked(self, *, trigger: str, force: bool) -> CycleOutcome:
+    def _run_cycle_locked(self, *, trigger: str, force: bool,
+                          on_recorded: Callable[[str], None] | None = None) -> CycleOutcome:
         try:
-            outcome = self.cycles.run(trigger=trigger, force=force, stop=self.stop)
+            outcome = self.cycles.run(trigger=trigger, force=force, stop=self.stop, on_recorded=on_recorded)
         except LockBusy as exc:
             outcome = CycleOutcome("", "skipped", reasons=[str(exc)])
         if outcome.verdict != "skipped" or self.last_cycle is None:
@@ -286,12 +291,31 @@ class Service:
         self._refresh_gauges(include_registry=True)
         return outcome
 
+    def _resume_interrupted_cycle(self) -> None:
+        """A cycle that a stop interrupted (SIGTERM, a crash) with attempts left resumes from its
+        checkpoints soon after start, not at the next scheduled tick (a day away with a daily cron); a
+        Kubernetes Job of it that still runs is adopted. The cycle lock keeps it from overlapping another."""
+        failed = self.store.retryable_cycle()
+        if failed is None or failed.attempts >= self.settings.training.max_attempts:
+            return
+        at = datetime.fromtimestamp(time.time() + RESUME_DELAY_S, timezone.utc)
+        log.info("cycle %s was interrupted on attempt %d; it resumes from its checkpoints at %s (in %.0f s)",
+                 failed.cycle_id, failed.attempts, at.isoformat(timespec="seconds"), RESUME_DELAY_S)
+
+        def resume() -> None:
+            if not self.stop.wait(RESUME_DELAY_S):
+                outcome = self.run_cycle(trigger="restart")
+                log.info("resumed cycle: %s %s", outcome.verdict, "; ".join(outcome.reasons[:2]))
+
+        self._spawn("resume-cycle", resume)
+
     def _scheduled_cycle(self) -> None:
         outcome = self.run_cycle(trigger="schedule")
         log.info("scheduled cycle: %s %s", outcome.verdict, "; ".join(outcome.reasons[:2]))
 
     def _admin_cycle(self, body: dict) -> dict:
-        """Starts a cycle in its own thread (202); 409 while one runs here or in another process."""
+        """Starts a cycle in its own thread and answers (202) with its id once the journal has it
+        (`GET /v1/cycles/<id>` follows it); 409 while one runs here or in another process."""
         if self.stop.is_set():
             raise AdminError(503, "the service is shutting down", "shutting_down")
         if not self._cycle_lock.acquire(blocking=False):
@@ -304,16 +328,38 @@ class Service:
             raise AdminError(409, "a cycle is already running in another process on this store",
                              "cycle_running") from None
         force = bool(body.get("force", False))
+        recorded: list[str] = []
+        known = threading.Event()
+
+        def note(cycle_id: str) -> None:
+            recorded.append(cycle_id)
+            known.set()
 
         def run() -> None:
             try:
-                outcome = self._run_cycle_locked(trigger="admin", force=force)
-                log.info("admin cycle: %s %s", outcome.verdict, "; ".join(outcome.reasons[:2]))
+                outcome = self._run_cycle_locked(trigger="admin", force=force, on_recorded=note)
+                log.info("admin cycle %s: %s %s", outcome.cycle_id, outcome.verdict, "; ".join(outcome.reasons[:2]))
+                note(outcome.cycle_id)  # one that failed before the journal had it (MLflow unreachable)
             finally:
                 self._cycle_lock.release()
 
         self._spawn("admin-cycle", run)
-        return {"accepted": True, "force": force, "status_url": "/v1/status"}
+        known.wait(CYCLE_ID_WAIT_S)
+        cycle_id = recorded[0] if recorded and recorded[0] else None
+        return {"accepted": True, "force": force, "cycle_id": cycle_id,
+                "cycle_url": f"/v1/cycles/{cycle_id}" if cycle_id else None, "status_url": "/v1/status"}
+
+    def _admin_cycle_status(self, body: dict) -> dict:
+        """One cycle from the journal (`running` until it ends); one that failed before the journal had
+        it is known from this service's last outcome."""
+        cycle_id = str(body["cycle_id"])
+        row = self.store.cycle(cycle_id)
+        if row is not None:
+            return row
+        last = self.last_cycle
+        if last is not None and last.cycle_id == cycle_id:
+            return last.to_json()
+        raise AdminError(404, f"no cycle {cycle_id} in the journal", "cycle_not_found")
 
     def rollback(self, to_version: str | None, *, reason: str) -> tuple[str | None, str]:
         move = self.keeper.rollback(to_version, reason=reason, actor="operator")
@@ -326,9 +372,9 @@ class Service:
         except VersionNotFoundError as exc:
             raise AdminError(404, str(exc), "version_not_found") from None
         except NoChampionError as exc:
-            raise AdminError(409, str(exc), "nothing_to_roll_back") from None
+            raise AdminError(409, in_api_words(str(exc)), "nothing_to_roll_back") from None
         except (PromotionRefusedError, ApprovalError) as exc:
-            raise AdminError(409, str(exc), "refused") from None
+            raise AdminError(409, in_api_words(str(exc)), "refused") from None
         except RegistryUnavailableError as exc:
             raise AdminError(503, mask_url_password(str(exc)), "registry_unavailable") from None
         except RegistryError as exc:
@@ -364,6 +410,8 @@ class Service:
             if fresh["newest_stored_at"]:
                 newest = datetime.fromisoformat(fresh["newest_stored_at"])
                 metrics.STORE_NEWEST_EXAMPLE_AGE.set((datetime.now(timezone.utc) - newest).total_seconds())
+            decided = self.store.last_decided_at()  # any process's cycle, and across restarts
+            metrics.LAST_SUCCESSFUL_CYCLE.set(datetime.fromisoformat(decided).timestamp() if decided else 0)
             metrics.STORE_EXAMPLES_BY_CATEGORY.clear()
             for category, n in fresh["by_category"].items():
                 metrics.STORE_EXAMPLES_BY_CATEGORY.labels(category=category).set(n)

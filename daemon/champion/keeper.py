@@ -30,6 +30,7 @@ from daemon.champion.vocabulary import (
     ACTION_OUTSIDE_MOVE,
     ACTION_PROMOTE,
     ACTION_ROLLBACK,
+    COUNTED_ACTIONS,
     OUTSIDE_ACTOR,
     STATE_COMPLETE,
     STATE_REGISTERING,
@@ -59,6 +60,7 @@ __all__ = ["ApprovalError", "ChampionKeeper", "Move", "NoChampionError", "Promot
 log = logging.getLogger("ticketune.champion")
 
 PENDING_MOVE_GRACE_S = 120.0  # a pending audit row younger than this is a move under way in another process
+OUTSIDE_GATE_LABELS = ("passed", "failed")  # outside_alias_moves_total's `gate`, indexed by "recorded as forced"
 
 
 class AliasRegistry(Protocol):
@@ -114,6 +116,10 @@ class ChampionKeeper:
         self.registry = registry
         self.serving = serving
         self._lock = threading.RLock()
+        for action in COUNTED_ACTIONS:  # every known series from the start: a missing one is no data, not 0
+            metrics.CHAMPION_MOVES.labels(action=action)
+        for gate in OUTSIDE_GATE_LABELS:
+            metrics.OUTSIDE_MOVES.labels(gate=gate)
 
     # ---- moves ---------------------------------------------------------------------------
 
@@ -231,7 +237,7 @@ class ChampionKeeper:
                 moved_tags |= {TAG_APPROVED_BY: OUTSIDE_ACTOR, TAG_APPROVED_AT: _now_iso(),
                                TAG_VERDICT: VERDICT_PROMOTED}
             self.registry.set_version_tags(champion, moved_tags)
-        metrics.OUTSIDE_MOVES.labels(gate="failed" if forced else "passed").inc()
+        metrics.OUTSIDE_MOVES.labels(gate=OUTSIDE_GATE_LABELS[forced]).inc()
         metrics.CHAMPION_MOVES.labels(action=ACTION_OUTSIDE_MOVE).inc()
         if forced:
             log.warning("%s: honoured as the operator's choice and recorded as forced", reason)

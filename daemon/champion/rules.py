@@ -42,6 +42,18 @@ class ApprovalError(ValueError):
     """The version is not awaiting approval (the message says what it is)."""
 
 
+# A refusal names the CLI's flag that overrides it; the admin API says the request field instead.
+_API_WORDS = (("`ticketune promote --force`", 'POST /v1/promote with "force": true'),
+              ("--force", '"force": true'), ("--to VERSION", '"to": "VERSION"'))
+
+
+def in_api_words(message: str) -> str:
+    """A refusal's message as the admin API says it: each CLI flag becomes the request field that does the same."""
+    for cli, api in _API_WORDS:
+        message = message.replace(cli, api)
+    return message
+
+
 def version_state(tags: Mapping[str, str]) -> str:
     """A version's registration state; versions registered before the state tag existed are complete."""
     return tags.get(TAG_STATE) or STATE_COMPLETE

@@ -55,6 +55,7 @@ VERDICT_AWAITING_APPROVAL = "awaiting_approval"  # passed the gate; gate.approva
 VERDICT_ABANDONED = "abandoned"
 VERDICT_SKIPPED = "skipped"
 VERDICT_FAILED = "failed"
+CYCLE_VERDICTS = (VERDICT_PROMOTED, VERDICT_REJECTED, VERDICT_AWAITING_APPROVAL, VERDICT_SKIPPED, VERDICT_FAILED)
 
 # registration states (TAG_STATE); a version without the tag predates it and is complete
 STATE_REGISTERING = "registering"
@@ -67,4 +68,5 @@ ACTION_APPROVE = "approve"
 ACTION_ROLLBACK = "rollback"
 ACTION_OUTSIDE_MOVE = "outside_move"
 ACTION_OBSERVED = "observed"
+COUNTED_ACTIONS = (ACTION_PROMOTE, ACTION_APPROVE, ACTION_ROLLBACK, ACTION_OUTSIDE_MOVE)  # champion_moves_total
 OUTSIDE_ACTOR = "outside ticketune"

@@ -17,12 +17,11 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
-
-from pydantic import ValidationError
 
 from daemon import code_version, metrics
 from daemon.champion import versions
@@ -46,31 +45,25 @@ from daemon.cycle.plan import (
     plan_cycle,
     worker_settings,
 )
-from daemon.gate.answers import RELEVANCE_OWN, RELEVANCE_SWAPPED, answer_prompts, relevance_sets
+from daemon.cycle.worker_spec import spec_answer_prompts, write_worker_spec
 from daemon.gate.checks import Verdict, inputs_from_result, judge
-from daemon.gate.golden import GoldenSet, general_text_path, load_golden, spec_prompts
-from daemon.ingest.privacy import FILLABLE_PLACEHOLDERS, PLACEHOLDERS
+from daemon.gate.golden import GoldenSet, load_golden
+from daemon.gate.report_rows import golden_rows, sample_rows
+from daemon.ingest.privacy import PLACEHOLDERS
 from daemon.logs import log_context
 from daemon.store import ExampleStore, Snapshot, store_lock
 from daemon.training import methods as adapter_methods
 from daemon.training.contract import (
     CHAMPION_DIR,
     CHECKPOINTS_DIR,
-    DATA_DIR,
     OUT_DIR,
-    PROGRESS_FILE,
     RESULT_FILE,
     SPEC_FILE,
     WORKER_TRAINING_FIELDS,
-    ProbeResult,
-    ProbeSpec,
     TrainResult,
-    TrainSpec,
     TrainSummary,
     WorkerSettings,
     as_result,
-    spec_error,
-    write_spec,
 )
 
 log = logging.getLogger("ticketune.cycle")
@@ -178,47 +171,6 @@ def _check_metrics(verdict: Verdict) -> dict[str, float]:
     return out
 
 
-def golden_rows(result: TrainResult | dict, verdict: Verdict, golden: GoldenSet, reference: str) -> list[dict]:
-    """The golden prompts with the candidate's and the reference's (champion or base) answers and the
-    behaviour check's findings, for the report (which scrubs every answer before writing it)."""
-    probe = as_result(result).probe or ProbeResult()
-    by_model = {label: {a.id: a.text for a in rows} for label, rows in probe.answers.items()}
-    behaviour = next((c for c in verdict.checks if c.name == "behaviour"), None)
-    findings = {row.get("id"): row for row in (behaviour.details.get("prompts", []) if behaviour else [])}
-    rows = []
-    for prompt in golden.prompts:
-        found = findings.get(prompt.id, {})
-        rows.append({
-            "id": prompt.id, "prompt": prompt.prompt,
-            "candidate": by_model.get("candidate", {}).get(prompt.id, ""),
-            "reference": by_model.get(reference, {}).get(prompt.id),
-            "status": found.get("status", "off"),
-            "failures": list(found.get("failed", [])) + [f"{name} (advisory)" for name in found.get("advisory", [])],
-        })
-    return rows
-
-
-SAMPLE_ROWS = 6  # sampled trusted questions shown in the report
-
-
-def sample_rows(result: TrainResult | dict, prompts: list[dict], reference: str) -> list[dict]:
-    """A few sampled trusted questions with the agent's, the candidate's and the reference's answers and
-    their similarities, for the report (which scrubs them)."""
-    probe = as_result(result).probe or ProbeResult()
-    candidate = {a.id: a for a in probe.samples_of("candidate")}
-    other = {a.id: a for a in probe.samples_of(reference)}
-    rows = []
-    for prompt in prompts[:SAMPLE_ROWS]:
-        mine, theirs = candidate.get(prompt["id"]), other.get(prompt["id"])
-        rows.append({
-            "id": prompt["id"], "question": prompt["messages"][-1]["content"], "agent": prompt["reference"],
-            "candidate": mine.text if mine else None, "reference": theirs.text if theirs else None,
-            "candidate_similarity": mine.similarity if mine else None,
-            "reference_similarity": theirs.similarity if theirs else None,
-        })
-    return rows
-
-
 def eval_snapshot_id(snapshot: Snapshot) -> str:
     """Names the trusted eval set a candidate was judged on: the same examples give the same id."""
     digest = hashlib.sha256()
@@ -240,20 +192,26 @@ class CycleRunner:
         self.registry = registry
         self.executor = executor
         self.keeper = keeper or ChampionKeeper(store, registry)  # type: ignore[arg-type]
+        for verdict in vocab.CYCLE_VERDICTS:  # every verdict's series from the start, at 0
+            metrics.CYCLES.labels(verdict=verdict)
 
     def run(
         self, *, trigger: str = "manual", force: bool = False, stop: threading.Event | None = None,
-        lock_wait_seconds: float | None = 0.0,
+        lock_wait_seconds: float | None = 0.0, on_recorded: Callable[[str], None] | None = None,
     ) -> CycleOutcome:
+        """`on_recorded(cycle_id)` is called once the cycle's row is in the store's journal (running or skipped)."""
         with store_lock(self.store.path, "cycle", wait_seconds=lock_wait_seconds), log_context():
-            return self._run_locked(trigger=trigger, force=force, stop=stop)
+            return self._run_locked(trigger=trigger, force=force, stop=stop, on_recorded=on_recorded)
 
-    def _run_locked(self, *, trigger: str, force: bool, stop: threading.Event | None) -> CycleOutcome:
-        outcome = self._plan_and_run(trigger=trigger, force=force, stop=stop)
+    def _run_locked(self, *, trigger: str, force: bool, stop: threading.Event | None,
+                    on_recorded: Callable[[str], None] | None = None) -> CycleOutcome:
+        outcome = self._plan_and_run(trigger=trigger, force=force, stop=stop,
+                                     on_recorded=on_recorded or (lambda _cycle_id: None))
         metrics.CYCLES.labels(verdict=outcome.verdict).inc()  # every cycle is counted here, and only here
         return outcome
 
-    def _plan_and_run(self, *, trigger: str, force: bool, stop: threading.Event | None) -> CycleOutcome:
+    def _plan_and_run(self, *, trigger: str, force: bool, stop: threading.Event | None,
+                      on_recorded: Callable[[str], None]) -> CycleOutcome:
         cfg = self.settings
         try:
             golden = load_golden(cfg.gate.golden_prompts, cfg.gate.profile)
@@ -271,8 +229,13 @@ class CycleRunner:
         if not plan.resume:
             self._remove_stale_checkpoints()  # a fresh cycle: no earlier one will resume any more
         if plan.skip_reason is not None:
+            try:
+                self.store.record_skip(plan.cycle_id, trigger, plan.skip_reason)
+                on_recorded(plan.cycle_id)
+            except Exception as exc:  # a full disk: still a skip, only not in the journal
+                log.warning("cycle %s: its skip could not be recorded: %s", plan.cycle_id, str(exc).splitlines()[0])
             return CycleOutcome(plan.cycle_id, VERDICT_SKIPPED, reasons=[plan.skip_reason])
-        return self._execute(plan, golden, trigger=trigger, stop=stop)
+        return self._execute(plan, golden, trigger=trigger, stop=stop, on_recorded=on_recorded)
 
     def _facts(self, champion: str | None, champion_base: str | None, force: bool) -> CycleFacts:
         """What the plan is computed from; the store's side (erasures, a failed cycle to retry, pending)."""
@@ -293,7 +256,7 @@ class CycleRunner:
         )
 
     def _execute(self, plan: CyclePlan, golden: GoldenSet, *, trigger: str,
-                 stop: threading.Event | None) -> CycleOutcome:
+                 stop: threading.Event | None, on_recorded: Callable[[str], None]) -> CycleOutcome:
         cfg = self.settings
         cycle_id, snapshot, champion = plan.cycle_id, plan.snapshot, plan.champion
         try:
@@ -301,6 +264,7 @@ class CycleRunner:
         except Exception as exc:  # the store takes no writes (a full disk): no cycle, said plainly
             log.error("cycle %s could not start: %s", cycle_id, str(exc).splitlines()[0])
             return CycleOutcome(cycle_id, VERDICT_FAILED, reasons=[str(exc).splitlines()[0]])
+        on_recorded(cycle_id)
         notes = [f"resumes cycle {cycle_id} attempt {attempt}"] if plan.resume else []
         outcome = CycleOutcome(cycle_id, VERDICT_FAILED, reasons=list(notes))
         cycle_dir = cfg.training.work_dir / cycle_id
@@ -323,7 +287,7 @@ class CycleRunner:
                          cycle_id, attempt, snapshot.id)
                 spec_path = cycle_dir / SPEC_FILE
             else:
-                log.info("cycle %s: training on %s (champion %s)", cycle_id, snapshot.counts, champion)
+                log.info("cycle %s: training on %s; champion %s", cycle_id, snapshot.describe(), champion or "none")
                 spec_path = self._write_spec(cycle_dir, snapshot, champion, golden, warm=plan.warm_start,
                                              compare_champion=plan.compare_champion,
                                              base_is_reference=champion is None or plan.fresh_reason is not None)
@@ -345,7 +309,6 @@ class CycleRunner:
             except Exception as exc:
                 log.warning("cycle %s: %s, but the worker's files could not be attached to its MLflow run: %s",
                             cycle_id, outcome.verdict, str(exc).splitlines()[0])
-            metrics.LAST_SUCCESSFUL_CYCLE.set(time.time())
             metrics.CYCLE_DURATION.observe(time.monotonic() - started)
             return outcome
         except Exception as exc:  # a failed cycle is recorded, never raised into the service
@@ -414,51 +377,11 @@ class CycleRunner:
         """`warm=False` trains a fresh adapter (the champion was trained on data erased since, or on
         another base model); `compare_champion=False` leaves out a champion of another base;
         `base_is_reference`: the gate compares with the base, so the probe has the base answer too."""
-        cfg = self.settings
-        gate = cfg.gate
-        files = snapshot.write_jsonl(cycle_dir / DATA_DIR, cfg.training.validation_fraction)
-        eval_files = {"trusted": files["trusted"], "batch_heldout": files["batch_heldout"]}
-        if gate.check_relevance:
-            own, swapped = relevance_sets(snapshot.trusted_eval, gate.relevance_examples, cfg.training.seed)
-            for name, rows in ((RELEVANCE_OWN, own), (RELEVANCE_SWAPPED, swapped)):
-                eval_files[name] = cycle_dir / DATA_DIR / f"{name}.jsonl"
-                eval_files[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
-        samples = answer_prompts(snapshot.trusted_eval, gate.answer_samples, cfg.training.seed) \
-            if gate.check_answers else []
         champion_dir = None
         if champion is not None and compare_champion:
             champion_dir = self.registry.download_adapter(champion, cycle_dir / CHAMPION_DIR)
-        init = champion_dir if warm and cfg.training.warm_start == "champion" else None
-        # one fresh process serves the servable, behaviour and answers checks
-        probe = gate.check_servable or gate.check_behaviour or gate.check_answers
-        try:
-            spec = TrainSpec(
-                cycle_id=snapshot.cycle_id,
-                snapshot_id=snapshot.id,
-                **dict(self._worker_settings()),
-                output_dir=cycle_dir / OUT_DIR,
-                init_adapter=init,
-                train_file=files["train"],
-                validation_file=files["validation"],
-                eval_files=eval_files,
-                compare_adapters={"champion": champion_dir} if champion_dir else {},
-                evaluate_base=True,
-                general_text_file=(general_text_path(cfg.gate.general_text)
-                                   if cfg.gate.max_general_loss_increase is not None else None),
-                golden_prompts=spec_prompts(golden, cfg.model.system_prompt) if probe else [],
-                answer_prompts=samples,
-                supervised_placeholders=sorted(FILLABLE_PLACEHOLDERS),
-                probe=ProbeSpec(
-                    enabled=probe, max_new_tokens=golden.max_new_tokens or gate.max_new_tokens,
-                    with_base=base_is_reference, answer_max_new_tokens=gate.answer_max_new_tokens,
-                    embedding_model=str(gate.embedding_model) if gate.embedding_model else None,
-                ),
-                checkpoint_dir=cycle_dir / CHECKPOINTS_DIR,
-                progress_file=cycle_dir / OUT_DIR / PROGRESS_FILE,
-            )
-        except ValidationError as exc:  # the worker would refuse it with its bad-spec exit: not retried either
-            raise spec_error(exc) from None
-        return write_spec(spec, cycle_dir / SPEC_FILE)
+        return write_worker_spec(self.settings, cycle_dir, snapshot, golden, champion_dir=champion_dir, warm=warm,
+                                 base_is_reference=base_is_reference)
 
     def _run_params(self, snapshot: Snapshot, attempt: int) -> dict:
         cfg = self.settings
@@ -567,8 +490,6 @@ class CycleRunner:
             self.keeper.refresh_gauges()
         if "candidate_eval_loss" in numeric:
             metrics.CANDIDATE_EVAL_LOSS.set(numeric["candidate_eval_loss"])
-        if "train_tokens_per_second" in numeric:
-            metrics.TRAINING_TOKENS_PER_SECOND.set(numeric["train_tokens_per_second"])
         log.info("cycle %s: version %s %s", cycle_id, version, decision)
         return CycleOutcome(cycle_id, decision, version=version, reasons=reasons, metrics=flat)
 
@@ -606,21 +527,14 @@ class CycleRunner:
                 verdict=verdict.to_dict(max_chars=1_000_000), result=result, reference=reference,
                 tags=tags,  # without the state tag: the version is complete once the report is in
                 golden=golden_rows(result, verdict, golden, reference),
-                samples=sample_rows(result, self._answer_prompts(cycle_id), reference),
+                samples=sample_rows(result, spec_answer_prompts(self.settings.training.work_dir / cycle_id), reference),
+                attempt=int(tags[vocab.TAG_ATTEMPT]),
             ))
         except Exception as exc:  # a plotting bug must not cost the cycle its decision
             log.error("cycle %s: the report could not be drawn: %s", cycle_id, exc)
             return {vocab.TAG_REPORT: f"failed: {type(exc).__name__}"}
         self.registry.log_artifacts(run_id, out_dir, "report")
         return {vocab.TAG_REPORT: "report/report.html"}
-
-    def _answer_prompts(self, cycle_id: str) -> list[dict]:
-        """The sampled trusted questions the cycle's spec gave the probe."""
-        try:
-            spec = TrainSpec.model_validate_json((self.settings.training.work_dir / cycle_id / SPEC_FILE).read_bytes())
-        except (OSError, ValidationError):
-            return []
-        return [p.model_dump(mode="json") for p in spec.answer_prompts]
 
     def _prune_cycle_dirs(self) -> None:
         root = self.settings.training.work_dir

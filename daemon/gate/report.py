@@ -30,7 +30,7 @@ DPI = 100
 EVAL_SETS = ("trusted", "batch_heldout", "general")
 EVAL_LABELS = ("candidate", "champion", "base")
 DECISIONS = {"promoted": "PROMOTED", "rejected": "REJECTED", "awaiting_approval": "AWAITING APPROVAL"}
-STATUSES = ("pass", "fail", "off")
+STATUSES = ("pass", "fail", "off", "skipped")  # skipped: a check that is off because it had nothing to judge
 _COLOURS = {"pass": "#4c72b0", "fail": "#c44e52", "overall": "#555555"}
 
 
@@ -49,6 +49,7 @@ class ReportInputs:
     golden: Sequence[dict] = ()
     # [{"id", "question", "agent", "candidate", "reference", "candidate_similarity", "reference_similarity"}]
     samples: Sequence[dict] = ()
+    attempt: int = 1  # the cycle's attempt; 2 and more resumed from the checkpoint the failed one left
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "result", as_result(self.result))
@@ -227,7 +228,7 @@ def _blocks(inputs: ReportInputs, images: dict[str, _Image]) -> tuple[list, list
     blocks.append(_Heading("Gate checks"))
     if checks:
         blocks.append(_Table(["check", "status", "message", "numbers"], [
-            [str(check.get("name")), str(check.get("status")), str(check.get("message", "")),
+            [str(check.get("name")), _shown_status(check), str(check.get("message", "")),
              _scalar_details(check.get("details") or {}, scrubber)] for check in checks
         ], status_column=1))
     else:
@@ -236,7 +237,7 @@ def _blocks(inputs: ReportInputs, images: dict[str, _Image]) -> tuple[list, list
 
     blocks.extend(_improvement_blocks(by_name.get("improvement"), inputs.reference))
     blocks.extend(_slice_blocks(by_name.get("slices"), inputs.reference, images.get("slices.png")))
-    blocks.extend(_training_blocks(inputs.result, images["loss_curves.png"], missing))
+    blocks.extend(_training_blocks(inputs.result, images["loss_curves.png"], missing, inputs.attempt))
     blocks.extend(_eval_blocks(inputs.result, inputs.reference, missing))
     blocks.extend(_golden_blocks(inputs.golden, inputs.reference, scrubber))
     blocks.extend(_sample_blocks(inputs.samples, inputs.reference, scrubber))
@@ -301,9 +302,22 @@ def _slice_blocks(check: Mapping | None, reference: str, image: _Image | None) -
     return blocks
 
 
-def _training_blocks(result: TrainResult, image: _Image, missing: list[str]) -> list:
+def _shown_status(check: Mapping) -> str:
+    """A check that is off because it had nothing to judge says `skipped`, as its message does."""
+    status = str(check.get("status"))
+    return "skipped" if status == "off" and str(check.get("message", "")).startswith("skipped") else status
+
+
+def _training_blocks(result: TrainResult, image: _Image, missing: list[str], attempt: int = 1) -> list:
     blocks: list = [_Heading("Training")]
     train = result.train
+    if attempt > 1:
+        resumed = train.resumed_from_step if train is not None else None
+        blocks.append(_Para(
+            f"Attempt {attempt} of this cycle: resumed from step {resumed} of the checkpoint attempt {attempt - 1} "
+            "saved before it failed (same snapshot and settings)." if resumed is not None else
+            f"Attempt {attempt} of this cycle: attempt {attempt - 1} failed without a checkpoint to resume, so "
+            "training started again from step 0 (same snapshot and settings)."))
     if train is None:
         note = "no training summary in the worker's result (train missing)"
         missing.append(note)
@@ -440,9 +454,11 @@ def _to_markdown(inputs: ReportInputs, blocks: list, missing: list[str]) -> str:
 
 
 def _md(text: str) -> str:
-    """Markdown renderers pass raw HTML through, so <, > and & become entities (shown as typed);
-    a pipe would split a table cell and a newline end the row."""
-    return html.escape(text, quote=False).replace("|", "\\|").replace("\r\n", "\n").replace("\n", "<br>")
+    """Markdown renderers pass raw HTML through, so <, > and & are backslash-escaped (shown as typed,
+    and readable in the file); a pipe would split a table cell and a line break end the row."""
+    for char in "\\<>&|":
+        text = text.replace(char, "\\" + char)
+    return " ".join(text.split("\n")).replace("\r", "")
 
 
 def _version(version: str | None) -> str:
@@ -519,6 +535,7 @@ _CSS = (
     ".decision{font-size:2.6em;font-weight:bold;margin:8px 0}"
     ".promoted{color:#1a7f37}.rejected{color:#c0392b}.awaiting_approval{color:#b7791f}.other{color:#555}"
     ".status-pass td{background:#eef7f0}.status-fail td{background:#fdecea}.status-off td{background:#f2f2f2}"
+    ".status-skipped td{background:#f2f2f2}"
     ".missing{color:#8a5a00}"
     "img{max-width:100%}"
 )

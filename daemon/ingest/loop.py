@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from daemon import metrics
+from daemon.ingest.filters import REASONS as QUALITY_REASONS
 from daemon.ingest.filters import QualityFilter
+from daemon.ingest.pairs import SKIP_REASONS as PAIR_SKIP_REASONS
 from daemon.ingest.pairs import Example, Skip, ticket_to_example
 from daemon.store import Deletion
 from daemon.store import examples as stored_as  # the store's outcome names
-from daemon.tickets import Ticket, TicketParseError
+from daemon.tickets import PARSE_REASONS, Ticket, TicketParseError
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +32,14 @@ REASON_TOO_LARGE = "too_large"
 REASON_INTERNAL_ERROR = "internal_error"
 REASON_TOMBSTONE_WITHOUT_KEY = "tombstone_without_key"
 REASON_INVALID_KEY = "invalid_key"
+DEAD_LETTER_REASONS = (*PARSE_REASONS, REASON_TOO_LARGE, REASON_INTERNAL_ERROR, REASON_TOMBSTONE_WITHOUT_KEY,
+                       REASON_INVALID_KEY)
+ERROR_KIND_START = "start"  # the service could not start the loop (counted by the service)
+ERROR_KINDS = (ERROR_KIND_START, "poll", "dead_letter", "store", "commit", "lag", "undecodable")
 SKIP_DUPLICATE = "duplicate"
 SKIP_STALE_REVISION = "stale_revision"
 SKIP_ERASED = "erased"  # the ticket or its requester asked to be forgotten
+SKIP_REASONS = (*PAIR_SKIP_REASONS, *QUALITY_REASONS, SKIP_DUPLICATE, SKIP_STALE_REVISION, SKIP_ERASED)
 
 T = TypeVar("T")
 
@@ -256,6 +263,17 @@ def _update_index(quality: QualityFilter, item: Example | Deletion | Skip | _Rej
         quality.record(item)
     elif isinstance(item, Deletion):
         quality.forget(item.ticket_id)
+
+
+def declare_series() -> None:
+    """Creates the ingest counters' known series at 0, so that they exist before their first event
+    (a rate over a missing series is no data, not 0)."""
+    for reason in SKIP_REASONS:
+        metrics.TICKETS_SKIPPED.labels(reason=reason)
+    for reason in DEAD_LETTER_REASONS:
+        metrics.DEAD_LETTERED.labels(reason=reason)
+    for kind in ERROR_KINDS:
+        metrics.INGEST_ERRORS.labels(kind=kind)
 
 
 def run_ingest(

@@ -22,6 +22,7 @@ SKIP_NOT_RESOLVED = "not_resolved"
 SKIP_NO_AGENT_ANSWER = "no_public_agent_answer"
 SKIP_NO_CUSTOMER_MESSAGE = "no_customer_message"
 SKIP_EMPTY_BODY = "empty_body"
+SKIP_REASONS = (SKIP_NOT_RESOLVED, SKIP_NO_AGENT_ANSWER, SKIP_NO_CUSTOMER_MESSAGE, SKIP_EMPTY_BODY)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ champion moves (recorded before each alias move, settled after it).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from daemon.store.db import Database, utc_now
@@ -56,6 +57,16 @@ class JournalTables(Database):
                  int(retryable and verdict == "failed"), cycle_id),
             )
 
+    def record_skip(self, cycle_id: str, trigger: str, reason: str) -> None:
+        """Records a cycle that was planned and skipped before it started anything (too few new examples)."""
+        now = utc_now()
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO cycles (cycle_id, trigger, started_at, ended_at, verdict, reasons_json, metrics_json)"
+                " VALUES (?, ?, ?, ?, 'skipped', ?, '{}')",
+                (cycle_id, trigger, now, now, json.dumps([reason])),
+            )
+
     def retryable_cycle(self) -> RetryableCycle | None:
         """The most recent cycle if it failed retryably after its snapshot, its batch is still open
         and nothing of its snapshot was erased since; the caller checks the rest (files, champion,
@@ -78,17 +89,25 @@ class JournalTables(Database):
             return None  # an erasure or retention removed examples: its files on disk are out of date
         return RetryableCycle(row["cycle_id"], snapshot_id, row["attempts"])
 
+    def last_decided_at(self) -> str | None:
+        """When the last cycle that reached the gate's decision (promoted, rejected or awaiting
+        approval) ended, as ISO 8601 UTC; None before the first."""
+        row = self._db.execute(
+            "SELECT max(ended_at) FROM cycles WHERE verdict IN ('promoted', 'rejected', 'awaiting_approval')"
+        ).fetchone()
+        return row[0] if row else None
+
     def cycles(self, limit: int = 20) -> list[dict]:
+        """The newest cycles first; one that has not ended shows the verdict `running`."""
         rows = self._db.execute(
             "SELECT * FROM cycles ORDER BY started_at DESC, rowid DESC LIMIT ?", (limit,)
         ).fetchall()
-        result = []
-        for r in rows:
-            item = dict(r)
-            item["reasons"] = json.loads(item.pop("reasons_json") or "[]")
-            item["metrics"] = json.loads(item.pop("metrics_json") or "{}")
-            result.append(item)
-        return result
+        return [_cycle_row(r) for r in rows]
+
+    def cycle(self, cycle_id: str) -> dict | None:
+        """One cycle as `cycles` shows it, or None."""
+        row = self._db.execute("SELECT * FROM cycles WHERE cycle_id = ?", (cycle_id,)).fetchone()
+        return _cycle_row(row) if row is not None else None
 
     def unfinished_cycles(self) -> list[str]:
         """Cycles a crash left without an end (before `fail_unfinished_cycles` marks them)."""
@@ -140,3 +159,12 @@ class JournalTables(Database):
             " ORDER BY id DESC LIMIT ?", (limit,),
         ).fetchall()
         return [dict(r) | {"forced": bool(r["forced"])} for r in rows]
+
+
+def _cycle_row(row: Mapping) -> dict:
+    item = dict(row)
+    item["reasons"] = json.loads(item.pop("reasons_json") or "[]")
+    item["metrics"] = json.loads(item.pop("metrics_json") or "{}")
+    if item["ended_at"] is None:
+        item["verdict"] = "running"  # or left by a crash: the service marks such a cycle failed at start
+    return item

@@ -37,6 +37,11 @@ class Snapshot:
             "trusted_eval": len(self.trusted_eval),
         }
 
+    def describe(self) -> str:
+        """The counts in words, for a log line."""
+        return (f"{len(self.batch_train)} new and {len(self.replay)} replayed examples "
+                f"({len(self.batch_eval)} of the batch held out, {len(self.trusted_eval)} trusted to judge on)")
+
     def write_jsonl(self, directory: Path, validation_fraction: float = 0.0) -> dict[str, Path]:
         """Writes train (batch + replay, deterministically shuffled), validation, trusted and batch-held-out files.
 

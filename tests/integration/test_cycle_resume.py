@@ -336,3 +336,23 @@ def test_a_killed_worker_fails_the_cycle_and_the_retry_resumes_from_its_checkpoi
         assert [(c["cycle_id"], c["attempts"]) for c in store.cycles()] == [(first.cycle_id, 2)]
     finally:
         store.close()
+
+
+def test_the_log_says_what_a_cycle_trains_on_in_words_and_a_resumed_report_says_from_which_step(parts, caplog):
+    settings, store, registry = parts
+
+    class ResumingWorker(ScriptedWorker):
+        def run(self, spec_path: Path, result_path: Path, **kwargs) -> dict:
+            result = super().run(spec_path, result_path, **kwargs)
+            result["train"]["resumed_from_step"] = 1
+            return result
+
+    runner = CycleRunner(settings, store, registry, ResumingWorker(crash(), "better"))
+    caplog.set_level(logging.INFO, logger="ticketune.cycle")
+    first = runner.run(trigger="schedule")
+    line = next(r.getMessage() for r in caplog.records if "training on" in r.getMessage())
+    assert "{" not in line and " new and 0 replayed examples (" in line and line.endswith("; champion none")
+    second = runner.run(trigger="schedule")
+    assert second.cycle_id == first.cycle_id and second.verdict == "promoted", second.reasons
+    report = (settings.training.work_dir / first.cycle_id / "report" / "report.md").read_text("utf-8")
+    assert "Attempt 2 of this cycle: resumed from step 1 of the checkpoint attempt 1 saved" in report
