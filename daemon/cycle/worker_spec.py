@@ -17,6 +17,7 @@ from daemon.store import Snapshot
 from daemon.training.contract import (
     CHECKPOINTS_DIR,
     DATA_DIR,
+    GENERAL_EVAL_NAME,
     OUT_DIR,
     PROGRESS_FILE,
     SPEC_FILE,
@@ -59,6 +60,10 @@ def write_worker_spec(
             eval_files=eval_files,
             compare_adapters={"champion": champion_dir} if champion_dir else {},
             evaluate_base=True,
+            # the base's losses: the trusted set (reported beside every candidate), general text (the forgetting
+            # guard's reference) and, when it is the reference, the relevance sets
+            base_eval_sets=["trusted", GENERAL_EVAL_NAME] + ([RELEVANCE_OWN, RELEVANCE_SWAPPED]
+                                                             if base_is_reference else []),
             general_text_file=general_text_path(gate.general_text) if gate.max_general_loss_increase is not None
             else None,
             golden_prompts=spec_prompts(golden, cfg.model.system_prompt) if probe else [],

@@ -169,6 +169,7 @@ class TrainSpec(WorkerSettings):
     eval_files: dict[str, Path] = Field(default_factory=dict)
     compare_adapters: dict[str, Path] = Field(default_factory=dict)
     evaluate_base: StrictBool = True
+    base_eval_sets: list[str] | None = None  # the eval sets the base is scored on; None: every one
     validation_file: Path | None = None
     checkpoint_dir: Path | None = None
     progress_file: Path | None = None  # output_dir/progress.json when not given
