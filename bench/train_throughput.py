@@ -119,12 +119,25 @@ def run_ticketune(base: Path, train_file: Path, run_dir: Path, threads: int) -> 
     return result["train"] | {"versions": result.get("versions", {})}
 
 
+def load_model(base: Path):
+    """The base in fp32 with sdpa, for both baselines. A directory converted from GGUF by an older
+    `make-base-model` keeps the GGUF `quantization_config` in its config.json although its weights are
+    plain float; Trainer refuses such a model, so the config is loaded without it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base)
+    if getattr(config, "quantization_config", None) is not None and \
+            dict(config.quantization_config).get("quant_method") == "gguf":
+        del config.quantization_config
+    return AutoModelForCausalLM.from_pretrained(base, config=config, dtype=torch.float32, attn_implementation="sdpa")
+
+
 def run_baseline(base: Path, train_file: Path, out_dir: Path, threads: int) -> dict:
     """The naive recipe: Trainer + get_peft_model, padded batches of 8 in random order, HF's own loss."""
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import (
-        AutoModelForCausalLM,
         AutoTokenizer,
         DataCollatorForSeq2Seq,
         PrinterCallback,
@@ -150,7 +163,7 @@ def run_baseline(base: Path, train_file: Path, out_dir: Path, threads: int) -> d
         real_tokens += int(batch["attention_mask"].sum())
         return batch
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
+    model = load_model(base)
     model = get_peft_model(model, LoraConfig(
         task_type=TaskType.CAUSAL_LM, r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
         target_modules=LORA["target_modules"],
@@ -189,7 +202,7 @@ def run_loop(base: Path, train_file: Path, threads: int) -> dict:
 
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from daemon.training.chat_examples import tokenize_file
 
@@ -201,7 +214,7 @@ def run_loop(base: Path, train_file: Path, threads: int) -> dict:
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     batches = [order[i : i + BATCH_SIZE] for i in range(0, len(order), BATCH_SIZE)]
     random.Random(SEED).shuffle(batches)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
+    model = load_model(base)
     model = get_peft_model(model, LoraConfig(
         task_type=TaskType.CAUSAL_LM, r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
         target_modules=LORA["target_modules"],

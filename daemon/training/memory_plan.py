@@ -11,11 +11,16 @@ The budget is `training.memory_budget_gib`, or 90% of the device's memory. Only 
 CUDA is planned; CPU training and padded batches keep the configured switch.
 
 `resolve_sizes` turns `row_tokens: auto` and `loss_chunk_tokens: auto` into numbers before the model
-loads: 16,384 and 4,096 on CUDA (the plan then fits the checkpointing to them); on CPU the largest row
-of at most CPU_ROW_CAP tokens whose fp32 activations (estimated from the model's shape: about
-4·(10·hidden + 2·intermediate) bytes per token and layer, measured on SmolLM2-135M) take at most a
-quarter of the memory available, and loss chunks of 1,024 tokens (a chunk's fp32 logits and their
-gradient are 8·vocab bytes per token). A CPU row is never shorter than max_seq_len.
+loads: 16,384 and 4,096 on CUDA (the plan then fits the checkpointing to them). On CPU, where nothing
+measures, it estimates a row's activations from the model's shape (per token and layer about
+4·(10·hidden + 2·intermediate) bytes in fp32 and CPU_BF16_ACTIVATION_SHARE of that under bf16 autocast,
+measured on SmolLM2-135M; with checkpointing, one hidden state a layer plus one whole layer) against a
+budget of CPU_RAM_SHARE of the memory available, at most CPU_ACTIVATION_CAP (rows past 2,048 tokens are
+no faster on CPU, and a 135M model's cycle must stay under 4 GB). The row is the largest of at most
+CPU_ROW_CAP tokens that fits without checkpointing; when not even max_seq_len fits, `gradient_checkpointing:
+auto` turns checkpointing on and the row is the largest that fits with it. Loss chunks are 1,024 tokens
+(a chunk's fp32 logits and their gradient are 8·vocab bytes per token). A CPU row is never shorter than
+max_seq_len.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ DEVICE_SHARE = 0.9  # of the device's memory, when no budget is configured
 CUDA_ROW_TOKENS, CUDA_CHUNK_TOKENS = 16384, 4096
 CPU_ROW_CAP, CPU_CHUNK_TOKENS = 2048, 1024  # on CPU longer rows were no faster (bench/RESULTS.md)
 CPU_RAM_SHARE = 0.25  # of the available memory, for one row's activations
+CPU_ACTIVATION_CAP = 1.5 * GIB  # at most, for one row's activations on CPU
+CPU_BF16_ACTIVATION_SHARE = 0.6  # of the fp32 estimate, under bf16 autocast (norms and softmax stay fp32)
 log = logging.getLogger(__name__)
 
 
@@ -55,27 +62,48 @@ class CheckpointPlan:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def resolve_sizes(settings: TrainingConfig, model_config: Any, device: torch.device,
+def resolve_sizes(settings: TrainingConfig, model_config: Any, device: torch.device, *, precision: str = "fp32",
                   available_bytes: int | None = None) -> TrainingConfig:
-    """`settings` with row_tokens and loss_chunk_tokens as numbers (the module docstring says how)."""
-    updates: dict[str, int] = {}
+    """`settings` with row_tokens and loss_chunk_tokens as numbers, and on CPU gradient_checkpointing as a
+    switch (the module docstring says how)."""
+    updates: dict[str, Any] = {}
     if device.type == "cuda":
         if settings.row_tokens == "auto":
             updates["row_tokens"] = max(CUDA_ROW_TOKENS, settings.max_seq_len)
         if settings.loss_chunk_tokens == "auto":
             updates["loss_chunk_tokens"] = CUDA_CHUNK_TOKENS
         return settings.model_copy(update=updates)
-    if settings.row_tokens == "auto":
-        text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-        per_token = 4 * text.num_hidden_layers * (10 * text.hidden_size + 2 * text.intermediate_size)
-        available = available_bytes if available_bytes is not None else available_memory()
-        fits = int(CPU_RAM_SHARE * available // max(per_token, 1))
-        updates["row_tokens"] = max(settings.max_seq_len, min(CPU_ROW_CAP, fits))
-        log.info("training.row_tokens auto: %d on CPU (%.0f KB of activations a token, %.1f GiB available)",
-                 updates["row_tokens"], per_token / 1e3, available / GIB)
     if settings.loss_chunk_tokens == "auto":
         updates["loss_chunk_tokens"] = CPU_CHUNK_TOKENS
+    if settings.row_tokens != "auto" and settings.gradient_checkpointing != "auto":
+        return settings.model_copy(update=updates)
+    whole, checkpointed = cpu_activation_bytes(model_config, precision)
+    available = available_bytes if available_bytes is not None else available_memory()
+    budget = min(CPU_RAM_SHARE * available, CPU_ACTIVATION_CAP)
+    checkpointing = settings.gradient_checkpointing
+    if checkpointing == "auto":
+        rows = settings.row_tokens if settings.row_tokens != "auto" else settings.max_seq_len
+        checkpointing = rows * whole > budget
+        updates["gradient_checkpointing"] = checkpointing
+    if settings.row_tokens == "auto":
+        fits = int(budget // (checkpointed if checkpointing else whole))
+        updates["row_tokens"] = max(settings.max_seq_len, min(CPU_ROW_CAP, fits))
+    log.info("CPU training sizes: rows of %s tokens, checkpointing %s (%.0f KB of activations a token whole, "
+             "%.0f KB checkpointed, %s; budget %.2f GiB of %.1f GiB available)",
+             updates.get("row_tokens", settings.row_tokens), "on" if checkpointing else "off", whole / 1e3,
+             checkpointed / 1e3, precision, budget / GIB, available / GIB)
     return settings.model_copy(update=updates)
+
+
+def cpu_activation_bytes(model_config: Any, precision: str) -> tuple[float, float]:
+    """Estimated bytes of activations a training token keeps on CPU: (no checkpointing, every layer
+    checkpointed: one hidden state a layer kept, one layer's activations live in its recompute)."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    layer = 4 * (10 * text.hidden_size + 2 * text.intermediate_size)
+    if precision == "bf16":
+        layer *= CPU_BF16_ACTIVATION_SHARE
+    kept = 4 * text.hidden_size  # the fp32 residual stream
+    return text.num_hidden_layers * layer, text.num_hidden_layers * kept + layer
 
 
 def available_memory() -> int:
