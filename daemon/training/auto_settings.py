@@ -7,7 +7,8 @@
 - precision: bf16 on CUDA where the card has it; on CPU, bf16 where the CPU has AMX (its bf16 matrix
   units ran a LoRA step of SmolLM2-135M 2.4 times as fast as fp32, bench/RESULTS.md) and the base has at
   least SMALL_BASE_PARAMS parameters (a tiny model's step is overhead, not matrix products); else fp32.
-- row_tokens, loss_chunk_tokens and, on CPU, gradient_checkpointing: memory_plan.resolve_sizes.
+- row_tokens and loss_chunk_tokens: memory_plan.resolve_sizes; gradient_checkpointing auto is planned
+  when the model is prepared (memory_plan: measured on CUDA, estimated on CPU).
 """
 
 from __future__ import annotations
@@ -67,12 +68,8 @@ def cpu_precision(requested: str, facts: BaseFacts | None) -> str:
     return "bf16" if large and cpu_has_bf16_units() else "fp32"
 
 
-def resolve_training(
-    settings: TrainingConfig, facts: BaseFacts, device: torch.device, *, precision: str = "fp32",
-    available_bytes: int | None = None,
-) -> TrainingConfig:
-    """`settings` with every `auto` the worker resolves as a value (gradient_checkpointing stays auto on
-    CUDA, where prepare_model measures its plan)."""
+def resolve_training(settings: TrainingConfig, facts: BaseFacts, device: torch.device) -> TrainingConfig:
+    """`settings` with learning_rate, epochs, row_tokens and loss_chunk_tokens as numbers."""
     updates: dict[str, Any] = {}
     if settings.learning_rate == "auto":
         updates["learning_rate"] = SMALL_BASE_LR if facts.small else PRETRAINED_LR
@@ -82,7 +79,7 @@ def resolve_training(
         log.info("training auto settings for a base of %s parameters: %s",
                  "unknown" if facts.parameters is None else f"{facts.parameters / 1e6:.1f}M", updates)
     resolved = settings.model_copy(update=updates)
-    return resolve_sizes(resolved, facts.config, device, precision=precision, available_bytes=available_bytes)
+    return resolve_sizes(resolved, device)
 
 
 def resolved_report(settings: TrainingConfig, facts: BaseFacts, precision: str) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from daemon.training.checkpoints import Checkpointer
 from daemon.training.contract import ADAPTER_DIR
 from daemon.training.distributed import close_world
 from daemon.training.evaluation import GENERAL_WINDOW_TOKENS, evaluate_all, tokenize_general_text
+from daemon.training.memory_plan import return_freed_memory
 from daemon.training.methods import describe
 from daemon.training.outputs import probe_adapter, save_adapter
 from daemon.training.preparation import (
@@ -129,6 +130,8 @@ def _run(
         }
     )
 
+    gc.collect()  # the optimizer and the last step's graph are gone: their memory goes back before evaluation
+    return_freed_memory()
     progress.phase("evaluate", step=train["steps"])
     evaluation = evaluate_all(model, eval_sets, spec, runtime, tokenizer.pad_token_id)
     if not runtime.world.is_main:
@@ -139,6 +142,7 @@ def _run(
     gc.collect()
     if runtime.device.type == "cuda":
         torch.cuda.empty_cache()
+    return_freed_memory()
     probe = probe_adapter(spec, adapter_dir)
     return {
         "status": "ok",

@@ -22,7 +22,10 @@ from daemon.training.memory_plan import (
     CheckpointPlan,
     decoder_layers,
     plan_checkpointing,
+    plan_cpu_checkpointing,
+    resolve_sizes,
     set_checkpointed,
+    spread,
 )
 from daemon.training.spec import SpecError, TrainSpec
 
@@ -54,7 +57,7 @@ def read_base_facts(spec: TrainSpec) -> BaseFacts:
 
 def with_resolved_settings(spec: TrainSpec, runtime: Runtime, facts: BaseFacts) -> TrainSpec:
     """The spec with every `auto` training setting resolved for this device and base model (auto_settings.py)."""
-    resolved = resolve_training(spec.training, facts, runtime.device, precision=runtime.precision)
+    resolved = resolve_training(spec.training, facts, runtime.device)
     return spec.model_copy(update={"training": resolved})
 
 
@@ -64,7 +67,7 @@ def sized(settings: TrainingConfig, model: torch.nn.Module, runtime: Runtime) ->
         return settings
     causal_lm = model.get_base_model() if isinstance(model, PeftModel) else model
     facts = BaseFacts(config=causal_lm.config, parameters=sum(p.numel() for p in causal_lm.parameters()))
-    return resolve_training(settings, facts, runtime.device, precision=runtime.precision)
+    return resolve_training(settings, facts, runtime.device)
 
 
 def select_runtime(requested: str, precision: str = "auto", facts: BaseFacts | None = None) -> Runtime:
@@ -117,13 +120,20 @@ def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
 
     On CUDA: Liger's RMSNorm, SwiGLU and RoPE kernels where installed; adapters with fp32 master weights
     whose matmuls run under the base's bf16 autocast (losses.autocast_for); with gradient_checkpointing
-    "auto", checkpointing on as few layers as the memory budget needs (memory_plan.py). The plan and the
-    kernels are on the model as `ticketune_checkpointing` and `ticketune_kernels`."""
+    "auto", checkpointing on as few layers as the memory budget needs (memory_plan.py: measured on CUDA,
+    estimated on CPU). The plan and the kernels are on the model as `ticketune_checkpointing` and
+    `ticketune_kernels`."""
     _check_base_exists(spec.base_model)
     settings = spec.training
     cuda = runtime.device.type == "cuda"
     checkpointing = settings.gradient_checkpointing
-    if checkpointing == "auto":
+    cpu_plan = None
+    if checkpointing == "auto" and not cuda and uses_packing(spec):
+        config = transformers.AutoConfig.from_pretrained(spec.base_model, revision=spec.base_revision)
+        cpu_plan = plan_cpu_checkpointing(config, row_tokens=resolve_sizes(settings, runtime.device).row_tokens,
+                                          precision=runtime.precision)
+        checkpointing = cpu_plan.checkpointed > 0
+    elif checkpointing == "auto":
         checkpointing = cuda
     attention = register_packed_attention() if uses_packing(spec) else "sdpa"
     base = load_base(
@@ -146,6 +156,9 @@ def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
     layers = len(decoder_layers(model))
     plan = CheckpointPlan(layers=layers, checkpointed=layers if checkpointing else 0,
                           reason=f"training.gradient_checkpointing: {settings.gradient_checkpointing}")
+    if cpu_plan is not None and cpu_plan.layers == layers:
+        set_checkpointed(decoder_layers(model), spread(cpu_plan.checkpointed, layers))
+        plan = cpu_plan
     if settings.gradient_checkpointing == "auto" and cuda and uses_packing(spec):
         settings = sized(settings, model, runtime)
         try:
