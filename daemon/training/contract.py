@@ -286,6 +286,18 @@ class CheckpointingPlan(_Open):
     reason: str = ""
 
 
+class ResolvedSettings(_Open):
+    """`result.train.settings`: the settings training ran with, each `auto` resolved (auto_settings.py)."""
+
+    learning_rate: float | None = None
+    epochs: float | None = None
+    row_tokens: int | None = None
+    loss_chunk_tokens: int | None = None
+    gradient_checkpointing: bool | str | None = None  # "auto" on CUDA: `checkpointing` says what the plan chose
+    precision: str | None = None  # bf16 or fp32
+    base_parameters: int | None = None
+
+
 class TrainSummary(_Open):
     """`result.train`: what training did (train_loop.train_adapter and lora_recipe._run)."""
 
@@ -313,6 +325,7 @@ class TrainSummary(_Open):
     init_adapter: str | None = None
     checkpointing: CheckpointingPlan | None = None
     kernels: list[str] = Field(default_factory=list)
+    settings: ResolvedSettings | None = None
 
 
 class ProbeAnswer(_Open):
