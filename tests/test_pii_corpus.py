@@ -1,4 +1,6 @@
-"""Recall and precision of the scrubber, per kind of personal data, on the labelled corpus in tests/data/pii/."""
+"""Recall and precision of the scrubber, per kind of personal data, and how much of what must stay does stay,
+on the labelled corpus in tests/data/pii/. Each snippet goes through a canonical ticket whose requester and
+agent are the snippet's, as at ingest. `python -m pytest tests/test_pii_corpus.py -s` prints the table."""
 
 import json
 import re
@@ -11,11 +13,15 @@ CORPUS = Path(__file__).parent / "data" / "pii" / "corpus.jsonl"
 TYPE_OF_PLACEHOLDER = {
     "<EMAIL>": "EMAIL", "<CUSTOMER_EMAIL>": "EMAIL", "<AGENT_EMAIL>": "EMAIL",
     "<PHONE>": "PHONE", "<CUSTOMER_PHONE>": "PHONE", "<CARD_NUMBER>": "CARD", "<IBAN>": "IBAN", "<SSN>": "SSN",
-    "<IP_ADDRESS>": "IP", "<SECRET>": "SECRET", "<STREET_ADDRESS>": "ADDRESS",
+    "<IP_ADDRESS>": "IP", "<SECRET>": "SECRET", "<STREET_ADDRESS>": "ADDRESS", "<POSTCODE>": "POSTCODE",
+    "<DATE_OF_BIRTH>": "DOB", "<ID_NUMBER>": "ID_NUMBER", "<PERSON_NAME>": "OTHER_PERSON",
     **{f"<{side}_{part}>": "PERSON" for side in ("CUSTOMER", "AGENT") for part in ("NAME", "FIRST_NAME", "LAST_NAME")},
 }
-MIN_RECALL = {"EMAIL": 0.99, "CARD": 0.99, "PHONE": 0.99, "IBAN": 0.95, "SSN": 0.95, "IP": 0.95, "SECRET": 0.95}
+TYPES = {"EMAIL", "PHONE", "CARD", "IBAN", "SSN", "IP", "SECRET", "ADDRESS", "POSTCODE", "PERSON", "OTHER_PERSON",
+         "DOB", "ID_NUMBER"}
+MIN_RECALL = {kind: 0.99 if kind in ("EMAIL", "PHONE", "CARD") else 0.95 for kind in TYPES}
 MIN_PRECISION = 0.95
+MIN_KEPT = 0.97
 _PLACEHOLDER = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS))
 
 
@@ -30,7 +36,7 @@ def scrub_record(record: dict) -> str:
         messages.append({"author_role": "agent", "author_name": agent.get("name"),
                          "author_email": agent.get("email"), "body": "y"})
     ticket = ticket_from_dict({"ticket_id": "1", "status": "solved", "requester": record.get("requester") or {},
-                               "messages": messages})
+                               "language": record.get("language"), "messages": messages})
     return scrubber_for_ticket(ticket).scrub(record["text"])
 
 
@@ -59,9 +65,19 @@ def labelled_spans(record: dict) -> list[tuple[int, int, str]]:
     return claimed
 
 
+def kept_spans(record: dict, replaced: list[tuple[int, int, str]]) -> list[tuple[str, bool]]:
+    """Each must-keep value of the snippet and whether no placeholder touches it."""
+    found = []
+    for value in record.get("keep", []):
+        start = record["text"].index(value)
+        found.append((value, not any(s < start + len(value) and start < e for s, e, _ in replaced)))
+    return found
+
+
 def measure(corpus: list[dict]) -> tuple[dict, dict, list[str]]:
     """Per type: labelled and recalled counts (a value is recalled when placeholders cover all of it), and
-    replaced and correct counts (a replacement is correct when it overlaps a labelled value)."""
+    replaced and correct counts (a replacement is correct when it overlaps a labelled value); under "KEEP"
+    in the first, the must-keep values and how many stayed."""
     recall: dict[str, list[int]] = {}
     precision: dict[str, list[int]] = {}
     mistakes = []
@@ -70,6 +86,12 @@ def measure(corpus: list[dict]) -> tuple[dict, dict, list[str]]:
         scrubbed = scrub_record(record)
         replaced = replaced_spans(text, scrubbed)
         labelled = labelled_spans(record)
+        for value, kept in kept_spans(record, replaced):
+            counts = recall.setdefault("KEEP", [0, 0])
+            counts[0] += 1
+            counts[1] += kept
+            if not kept:
+                mistakes.append(f"lost KEEP {value!r}: {scrubbed!r}")
         for start, end, kind in labelled:
             covered = all(any(s <= i < e for s, e, _ in replaced) for i in range(start, end))
             counts = recall.setdefault(kind, [0, 0])
@@ -89,26 +111,28 @@ def measure(corpus: list[dict]) -> tuple[dict, dict, list[str]]:
 
 
 def table(recall: dict, precision: dict) -> str:
-    lines = [f"{'type':<8} {'labelled':>8} {'recall':>7} {'replaced':>8} {'precision':>9}"]
+    lines = [f"{'type':<12} {'labelled':>8} {'recall':>7} {'replaced':>8} {'precision':>9}"]
     for kind in sorted(set(recall) | set(precision)):
         labelled, found = recall.get(kind, [0, 0])
         replaced, correct = precision.get(kind, [0, 0])
-        lines.append(f"{kind:<8} {labelled:>8} {found / labelled if labelled else 1:>7.1%} {replaced:>8} "
+        lines.append(f"{kind:<12} {labelled:>8} {found / labelled if labelled else 1:>7.1%} {replaced:>8} "
                      f"{correct / replaced if replaced else 1:>9.1%}")
     replaced = sum(c[0] for c in precision.values())
     correct = sum(c[1] for c in precision.values())
-    lines.append(f"{'overall':<8} {sum(c[0] for c in recall.values()):>8} "
-                 f"{sum(c[1] for c in recall.values()) / sum(c[0] for c in recall.values()):>7.1%} "
+    pii = [c for kind, c in recall.items() if kind != "KEEP"]
+    lines.append(f"{'overall':<12} {sum(c[0] for c in pii):>8} "
+                 f"{sum(c[1] for c in pii) / sum(c[0] for c in pii):>7.1%} "
                  f"{replaced:>8} {correct / replaced:>9.1%}")
     return "\n".join(lines)
 
 
 def test_the_corpus_is_large_and_covers_every_type_and_plenty_of_negatives():
     corpus = load_corpus()
-    assert len(corpus) >= 300
+    assert len(corpus) >= 600
     types = {span["type"] for record in corpus for span in record["spans"]}
-    assert types >= {"EMAIL", "PHONE", "CARD", "IBAN", "SSN", "IP", "SECRET", "ADDRESS", "PERSON"}
-    assert sum(1 for record in corpus if not record["spans"]) >= 100
+    assert types == TYPES
+    assert sum(1 for record in corpus if not record["spans"]) >= 150
+    assert sum(len(record.get("keep", [])) for record in corpus) >= 180
 
 
 def test_recall_and_precision_per_type_on_the_labelled_corpus():
@@ -116,7 +140,7 @@ def test_recall_and_precision_per_type_on_the_labelled_corpus():
     report = table(recall, precision)
     print("\n" + report)
     low_recall = {kind: found / labelled for kind, (labelled, found) in recall.items()
-                  if found / labelled < MIN_RECALL.get(kind, 0.0)}
+                  if found / labelled < MIN_RECALL.get(kind, MIN_KEPT)}
     overall = sum(c[1] for c in precision.values()) / sum(c[0] for c in precision.values())
     message = f"\n{report}\n" + "\n".join(mistakes)
     assert not low_recall, message

@@ -58,7 +58,7 @@ def test_the_requesters_and_agents_own_emails_get_their_own_placeholders():
     assert scrub(text) == "From <CUSTOMER_EMAIL> to <AGENT_EMAIL>, cc <EMAIL>"
 
 
-@pytest.mark.parametrize("text", ["user @ example dot com", "price@10", "a@b", "@handle on social", "x@y.z"])
+@pytest.mark.parametrize("text", ["price@10", "a@b", "@handle on social", "x@y.z", "log in at example.com"])
 def test_things_that_are_not_emails_are_left_alone(text):
     assert anonymous(text) == text
 

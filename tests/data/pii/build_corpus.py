@@ -54,14 +54,23 @@ UPPER_ALNUM = string.ascii_uppercase + string.digits
 RECORDS: list[dict] = []
 
 
-def add(text: str, spans: list[tuple[str, str]] = (), requester: dict | None = None, agent: dict | None = None):
+def add(text: str, spans: list[tuple[str, str]] = (), requester: dict | None = None, agent: dict | None = None,
+        keep: list[str] | None = None, language: str | None = None):
+    """One snippet; `keep` lists what must survive (a negative snippet without it keeps all its text)."""
     for _, value in spans:
         assert value in text, (value, text)
+    keep = keep if keep is not None else ([] if spans else [text])
+    for value in keep:
+        assert value in text, (value, text)
     record = {"text": text, "spans": [{"type": kind, "value": value} for kind, value in spans]}
+    if keep:
+        record["keep"] = keep
     if requester:
         record["requester"] = requester
     if agent:
         record["agent"] = agent
+    if language:
+        record["language"] = language
     RECORDS.append(record)
 
 
@@ -561,6 +570,310 @@ add(
 )
 add("Will you ship to Canada? I will pay the duties.", [], requester={"name": "Will Brown"})
 add("Banana and Anastasia are product names, not Ana.", [("PERSON", "Ana")], requester={"name": "Ana Ruiz"})
+
+
+# === International snippets (issue 16): national phone formats, the newer detectors, must-keep spans =
+# Written for this corpus, independently of the scrubber's patterns; grouped by what they test.
+
+# --- PHONE: national formats of the nine countries ------------------------------------------------
+NATIONAL_PHONES = {
+    "US": ["(212) 555-0147", "212.555.0112", "1-800-555-0175", "(312)555-0161", "646 555 0199"],
+    "GB": ["07829 762492", "020 8387 5526", "0161 496 0753", "0117 496 0123", "(020) 7946 0018", "07700 900123",
+           "+44 (0)20 7946 0321", "0044 7911 123456"],
+    "DE": ["040/30340074", "030 901820", "0151 23456789", "089 1234567", "0171-1234567", "(030) 2345 6789",
+           "+49 (0)30 12345678", "0049 30 12345678"],
+    "FR": ["06 46 85 40 68", "01 42 68 53 00", "06.12.34.56.78", "07 81 23 45 67", "0146854068",
+           "04-91-23-45-67", "+33 (0)6 12 34 56 78", "0033 1 42 68 53 00"],
+    "NL": ["020 555 1234", "06 12345678", "06-12345678", "010 123 4567", "(020) 5551234", "070-3456789",
+           "+31 (0)20 555 1234", "0031 6 12345678"],
+    "ES": ["612 345 678", "91 123 45 67", "612345678", "93 456 78 90", "698 76 54 32", "954 12 34 56",
+           "+34 912 345 678", "0034 612 345 678"],
+    "IT": ["06 6982 1234", "333 123 4567", "02 1234 5678", "347-1234567", "055 123456", "3331234567",
+           "+39 333 1234567", "0039 06 69821234"],
+    "IN": ["98765 43210", "098765 43210", "011 2345 6789", "9876543210", "080 4123 4567", "(022) 2345 6789",
+           "+91 98765 43210", "+91-22-2345-6789"],
+    "BR": ["(71) 95392-1277", "(11) 91234-5678", "11 3456-7890", "(21) 2345-6789", "(61) 3333-4444",
+           "71 99876-5432", "+55 21 98765-4321", "0055 11 91234 5678"],
+}
+PHONE_SENTENCES = {
+    "US": ["Call me at {v} after 5pm.", "My cell is {v}.", "Reach me on {v} tomorrow.", "text {v} when it ships"],
+    "GB": ["Ring me on {v} please.", "My mobile is {v}.", "Best number: {v}", "you can call {v} before noon"],
+    "DE": ["Meine Telefonnummer: {v}", "Rufen Sie mich unter {v} an.", "Handy {v}", "tel. {v} (Büro)"],
+    "FR": ["Mon numéro : {v}", "Appelez-moi au {v}.", "portable {v}", "Tél : {v}"],
+    "NL": ["Mijn nummer is {v}.", "Bel me op {v}.", "mobiel: {v}", "telefoon {v}"],
+    "ES": ["Mi teléfono es {v}.", "Llámame al {v}.", "móvil {v}", "Tel. {v}"],
+    "IT": ["Il mio numero è {v}.", "Chiamatemi al {v}.", "cellulare {v}", "tel {v}"],
+    "IN": ["My mobile number is {v}.", "Please call {v}.", "whatsapp {v}", "landline {v}"],
+    "BR": ["Meu celular: {v}", "Liga pra mim no {v}.", "telefone {v}", "WhatsApp {v}"],
+}
+LANGUAGES = {"US": "en", "GB": "en-GB", "DE": "de", "FR": "fr", "NL": "nl", "ES": "es", "IT": "it", "IN": "en-IN",
+             "BR": "pt-BR"}
+for country, numbers in NATIONAL_PHONES.items():
+    sentences = PHONE_SENTENCES[country]
+    for index, value in enumerate(numbers):
+        # every other snippet has no language: the configured regions alone must find it
+        add(sentences[index % len(sentences)].format(v=value), [("PHONE", value)],
+            language=LANGUAGES[country] if index % 2 else None)
+add("Mein Handy ist 0151 23456789, Festnetz 030 901820.", [("PHONE", "0151 23456789"), ("PHONE", "030 901820")])
+add("Numbers: 020 8387 5526 / 07829 762492", [("PHONE", "020 8387 5526"), ("PHONE", "07829 762492")])
+add("My number is 07911 123456 and the order is 112-4147561-1285644.",
+    [("PHONE", "07911 123456")], keep=["112-4147561-1285644"])
+add("Olá, sou a Ana. Meu telefone: (11) 91234-5678",
+    [("PERSON", "Ana"), ("PHONE", "(11) 91234-5678")], requester={"name": "Ana Souza", "phone": "+55 11 91234-5678"},
+    language="pt-BR")
+
+# --- KEEP: carrier tracking, waybills, order numbers, SKUs, prices ---------------------------------
+order17 = "".join(RNG.choice(string.digits) for _ in range(14))
+KEEPS = [
+    ("Tracking 1Z999AA10123456784 shows delivered.", "1Z999AA10123456784"),
+    ("UPS: 1Z 999 AA1 01 2345 678 4", "1Z 999 AA1 01 2345 678 4"),
+    ("ups tracking number is 1Z 12E 456 03 1234 5672", "1Z 12E 456 03 1234 5672"),
+    ("DHL waybill 1234567890 is stuck in customs.", "1234567890"),
+    ("Air waybill: 4512346781", "4512346781"),
+    ("Your DHL shipment JD014600006281230704 left the hub.", "JD014600006281230704"),
+    ("Sendungsnummer 00340434161234567890", "00340434161234567890"),
+    ("DHL Express AWB 12 3456 7890", "12 3456 7890"),
+    ("FedEx tracking 7946 4552 3071", "7946 4552 3071"),
+    ("USPS 9400 1000 0000 0000 0000 00 is out for delivery", "9400 1000 0000 0000 0000 00"),
+    ("Royal Mail RR123456785GB signed for", "RR123456785GB"),
+    ("Amazon order 112-4147561-1285644 never arrived", "112-4147561-1285644"),
+    ("order 402-1234567-1234561", "402-1234567-1234561"),
+    ("Order #112-9876543-2345678 was refunded", "112-9876543-2345678"),
+    (f"Bestellung {order17[:3]}-{order17[3:10]}-{order17[10:]}{order17[:3]}", f"{order17[:3]}-{order17[3:10]}-{order17[10:]}{order17[:3]}"),
+    ("Bestellnummer 4500123456 ist bezahlt", "4500123456"),
+    ("commande n° 0612345678 livrée", "0612345678"),
+    ("Numéro de commande : 0146854068", "0146854068"),
+    ("pedido 612345678 enviado", "612345678"),
+    ("ordine 3331234567 spedito", "3331234567"),
+    ("bestelling 0201234567 is onderweg", "0201234567"),
+    ("Invoice 2026-004512 attached", "2026-004512"),
+    ("SKU 4006381333931 is back in stock", "4006381333931"),
+    ("EAN 5901234123457, qty 2", "5901234123457"),
+    ("ASIN B08N5WRWNW", "B08N5WRWNW"),
+    ("Item 10234-BLK-XL", "10234-BLK-XL"),
+    ("Price €1.299,00 incl. VAT", "€1.299,00"),
+    ("Total R$ 1.234,56", "R$ 1.234,56"),
+    ("Paid ₹12,499 by UPI", "₹12,499"),
+    ("£49.99 was charged", "£49.99"),
+    ("1 299,00 € TTC", "1 299,00 €"),
+    ("Refund $1,299.00 issued", "$1,299.00"),
+    ("Delivery on 21/04/2026 between 10:00 and 12:00", "21/04/2026"),
+    ("Lieferung am 02.11.2026", "02.11.2026"),
+    ("IMEI 356938035643809 is blocked", "356938035643809"),
+    ("Serial number 4111111111111111 on the label", "4111111111111111"),
+    ("Gift card code 6011 1111 1111 1117", "6011 1111 1111 1117"),
+    ("Ticket 0612345678 is closed", "0612345678"),
+    ("Case 07829762492", "07829762492"),
+    ("ZIP+4 94107-1234", "94107-1234"),
+    ("We use 2048 MB of RAM", "2048 MB"),
+    ("Firmware 06.12.34 installed", "06.12.34"),
+    ("version 3.3.31.2345 released", "3.3.31.2345"),
+    ("The box is 1000 mm long", "1000 mm"),
+    ("Orders 1182 1183 1184 were merged", "1182 1183 1184"),
+    ("Stock 12,500 units, 3,000 reserved", "12,500 units, 3,000 reserved"),
+    ("Batch 2026/11/0045 recalled", "2026/11/0045"),
+    ("Reference 20261102-0042-7781", "20261102-0042-7781"),
+    ("PO 4500012345 approved", "4500012345"),
+]
+for text, value in KEEPS:
+    add(text, keep=[value])
+add("Thanks April, your order ships in April and arrives by 3 April.", [("PERSON", "April")],
+    requester={"name": "April Jones"}, keep=["in April", "3 April"])
+add("May I ask when it ships? May 12 at the latest.", [], requester={"name": "May Chen"},
+    keep=["May I", "May 12"])
+add("Will you refund it? I will wait.", [], requester={"name": "Will Brown"}, keep=["Will you"])
+add("Hope this helps! The rose gold case is in the brown box.", [], requester={"name": "Hope Brown"},
+    keep=["Hope this", "brown box"])
+add("Thanks Mark. Mark the parcel as fragile, please.", [("PERSON", "Mark")], requester={"name": "Mark Rossi"},
+    keep=["Mark the"])
+add("Since June the June Bug lamp flickers.", [], requester={"name": "June Park"}, keep=["Since June"])
+add("Hi Bill. Bill me monthly please.", [("PERSON", "Bill")], requester={"name": "Bill Ortiz"}, keep=["Bill me"])
+add("We deliver in August; August Weber will sign.", [("PERSON", "August Weber")],
+    requester={"name": "August Weber"}, keep=["in August"])
+
+# --- PERSON: names the ticket knows, written with other accents or letters ------------------------
+UNICODE_PEOPLE = [
+    ({"name": "Jose Alvarez"}, "Hola, soy José Álvarez.", ["José Álvarez"]),
+    ({"name": "José Álvarez"}, "JOSE here, order status?", ["JOSE"]),
+    ({"name": "Søren Kierkegaard"}, "Hi Soren, thanks! Regards, Søren", ["Soren", "Søren"]),
+    ({"name": "Jürgen Weiß"}, "Herr Weiss, Ihr Paket. Gruß, Jürgen WEIß", ["Weiss", "Jürgen WEIß"]),
+    ({"name": "Jürgen Weiss"}, "Sehr geehrter Herr Weiß,", ["Weiß"]),
+    ({"name": "Björn Ødegård"}, "Bjorn Odegard called about the refund.", ["Bjorn Odegard"]),
+    ({"name": "François Lefèvre"}, "Bonjour Francois, merci. M. Lefevre", ["Francois", "Lefevre"]),
+    ({"name": "Zoë Brandt"}, "Zoe Brandt's order is ready", ["Zoe Brandt"]),
+    ({"name": "Łukasz Wałęsa"}, "Hi Lukasz, your parcel is here.", ["Lukasz"]),
+    ({"name": "Thomas Müller"}, "Thomas Mueller wrote again", ["Thomas Mueller"]),
+    ({"name": "Ana María de la Cruz"}, "Ana Maria de la Cruz, account owner", ["Ana Maria de la Cruz"]),
+    ({"name": "Siobhán O'Connor"}, "Thanks Siobhan O’Connor!", ["Siobhan O’Connor"]),
+]
+for requester, text, names in UNICODE_PEOPLE:
+    add(text, [("PERSON", name) for name in names], requester=requester)
+
+# --- OTHER_PERSON: people the ticket does not name -------------------------------------------------
+OTHER_PEOPLE = [
+    ("My husband Peter ordered it on my account.", "Peter"),
+    ("Please ask Dr. Patel to sign the form.", "Patel"),
+    ("my wife, Sarah Connor, placed the order", "Sarah Connor"),
+    ("My daughter Emily's tablet won't charge.", "Emily"),
+    ("I am writing on behalf of Jane Roe.", "Jane Roe"),
+    ("The cardholder is Miguel Santos.", "Miguel Santos"),
+    ("Attn: Priya Shah, accounts payable", "Priya Shah"),
+    ("Could you ask Mrs. Okonkwo to call back?", "Okonkwo"),
+    ("My colleague Tom Baker has the receipt.", "Tom Baker"),
+    ("my neighbour Alice took the parcel in", "Alice"),
+    ("Mein Mann Thomas hat das bestellt.", "Thomas"),
+    ("Bitte an Herrn Becker weiterleiten, danke.", "Becker"),
+    ("Ma femme Camille a passé la commande.", "Camille"),
+    ("Merci de contacter Mme Dubois.", "Dubois"),
+    ("Mi marido Javier lo compró ayer.", "Javier"),
+    ("Hablé con la Sra. García ayer.", "García"),
+    ("Mio marito Luca ha ordinato la lampada.", "Luca"),
+    ("Mijn vrouw Sanne heeft het besteld.", "Sanne"),
+    ("Graag contact met Dhr. de Vries", "de Vries"),
+    ("Meu filho Pedro usa a conta.", "Pedro"),
+    ("Please deliver to Hannah Schmidt at reception.", "Hannah Schmidt"),
+    ("My brother-in-law Raj Patel set it up.", "Raj Patel"),
+    ("CC: Olivia Brown", "Olivia Brown"),
+    ("My boss Daniel Kim needs a copy of the invoice.", "Daniel Kim"),
+]
+for text, name in OTHER_PEOPLE:
+    add(text, [("OTHER_PERSON", name)])
+add("Ask Support to check the order, my husband said.", [], keep=["Ask Support"])
+add("Dr. Martens boots, size 42", [], keep=["size 42"])
+
+# --- DOB: dates of birth ---------------------------------------------------------------------------
+DOBS = [
+    ("I was born on 21/04/1996, the form says 1969.", "21/04/1996"),
+    ("Date of birth: 1987-03-14", "1987-03-14"),
+    ("DOB 03/07/1979", "03/07/1979"),
+    ("born 12 March 1985 in Leeds", "12 March 1985"),
+    ("My birthday is April 21, 1990 and the account shows another date.", "April 21, 1990"),
+    ("Geboren am 12.03.1985 in Köln.", "12.03.1985"),
+    ("Geburtsdatum: 7. Mai 1970", "7. Mai 1970"),
+    ("Née le 3 mars 1990 à Lyon.", "3 mars 1990"),
+    ("Date de naissance : 14/07/1989", "14/07/1989"),
+    ("Fecha de nacimiento: 15/08/1992", "15/08/1992"),
+    ("nacida el 2 de mayo de 1988", "2 de mayo de 1988"),
+    ("Data di nascita 21/04/1996", "21/04/1996"),
+    ("nato il 5 giugno 1975", "5 giugno 1975"),
+    ("Geboortedatum 01-02-1988", "01-02-1988"),
+    ("nascido em 12/05/1991", "12/05/1991"),
+    ("d.o.b. 1990-12-01", "1990-12-01"),
+    ("my son was born on 3rd of June 2015", "3rd of June 2015"),
+    ("DOB: 09.11.1964", "09.11.1964"),
+]
+for text, value in DOBS:
+    add(text, [("DOB", value)])
+add("The warranty was born out of 2019 complaints; ordered 21/04/2026.", [], keep=["21/04/2026"])
+
+# --- ID_NUMBER: identity documents after their name ------------------------------------------------
+IDS = [
+    ("My passport number is 533380006.", "533380006"),
+    ("Passport no. X12345678 expires soon", "X12345678"),
+    ("driver's licence D1234567 for the rental", "D1234567"),
+    ("Driving licence: MORGA753116SM9IJ", "MORGA753116SM9IJ"),
+    ("license number: A1234-56789-01234", "A1234-56789-01234"),
+    ("Führerschein B072RRE2I55", "B072RRE2I55"),
+    ("Personalausweis L01X00T47", "L01X00T47"),
+    ("passeport 12AB34567", "12AB34567"),
+    ("DNI 12345678Z", "12345678Z"),
+    ("NIE X1234567L", "X1234567L"),
+    ("pasaporte PAA123456", "PAA123456"),
+    ("codice fiscale RSSMRA85T10A562S", "RSSMRA85T10A562S"),
+    ("carta d'identità CA00000AA", "CA00000AA"),
+    ("BSN 123456782", "123456782"),
+    ("Aadhaar 2345 6789 0123", "2345 6789 0123"),
+    ("PAN ABCDE1234F for the invoice", "ABCDE1234F"),
+    ("CPF 123.456.789-09", "123.456.789-09"),
+    ("NINO QQ 12 34 56 C", "QQ 12 34 56 C"),
+    ("ID card number 123456789", "123456789"),
+    ("National ID: 8001015009087", "8001015009087"),
+]
+for text, value in IDS:
+    add(text, [("ID_NUMBER", value)])
+add("order ID 12345678 is late", [], keep=["12345678"])
+add("license key ABCD-EFGH for 5 seats", [], keep=["5 seats"])
+
+# --- EMAIL: written to dodge a parser ---------------------------------------------------------------
+OBFUSCATED = [
+    "jane dot doe at gmail dot com",
+    "jane[at]example[dot]org",
+    "j.smith (at) example (dot) co (dot) uk",
+    "mario.rossi AT example DOT it",
+    "pieter {at} voorbeeld {dot} nl",
+    "ana.ruiz at example.com",
+    "bob_92 [at] mail [dot] de",
+    "maria <at> example <dot> es",
+    "lucas at exemplo dot com dot br",
+    "priya.n [at] example.in",
+]
+for index, value in enumerate(OBFUSCATED):
+    add(["write to {v} please", "email: {v}", "my address is {v}.", "contact {v}"][index % 4].format(v=value),
+        [("EMAIL", value)])
+add("You can log in at example.com with your order number.", [], keep=["log in at example.com"])
+
+# --- SECRET: bare provider keys ---------------------------------------------------------------------
+for template, value in [
+    ("my key {v} got rate limited", "sk-" + rand(ALNUM, 48)),
+    ("{v}", "sk-proj-" + rand(ALNUM + "_-", 120)),
+    ("I pasted sk by mistake: {v}", "sk-proj-" + rand(ALNUM + "_-", 64)),
+    ("anthropic key {v}", "sk-ant-api03-" + rand(ALNUM + "_-", 90)),
+    ("openrouter {v} leaked", "sk-or-v1-" + rand(string.hexdigits.lower(), 64)),
+]:
+    add(template.format(v=value), [("SECRET", value)])
+add("The sk-1 and sk-2 SKUs are retired", [], keep=["sk-1 and sk-2"])
+
+# --- ADDRESS and POSTCODE: seven countries ---------------------------------------------------------
+INTL_ADDRESSES = [
+    "1600 Pennsylvania Avenue",
+    "221 Maple Street, Springfield, IL 62704",
+    "77 Sunset Blvd, Apt 5",
+    "Flat 3, 12 Acacia Avenue",
+    "10 Downing Street, London SW1A 2AA",
+    "27 Church Road, Bristol BS1 4DJ",
+    "4 Privet Close",
+    "Hauptstraße 12, 10115 Berlin",
+    "Berliner Str. 45a",
+    "Karl-Marx-Allee 90",
+    "Am Markt 3, 28195 Bremen",
+    "Goethestraße 7",
+    "10 rue de Rivoli, 75001 Paris",
+    "25 avenue des Champs-Élysées",
+    "3 bis boulevard Haussmann",
+    "12, place de la Concorde",
+    "8 impasse des Lilas",
+    "Kalverstraat 92",
+    "Prinsengracht 263-267, 1016 GV Amsterdam",
+    "Laan van Meerdervoort 50",
+    "Coolsingel 40, 3011 AD Rotterdam",
+    "Calle Mayor 5, 3º B",
+    "C/ Alcalá 45",
+    "Avenida de la Constitución 12",
+    "Paseo de Gracia 43, 08007 Barcelona",
+    "Via Roma 10",
+    "Via Giuseppe Garibaldi, 25",
+    "Piazza Navona 12, 00186 Roma",
+    "Corso Vittorio Emanuele II 45",
+    "Viale Monza 120",
+]
+ADDRESS_SENTENCES = ["Please ship to {v}.", "New address: {v}", "Lieferadresse: {v}", "Adresse : {v}",
+                     "Dirección: {v}", "Indirizzo: {v}", "Bezorgadres: {v}", "It went to {v} by mistake."]
+for index, value in enumerate(INTL_ADDRESSES):
+    add(ADDRESS_SENTENCES[index % len(ADDRESS_SENTENCES)].format(v=value), [("ADDRESS", value)])
+POSTCODES = [
+    ("My postcode is SW1A 1AA.", "SW1A 1AA"),
+    ("Postcode: M1 1AE", "M1 1AE"),
+    ("EC1A 1BB is the billing postcode", "EC1A 1BB"),
+    ("PLZ 80331, München", "80331"),
+    ("code postal 69002", "69002"),
+    ("CAP 20121 Milano", "20121"),
+    ("código postal 28013", "28013"),
+    ("postcode 1012 AB", "1012 AB"),
+    ("Springfield, IL 62704", "62704"),
+    ("Ich wohne in\n50667 Köln", "50667"),
+]
+for text, value in POSTCODES:
+    add(text, [("POSTCODE", value)])
 
 OUT.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in RECORDS), encoding="utf-8")
 print(f"{len(RECORDS)} snippets written to {OUT}")

@@ -1,0 +1,264 @@
+"""The pattern detectors behind `daemon.ingest.privacy`: regular expressions and validators for the
+personal data a ticket's text can carry without the ticket saying whose it is (phones of nine
+countries, payment cards, street addresses and postcodes, dates of birth, identity-document numbers,
+obfuscated emails), and for the identifiers that must survive (order, tracking and waybill numbers).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import phonenumbers
+
+# --- phones and the identifiers that look like them ----------------------------------------------
+# A digit run a phone number could hide in: an optional "+" or "00", then digits with the separators
+# people write ("(0)", spaces, dots, dashes, slashes); never glued to a word ("1Z999AA10123456784").
+PHONE_CANDIDATE = re.compile(r"(?<![\w+.,/-])(?:\+|\b00)?\(?\d[\d \t().\-/\u00a0]{4,}\d(?![\w@])")
+NON_DIGIT = re.compile(r"\D")
+MIN_PHONE_DIGITS, MAX_PHONE_DIGITS = 7, 15
+# Regions whose people write a national number without its trunk "0" ("98765 43210", "(71) 95392-1277");
+# elsewhere a national number with a trunk prefix of "0" must start with it, so that bare digit runs
+# ("666123456") do not pass as French or German numbers.
+_TRUNK_OPTIONAL = frozenset({"IN", "BR"})
+# A digit run right after one of these words is an identifier, not a phone number or a card ("order
+# 4155550199", "tracking: 1Z...", "AWB 1234567890"); "number", "no." or "is" may come between.
+IDENTIFIER_CONTEXT = re.compile(
+    r"(?i:\b(?:order|orders|invoice|inv|ticket|case|tracking|track|trace|reference|ref|confirmation|booking|rma"
+    r"|sku|item|article|art|part|model|serial|sn|s/n|lot|batch|imei|isbn|po|purchase order|receipt|transaction"
+    r"|txn|shipment|consignment|parcel|package|waybill|air waybill|awb|bill of lading|ups|fedex|dhl|usps|gls|dpd"
+    r"|royal mail|postnl|colissimo|chronopost|correos|seur|bartolini|brt|hermes|evri|delhivery|sedex|bestellung"
+    r"|bestellnummer|auftrag|auftragsnummer|rechnung|rechnungsnummer|sendung|sendungsnummer|paket|commande"
+    r"|facture|colis|suivi|pedido|factura|env[ií]o|seguimiento|ordine|fattura|spedizione|bestelling|factuur"
+    r"|zending|pakket|nota fiscal|rastreamento|encomenda|account|acct|customer|member|membership|loyalty"
+    r"|voucher|coupon|gift card|code|pin|otp|ean|gtin|upc|asin|id)\b"
+    r"(?:[ \t]+(?:number|numbers|no\.?|nr\.?|n[º°]|num\.?|id|#|code|ref|nummer|numéro|número|numero))?"
+    r"(?:[ \t]+(?:is|was|are|ist|est|es|è|is:))?[\s:#.=-]*)$"
+)
+IDENTIFIER_WINDOW = 48
+# Identifier formats kept wherever they appear: UPS 1Z (spaced or not), Amazon-style order numbers,
+# DHL waybills (JD/JJD + digits, 00340...), USPS 20-22 digits, FedEx 34 digits, dates, ISBNs.
+PROTECTED = re.compile(
+    r"(?<![\w-])1Z(?:[ \t]?[0-9A-Z]){16}(?![\w-])"
+    r"|(?<![\w-])\d{3}-\d{7}-\d{7}(?![\w-])"
+    r"|(?<!\w)J?JD(?:[ \t]?\d){16,20}(?!\w)"
+    r"|(?<![\w-])(?:00340|9[1-5]\d\d|420\d{5})(?:[ \t]?\d){15,30}(?![\w-])"
+    r"|(?<![\w.-])(?:\d{1,2}[./-]\d{1,2}[./-](?:19|20)\d\d|(?:19|20)\d\d[./-]\d{1,2}[./-]\d{1,2})(?![\w.-]*\d)"
+    r"|(?:(?<![\w-])(?<![\d)][ \t])|(?i:zip\+4[ \t]))\d{5}-\d{4}(?![\w-])"
+    r"|(?<!\w)97[89][ -]?\d{1,5}[ -]\d{1,7}[ -]\d{1,7}[ -][\dX](?!\w)"
+)
+# Phone cue words: a run after one of these is a phone number even when it is not formatted as one.
+PHONE_CONTEXT = re.compile(
+    r"(?i:\b(?:phone|tel|telephone|mobile|cell|cellphone|call|ring|text|sms|whatsapp|fax|number|reach me|"
+    r"handy|telefon|mobil|r[ée]f[ée]rence t[ée]l|t[ée]l[ée]phone|portable|t[ée]l|m[óo]vil|tel[ée]fono|"
+    r"cellulare|telefoon|mobiel|celular|telefone|whats)\b)[^\n]{0,24}$"
+)
+
+
+@functools.lru_cache(maxsize=64)
+def needs_trunk_zero(region: str) -> bool:
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    return metadata is not None and metadata.national_prefix == "0" and region not in _TRUNK_OPTIONAL
+
+
+def phone_national_number(candidate: str, regions: tuple[str, ...], lenient: bool = False) -> str | None:
+    """The national number of `candidate` when it is a valid phone number: written with "+" or "00"
+    (any country), or in the national format of one of `regions` (tried in order). `lenient` (after a
+    cue such as "call me on") takes a number of a possible length too, such as a fictional one."""
+    stripped = candidate.strip(" \t().-/\u00a0")
+    digits = NON_DIGIT.sub("", stripped)
+    if not MIN_PHONE_DIGITS <= len(digits) <= MAX_PHONE_DIGITS + 2:
+        return None
+    if stripped.startswith(("+", "00")):
+        return _valid_national("+" + (digits[2:] if stripped.startswith("00") else digits), None, lenient)
+    zero = stripped.lstrip("(").startswith("0")
+    for region in regions:
+        if not zero and needs_trunk_zero(region):
+            continue
+        national = _valid_national(stripped, region, lenient)
+        if national is not None:
+            return national
+    return None
+
+
+def _valid_national(text: str, region: str | None, lenient: bool = False) -> str | None:
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    valid = phonenumbers.is_valid_number(number) or (lenient and phonenumbers.is_possible_number(number))
+    return str(number.national_number) if valid else None
+
+
+def region_of_phone(text: str) -> str | None:
+    """The region of a number written with its country code ("+44 ..."), else None."""
+    if not text.strip().startswith(("+", "00")):
+        return None
+    digits = NON_DIGIT.sub("", text)
+    try:
+        number = phonenumbers.parse("+" + (digits[2:] if text.strip().startswith("00") else digits), None)
+    except phonenumbers.NumberParseException:
+        return None
+    return phonenumbers.region_code_for_number(number)
+
+
+# --- payment cards -------------------------------------------------------------------------------
+# 13-19 digits, single spaces or dashes allowed between digits, not part of a longer digit group.
+CARD = re.compile(r"(?<![\d.,/-])(?<!\d[ -])\d(?:[ -]?\d){12,18}(?![ -]?\d)(?![.,/-]\d)")
+
+
+def card_brand_fits(digits: str) -> bool:
+    """Whether the issuer prefix (IIN) and the length fit a card scheme: Visa, Mastercard, Amex, Diners,
+    JCB, Discover, UnionPay, Mir, Maestro (and the local schemes inside those ranges: Elo, RuPay)."""
+    n = len(digits)
+    p2, p3, p4, p6 = int(digits[:2]), int(digits[:3]), int(digits[:4]), int(digits[:6])
+    if digits[0] == "4":
+        return n in (13, 16, 19)
+    if 51 <= p2 <= 55 or 2221 <= p4 <= 2720:
+        return n == 16
+    if p2 in (34, 37):
+        return n == 15
+    if p2 in (36, 38, 39) or 300 <= p3 <= 305 or p4 == 3095:
+        return 14 <= n <= 19
+    if 3528 <= p4 <= 3589 or 2200 <= p4 <= 2204 or p2 in (62, 81, 82):
+        return 16 <= n <= 19
+    if p4 == 6011 or 644 <= p3 <= 649 or p2 == 65 or 622126 <= p6 <= 622925:
+        return 16 <= n <= 19
+    return (p2 == 50 or 56 <= p2 <= 69) and 12 <= n <= 19
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn checksum every payment card number carries."""
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if index % 2:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+# --- emails written to dodge a parser ------------------------------------------------------------
+_AT = r"(?:[ \t]*[\[({<][ \t]*(?i:at)[ \t]*[\])}>][ \t]*|[ \t]+(?i:at)[ \t]+|[ \t]*@[ \t]*)"
+_DOT = r"(?:[ \t]*[\[({<][ \t]*(?i:dot)[ \t]*[\])}>][ \t]*|[ \t]+(?i:dot)[ \t]+|\.)"
+_TLD = (r"(?i:com|org|net|edu|gov|io|co|uk|de|fr|nl|es|it|in|br|eu|info|biz|me|us|ca|au|ch|at|be|se|no|dk|pl"
+        r"|pt|ie|app|dev|mail|online|shop)")
+OBFUSCATED_EMAIL = re.compile(
+    rf"(?<![\w.+-])[\w+-]+(?:{_DOT}[\w+-]+)*{_AT}[\w-]+(?:{_DOT}[\w-]+)*{_DOT}{_TLD}(?![\w-])"
+)
+OBFUSCATED_HINT = re.compile(r"(?i:[\[({<] ?at ?[\])}>]|\bdot\b|\w at [\w-]+\.\w)")
+_OBFUSCATED_PARTS = re.compile(rf"{_AT}|{_DOT}")
+
+
+def deobfuscate_email(text: str) -> str:
+    """'jane dot doe at gmail dot com' → 'jane.doe@gmail.com' (to match the ticket's own addresses)."""
+    return _OBFUSCATED_PARTS.sub(lambda m: "@" if "t" in m.group().lower() and "o" not in m.group().lower()
+                                 else ".", text).casefold()
+
+
+# --- dates of birth and identity documents -------------------------------------------------------
+_MONTH_NAMES = (
+    "septiembre|fevereiro|september|settembre|setiembre|diciembre|noviembre|septembre|febbraio|dicembre|n"
+    "ovember|setembro|decembre|novembro|dezember|décembre|dezembro|february|december|februari|augustus|no"
+    "vembre|februar|octobre|januari|ottobre|oktober|juillet|january|gennaio|janvier|october|fevrier|outub"
+    "ro|février|octubre|febrero|janeiro|januar|luglio|aprile|giugno|maggio|agosto|august|marzo|abril|maer"
+    "z|avril|april|julho|maart|junio|julio|junho|enero|march|março|janv|juli|june|févr|aout|märz|juni|mar"
+    "s|july|mayo|sept|maio|août|juil|juin|mrt|avr|déc|dic|gen|giu|feb|lug|oct|nov|ene|abr|jan|jul|mag|jun"
+    "|mei|dec|sep|mar|fév|apr|ott|set|may|mai|okt|aug|dez|jän|mär|ago"
+)
+_MONTHS = rf"(?i:{_MONTH_NAMES})\.?"
+DATE = (rf"(?:\d{{1,2}}[./-]\d{{1,2}}[./-](?:\d{{4}}|\d{{2}})|\d{{4}}[./-]\d{{1,2}}[./-]\d{{1,2}}"
+        rf"|\d{{1,2}}(?:st|nd|rd|th|er|º|°)?\.?[ \t]+(?:of[ \t]+|de[ \t]+)?{_MONTHS}(?:[ \t]+de)?,?[ \t]+\d{{4}}"
+        rf"|{_MONTHS}[ \t]+\d{{1,2}}(?:st|nd|rd|th)?,?[ \t]+\d{{4}})")
+DATE_OF_BIRTH = re.compile(
+    r"(?P<label>(?i:\bd\.o\.b\.|\b(?:born(?:[ \t]+(?:on|in))?|date[ \t]+of[ \t]+birth|birth[ \t]*date|birthday|d\.?o\.?b"
+    r"|geboren(?:[ \t]+am)?|geburtsdatum|geburtstag|n[ée]e?[ \t]+le|date[ \t]+de[ \t]+naissance"
+    r"|fecha[ \t]+de[ \t]+nacimiento|nacid[oa][ \t]+el|data[ \t]+di[ \t]+nascita|nat[oa][ \t]+il"
+    r"|geboortedatum|geboren[ \t]+op|data[ \t]+de[ \t]+nascimento|nascid[oa][ \t]+em)\b)"
+    r"(?:[ \t]+(?:is|was|ist|est|es|è|:))?[\s:,-]{0,3}(?:(?i:on|am|le|el|il|op|em)[ \t]+)?)"
+    rf"(?P<date>{DATE})(?!\d)"
+)
+DATE_OF_BIRTH_HINT = re.compile(
+    r"born|birth|d\.?o\.?b|geboren|geburt|n[ée]e? le|naissance|nacid|nacimiento|nascit|nascid|nat[oa] il|geboorte",
+    re.IGNORECASE,
+)
+# After a document's name: the value (5-20 letters and digits, at least two digits, spaces or dashes
+# inside), e.g. "passport number is 533380006", "Führerschein B072RRE2I55", "DNI 12345678Z".
+ID_NUMBER = re.compile(
+    r"(?P<label>(?i:\b(?:passport|passeport|pasaporte|passaporto|paspoort|reisepass|pass|passaporte"
+    r"|driver'?s?[ \t]+licen[cs]e|driving[ \t]+licen[cs]e|licen[cs]e|f[üu]hrerschein|permis(?:[ \t]+de[ \t]+conduire)?"
+    r"|carn[eé]t?[ \t]+de[ \t]+conducir|patente(?:[ \t]+di[ \t]+guida)?|rijbewijs|id[ \t]*card|identity[ \t]+card"
+    r"|national[ \t]+id|personalausweis|ausweis|carte[ \t]+d'identit[ée]|carte[ \t]+nationale|cni|dni|nie|nif"
+    r"|codice[ \t]+fiscale|carta[ \t]+d'identit[àa]|bsn|burgerservicenummer|aadhaa?r|pan|cpf|rg|nino"
+    r"|national[ \t]+insurance|tax[ \t]+id|steuer-?id|id)\b)"
+    r"(?:[ \t]+(?:card|number|numbers|no\.?|nr\.?|n[º°]\.?|num\.?|nummer|numéro|número|numero|#|id))?"
+    r"(?:[ \t]+(?:is|was|ist|est|es|è|reads))?[ \t]*[:#=]?[ \t]*)"
+    r"(?P<value>(?=[A-Z .-]{0,6}\d[ .-]?\d)[A-Z0-9](?:[A-Z0-9]|[ .-](?=[A-Z0-9])){4,22})(?![\w-])",
+)
+ID_HINT = re.compile(
+    r"pass|pasap|paspoort|licen|f[üu]hrer|permis|carn|patente|rijbewijs|\bid\b|identit|ausweis|\bcni\b|\bdni\b|\bnie\b|\bnif\b"
+    r"|fiscale|\bbsn\b|burgerservice|aadhaa?r|\bpan\b|\bcpf\b|\brg\b|nino|insurance|tax|steuer",
+    re.IGNORECASE,
+)
+
+# --- street addresses and postcodes (US, UK, DE, FR, NL, ES, IT) ---------------------------------
+_CAP = r"[A-ZÀ-ÖØ-Þ][\w'’.-]*"
+_UK_POSTCODE = r"(?:[A-Z]{1,2}\d[A-Z\d]?|GIR)[ \t]?\d[ABD-HJLNP-UW-Z]{2}"
+_CITY = rf"{_CAP}(?:[ \t-]+(?:{_CAP}|sur|upon|on|am|an|der|de|del|di|la|le|aan|den)){{0,3}}"
+_US_STATES = (
+    "AL|AK|AZ|AR|CA|CO|CT|DE|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK"
+    "|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|DC"
+)
+# What may follow a street on the same or the next line: "10115 Berlin", "1012 AB Amsterdam",
+# "London SW1A 2AA", "Springfield, IL 62704", "00184 Roma (RM)".
+_ADDRESS_TAIL = (
+    rf"(?:,?[ \t]*\n?[ \t]*(?:(?:\d{{5}}|[1-9]\d{{3}}[ \t]?[A-Z]{{2}})[ \t]+{_CITY}(?:[ \t]+\(?[A-Z]{{2}}\)?(?!\w))?"
+    rf"|{_CITY},?[ \t]+(?:(?:{_US_STATES})[ \t]+\d{{5}}(?:-\d{{4}})?|{_UK_POSTCODE})(?!\w)"
+    rf"|{_UK_POSTCODE}(?!\w)))?"
+)
+_EN_SUFFIX = (
+    r"Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|Parkway|Pkwy"
+    r"|Circle|Cir|Highway|Hwy|Square|Sq|Trail|Trl|Close|Crescent|Cres|Gardens|Gdns|Grove|Mews|Row|Rise|Walk|Hill"
+    r"|Park|View|Green|Parade|Esplanade|Embankment|Wharf|Yard|Quay|Broadway|Alley|Loop|Heights|Meadows?|Vale|Gate"
+)
+_UNIT = r"(?:,?[ \t]+(?:Apt|Apartment|Suite|Ste|Unit|Fl|Floor|Flat|#)\.?[ \t]*#?\w+)?"
+_FR_TYPE = (r"(?i:rue|avenue|av\.|boulevard|bd|blvd|place|chemin|all[ée]e|impasse|quai|route|cours|square|passage"
+            r"|rond-point|voie|sentier|cit[ée]|r[ée]sidence|lotissement|faubourg)")
+_PARTICLE = r"(?:de|du|des|de la|d'|d’|l'|l’|la|le|les|aux|à|del|della|delle|dei|degli|dello|di|da|de los|de las|dels|van|y|e)"
+_PREFIX_TYPE = (
+    r"(?:Calle|C/|Avda\.?|Avenida|Av\.|Paseo|Pº|Plaza|Pza\.?|Carrer|Camino|Ronda|Traves[ií]a|Carretera|Glorieta"
+    r"|Rambla|Passeig|Pla[çc]a|Via|Viale|V\.le|Piazza|P\.za|Piazzale|Corso|C\.so|Largo|Vicolo|Strada|Contrada"
+    r"|Lungomare|Borgo|Salita|Laan|Rua|Travessa)"
+)
+_DE_NL_SUFFIX = (r"(?i:stra(?:ß|ss)e|str\.|weg|allee|platz|gasse|ufer|chaussee|steig|straat|gracht|laan|plein|kade"
+                 r"|singel|dijk|dreef|steeg)")
+STREET_ADDRESS = re.compile(
+    # US, UK: "742 Evergreen Terrace", "Flat 3, 12 Acacia Avenue", "350 Fifth Avenue, Suite 3300"
+    rf"(?<![\w#])(?:(?:Flat|Apartment|Apt\.?|Unit|Suite)[ \t]+\w{{1,5}},?[ \t]+)?\d{{1,6}}[A-Za-z]?"
+    rf"(?:[ \t]+[A-Z][\w'.-]*){{1,4}}[ \t]+(?:{_EN_SUFFIX})\b\.?{_UNIT}{_ADDRESS_TAIL}"
+    # FR: "10 rue de Rivoli", "25, avenue des Champs-Élysées", "3 bis boulevard Haussmann"
+    rf"|(?<![\w#])\d{{1,4}}(?:[ \t]?(?:bis|ter)(?!\w))?,?[ \t]+{_FR_TYPE}[ \t]+(?:{_PARTICLE}[ \t]*)*{_CAP}"
+    rf"(?:[ \t]+(?:{_PARTICLE}[ \t]+)?{_CAP}){{0,3}}{_ADDRESS_TAIL}"
+    # DE, NL: "Hauptstraße 12", "Berliner Str. 45a", "Karl-Marx-Allee 90", "Prinsengracht 263-267", "Am Markt 3"
+    rf"|(?<!\w)(?:[A-ZÄÖÜ][\wäöüß'-]+{_DE_NL_SUFFIX}|[A-ZÄÖÜ][\wäöüß-]+[ \t]+(?:Stra(?:ß|ss)e|Str\.|Allee|Platz|Weg"
+    rf"|Gasse|Ufer|Damm|Ring)|Am[ \t]+[A-ZÄÖÜ][\wäöüß-]+)[ \t]+\d{{1,4}}(?:[ \t]?[a-zA-Z](?!\w))?(?:[ \t]*[-/][ \t]*\d{{1,4}}[a-z]?)?"
+    rf"{_ADDRESS_TAIL}"
+    # ES, IT (and PT, NL "Laan van ..."): "Calle Mayor 5, 3º B", "Via Giuseppe Garibaldi, 25", "C/ Alcalá 45"
+    rf"|(?<!\w){_PREFIX_TYPE}[ \t]+(?:{_PARTICLE}[ \t]+)*{_CAP}(?:[ \t]+(?:{_PARTICLE}[ \t]+)?(?:{_CAP}|[IVX]+)){{0,4}}?"
+    rf",?[ \t]+(?:n[º°o]\.?[ \t]*|n\.º[ \t]*|s/n)?\d{{1,4}}(?:[ \t]?[a-zA-Z](?!\w)|[ \t]*bis)?"
+    rf"(?:,?[ \t]*\d{{1,2}}[º°ª](?:[ \t]*[A-Z](?!\w)|[ \t]*(?:izq|dcha|izda|izquierda|derecha)\.?)?)?{_ADDRESS_TAIL}"
+)
+STREET_HINT = re.compile(r"[^\W\d][.,]?[ \t]+\d|\d[A-Za-z]?,?[ \t]+[^\W\d]")
+# A postcode standing alone: UK (its own shape), NL "1012 AB" and a five-digit code before a city
+# after a comma, a line break or a cue word; US only as "City, ST 62704". A bare "ZIP 94107" stays.
+POSTCODE = re.compile(
+    rf"(?<![\w-]){_UK_POSTCODE}(?![\w-])"
+    rf"|(?P<pre>(?:^|[,;\n]|(?i:\b(?:postcode|post[ \t]+code|postal[ \t]+code|plz|postleitzahl|code[ \t]+postal|cp"
+    rf"|cap|c\.p\.|c[óo]digo[ \t]+postal|codice[ \t]+postale)\b[ \t]*:?))[ \t]*)"
+    rf"(?P<code>\d{{5}}|[1-9]\d{{3}}[ \t]?(?!SA|SD|SS|MB|GB|KB|TB|PM|AM|AD|BC|CM|MM|KM|KG|HZ|PX|EU|US|UK)[A-Z]{{2}})"
+    rf"(?=[ \t]+{_CAP}|[ \t]*$|[ \t]*[,.;\n])"
+    rf"|(?P<city>[A-Z][\w'.-]*,[ \t]*(?:{_US_STATES})[ \t]+)(?P<zip>\d{{5}}(?:-\d{{4}})?)(?![\w-])",
+    re.MULTILINE,
+)
