@@ -70,6 +70,9 @@ AUTOREPLY_MARKERS = re.compile(
     r"|(?:an agent|a member of our team|one of our agents) will (?:get back to you|reply|respond|be in touch)",
     re.IGNORECASE,
 )
+# Every marker above contains one of these (lower-cased): an answer without any is not an auto-reply.
+_AUTOREPLY_HINTS = ("auto", "out of", "do not re", "received", "will get back", "will reply", "will respond",
+                    "be in touch")
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 _WORDS = re.compile(r"<[A-Z][A-Z0-9_]*>|\w+")
 
@@ -187,6 +190,9 @@ def _split_signature(signature: bytes) -> tuple[bytes, np.ndarray] | None:
 
 
 def is_autoreply(text: str) -> bool:
+    lowered = text.lower()
+    if not any(hint in lowered for hint in _AUTOREPLY_HINTS):
+        return False
     sentences = [sentence for sentence in _SENTENCES.split(text) if sentence.strip()]
     other = [sentence for sentence in sentences if not AUTOREPLY_MARKERS.search(sentence)]
     return len(other) < len(sentences) and len(" ".join(other).split()) <= AUTOREPLY_MAX_OTHER_WORDS

@@ -122,7 +122,8 @@ def ticket_to_example(ticket: Ticket, system_prompt: str | None = None, *, scrub
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
     # scrub=False exists for the tests of the gate's PII check (privacy.scrub: false); never in production
-    messages.extend({"role": role, "content": scrubber.scrub(text) if scrub else text} for role, text in turns)
+    texts = scrubber.scrub_all([text for _, text in turns]) if scrub else [text for _, text in turns]
+    messages.extend({"role": role, "content": text} for (role, _), text in zip(turns, texts, strict=True))
     return Example(
         ticket_id=ticket.ticket_id,
         revision=ticket.revision,

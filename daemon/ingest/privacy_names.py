@@ -110,21 +110,30 @@ def name_parts(name: str, side: str) -> tuple[tuple[str, str], ...]:
 def find_names(text: str, names: dict[str, str]) -> list[tuple[int, int, str]]:
     """(start, end, placeholder) of every known name in `text`, longest names first, whole words only."""
     folded = fold(text)
-    if "  " in folded:  # "Ana  Ruiz": match with single spaces, then map back to the text's positions
-        where = [i for i, c in enumerate(folded) if c != " " or i == 0 or folded[i - 1] != " "]
-        squeezed = find_names("".join(text[i] for i in where), names)
-        return [(where[start], where[end - 1] + 1, placeholder) for start, end, placeholder in squeezed]
     found: list[tuple[int, int, str]] = []
     for key in sorted(names, key=len, reverse=True):
-        at = folded.find(key)
+        first, *rest = key.split(" ")
+        at = folded.find(first)
         while at != -1:
-            end = at + len(key)
-            if _whole_word(folded, at, end) and _written_as_name(text, at, end, key) \
+            end = _rest_of_name(folded, at + len(first), rest)
+            if end != -1 and _whole_word(folded, at, end) and _written_as_name(text, at, end, key) \
                     and not any(at < e and s < end for s, e, _ in found):
                 found.append((at, end, names[key]))
-            at = folded.find(key, at + 1)
+            at = folded.find(first, at + 1)
     found.sort()
     return found
+
+
+def _rest_of_name(folded: str, at: int, tokens: list[str]) -> int:
+    """Where a name ends when its `tokens` follow `at`, each after a run of spaces ("Ana  Ruiz"), or -1."""
+    for token in tokens:
+        spaces = at
+        while spaces < len(folded) and folded[spaces] == " ":
+            spaces += 1
+        if spaces == at or not folded.startswith(token, spaces):
+            return -1
+        at = spaces + len(token)
+    return at
 
 
 def _whole_word(folded: str, start: int, end: int) -> bool:
@@ -181,8 +190,22 @@ OTHER_PERSON = re.compile(
     rf"(?P<lead>(?<![\w.])(?:(?i:{_POSSESSIVES})[ \t]+(?i:{_RELATIONS})(?:,|[ \t]+(?i:is|was|named|called))?"
     rf"|(?<!\w){_HONORIFIC}|(?<![\w-]){_CUES}(?:[ \t]+{_HONORIFIC})?)[ \t]+)(?P<name>{_NAME})"
 )
-OTHER_PERSON_HINT = re.compile(
-    rf"(?i:\b(?:{_POSSESSIVES})[ \t]+(?:{_RELATIONS})\b)|(?<!\w){_HONORIFIC}[ \t]+[A-Z]|(?<![\w-]){_CUES}[ \t]+[A-Z]"
+# The words (as `privacy_patterns.words_of` gives them) that let the cue pass run.
+OTHER_PERSON_WORDS = frozenset(
+    "husband wife partner spouse son daughter child kid mother father mum mom dad parent brother sister friend "
+    "colleague coworker co worker boss manager neighbour neighbor grandmother grandfather grandma grandpa grandson "
+    "granddaughter aunt uncle cousin nephew niece fiancé fiancée fiance fiancee girlfriend boyfriend assistant "
+    "landlord landlady tenant roommate flatmate mate stepson stepdaughter stepmother stepfather law carer caregiver "
+    "lawyer solicitor attorney accountant doctor dentist secretary employee teammate supervisor mann frau ehemann "
+    "ehefrau sohn tochter mutter vater bruder schwester freundin freund kollegin kollege partnerin nachbarin nachbar "
+    "mari femme fils fille mère mere père pere frère frere sœur soeur ami amie collègue collegue conjoint conjointe "
+    "voisin voisine marido esposa esposo mujer hija hijo madre padre hermana hermano amiga amigo compañero "
+    "compañera vecino vecina jefe jefa novio novia marito moglie figlio figlia fratello sorella amico amica collega "
+    "man vrouw zoon dochter moeder vader broer zus vriendin vriend buurman buurvrouw filho filha mãe mae pai irmão "
+    "irmao irmã irma namorado namorada vizinho vizinha chefe "
+    "dr mr mrs ms mx miss prof herrn herr hrn hr fr mme mlle sr sra srta sig ra dott ssa dhr mevr mw dña don doña "
+    "ask tell speak speaking talk talked spoke behalf addressed signed named name name's holder cardholder attn "
+    "attention c/o care cc recipient deliver delivered attention heißt s'appelle llama chiama heet chama".split()
 )
 # Capitalised words a cue is often followed by that are no one's name.
 NOT_NAMES = frozenset(

@@ -51,45 +51,78 @@ PROTECTED = re.compile(
 PHONE_CONTEXT = re.compile(
     r"(?i:\b(?:phone|tel|telephone|mobile|cell|cellphone|call|ring|text|sms|whatsapp|fax|number|reach me|"
     r"handy|telefon|mobil|r[ée]f[ée]rence t[ée]l|t[ée]l[ée]phone|portable|t[ée]l|m[óo]vil|tel[ée]fono|"
-    r"cellulare|telefoon|mobiel|celular|telefone|whats)\b)[^\n]{0,24}$"
+    r"cellulare|telefoon|mobiel|celular|telefone|whats)\b)[^\n\x00]{0,24}$"
 )
 
 
-@functools.lru_cache(maxsize=64)
-def needs_trunk_zero(region: str) -> bool:
+@functools.lru_cache(maxsize=512)
+def _region_rules(region: str) -> tuple[re.Pattern[str], str | None, frozenset[int]] | None:
+    """A region's national-number pattern (all number types together), trunk prefix and possible lengths,
+    from the phone library's metadata."""
     metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
-    return metadata is not None and metadata.national_prefix == "0" and region not in _TRUNK_OPTIONAL
+    if metadata is None or metadata.general_desc.national_number_pattern is None:
+        return None
+    general = metadata.general_desc
+    return re.compile(general.national_number_pattern), metadata.national_prefix, frozenset(general.possible_length)
+
+
+def needs_trunk_zero(region: str) -> bool:
+    rules = _region_rules(region)
+    return rules is not None and rules[1] == "0" and region not in _TRUNK_OPTIONAL
 
 
 def phone_national_number(candidate: str, regions: tuple[str, ...], lenient: bool = False) -> str | None:
-    """The national number of `candidate` when it is a valid phone number: written with "+" or "00"
-    (any country), or in the national format of one of `regions` (tried in order). `lenient` (after a
-    cue such as "call me on") takes a number of a possible length too, such as a fictional one."""
+    """The national number of `candidate` when it is a phone number: written with "+" or "00" (any
+    country), or in the national format of one of `regions` (tried in order), and valid there (the phone
+    library's check, run only on digits that fit the region's numbering plan at all). `lenient` (after a
+    cue such as "call me on") takes any number of a possible length, fictional ones too.
+    """
     stripped = candidate.strip(" \t().-/\u00a0")
     digits = NON_DIGIT.sub("", stripped)
     if not MIN_PHONE_DIGITS <= len(digits) <= MAX_PHONE_DIGITS + 2:
         return None
     if stripped.startswith(("+", "00")):
-        return _valid_national("+" + (digits[2:] if stripped.startswith("00") else digits), None, lenient)
-    zero = stripped.lstrip("(").startswith("0")
+        digits = digits[2:] if stripped.startswith("00") else digits
+        for length in (1, 2, 3):
+            for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(digits[:length]), ()):
+                national = _national_in(digits[length:], region, lenient)
+                if national is not None:
+                    return national
+        return None
+    zero = digits.startswith("0")
     for region in regions:
         if not zero and needs_trunk_zero(region):
             continue
-        national = _valid_national(stripped, region, lenient)
+        national = _national_in(digits, region, lenient)
         if national is not None:
             return national
     return None
 
 
-def _valid_national(text: str, region: str | None, lenient: bool = False) -> str | None:
-    try:
-        number = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
+def _national_in(digits: str, region: str, lenient: bool) -> str | None:
+    """`digits` as a national number of `region` (its trunk prefix dropped when written), or None."""
+    rules = _region_rules(region)
+    if rules is None:
         return None
-    valid = phonenumbers.is_valid_number(number) or (lenient and phonenumbers.is_possible_number(number))
-    return str(number.national_number) if valid else None
+    pattern, trunk, lengths = rules
+    for national in ((digits[len(trunk):], digits) if trunk and digits.startswith(trunk) else (digits,)):
+        if lenient and len(national) in lengths:
+            return national
+        if pattern.fullmatch(national) is not None and _valid(national, region):
+            return national
+    return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _valid(national: str, region: str) -> bool:
+    number = phonenumbers.PhoneNumber(country_code=phonenumbers.country_code_for_region(region),
+                                      national_number=int(national), italian_leading_zero=national.startswith("0"))
+    if national.startswith("00"):
+        number.number_of_leading_zeros = len(national) - len(national.lstrip("0"))
+    return phonenumbers.is_valid_number_for_region(number, region)
+
+
+@functools.lru_cache(maxsize=4096)
 def region_of_phone(text: str) -> str | None:
     """The region of a number written with its country code ("+44 ..."), else None."""
     if not text.strip().startswith(("+", "00")):
@@ -148,7 +181,20 @@ _TLD = (r"(?i:com|org|net|edu|gov|io|co|uk|de|fr|nl|es|it|in|br|eu|info|biz|me|u
 OBFUSCATED_EMAIL = re.compile(
     rf"(?<![\w.+-])[\w+-]+(?:{_DOT}[\w+-]+)*{_AT}[\w-]+(?:{_DOT}[\w-]+)*{_DOT}{_TLD}(?![\w-])"
 )
-OBFUSCATED_HINT = re.compile(r"(?i:[\[({<] ?at ?[\])}>]|\bdot\b|\w at [\w-]+\.\w)")
+_DISGUISED_AT_OR_DOT = ("[at]", "(at)", "{at}", "<at>", "[ at ]", "( at )", " dot ", "[dot]", "(dot)", "{dot}", "<dot>")
+_DOMAIN_AFTER_AT = re.compile(rf"[\w-]+(?:\.[\w-]+)*\.{_TLD}\b")
+
+
+def may_hide_an_email(lowered: str) -> bool:
+    """Whether a lower-cased text has an "at" or "dot" written out, or "name at domain.tld"."""
+    if any(word in lowered for word in _DISGUISED_AT_OR_DOT):
+        return True
+    at = lowered.find(" at ")
+    while at != -1:
+        if _DOMAIN_AFTER_AT.match(lowered, at + 4) is not None:
+            return True
+        at = lowered.find(" at ", at + 4)
+    return False
 _OBFUSCATED_PARTS = re.compile(rf"{_AT}|{_DOT}")
 
 
@@ -180,9 +226,9 @@ DATE_OF_BIRTH = re.compile(
     r"(?:[ \t]+(?:is|was|ist|est|es|è|:))?[\s:,-]{0,3}(?:(?i:on|am|le|el|il|op|em)[ \t]+)?)"
     rf"(?P<date>{DATE})(?!\d)"
 )
-DATE_OF_BIRTH_HINT = re.compile(
-    r"born|birth|d\.?o\.?b|geboren|geburt|n[ée]e? le|naissance|nacid|nacimiento|nascit|nascid|nat[oa] il|geboorte",
-    re.IGNORECASE,
+DATE_OF_BIRTH_WORDS = frozenset(
+    "born birth birthday birthdate dob geboren geburtsdatum geburtstag née né naissance nacimiento nacido nacida "
+    "nascita nato nata geboortedatum nascimento nascido nascida".split()
 )
 # After a document's name: the value (5-20 letters and digits, at least two digits, spaces or dashes
 # inside), e.g. "passport number is 533380006", "Führerschein B072RRE2I55", "DNI 12345678Z".
@@ -197,10 +243,10 @@ ID_NUMBER = re.compile(
     r"(?:[ \t]+(?:is|was|ist|est|es|è|reads))?[ \t]*[:#=]?[ \t]*)"
     r"(?P<value>(?=[A-Z .-]{0,6}\d[ .-]?\d)[A-Z0-9](?:[A-Z0-9]|[ .-](?=[A-Z0-9])){4,22})(?![\w-])",
 )
-ID_HINT = re.compile(
-    r"pass|pasap|paspoort|licen|f[üu]hrer|permis|carn|patente|rijbewijs|\bid\b|identit|ausweis|\bcni\b|\bdni\b|\bnie\b|\bnif\b"
-    r"|fiscale|\bbsn\b|burgerservice|aadhaa?r|\bpan\b|\bcpf\b|\brg\b|nino|insurance|tax|steuer",
-    re.IGNORECASE,
+ID_WORDS = frozenset(
+    "passport passeport pasaporte passaporto paspoort reisepass passaporte licence license führerschein fuhrerschein "
+    "permis carnet carné patente rijbewijs id identity personalausweis ausweis identité identite cni dni nie nif "
+    "fiscale identità identita d'identità d'identita d'identité d'identite bsn burgerservicenummer aadhaar aadhar pan cpf rg nino insurance tax steuer".split()
 )
 
 # --- street addresses and postcodes (US, UK, DE, FR, NL, ES, IT) ---------------------------------
@@ -234,31 +280,59 @@ _PREFIX_TYPE = (
 )
 _DE_NL_SUFFIX = (r"(?i:stra(?:ß|ss)e|str\.|weg|allee|platz|gasse|ufer|chaussee|steig|straat|gracht|laan|plein|kade"
                  r"|singel|dijk|dreef|steeg)")
-STREET_ADDRESS = re.compile(
-    # US, UK: "742 Evergreen Terrace", "Flat 3, 12 Acacia Avenue", "350 Fifth Avenue, Suite 3300"
+# One pattern per way of writing a street, each run only when its words occur (`STREET_PATTERNS`).
+_STREET_EN = re.compile(  # US, UK: "742 Evergreen Terrace", "Flat 3, 12 Acacia Avenue", "350 Fifth Avenue, Suite 3300"
     rf"(?<![\w#])(?:(?:Flat|Apartment|Apt\.?|Unit|Suite)[ \t]+\w{{1,5}},?[ \t]+)?\d{{1,6}}[A-Za-z]?"
     rf"(?:[ \t]+[A-Z][\w'.-]*){{1,4}}[ \t]+(?:{_EN_SUFFIX})\b\.?{_UNIT}{_ADDRESS_TAIL}"
-    # FR: "10 rue de Rivoli", "25, avenue des Champs-Élysées", "3 bis boulevard Haussmann"
-    rf"|(?<![\w#])\d{{1,4}}(?:[ \t]?(?:bis|ter)(?!\w))?,?[ \t]+{_FR_TYPE}[ \t]+(?:{_PARTICLE}[ \t]*)*{_CAP}"
+)
+_STREET_FR = re.compile(  # FR: "10 rue de Rivoli", "25, avenue des Champs-Élysées", "3 bis boulevard Haussmann"
+    rf"(?<![\w#])\d{{1,4}}(?:[ \t]?(?:bis|ter)(?!\w))?,?[ \t]+{_FR_TYPE}[ \t]+(?:{_PARTICLE}[ \t]*)*{_CAP}"
     rf"(?:[ \t]+(?:{_PARTICLE}[ \t]+)?{_CAP}){{0,3}}{_ADDRESS_TAIL}"
-    # DE, NL: "Hauptstraße 12", "Berliner Str. 45a", "Karl-Marx-Allee 90", "Prinsengracht 263-267", "Am Markt 3"
-    rf"|(?<!\w)(?:[A-ZÄÖÜ][\wäöüß'-]+{_DE_NL_SUFFIX}|[A-ZÄÖÜ][\wäöüß-]+[ \t]+(?:Stra(?:ß|ss)e|Str\.|Allee|Platz|Weg"
-    rf"|Gasse|Ufer|Damm|Ring)|Am[ \t]+[A-ZÄÖÜ][\wäöüß-]+)[ \t]+\d{{1,4}}(?:[ \t]?[a-zA-Z](?!\w))?(?:[ \t]*[-/][ \t]*\d{{1,4}}[a-z]?)?"
-    rf"{_ADDRESS_TAIL}"
-    # ES, IT (and PT, NL "Laan van ..."): "Calle Mayor 5, 3º B", "Via Giuseppe Garibaldi, 25", "C/ Alcalá 45"
-    rf"|(?<!\w){_PREFIX_TYPE}[ \t]+(?:{_PARTICLE}[ \t]+)*{_CAP}(?:[ \t]+(?:{_PARTICLE}[ \t]+)?(?:{_CAP}|[IVX]+)){{0,4}}?"
+)
+_STREET_DE_NL = re.compile(  # DE, NL: "Hauptstraße 12", "Berliner Str. 45a", "Prinsengracht 263-267", "Am Markt 3"
+    rf"(?<!\w)(?:[A-ZÄÖÜ][\wäöüß'-]+{_DE_NL_SUFFIX}|[A-ZÄÖÜ][\wäöüß-]+[ \t]+(?:Stra(?:ß|ss)e|Str\.|Allee|Platz|Weg"
+    rf"|Gasse|Ufer|Damm|Ring)|Am[ \t]+[A-ZÄÖÜ][\wäöüß-]+)[ \t]+\d{{1,4}}(?:[ \t]?[a-zA-Z](?!\w))?"
+    rf"(?:[ \t]*[-/][ \t]*\d{{1,4}}[a-z]?)?{_ADDRESS_TAIL}"
+)
+_STREET_ES_IT = re.compile(  # ES, IT, PT, NL "Laan van": "Calle Mayor 5, 3º B", "Via Giuseppe Garibaldi, 25"
+    rf"(?<!\w){_PREFIX_TYPE}[ \t]+(?:{_PARTICLE}[ \t]+)*{_CAP}(?:[ \t]+(?:{_PARTICLE}[ \t]+)?(?:{_CAP}|[IVX]+)){{0,4}}?"
     rf",?[ \t]+(?:n[º°o]\.?[ \t]*|n\.º[ \t]*|s/n)?\d{{1,4}}(?:[ \t]?[a-zA-Z](?!\w)|[ \t]*bis)?"
     rf"(?:,?[ \t]*\d{{1,2}}[º°ª](?:[ \t]*[A-Z](?!\w)|[ \t]*(?:izq|dcha|izda|izquierda|derecha)\.?)?)?{_ADDRESS_TAIL}"
 )
-STREET_HINT = re.compile(r"[^\W\d][.,]?[ \t]+\d|\d[A-Za-z]?,?[ \t]+[^\W\d]")
-# A postcode standing alone: UK (its own shape), NL "1012 AB" and a five-digit code before a city
-# after a comma, a line break or a cue word; US only as "City, ST 62704". A bare "ZIP 94107" stays.
-POSTCODE = re.compile(
-    rf"(?<![\w-]){_UK_POSTCODE}(?![\w-])"
-    rf"|(?P<pre>(?:^|[,;\n]|(?i:\b(?:postcode|post[ \t]+code|postal[ \t]+code|plz|postleitzahl|code[ \t]+postal|cp"
-    rf"|cap|c\.p\.|c[óo]digo[ \t]+postal|codice[ \t]+postale)\b[ \t]*:?))[ \t]*)"
-    rf"(?P<code>\d{{5}}|[1-9]\d{{3}}[ \t]?(?!SA|SD|SS|MB|GB|KB|TB|PM|AM|AD|BC|CM|MM|KM|KG|HZ|PX|EU|US|UK)[A-Z]{{2}})"
-    rf"(?=[ \t]+{_CAP}|[ \t]*$|[ \t]*[,.;\n])"
-    rf"|(?P<city>[A-Z][\w'.-]*,[ \t]*(?:{_US_STATES})[ \t]+)(?P<zip>\d{{5}}(?:-\d{{4}})?)(?![\w-])",
-    re.MULTILINE,
+
+
+# (the words that let a pattern run, the pattern), the words as `words_of` gives them (lower case, split
+# at punctuation other than apostrophes).
+STREET_PATTERNS = (
+    (frozenset(re.sub(r"[?\\]", "", _EN_SUFFIX).lower().split("|")) | {"meadow"}, _STREET_EN),
+    (frozenset("rue avenue av boulevard bd blvd place chemin allée allee impasse quai route cours square passage "
+               "rond voie sentier cité cite résidence residence lotissement faubourg".split()), _STREET_FR),
+    (frozenset("straße strasse str allee platz weg gasse ufer damm ring am".split()), _STREET_DE_NL),
+    (frozenset("calle c avda avenida av paseo pº plaza pza carrer camino ronda travesía travesia carretera glorieta "
+               "rambla passeig plaça placa via viale v le piazza p za piazzale corso so largo vicolo strada contrada "
+               "lungomare borgo salita laan rua travessa".split()), _STREET_ES_IT),
 )
+# Street names written as one word with the street type at the end ("Hauptstraße", "Kalverstraat").
+GLUED_STREET_SUFFIXES = ("straße", "strasse", "str.", "weg ", "allee", "platz", "gasse", "ufer", "chaussee", "steig",
+                         "straat", "gracht", "laan", "plein", "kade", "singel", "dijk", "dreef", "steeg")
+# A postcode standing alone: UK (its own shape, anywhere), NL "1012 AB" and five-digit codes after a
+# comma, a line break or a cue word ("PLZ 80331", "Ich wohne in\n50667 Köln"), US as "City, ST 62704".
+# A bare "ZIP 94107" stays (a US ZIP alone is too coarse to say who someone is).
+_CODE = rf"(?P<code>\d{{5}}|[1-9]\d{{3}}[ \t]?(?!SA|SD|SS|MB|GB|KB|TB|PM|AM|AD|BC|CM|MM|KM|KG|HZ|PX|EU|US|UK)[A-Z]{{2}})"
+_AFTER_CODE = rf"(?=[ \t]+{_CAP}|[ \t]*(?:[,.;\n\x00]|$))"
+POSTCODE_UK = re.compile(rf"(?<![\w-]){_UK_POSTCODE}(?![\w-])")
+POSTCODE_AFTER_BREAK = re.compile(rf"(?P<lead>(?:^|[,;\n\x00])[ \t]*){_CODE}{_AFTER_CODE}")
+POSTCODE_AFTER_CUE = re.compile(
+    r"(?P<lead>(?i:\b(?:postcode|post[ \t]+code|postal[ \t]+code|plz|postleitzahl|code[ \t]+postal|cp|cap|c\.p\."
+    rf"|c[óo]digo[ \t]+postal|codice[ \t]+postale|postcode)\b)[ \t]*(?:is[ \t]+)?:?[ \t]*){_CODE}(?![\w-])"
+)
+POSTCODE_WORDS = frozenset("postcode post postal plz postleitzahl code cp cap c.p código codigo codice".split())
+US_ZIP_AFTER_STATE = re.compile(
+    rf"(?P<lead>(?<![\w'.-])[A-Z][\w'.-]*,[ \t]*(?:{_US_STATES})[ \t]+)(?P<code>\d{{5}}(?:-\d{{4}})?)(?![\w-])"
+)
+_PUNCTUATION = str.maketrans({c: " " for c in "!\"#$%&()*+,./:;<=>?@[\\]^_`{|}~-\n\t\r"})
+
+
+def words_of(lowered: str) -> set[str]:
+    """The words of a lower-cased text, for the cheap tests that let a costly detector run."""
+    return set(lowered.translate(_PUNCTUATION).split())
