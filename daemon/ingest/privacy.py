@@ -85,9 +85,11 @@ _SECRET = re.compile(
     r"(?P<password>\"[^\"\n\x00]{1,64}\"|'[^'\n\x00]{1,64}'|[^\s\x00]+)",
 )
 # Every credential above contains one of these (lower-cased): texts without any skip the secret pass.
-_SECRET_HINTS = (
-    "pass", "pwd", "pw", "bearer", "token", "secret", "api", "begin", "k_live_", "k_test_", "ghp_", "gho_", "ghu_",
-    "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "akia", "asia", "aiza", "eyj", "sk-",
+# Every credential above starts with one of these (lower-cased), at the start of a word: the pattern is
+# tried only there.
+_SECRET_TRIGGERS = (
+    "-----begin", "sk_", "pk_", "rk_", "gh", "github_pat_", "glpat-", "xox", "akia", "asia", "aiza", "eyj", "sk-", "bearer", "api",
+    "access", "auth", "client", "secret", "token", "pass", "pwd", "pw",
 )
 _PROSE_PASSWORD_WORDS = re.compile(r"[A-Za-z]+[.,;:!?]?")
 
@@ -103,15 +105,15 @@ IBAN_LENGTHS = {
     "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
     "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
 }
-_IBAN_CANDIDATE = re.compile(r"(?<![\w-])[A-Z]{2}\d{2}(?:[ \t]?[0-9A-Za-z]){11,30}")
+_IBAN_CANDIDATE = re.compile(r"[A-Z]{2}\d{2}(?:[ \t]?[0-9A-Za-z]){11,30}")
 # AAA-GG-SSSS (dashes or spaces, the same between both groups), never area 000, 666 or 9xx, group 00
 # or serial 0000; nine bare digits only right after an SSN label.
-_SSN = re.compile(r"(?<![\w-])(?!000|666|9)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\w-])")
+_SSN = re.compile(r"\d{3}([- ])\d{2}\1\d{4}(?![\w-])")  # ranges checked by `_ssn_placeholder`
 _LABELLED_SSN = re.compile(
     r"(?P<label>(?i:\b(?:ssn\b|ss#|social[ \t]+security\b(?:[ \t]+(?:number\b|no\.|#))?))[^\w\n]{0,3}"
     r"(?:(?i:is|number)[ \t]+)?)(?P<bare>(?!000|666|9)\d{3}(?!00)\d{2}(?!0000)\d{4})(?!\d)"
 )
-_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w-]|\.\d)")
+_IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w-]|\.\d)")
 # A dotted quad after one of these words is a version ("kernel 5.15.0.91", "upgraded to 1.2.3.4").
 _VERSION_CONTEXT = re.compile(
     r"(?i:\b(?:version|ver|v|firmware|build|release|kernel|driver|bios|patch|update[ds]?|upgraded?)\b)"
@@ -218,8 +220,7 @@ class Scrubber:
         # would otherwise take; cards before phones (the longer run); addresses, then names around the
         # placeholders. Each detector runs only when a cheap test (a hint word, "@", a digit run) allows.
         lowered = text.lower()
-        if any(hint in lowered for hint in _SECRET_HINTS):
-            text = _SECRET.sub(self._secret_placeholder, text)
+        text = sub_at_words(_SECRET, text, lowered, _SECRET_TRIGGERS, self._secret_placeholder)
         if "::" in text or text.count(":") >= 7:
             text = _IPV6.sub(self._ipv6_placeholder, text)
         if "@" in text:
@@ -231,7 +232,7 @@ class Scrubber:
             if not words.isdisjoint(pat.DATE_OF_BIRTH_WORDS) or "d.o.b" in lowered:
                 text = pat.DATE_OF_BIRTH.sub(self._labelled("<DATE_OF_BIRTH>", "date"), text)
             if not words.isdisjoint(pat.ID_WORDS):
-                text = pat.ID_NUMBER.sub(self._id_placeholder, text)
+                text = sub_at_words(pat.ID_NUMBER, text, lowered, words & pat.ID_WORDS, self._id_placeholder)
             if _DIGIT_RUN.search(text) is not None:
                 text = self._scrub_ibans(text)
                 text = _SSN.sub(self._ssn_placeholder, text)
@@ -246,11 +247,16 @@ class Scrubber:
                     text = pattern.sub(self._street_placeholder, text)
             if any(suffix in lowered for suffix in pat.GLUED_STREET_SUFFIXES):
                 text = pat.STREET_PATTERNS[2][1].sub(self._street_placeholder, text)
+            if not words.isdisjoint(pat.UNIT_WORDS) and "<STREET_ADDRESS>" in text:
+                text = pat.UNIT_BEFORE_STREET.sub("", text)
             text = self._scrub_postcodes(text, words)
         if self._names:
             text = self._scrub_names(text)
         if not words.isdisjoint(names_.OTHER_PERSON_WORDS):
-            text = names_.OTHER_PERSON.sub(self._other_person_placeholder, text)
+            triggers = words & names_.OTHER_PERSON_TRIGGERS
+            if not words.isdisjoint(names_.RELATION_WORDS):
+                triggers |= words & names_.POSSESSIVE_WORDS
+            text = sub_at_words(names_.OTHER_PERSON, text, lowered, triggers, self._other_person_placeholder)
         if self._ner:
             text = self._scrub_ner(text)
         return text
@@ -289,6 +295,10 @@ class Scrubber:
         return label + self._emit("<ID_NUMBER>")
 
     def _card_placeholder(self, match: re.Match[str]) -> str:
+        text, start = match.string, match.start()
+        if pat.glued_to_word(text, start, ".,/-") or (text[start - 1 : start] in (" ", "-") and start >= 2
+                                                        and text[start - 2].isdigit()):
+            return match.group()
         digits = pat.NON_DIGIT.sub("", match.group())
         if not (pat.card_brand_fits(digits) and luhn_valid(digits)) or _protected(match) \
                 or _after_identifier_word(match.string, match.start()):
@@ -296,30 +306,41 @@ class Scrubber:
         return self._emit("<CARD_NUMBER>")
 
     def _phone_placeholder(self, match: re.Match[str]) -> str:
-        raw = match.group()
-        if len(pat.NON_DIGIT.sub("", raw)) < pat.MIN_PHONE_DIGITS or _protected(match) \
-                or self._is_identifier(match.string, match.start(), raw):
+        raw, text, start = match.group(), match.string, match.start()
+        digits = pat.NON_DIGIT.sub("", raw)
+        if len(digits) < pat.MIN_PHONE_DIGITS or pat.glued_to_word(text, start, "+.,/-") \
+                or (raw[0] == "(" and not raw[1:2].isdigit()):
             return raw
-        parts = [raw] if len(pat.NON_DIGIT.sub("", raw)) <= pat.MAX_PHONE_DIGITS else _PHONE_SPLIT.split(raw)
-        if len(parts) > 1:  # "415 555 0123 / 212 555 0199": two numbers in one run
-            return "".join(self._phone_or_text(part) if part.strip(" /") else part
+        if len(digits) > pat.MAX_PHONE_DIGITS:  # "415 555 0123 / 212 555 0199": two numbers in one run
+            return "".join(self._phone_or_text(part, text, start) if part.strip(" /") else part
                            for part in re.split(r"([ \t]*/[ \t]*|[ \t]{2,})", raw))
-        cued = pat.PHONE_CONTEXT.search(match.string, max(0, match.start() - 32), match.start()) is not None
-        return self._phone_or_text(raw, cued)
+        return self._phone_or_text(raw, text, start)
 
-    def _phone_or_text(self, raw: str, cued: bool = False) -> str:
+    def _phone_or_text(self, raw: str, text: str, start: int) -> str:
+        """`raw` (a digit run at `start` of `text`, or a part of one) as a phone placeholder, or as it is.
+        The cheap tests come first: most digit runs are no phone number anywhere."""
         digits = pat.NON_DIGIT.sub("", raw)
         if len(digits) < pat.MIN_PHONE_DIGITS or (len(digits) < 10 and _DOTTED_PAIRS.fullmatch(raw)):
             return raw  # "01.02.03.04": a version or a date, not a phone
-        for national, placeholder in self._phones.items():  # the ticket's own numbers, however written
-            if digits.endswith(national) and len(digits) - len(national) <= 4:
-                return self._emit(placeholder)
-        national = pat.phone_national_number(raw, self._regions, lenient=cued)
-        if national is None or self._keep.keeps_phone(digits):
+        placeholder = next((p for national, p in self._phones.items()  # the ticket's own, however written
+                            if digits.endswith(national) and len(digits) - len(national) <= 4), None)
+        if placeholder is None:
+            national = pat.phone_national_number(raw, self._regions)
+            if national is None:
+                if pat.PHONE_CONTEXT.search(text, max(0, start - 32), start) is None:
+                    return raw
+                national = pat.phone_national_number(raw, self._regions, lenient=True)
+                if national is None:
+                    return raw
+            placeholder = self._phones.get(national, "<PHONE>")
+        if self._keep.keeps_phone(digits) or self._is_identifier(text, start, raw) \
+                or _protected_span(text, start, start + len(raw)):
             return raw
-        return self._emit(self._phones.get(national, "<PHONE>"))
+        return self._emit(placeholder)
 
     def _street_placeholder(self, match: re.Match[str]) -> str:
+        if pat.glued_to_word(match.string, match.start(), "#"):
+            return match.group()
         if self._keep.texts and self._keep.keeps_text(match.group()):
             return match.group()
         return self._emit("<STREET_ADDRESS>")
@@ -327,10 +348,31 @@ class Scrubber:
     def _scrub_postcodes(self, text: str, words: set[str]) -> str:
         if not words.isdisjoint(pat.POSTCODE_WORDS):
             text = pat.POSTCODE_AFTER_CUE.sub(self._postcode_placeholder, text)
-        text = pat.POSTCODE_AFTER_BREAK.sub(self._postcode_placeholder, text)
+        text = pat.POSTCODE_AFTER_BREAK.sub(self._postcode_placeholder, "\n" + text)[1:]
         if "," in text:
-            text = pat.US_ZIP_AFTER_STATE.sub(self._postcode_placeholder, text)
-        return pat.POSTCODE_UK.sub(self._postcode_placeholder, text)
+            text = pat.US_ZIP_AFTER_STATE.sub(self._us_zip_placeholder, text)
+        return self._scrub_uk_postcodes(text)
+
+    def _us_zip_placeholder(self, match: re.Match[str]) -> str:
+        text, start = match.string, match.start()
+        if match.group("state") not in pat.US_STATES or pat.CITY_BEFORE.search(text, max(0, start - 40), start) is None:
+            return match.group()
+        return self._postcode_placeholder(match)
+
+    def _scrub_uk_postcodes(self, text: str) -> str:
+        pieces, end = [], 0
+        for inward in pat.UK_INWARD.finditer(text):
+            outward = pat.UK_OUTWARD_BEFORE.search(text, max(end, inward.start() - 5), inward.start())
+            if outward is None or pat.glued_to_word(text, outward.start(), "-") \
+                    or (self._keep.texts and self._keep.keeps_text(text[outward.start() : inward.end()])):
+                continue
+            pieces.append(text[end : outward.start()])
+            pieces.append(self._emit("<POSTCODE>"))
+            end = inward.end()
+        if not pieces:
+            return text
+        pieces.append(text[end:])
+        return "".join(pieces)
 
     def _postcode_placeholder(self, match: re.Match[str]) -> str:
         if self._keep.texts and self._keep.keeps_text(match.group()):
@@ -355,7 +397,7 @@ class Scrubber:
         pieces = []
         end = 0
         for match in _IBAN_CANDIDATE.finditer(text):
-            if match.start() < end:
+            if match.start() < end or pat.glued_to_word(text, match.start(), "-"):
                 continue
             iban_end = _iban_end(text, match.start(), match.end())
             if iban_end is None:
@@ -369,12 +411,18 @@ class Scrubber:
         return "".join(pieces)
 
     def _ssn_placeholder(self, match: re.Match[str]) -> str:
-        return match.group() if _protected(match) else self._emit("<SSN>")
+        area, group, serial = match.group()[:3], match.group()[4:6], match.group()[7:]
+        if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000" \
+                or pat.glued_to_word(match.string, match.start(), "-") or _protected(match):
+            return match.group()
+        return self._emit("<SSN>")
 
     def _labelled_ssn_placeholder(self, match: re.Match[str]) -> str:
         return match.group("label") + self._emit("<SSN>")
 
     def _ipv4_placeholder(self, match: re.Match[str]) -> str:
+        if pat.glued_to_word(match.string, match.start(), "."):
+            return match.group()
         if _VERSION_CONTEXT.search(match.string, max(0, match.start() - 24), match.start()) is not None:
             return match.group()
         try:
@@ -454,9 +502,37 @@ def ner_available() -> str | None:
     return None
 
 
+def sub_at_words(pattern: re.Pattern[str], text: str, lowered: str, triggers: Iterable[str], repl) -> str:
+    """`pattern.sub(repl, text)` for a pattern whose every match starts with one of `triggers` (lower case)
+    at the start of a word: the pattern is tried only there, not at every position of the text."""
+    if len(lowered) != len(text):  # lower() changed the length ("İ"): positions would not agree
+        return pattern.sub(repl, text)
+    starts = set()
+    for trigger in triggers:
+        at = lowered.find(trigger)
+        while at != -1:
+            if at == 0 or not lowered[at - 1].isalnum():
+                starts.add(at)
+            at = lowered.find(trigger, at + 1)
+    pieces, end = [], 0
+    for start in sorted(starts):
+        match = pattern.match(text, start) if start >= end else None
+        if match is not None and match.end() > start:
+            pieces.append(text[end:start])
+            pieces.append(repl(match))
+            end = match.end()
+    if not pieces:
+        return text
+    pieces.append(text[end:])
+    return "".join(pieces)
+
+
 def _protected(match: re.Match[str]) -> bool:
     """Whether the match overlaps an identifier kept wherever it appears (a UPS number, a date, ...)."""
-    text, start, end = match.string, match.start(), match.end()
+    return _protected_span(match.string, match.start(), match.end())
+
+
+def _protected_span(text: str, start: int, end: int) -> bool:
     return any(found.start() < end and start < found.end()
                for found in pat.PROTECTED.finditer(text, max(0, start - 24), min(len(text), end + 24)))
 

@@ -190,23 +190,32 @@ OTHER_PERSON = re.compile(
     rf"(?P<lead>(?<![\w.])(?:(?i:{_POSSESSIVES})[ \t]+(?i:{_RELATIONS})(?:,|[ \t]+(?i:is|was|named|called))?"
     rf"|(?<!\w){_HONORIFIC}|(?<![\w-]){_CUES}(?:[ \t]+{_HONORIFIC})?)[ \t]+)(?P<name>{_NAME})"
 )
-# The words (as `privacy_patterns.words_of` gives them) that let the cue pass run.
-OTHER_PERSON_WORDS = frozenset(
+# Words as `privacy_patterns.words_of` gives them. The pattern is tried at honorifics and the first words
+# of cue phrases, and at possessives when a relation occurs ("my husband Peter").
+RELATION_WORDS = frozenset(
     "husband wife partner spouse son daughter child kid mother father mum mom dad parent brother sister friend "
-    "colleague coworker co worker boss manager neighbour neighbor grandmother grandfather grandma grandpa grandson "
+    "brother-in-law sister-in-law mother-in-law father-in-law son-in-law daughter-in-law co-worker room-mate "
+    "team-mate colleague coworker boss manager neighbour neighbor grandmother grandfather grandma grandpa grandson "
     "granddaughter aunt uncle cousin nephew niece fiancé fiancée fiance fiancee girlfriend boyfriend assistant "
-    "landlord landlady tenant roommate flatmate mate stepson stepdaughter stepmother stepfather law carer caregiver "
+    "landlord landlady tenant roommate flatmate stepson stepdaughter stepmother stepfather carer caregiver "
     "lawyer solicitor attorney accountant doctor dentist secretary employee teammate supervisor mann frau ehemann "
     "ehefrau sohn tochter mutter vater bruder schwester freundin freund kollegin kollege partnerin nachbarin nachbar "
     "mari femme fils fille mère mere père pere frère frere sœur soeur ami amie collègue collegue conjoint conjointe "
     "voisin voisine marido esposa esposo mujer hija hijo madre padre hermana hermano amiga amigo compañero "
     "compañera vecino vecina jefe jefa novio novia marito moglie figlio figlia fratello sorella amico amica collega "
     "man vrouw zoon dochter moeder vader broer zus vriendin vriend buurman buurvrouw filho filha mãe mae pai irmão "
-    "irmao irmã irma namorado namorada vizinho vizinha chefe "
-    "dr mr mrs ms mx miss prof herrn herr hrn hr fr mme mlle sr sra srta sig ra dott ssa dhr mevr mw dña don doña "
-    "ask tell speak speaking talk talked spoke behalf addressed signed named name name's holder cardholder attn "
-    "attention c/o care cc recipient deliver delivered attention heißt s'appelle llama chiama heet chama".split()
+    "irmao irmã irma namorado namorada vizinho vizinha chefe".split()
 )
+POSSESSIVE_WORDS = frozenset(
+    "my our his her their mein meine meinem meiner meinen unser unsere ma mon mes notre mi mis nuestra nuestro il "
+    "la mio mia mijn onze minha meu".split()
+)
+OTHER_PERSON_TRIGGERS = frozenset(
+    "dr mr mrs ms mx miss prof herrn herr hrn hr fr mme mlle sr sra srta sig dott dhr mevr mw dña don doña "
+    "ask tell speak speaking talk talked spoke on addressed signed named name name's account card cardholder attn "
+    "attention c/o care cc recipient deliver delivered for heißt s'appelle se si heet chama".split()
+)
+OTHER_PERSON_WORDS = RELATION_WORDS | OTHER_PERSON_TRIGGERS
 # Capitalised words a cue is often followed by that are no one's name.
 NOT_NAMES = frozenset(
     """

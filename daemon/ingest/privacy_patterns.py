@@ -14,8 +14,16 @@ import phonenumbers
 # --- phones and the identifiers that look like them ----------------------------------------------
 # A digit run a phone number could hide in: an optional "+" or "00", then digits with the separators
 # people write ("(0)", spaces, dots, dashes, slashes); never glued to a word ("1Z999AA10123456784").
-PHONE_CANDIDATE = re.compile(r"(?<![\w+.,/-])(?:\+|\b00)?\(?\d[\d \t().\-/\u00a0]{4,}\d(?![\w@])")
+# Patterns here start with a character class, never a look-behind (which would cost a test at every
+# position of every text): what may not come before a match is checked by `glued_to_word`.
+PHONE_CANDIDATE = re.compile(r"[+(\d][\d \t().\-/\u00a0]{5,}\d(?![\w@])")
 NON_DIGIT = re.compile(r"\D")
+
+
+def glued_to_word(text: str, start: int, also: str = "") -> bool:
+    """Whether the match at `start` continues a word (or follows one of the characters in `also`)."""
+    before = text[start - 1 : start]
+    return bool(before) and (before.isalnum() or before == "_" or before in also)
 MIN_PHONE_DIGITS, MAX_PHONE_DIGITS = 7, 15
 # Regions whose people write a national number without its trunk "0" ("98765 43210", "(71) 95392-1277");
 # elsewhere a national number with a trunk prefix of "0" must start with it, so that bare digit runs
@@ -137,7 +145,7 @@ def region_of_phone(text: str) -> str | None:
 
 # --- payment cards -------------------------------------------------------------------------------
 # 13-19 digits, single spaces or dashes allowed between digits, not part of a longer digit group.
-CARD = re.compile(r"(?<![\d.,/-])(?<!\d[ -])\d(?:[ -]?\d){12,18}(?![ -]?\d)(?![.,/-]\d)")
+CARD = re.compile(r"\d(?:[ -]?\d){12,18}(?![ -]?\d)(?![.,/-]\d)")
 
 
 def card_brand_fits(digits: str) -> bool:
@@ -243,9 +251,11 @@ ID_NUMBER = re.compile(
     r"(?:[ \t]+(?:is|was|ist|est|es|è|reads))?[ \t]*[:#=]?[ \t]*)"
     r"(?P<value>(?=[A-Z .-]{0,6}\d[ .-]?\d)[A-Z0-9](?:[A-Z0-9]|[ .-](?=[A-Z0-9])){4,22})(?![\w-])",
 )
+# The first word of every document name above: where the pattern is tried.
 ID_WORDS = frozenset(
-    "passport passeport pasaporte passaporto paspoort reisepass passaporte licence license führerschein fuhrerschein "
-    "permis carnet carné patente rijbewijs id identity personalausweis ausweis identité identite cni dni nie nif "
+    "passport passeport pasaporte passaporto paspoort reisepass passaporte licence license driver's drivers driver "
+    "driving führerschein fuhrerschein permis carnet carné carne patente rijbewijs id identity national carte "
+    "codice carta personalausweis ausweis identité identite cni dni nie nif "
     "fiscale identità identita d'identità d'identita d'identité d'identite bsn burgerservicenummer aadhaar aadhar pan cpf rg nino insurance tax steuer".split()
 )
 
@@ -281,21 +291,21 @@ _PREFIX_TYPE = (
 _DE_NL_SUFFIX = (r"(?i:stra(?:ß|ss)e|str\.|weg|allee|platz|gasse|ufer|chaussee|steig|straat|gracht|laan|plein|kade"
                  r"|singel|dijk|dreef|steeg)")
 # One pattern per way of writing a street, each run only when its words occur (`STREET_PATTERNS`).
-_STREET_EN = re.compile(  # US, UK: "742 Evergreen Terrace", "Flat 3, 12 Acacia Avenue", "350 Fifth Avenue, Suite 3300"
-    rf"(?<![\w#])(?:(?:Flat|Apartment|Apt\.?|Unit|Suite)[ \t]+\w{{1,5}},?[ \t]+)?\d{{1,6}}[A-Za-z]?"
+_STREET_EN = re.compile(  # US, UK: "742 Evergreen Terrace", "350 Fifth Avenue, Suite 3300"
+    rf"\d{{1,6}}[A-Za-z]?"
     rf"(?:[ \t]+[A-Z][\w'.-]*){{1,4}}[ \t]+(?:{_EN_SUFFIX})\b\.?{_UNIT}{_ADDRESS_TAIL}"
 )
 _STREET_FR = re.compile(  # FR: "10 rue de Rivoli", "25, avenue des Champs-Élysées", "3 bis boulevard Haussmann"
-    rf"(?<![\w#])\d{{1,4}}(?:[ \t]?(?:bis|ter)(?!\w))?,?[ \t]+{_FR_TYPE}[ \t]+(?:{_PARTICLE}[ \t]*)*{_CAP}"
+    rf"\d{{1,4}}(?:[ \t]?(?:bis|ter)(?!\w))?,?[ \t]+{_FR_TYPE}[ \t]+(?:{_PARTICLE}[ \t]*)*{_CAP}"
     rf"(?:[ \t]+(?:{_PARTICLE}[ \t]+)?{_CAP}){{0,3}}{_ADDRESS_TAIL}"
 )
 _STREET_DE_NL = re.compile(  # DE, NL: "Hauptstraße 12", "Berliner Str. 45a", "Prinsengracht 263-267", "Am Markt 3"
-    rf"(?<!\w)(?:[A-ZÄÖÜ][\wäöüß'-]+{_DE_NL_SUFFIX}|[A-ZÄÖÜ][\wäöüß-]+[ \t]+(?:Stra(?:ß|ss)e|Str\.|Allee|Platz|Weg"
+    rf"(?:[A-ZÄÖÜ][\wäöüß'-]+{_DE_NL_SUFFIX}|[A-ZÄÖÜ][\wäöüß-]+[ \t]+(?:Stra(?:ß|ss)e|Str\.|Allee|Platz|Weg"
     rf"|Gasse|Ufer|Damm|Ring)|Am[ \t]+[A-ZÄÖÜ][\wäöüß-]+)[ \t]+\d{{1,4}}(?:[ \t]?[a-zA-Z](?!\w))?"
     rf"(?:[ \t]*[-/][ \t]*\d{{1,4}}[a-z]?)?{_ADDRESS_TAIL}"
 )
 _STREET_ES_IT = re.compile(  # ES, IT, PT, NL "Laan van": "Calle Mayor 5, 3º B", "Via Giuseppe Garibaldi, 25"
-    rf"(?<!\w){_PREFIX_TYPE}[ \t]+(?:{_PARTICLE}[ \t]+)*{_CAP}(?:[ \t]+(?:{_PARTICLE}[ \t]+)?(?:{_CAP}|[IVX]+)){{0,4}}?"
+    rf"{_PREFIX_TYPE}[ \t]+(?:{_PARTICLE}[ \t]+)*{_CAP}(?:[ \t]+(?:{_PARTICLE}[ \t]+)?(?:{_CAP}|[IVX]+)){{0,4}}?"
     rf",?[ \t]+(?:n[º°o]\.?[ \t]*|n\.º[ \t]*|s/n)?\d{{1,4}}(?:[ \t]?[a-zA-Z](?!\w)|[ \t]*bis)?"
     rf"(?:,?[ \t]*\d{{1,2}}[º°ª](?:[ \t]*[A-Z](?!\w)|[ \t]*(?:izq|dcha|izda|izquierda|derecha)\.?)?)?{_ADDRESS_TAIL}"
 )
@@ -320,19 +330,25 @@ GLUED_STREET_SUFFIXES = ("straße", "strasse", "str.", "weg ", "allee", "platz",
 # A bare "ZIP 94107" stays (a US ZIP alone is too coarse to say who someone is).
 _CODE = rf"(?P<code>\d{{5}}|[1-9]\d{{3}}[ \t]?(?!SA|SD|SS|MB|GB|KB|TB|PM|AM|AD|BC|CM|MM|KM|KG|HZ|PX|EU|US|UK)[A-Z]{{2}})"
 _AFTER_CODE = rf"(?=[ \t]+{_CAP}|[ \t]*(?:[,.;\n\x00]|$))"
-POSTCODE_UK = re.compile(rf"(?<![\w-]){_UK_POSTCODE}(?![\w-])")
-POSTCODE_AFTER_BREAK = re.compile(rf"(?P<lead>(?:^|[,;\n\x00])[ \t]*){_CODE}{_AFTER_CODE}")
+# A UK postcode is found by its inward part ("2AA": rare in text), then its outward part before it.
+UK_INWARD = re.compile(r"\d[ABD-HJLNP-UW-Z]{2}(?![\w-])")
+UK_OUTWARD_BEFORE = re.compile(r"(?:[A-Z]{1,2}\d[A-Z\d]?|GIR)[ \t]?$")
+POSTCODE_AFTER_BREAK = re.compile(rf"(?P<lead>[,;\n\x00][ \t]*){_CODE}{_AFTER_CODE}")  # run on "\n" + text
+# "Flat 3, " before a street already replaced
+UNIT_BEFORE_STREET = re.compile(r"(?:Flat|Apartment|Apt\.?|Unit|Suite)[ \t]+\w{1,5},?[ \t]+(?=<STREET_ADDRESS>)")
+UNIT_WORDS = frozenset("flat apartment apt unit suite".split())
 POSTCODE_AFTER_CUE = re.compile(
     r"(?P<lead>(?i:\b(?:postcode|post[ \t]+code|postal[ \t]+code|plz|postleitzahl|code[ \t]+postal|cp|cap|c\.p\."
     rf"|c[óo]digo[ \t]+postal|codice[ \t]+postale|postcode)\b)[ \t]*(?:is[ \t]+)?:?[ \t]*){_CODE}(?![\w-])"
 )
 POSTCODE_WORDS = frozenset("postcode post postal plz postleitzahl code cp cap c.p código codigo codice".split())
-US_ZIP_AFTER_STATE = re.compile(
-    rf"(?P<lead>(?<![\w'.-])[A-Z][\w'.-]*,[ \t]*(?:{_US_STATES})[ \t]+)(?P<code>\d{{5}}(?:-\d{{4}})?)(?![\w-])"
-)
-_PUNCTUATION = str.maketrans({c: " " for c in "!\"#$%&()*+,./:;<=>?@[\\]^_`{|}~-\n\t\r"})
+US_ZIP_AFTER_STATE = re.compile(r"(?P<lead>,[ \t]*(?P<state>[A-Z]{2})[ \t]+)(?P<code>\d{5}(?:-\d{4})?)(?![\w-])")
+US_STATES = frozenset(_US_STATES.split("|"))
+CITY_BEFORE = re.compile(r"(?<![\w'.-])[A-Z][\w'.-]*$")
+_PUNCTUATION = "!\"#$%&()*+,./:;<=>?@[\\]^_`{|}~-\x00"
 
 
 def words_of(lowered: str) -> set[str]:
-    """The words of a lower-cased text, for the cheap tests that let a costly detector run."""
-    return set(lowered.translate(_PUNCTUATION).split())
+    """The words of a lower-cased text (punctuation around them stripped), for the cheap tests that let
+    a costly detector run."""
+    return {word.strip(_PUNCTUATION) for word in lowered.split()}
