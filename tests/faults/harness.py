@@ -380,6 +380,7 @@ def reference_ids(config: Path, tickets: list[dict], directory: Path) -> set[str
     from daemon.config import load_settings
     from daemon.ingest.filters import QualityFilter, tokenizer_json_for
     from daemon.ingest.loop import SourceRecord, run_ingest
+    from daemon.ingest.privacy import policy_from_config
     from daemon.store import ExampleStore
 
     settings = load_settings(config, environ={})
@@ -391,7 +392,8 @@ def reference_ids(config: Path, tickets: list[dict], directory: Path) -> set[str
                    for i, t in enumerate(tickets)]
         run_ingest(ListSource(records), parser_for(settings.kafka.format), store,
                    system_prompt=settings.model.system_prompt, idle_timeout_s=0.3, poll_timeout_s=0.05,
-                   quality=quality, scrub=settings.privacy.scrub)
+                   quality=quality, scrub=settings.privacy.scrub,
+                   privacy=policy_from_config(settings.privacy))
         return {row[0] for row in store._db.execute("SELECT ticket_id FROM examples")}
     finally:
         store.close()
