@@ -105,7 +105,7 @@ def _minhash(text: str) -> np.ndarray:
     if len(words) < SHINGLE_WORDS:
         shingles = {" ".join(words)}
     else:  # map and zip keep the per-shingle work in C
-        shingles = set(map(" ".join, zip(*(words[k:] for k in range(SHINGLE_WORDS)))))
+        shingles = set(map(" ".join, zip(*(words[k:] for k in range(SHINGLE_WORDS)), strict=False)))
     hashes = np.fromiter(map(zlib.crc32, map(str.encode, shingles)), dtype=np.uint64, count=len(shingles))
     permuted = (hashes[:, None] * _PERM_A + _PERM_B) >> np.uint64(32)
     return permuted.min(axis=0).astype(np.uint32)

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import phonenumbers
 
+from daemon.config import PrivacyConfig
 from daemon.ingest import privacy_names as names_
 from daemon.ingest import privacy_patterns as pat
 from daemon.ingest.privacy_patterns import luhn_valid
-from daemon.config import PrivacyConfig
 from daemon.tickets import Role, Ticket
 
 __all__ = ["FILLABLE_PLACEHOLDERS", "PLACEHOLDERS", "KeepList", "PrivacyPolicy", "Scrubber", "luhn_valid",
@@ -69,61 +69,6 @@ _ACCOUNT_PREFIX = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[0-9A-Z]{4})*[ ]?$")
 _TURN_SEPARATOR = "\x00"  # between the turns scrubbed together: no detector's pattern crosses it
 _DOTTED_PAIRS = re.compile(r"\d{1,2}(?:\.\d{1,2}){2,}")
 _PHONE_SPLIT = re.compile(r"[ \t]*/[ \t]*|[ \t]{2,}")
-
-# Pasted credentials: keys with a vendor prefix, JWTs and PEM private keys are replaced whole; for a
-# labelled value ("password: x", "pwd=x", "Authorization: Bearer x", "api_key=x") only the value goes,
-# so the answer still reads "password: <SECRET>". Only after "=" may a password be a plain word; after
-# ":" or "is" it needs a digit, symbol or quotes, so "my password is expired" and "password: click" stay.
-_SECRET = re.compile(
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[^\x00]*?(?:-----END [A-Z ]*PRIVATE KEY-----|(?=\x00)|\Z)"
-    r"|(?<![\w-])(?:(?:sk|pk|rk)_(?:live|test)_[0-9A-Za-z]{10,}|gh[pousr]_[0-9A-Za-z]{20,}"
-    r"|github_pat_\w{20,}|glpat-[\w-]{20}|xox[abposr]-[0-9A-Za-z-]{10,}|(?:AKIA|ASIA)[0-9A-Z]{16}"
-    r"|AIza[\w-]{35}|eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]*"
-    r"|sk-(?:proj-|ant-(?:api\d\d-)?|or-v1-|svcacct-|admin-)?[\w-]{20,})(?![\w-])"
-    r"|(?P<label>(?i:\bbearer[ \t]+|\b(?:api[_ -]?key|access[_ -]?token|auth[_ -]?token|client[_ -]?secret"
-    r"|secret[_ -]?key|token)[\"']?[ \t]*[:=][ \t]*[\"']?))(?P<token>[\w.~+/=-]{16,})"
-    r"|(?P<pwlabel>(?i:\b(?:password|passwd|passcode|pwd|pw)\b[\"']?)[ \t]*(?:[:=]|(?i:is|was)\b)[ \t]*)"
-    r"(?P<password>\"[^\"\n\x00]{1,64}\"|'[^'\n\x00]{1,64}'|[^\s\x00]+)",
-)
-# Every credential above contains one of these (lower-cased): texts without any skip the secret pass.
-# Every credential above starts with one of these (lower-cased), at the start of a word: the pattern is
-# tried only there.
-_SECRET_TRIGGERS = (
-    "-----begin", "sk_", "pk_", "rk_", "gh", "github_pat_", "glpat-", "xox", "akia", "asia", "aiza", "eyj", "sk-", "bearer", "api",
-    "access", "auth", "client", "secret", "token", "pass", "pwd", "pw",
-)
-_PROSE_PASSWORD_WORDS = re.compile(r"[A-Za-z]+[.,;:!?]?")
-
-# IBAN lengths by country, from the ISO 13616 registry; the country fixes where an IBAN written in
-# groups ends, and the mod-97 check decides whether it is one.
-IBAN_LENGTHS = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
-    "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
-    "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28,
-    "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
-    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
-    "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29,
-    "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
-    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
-}
-_IBAN_CANDIDATE = re.compile(r"[A-Z]{2}\d{2}(?:[ \t]?[0-9A-Za-z]){11,30}")
-# AAA-GG-SSSS (dashes or spaces, the same between both groups), never area 000, 666 or 9xx, group 00
-# or serial 0000; nine bare digits only right after an SSN label.
-_SSN = re.compile(r"\d{3}([- ])\d{2}\1\d{4}(?![\w-])")  # ranges checked by `_ssn_placeholder`
-_LABELLED_SSN = re.compile(
-    r"(?P<label>(?i:\b(?:ssn\b|ss#|social[ \t]+security\b(?:[ \t]+(?:number\b|no\.|#))?))[^\w\n]{0,3}"
-    r"(?:(?i:is|number)[ \t]+)?)(?P<bare>(?!000|666|9)\d{3}(?!00)\d{2}(?!0000)\d{4})(?!\d)"
-)
-_IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w-]|\.\d)")
-# A dotted quad after one of these words is a version ("kernel 5.15.0.91", "upgraded to 1.2.3.4").
-_VERSION_CONTEXT = re.compile(
-    r"(?i:\b(?:version|ver|v|firmware|build|release|kernel|driver|bios|patch|update[ds]?|upgraded?)\b)"
-    r"[\s:#.]*(?:to\s+)?$"
-)
-_IPV6 = re.compile(
-    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{0,4})(?:%\w+)?(?![\w:])"
-)
-
 
 
 @dataclass(frozen=True)
@@ -228,9 +173,9 @@ class Scrubber:
         # would otherwise take; cards before phones (the longer run); addresses, then names around the
         # placeholders. Each detector runs only when a cheap test (a hint word, "@", a digit run) allows.
         lowered = text.lower()
-        text = sub_at_words(_SECRET, text, _SECRET_TRIGGERS, self._secret_placeholder)
+        text = sub_at_words(pat.SECRET, text, pat.SECRET_TRIGGERS, self._secret_placeholder)
         if "::" in text or text.count(":") >= 7:
-            text = _IPV6.sub(self._ipv6_placeholder, text)
+            text = pat.IPV6.sub(self._ipv6_placeholder, text)
         if "@" in text:
             text = _EMAIL.sub(self._email_placeholder, text)
         if pat.may_hide_an_email(lowered):
@@ -243,11 +188,11 @@ class Scrubber:
                 text = sub_at_words(pat.ID_NUMBER, text, words & pat.ID_WORDS, self._id_placeholder)
             if _DIGIT_RUN.search(text) is not None:
                 text = self._scrub_ibans(text)
-                text = _SSN.sub(self._ssn_placeholder, text)
+                text = pat.SSN.sub(self._ssn_placeholder, text)
                 if "ss" in words or "ssn" in words or "social" in words or "ss#" in lowered:
-                    text = sub_at_words(_LABELLED_SSN, text, ("ss", "social"), self._labelled_ssn_placeholder)
+                    text = sub_at_words(pat.LABELLED_SSN, text, ("ss", "social"), self._labelled_ssn_placeholder)
                 if text.count(".") >= 3:
-                    text = _IPV4.sub(self._ipv4_placeholder, text)
+                    text = pat.IPV4.sub(self._ipv4_placeholder, text)
                 text = pat.CARD.sub(self._card_placeholder, text)
                 text = pat.PHONE_CANDIDATE.sub(self._phone_placeholder, text)
             for street_words, pattern in pat.STREET_PATTERNS:
@@ -395,7 +340,8 @@ class Scrubber:
         if password is None:
             return self._emit("<SECRET>")
         label = match.group("pwlabel")
-        if password[0] not in "\"'" and _PROSE_PASSWORD_WORDS.fullmatch(password) and not label.rstrip().endswith("="):
+        prose = pat.PROSE_PASSWORD_WORDS.fullmatch(password) is not None
+        if password[0] not in "\"'" and prose and not label.rstrip().endswith("="):
             return match.group()  # "my password is expired", "password: click the link": prose, not a value
         if len(password) > 1 and password[-1] in ".,;:)":  # "my password is Hunter2." keeps the full stop
             return label + self._emit("<SECRET>") + password[-1]
@@ -404,10 +350,10 @@ class Scrubber:
     def _scrub_ibans(self, text: str) -> str:
         pieces = []
         end = 0
-        for match in _IBAN_CANDIDATE.finditer(text):
+        for match in pat.IBAN_CANDIDATE.finditer(text):
             if match.start() < end or pat.glued_to_word(text, match.start(), "-"):
                 continue
-            iban_end = _iban_end(text, match.start(), match.end())
+            iban_end = pat.iban_end(text, match.start(), match.end())
             if iban_end is None:
                 continue
             pieces.append(text[end : match.start()])
@@ -431,7 +377,7 @@ class Scrubber:
     def _ipv4_placeholder(self, match: re.Match[str]) -> str:
         if pat.glued_to_word(match.string, match.start(), "."):
             return match.group()
-        if _VERSION_CONTEXT.search(match.string, max(0, match.start() - 24), match.start()) is not None:
+        if pat.VERSION_CONTEXT.search(match.string, max(0, match.start() - 24), match.start()) is not None:
             return match.group()
         try:
             ipaddress.IPv4Address(match.group())
@@ -597,32 +543,6 @@ def scrub_patterns(text: str, policy: PrivacyPolicy = DEFAULT_POLICY) -> tuple[s
     placeholders it used; for texts no ticket vouches for, such as a model's answer."""
     scrubber = Scrubber({}, {}, {}, policy)
     return scrubber.scrub(text), scrubber.used_placeholders
-
-
-def iban_valid(iban: str) -> bool:
-    """The ISO 13616 check: country length, then the mod-97 remainder of the rearranged number is 1."""
-    compact = "".join(iban.split()).upper()
-    if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact.isalnum() or not compact[2:4].isdigit():
-        return False
-    rearranged = compact[4:] + compact[:4]
-    return int("".join(str(int(char, 36)) for char in rearranged)) % 97 == 1
-
-
-def _iban_end(text: str, start: int, limit: int) -> int | None:
-    """Where the IBAN starting at `start` ends (its country's length of characters, spaces skipped), or
-    None when no checksum-valid IBAN of that length starts there or it runs on into more characters."""
-    length = IBAN_LENGTHS.get(text[start : start + 2])
-    if length is None:
-        return None
-    chars = []
-    position = start
-    while position < limit and len(chars) < length:
-        if not text[position].isspace():
-            chars.append(text[position])
-        position += 1
-    if len(chars) < length or text[position : position + 1].isalnum() or not iban_valid("".join(chars)):
-        return None
-    return position
 
 
 @functools.lru_cache(maxsize=4096)

@@ -169,8 +169,8 @@ def _written_as_name(text: str, start: int, end: int, key: str) -> bool:
 
 # --- people the ticket does not name -------------------------------------------------------------
 _NAME_TOKEN = r"[A-ZÀ-ÖØ-Þ][^\W\d_]*(?:['’-][^\W\d_]+)*"
-_NAME = (rf"(?:(?:van|de|von|da|di|le|la|ter|van der|van den)[ \t]+)?{_NAME_TOKEN}(?:[ \t]+(?:(?:van|von|de|da|di|del|della|le|la|du|dos|das|ter|ten|van der|van den|de la)"
-         rf"[ \t]+)?{_NAME_TOKEN}){{0,2}}")
+_PARTICLES = r"(?:van|von|de|da|di|del|della|le|la|du|dos|das|ter|ten|van der|van den|de la)"
+_NAME = rf"(?:{_PARTICLES}[ \t]+)?{_NAME_TOKEN}(?:[ \t]+(?:{_PARTICLES}[ \t]+)?{_NAME_TOKEN}){{0,2}}"
 _RELATIONS = (
     "husband|wife|partner|spouse|son|daughter|child|kid|mother|father|mum|mom|dad|parent|brother|sister|friend"
     "|colleague|co-?worker|boss|manager|neighbou?r|grand(?:mother|father|ma|pa|son|daughter)|aunt|uncle|cousin"
@@ -188,7 +188,8 @@ _POSSESSIVES = ("my|our|his|her|their|mein|meine|meinem|meiner|meinen|unser|unse
                 "|il mio|la mia|mio|mia|mijn|onze|minha|meu")
 _HONORIFIC = (r"(?:Dr|Mr|Mrs|Ms|Mx|Miss|Prof|Herrn|Herr|Frau|Hrn|Hr|Fr|Mme|Mlle|Sr|Sra|Srta|Sig|Sig\.ra|Dott|Dott\.ssa"
               r"|Dhr|Mevr|Mw|Dña|Don|Doña)\.?")
-_CUES = (r"(?i:ask|tell|speak(?:ing)?[ \t]+(?:to|with)|talk(?:ed)?[ \t]+to|spoke[ \t]+(?:to|with)|on[ \t]+behalf[ \t]+of"
+_CUES = (r"(?i:ask|tell|speak(?:ing)?[ \t]+(?:to|with)|talk(?:ed)?[ \t]+to|spoke[ \t]+(?:to|with)"
+         r"|on[ \t]+behalf[ \t]+of"
          r"|addressed[ \t]+to|signed[ \t]+by|named|name[ \t]+is|name's|account[ \t]+holder(?:[ \t]+is)?"
          r"|card[ \t]?holder(?:[ \t]+is)?|attn:?|attention:?|c/o|care[ \t]+of|cc:?|recipient(?:[ \t]+is)?"
          r"|deliver(?:ed)?[ \t]+to|addressed[ \t]+to|for[ \t]+the[ \t]+attention[ \t]+of|heißt|s'appelle"

@@ -229,7 +229,8 @@ DATE = (rf"(?:\d{{1,2}}[./-]\d{{1,2}}[./-](?:\d{{4}}|\d{{2}})|\d{{4}}[./-]\d{{1,
         rf"|\d{{1,2}}(?:st|nd|rd|th|er|º|°)?\.?[ \t]+(?:of[ \t]+|de[ \t]+)?{_MONTHS}(?:[ \t]+de)?,?[ \t]+\d{{4}}"
         rf"|{_MONTHS}[ \t]+\d{{1,2}}(?:st|nd|rd|th)?,?[ \t]+\d{{4}})")
 DATE_OF_BIRTH = re.compile(
-    r"(?P<label>(?i:\bd\.o\.b\.|\b(?:born(?:[ \t]+(?:on|in))?|date[ \t]+of[ \t]+birth|birth[ \t]*date|birthday|d\.?o\.?b"
+    r"(?P<label>(?i:\bd\.o\.b\.|\b(?:born(?:[ \t]+(?:on|in))?|date[ \t]+of[ \t]+birth|birth[ \t]*date|birthday"
+    r"|d\.?o\.?b"
     r"|geboren(?:[ \t]+am)?|geburtsdatum|geburtstag|n[ée]e?[ \t]+le|date[ \t]+de[ \t]+naissance"
     r"|fecha[ \t]+de[ \t]+nacimiento|nacid[oa][ \t]+el|data[ \t]+di[ \t]+nascita|nat[oa][ \t]+il"
     r"|geboortedatum|geboren[ \t]+op|data[ \t]+de[ \t]+nascimento|nascid[oa][ \t]+em)\b)"
@@ -258,11 +259,12 @@ ID_WORDS = frozenset(
     "passport passeport pasaporte passaporto paspoort reisepass passaporte licence license driver's drivers driver "
     "driving führerschein fuhrerschein permis carnet carné carne patente rijbewijs id identity national carte "
     "codice carta personalausweis ausweis identité identite cni dni nie nif "
-    "fiscale identità identita d'identità d'identita d'identité d'identite bsn burgerservicenummer aadhaar aadhar pan cpf rg nino insurance tax steuer".split()
+    "fiscale identità identita d'identità d'identita d'identité d'identite bsn burgerservicenummer aadhaar aadhar "
+    "pan cpf rg nino insurance tax steuer".split()
 )
 
 # --- street addresses and postcodes (US, UK, DE, FR, NL, ES, IT) ---------------------------------
-_CAP = r"[A-ZÀ-ÖØ-Þ][\w'’.-]*"
+_CAP = r"[A-ZÀ-ÖØ-Þ](?:[\w'’-]|\.(?=[\w-]))*"  # a capitalised word; a full stop after it is not its own
 _UK_POSTCODE = r"(?:[A-Z]{1,2}\d[A-Z\d]?|GIR)[ \t]?\d[ABD-HJLNP-UW-Z]{2}"
 _CITY = rf"{_CAP}(?:[ \t-]+(?:{_CAP}|sur|upon|on|am|an|der|de|del|di|la|le|aan|den)){{0,3}}"
 _US_STATES = (
@@ -276,15 +278,18 @@ _ADDRESS_TAIL = (
     rf"|{_CITY},?[ \t]+(?:(?:{_US_STATES})[ \t]+\d{{5}}(?:-\d{{4}})?|{_UK_POSTCODE})(?!\w)"
     rf"|{_UK_POSTCODE}(?!\w)))?"
 )
-_EN_SUFFIX = (
-    r"Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|Parkway|Pkwy"
-    r"|Circle|Cir|Highway|Hwy|Square|Sq|Trail|Trl|Close|Crescent|Cres|Gardens|Gdns|Grove|Mews|Row|Rise|Walk|Hill"
-    r"|Park|View|Green|Parade|Esplanade|Embankment|Wharf|Yard|Quay|Broadway|Alley|Loop|Heights|Meadows?|Vale|Gate"
+_EN_SUFFIX_WORDS = (
+    r"Street|Avenue|Road|Boulevard|Lane|Drive|Court|Way|Place|Terrace|Parkway|Circle|Highway|Square|Trail|Close"
+    r"|Crescent|Gardens|Grove|Mews|Row|Rise|Walk|Hill|Park|View|Green|Parade|Esplanade|Embankment|Wharf|Yard|Quay"
+    r"|Broadway|Alley|Loop|Heights|Meadows?|Vale|Gate"
 )
+_EN_SUFFIX_ABBREVIATIONS = r"St|Ave|Rd|Blvd|Ln|Dr|Ct|Pl|Ter|Pkwy|Cir|Hwy|Sq|Trl|Cres|Gdns"  # their full stop is theirs
+_EN_SUFFIX = rf"(?:{_EN_SUFFIX_WORDS})\b|(?:{_EN_SUFFIX_ABBREVIATIONS})\b\.?"
 _UNIT = r"(?:,?[ \t]+(?:Apt|Apartment|Suite|Ste|Unit|Fl|Floor|Flat|#)\.?[ \t]*#?\w+)?"
 _FR_TYPE = (r"(?i:rue|avenue|av\.|boulevard|bd|blvd|place|chemin|all[ée]e|impasse|quai|route|cours|square|passage"
             r"|rond-point|voie|sentier|cit[ée]|r[ée]sidence|lotissement|faubourg)")
-_PARTICLE = r"(?:de|du|des|de la|d'|d’|l'|l’|la|le|les|aux|à|del|della|delle|dei|degli|dello|di|da|de los|de las|dels|van|y|e)"
+_PARTICLE = (r"(?:de|du|des|de la|d'|d’|l'|l’|la|le|les|aux|à|del|della|delle|dei|degli|dello|di|da|de los|de las"
+             r"|dels|van|y|e)")
 _PREFIX_TYPE = (
     r"(?:Calle|C/|Avda\.?|Avenida|Av\.|Paseo|Pº|Plaza|Pza\.?|Carrer|Camino|Ronda|Traves[ií]a|Carretera|Glorieta"
     r"|Rambla|Passeig|Pla[çc]a|Via|Viale|V\.le|Piazza|P\.za|Piazzale|Corso|C\.so|Largo|Vicolo|Strada|Contrada"
@@ -295,7 +300,7 @@ _DE_NL_SUFFIX = (r"(?i:stra(?:ß|ss)e|str\.|weg|allee|platz|gasse|ufer|chaussee|
 # One pattern per way of writing a street, each run only when its words occur (`STREET_PATTERNS`).
 _STREET_EN = re.compile(  # US, UK: "742 Evergreen Terrace", "350 Fifth Avenue, Suite 3300"
     rf"\d{{1,6}}[A-Za-z]?"
-    rf"(?:[ \t]+[A-Z][\w'.-]*){{1,4}}[ \t]+(?:{_EN_SUFFIX})\b\.?{_UNIT}{_ADDRESS_TAIL}"
+    rf"(?:[ \t]+[A-Z][\w'.-]*){{1,4}}[ \t]+(?:{_EN_SUFFIX}){_UNIT}{_ADDRESS_TAIL}"
 )
 _STREET_FR = re.compile(  # FR: "10 rue de Rivoli", "25, avenue des Champs-Élysées", "3 bis boulevard Haussmann"
     rf"\d{{1,4}}(?:[ \t]?(?:bis|ter)(?!\w))?,?[ \t]+{_FR_TYPE}[ \t]+(?:{_PARTICLE}[ \t]*)*{_CAP}"
@@ -316,7 +321,8 @@ _STREET_ES_IT = re.compile(  # ES, IT, PT, NL "Laan van": "Calle Mayor 5, 3º B"
 # (the words that let a pattern run, the pattern), the words as `words_of` gives them (lower case, split
 # at punctuation other than apostrophes).
 STREET_PATTERNS = (
-    (frozenset(re.sub(r"[?\\]", "", _EN_SUFFIX).lower().split("|")) | {"meadow"}, _STREET_EN),
+    (frozenset(f"{_EN_SUFFIX_WORDS}|{_EN_SUFFIX_ABBREVIATIONS}".replace("?", "").lower().split("|")) | {"meadow"},
+     _STREET_EN),
     (frozenset("rue avenue av boulevard bd blvd place chemin allée allee impasse quai route cours square passage "
                "rond voie sentier cité cite résidence residence lotissement faubourg".split()), _STREET_FR),
     (frozenset("straße strasse str allee platz weg gasse ufer damm ring am".split()), _STREET_DE_NL),
@@ -330,7 +336,8 @@ GLUED_STREET_SUFFIXES = ("straße", "strasse", "str.", "weg ", "allee", "platz",
 # A postcode standing alone: UK (its own shape, anywhere), NL "1012 AB" and five-digit codes after a
 # comma, a line break or a cue word ("PLZ 80331", "Ich wohne in\n50667 Köln"), US as "City, ST 62704".
 # A bare "ZIP 94107" stays (a US ZIP alone is too coarse to say who someone is).
-_CODE = rf"(?P<code>\d{{5}}|[1-9]\d{{3}}[ \t]?(?!SA|SD|SS|MB|GB|KB|TB|PM|AM|AD|BC|CM|MM|KM|KG|HZ|PX|EU|US|UK)[A-Z]{{2}})"
+_CODE = (r"(?P<code>\d{5}|[1-9]\d{3}[ \t]?(?!SA|SD|SS|MB|GB|KB|TB|PM|AM|AD|BC|CM|MM|KM|KG|HZ|PX|EU|US|UK)"
+         r"[A-Z]{2})")
 _AFTER_CODE = rf"(?=[ \t]+{_CAP}|[ \t]*(?:[,.;\n\x00]|$))"
 # A UK postcode is found by its inward part ("2AA": rare in text), then its outward part before it.
 UK_INWARD = re.compile(r"\d[ABD-HJLNP-UW-Z]{2}(?![\w-])")
@@ -354,3 +361,85 @@ def words_of(lowered: str) -> set[str]:
     """The words of a lower-cased text (punctuation around them stripped), for the cheap tests that let
     a costly detector run."""
     return {word.strip(_PUNCTUATION) for word in lowered.split()}
+
+
+# --- credentials, bank accounts, SSNs, IP addresses -----------------------------------------------
+# Pasted credentials: keys with a vendor prefix, JWTs and PEM private keys are replaced whole; for a
+# labelled value ("password: x", "pwd=x", "Authorization: Bearer x", "api_key=x") only the value goes,
+# so the answer still reads "password: <SECRET>". Only after "=" may a password be a plain word; after
+# ":" or "is" it needs a digit, symbol or quotes, so "my password is expired" and "password: click" stay.
+SECRET = re.compile(
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[^\x00]*?(?:-----END [A-Z ]*PRIVATE KEY-----|(?=\x00)|\Z)"
+    r"|(?<![\w-])(?:(?:sk|pk|rk)_(?:live|test)_[0-9A-Za-z]{10,}|gh[pousr]_[0-9A-Za-z]{20,}"
+    r"|github_pat_\w{20,}|glpat-[\w-]{20}|xox[abposr]-[0-9A-Za-z-]{10,}|(?:AKIA|ASIA)[0-9A-Z]{16}"
+    r"|AIza[\w-]{35}|eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]*"
+    r"|sk-(?:proj-|ant-(?:api\d\d-)?|or-v1-|svcacct-|admin-)?[\w-]{20,})(?![\w-])"
+    r"|(?P<label>(?i:\bbearer[ \t]+|\b(?:api[_ -]?key|access[_ -]?token|auth[_ -]?token|client[_ -]?secret"
+    r"|secret[_ -]?key|token)[\"']?[ \t]*[:=][ \t]*[\"']?))(?P<token>[\w.~+/=-]{16,})"
+    r"|(?P<pwlabel>(?i:\b(?:password|passwd|passcode|pwd|pw)\b[\"']?)[ \t]*(?:[:=]|(?i:is|was)\b)[ \t]*)"
+    r"(?P<password>\"[^\"\n\x00]{1,64}\"|'[^'\n\x00]{1,64}'|[^\s\x00]+)",
+)
+# Every credential above contains one of these (lower-cased): texts without any skip the secret pass.
+# Every credential above starts with one of these (lower-cased), at the start of a word: the pattern is
+# tried only there.
+SECRET_TRIGGERS = (
+    "-----begin", "sk_", "pk_", "rk_", "gh", "github_pat_", "glpat-", "xox", "akia", "asia", "aiza", "eyj", "sk-",
+    "bearer", "api", "access", "auth", "client", "secret", "token", "pass", "pwd", "pw",
+)
+PROSE_PASSWORD_WORDS = re.compile(r"[A-Za-z]+[.,;:!?]?")
+
+# IBAN lengths by country, from the ISO 13616 registry; the country fixes where an IBAN written in
+# groups ends, and the mod-97 check decides whether it is one.
+IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
+    "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
+    "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28,
+    "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
+    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
+    "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29,
+    "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
+    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}
+IBAN_CANDIDATE = re.compile(r"[A-Z]{2}\d{2}(?:[ \t]?[0-9A-Za-z]){11,30}")
+# AAA-GG-SSSS (dashes or spaces, the same between both groups), never area 000, 666 or 9xx, group 00
+# or serial 0000; nine bare digits only right after an SSN label.
+SSN = re.compile(r"\d{3}([- ])\d{2}\1\d{4}(?![\w-])")  # ranges checked by `_ssn_placeholder`
+LABELLED_SSN = re.compile(
+    r"(?P<label>(?i:\b(?:ssn\b|ss#|social[ \t]+security\b(?:[ \t]+(?:number\b|no\.|#))?))[^\w\n]{0,3}"
+    r"(?:(?i:is|number)[ \t]+)?)(?P<bare>(?!000|666|9)\d{3}(?!00)\d{2}(?!0000)\d{4})(?!\d)"
+)
+IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w-]|\.\d)")
+# A dotted quad after one of these words is a version ("kernel 5.15.0.91", "upgraded to 1.2.3.4").
+VERSION_CONTEXT = re.compile(
+    r"(?i:\b(?:version|ver|v|firmware|build|release|kernel|driver|bios|patch|update[ds]?|upgraded?)\b)"
+    r"[\s:#.]*(?:to\s+)?$"
+)
+IPV6 = re.compile(
+    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{0,4})(?:%\w+)?(?![\w:])"
+)
+
+
+def iban_valid(iban: str) -> bool:
+    """The ISO 13616 check: country length, then the mod-97 remainder of the rearranged number is 1."""
+    compact = "".join(iban.split()).upper()
+    if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact.isalnum() or not compact[2:4].isdigit():
+        return False
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(char, 36)) for char in rearranged)) % 97 == 1
+
+
+def iban_end(text: str, start: int, limit: int) -> int | None:
+    """Where the IBAN starting at `start` ends (its country's length of characters, spaces skipped), or
+    None when no checksum-valid IBAN of that length starts there or it runs on into more characters."""
+    length = IBAN_LENGTHS.get(text[start : start + 2])
+    if length is None:
+        return None
+    chars = []
+    position = start
+    while position < limit and len(chars) < length:
+        if not text[position].isspace():
+            chars.append(text[position])
+        position += 1
+    if len(chars) < length or text[position : position + 1].isalnum() or not iban_valid("".join(chars)):
+        return None
+    return position

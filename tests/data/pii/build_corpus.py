@@ -623,7 +623,8 @@ add("Olá, sou a Ana. Meu telefone: (11) 91234-5678",
     language="pt-BR")
 
 # --- KEEP: carrier tracking, waybills, order numbers, SKUs, prices ---------------------------------
-order17 = "".join(RNG.choice(string.digits) for _ in range(14))
+order17 = "".join(RNG.choice(string.digits) for _ in range(17))
+amazon_style = f"{order17[:3]}-{order17[3:10]}-{order17[10:]}"
 KEEPS = [
     ("Tracking 1Z999AA10123456784 shows delivered.", "1Z999AA10123456784"),
     ("UPS: 1Z 999 AA1 01 2345 678 4", "1Z 999 AA1 01 2345 678 4"),
@@ -639,7 +640,7 @@ KEEPS = [
     ("Amazon order 112-4147561-1285644 never arrived", "112-4147561-1285644"),
     ("order 402-1234567-1234561", "402-1234567-1234561"),
     ("Order #112-9876543-2345678 was refunded", "112-9876543-2345678"),
-    (f"Bestellung {order17[:3]}-{order17[3:10]}-{order17[10:]}{order17[:3]}", f"{order17[:3]}-{order17[3:10]}-{order17[10:]}{order17[:3]}"),
+    (f"Bestellung {amazon_style}", amazon_style),
     ("Bestellnummer 4500123456 ist bezahlt", "4500123456"),
     ("commande n° 0612345678 livrée", "0612345678"),
     ("Numéro de commande : 0146854068", "0146854068"),
