@@ -5,7 +5,9 @@ kafka-python consumer group reading the topic and (b) the full ticketune ingest:
 PII scrubbing, quality filters (token length, auto-replies, exact and MinHash near duplicates),
 durable store writes and offset commits. `--tokenizer DIR/tokenizer.json` counts tokens with a
 real tokenizer (as the service does with the base model's); without it, the chars/4 estimate.
-The last line printed is a JSON object: {"ingest_per_s": x, "bare_consume_per_s": y, "ratio": z, ...}.
+The last line printed is a JSON object: {"ingest_per_s": x, "bare_consume_per_s": y, "ratio": z, ...}, with
+the CPU it ran on, the load average around the run (other work on the machine slows both sides alike) and
+which CRC-32C kafka-python checks batches with (the C one from the crc32c package, or pure Python).
 
     python bench/ingest_throughput.py [--tickets 20000]
 """
@@ -14,9 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import tempfile
 import time
 from pathlib import Path
+
+import kafka.record.util as kafka_record_util
 
 from kafka import KafkaConsumer
 
@@ -77,12 +83,24 @@ def ticketune_ingest(
     return elapsed, totals
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tickets", type=int, default=20000)
     parser.add_argument("--tokenizer", type=Path, default=None, help="a tokenizer.json for the length filter")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]
     tickets = generate_tickets(args.tickets, seed=42)
     mean_bytes = sum(len(json.dumps(t)) for t in tickets) / len(tickets)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_dir=Path(tmp)) as broker:
@@ -94,15 +112,20 @@ def main() -> None:
             broker.bootstrap_servers, topic, len(tickets), Path(tmp) / "ex.db", args.tokenizer
         )
 
+    load_after = os.getloadavg()[0]
     bare_rate = len(tickets) / bare_s
     ingest_rate = len(tickets) / ingest_s
     print(f"tickets {len(tickets)} of {mean_bytes:.0f} bytes on average")
     print(f"bare kafka-python consume: {bare_s:.2f} s, {bare_rate:,.0f} tickets/s")
     print(f"ticketune ingest:          {ingest_s:.2f} s, {ingest_rate:,.0f} tickets/s "
           f"(stored {report['stored']}, skipped {report['skipped']})")
+    crc = "C (crc32c)" if kafka_record_util.crc32c_c is not None else "pure Python"
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average {load_before:.2f} before, "
+          f"{load_after:.2f} after; kafka-python CRC-32C: {crc}")
     print(json.dumps({"ingest_per_s": round(ingest_rate, 1), "bare_consume_per_s": round(bare_rate, 1),
                       "ratio": round(ingest_rate / bare_rate, 3), "tickets": len(tickets),
-                      "mean_ticket_bytes": round(mean_bytes)}))
+                      "mean_ticket_bytes": round(mean_bytes), "cpu": cpu_model(),
+                      "load_average": [round(load_before, 2), round(load_after, 2)], "crc32c": crc}))
 
 
 if __name__ == "__main__":

@@ -128,6 +128,8 @@ def load_json_object(value: bytes) -> dict:
 def _nests_deeper_than(text: str, limit: int) -> bool:
     """Whether the JSON text nests deeper than `limit`, its strings left out. A fixed limit: json.loads stops at
     whatever the caller's stack leaves, so one record could be stored by one process and dead-lettered by another."""
+    if text.count("[") + text.count("{") <= limit:  # no more openings than the limit: no deeper nesting either
+        return False
     brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text))
     if len(brackets) <= limit:
         return False

@@ -262,6 +262,7 @@ class QualityFilter:
         self._buckets: list[dict[int, set[str]]] = [{} for _ in range(self._bands)]
         self._by_ticket: dict[str, tuple[bytes, np.ndarray]] = {}
         self._by_exact: dict[bytes, set[str]] = {}
+        self._last_keys: tuple[np.ndarray, list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self._by_ticket)
@@ -416,7 +417,12 @@ class QualityFilter:
 
     # the in-memory index ------------------------------------------------------------------------
     def _band_keys(self, values: np.ndarray) -> list[int]:
-        return band_keys_of(values, self._bands, self._rows)
+        # `record` follows `judge` for the same example: the keys of the last values are kept for it
+        if self._last_keys is not None and np.array_equal(self._last_keys[0], values):
+            return self._last_keys[1]
+        keys = band_keys_of(values, self._bands, self._rows)
+        self._last_keys = (values, keys)
+        return keys
 
     def _candidates_for(self, keys: list[int]) -> set[str]:
         found: set[str] = set()

@@ -151,7 +151,7 @@ class Scrubber:
         """`names`: folded name → placeholder; `emails`: casefolded address → placeholder; `phones`:
         national digits → placeholder; `regions`: the phone regions to read national numbers in."""
         self.used_placeholders: set[str] = set()
-        self._names = names
+        self._names = names_.prepare_names(names)
         self._emails = emails
         self._phones = phones
         self._keep = policy.keep

@@ -73,6 +73,8 @@ def name_keys(name: str) -> set[str]:
     """The folded spellings a name is found by: "Weiß" → {"weiß", "weiss"}, "Strasse" → also "straße"."""
     key = " ".join(fold(name).split())
     keys = {key}
+    if key.isascii() and "ss" not in key and "ae" not in key and "oe" not in key and name.isascii():
+        return keys  # nothing to respell (most names)
     lowered = name.lower()
     if "ä" in lowered or "ö" in lowered or "ü" in lowered:  # "Müller" is also written "Mueller"
         keys.add(" ".join(fold(lowered.replace("ä", "ae").replace("ö", "oe").replace("ü", "ue")).split()))
@@ -114,24 +116,41 @@ def name_parts(name: str, side: str) -> tuple[tuple[str, str], ...]:
     return tuple(parts)
 
 
-def find_names(text: str, names: dict[str, str]) -> list[tuple[int, int, str]]:
-    """(start, end, placeholder) of every known name in `text`, longest names first, whole words only."""
+NameKeys = tuple[tuple[str, str, tuple[str, ...], str], ...]
+
+
+def prepare_names(names: dict[str, str]) -> NameKeys:
+    """`names` (folded name → placeholder) for `find_names`: (name, first word, other words, placeholder),
+    longest names first."""
+    return tuple((key, *_split_name(key), names[key]) for key in sorted(names, key=len, reverse=True))
+
+
+def _split_name(key: str) -> tuple[str, tuple[str, ...]]:
+    first, *rest = key.split(" ")
+    return first, tuple(rest)
+
+
+def find_names(text: str, names: NameKeys) -> list[tuple[int, int, str]]:
+    """(start, end, placeholder) of every known name in `text` (from `prepare_names`), longest names first,
+    whole words only; each first word is looked for once."""
     folded = fold(text)
+    present: dict[str, bool] = {}
     found: list[tuple[int, int, str]] = []
-    for key in sorted(names, key=len, reverse=True):
-        first, *rest = key.split(" ")
+    for key, first, rest, placeholder in names:
+        if not present.setdefault(first, first in folded):
+            continue
         at = folded.find(first)
         while at != -1:
             end = _rest_of_name(folded, at + len(first), rest)
             if end != -1 and _whole_word(folded, at, end) and _written_as_name(text, at, end, key) \
                     and not any(at < e and s < end for s, e, _ in found):
-                found.append((at, end, names[key]))
+                found.append((at, end, placeholder))
             at = folded.find(first, at + 1)
     found.sort()
     return found
 
 
-def _rest_of_name(folded: str, at: int, tokens: list[str]) -> int:
+def _rest_of_name(folded: str, at: int, tokens: tuple[str, ...]) -> int:
     """Where a name ends when its `tokens` follow `at`, each after a run of spaces ("Ana  Ruiz"), or -1."""
     for token in tokens:
         spaces = at
