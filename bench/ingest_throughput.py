@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import kafka.record.util as kafka_record_util
-
 from kafka import KafkaConsumer
 
 from connectors.broker import EmbeddedBroker

