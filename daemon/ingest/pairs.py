@@ -16,7 +16,7 @@ from daemon.tickets import Role, Ticket
 
 # Recorded with every stored example; bump it when turning tickets into examples changes (mapping,
 # scrubbing), so that examples made by an older pipeline can be found and rebuilt.
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"  # 2: international scrubbing (issue 16)
 
 SKIP_NOT_RESOLVED = "not_resolved"
 SKIP_NO_AGENT_ANSWER = "no_public_agent_answer"
