@@ -217,7 +217,7 @@ OTHER_PERSON = re.compile(
     rf"(?P<lead>(?<![\w.])(?:(?i:{_POSSESSIVES})[ \t]+(?i:{_RELATIONS})(?:,|[ \t]+(?i:is|was|named|called))?"
     rf"|(?<!\w){_HONORIFIC}|(?<![\w-]){_CUES}(?:[ \t]+{_HONORIFIC})?)[ \t]+)(?P<name>{_NAME})"
 )
-# Words as `privacy_patterns.words_of` gives them. The pattern is tried at honorifics and the first words
+# Words in lower case, as the scrubber's `Seen` takes them. The pattern is tried at honorifics and the first words
 # of cue phrases, and at possessives when a relation occurs ("my husband Peter").
 RELATION_WORDS = frozenset(
     "husband wife partner spouse son daughter child kid mother father mum mom dad parent brother sister friend "

@@ -319,16 +319,16 @@ _STREET_ES_IT = re.compile(  # ES, IT, PT, NL "Laan van": "Calle Mayor 5, 3º B"
 )
 
 
-# (the words that let a pattern run, the pattern), the words as `words_of` gives them (lower case, split
-# at punctuation other than apostrophes).
+# (the words that let a pattern run, the pattern); words in lower case, as written between spaces (the
+# scrubber's `Seen` also takes them with a comma, a full stop or a bracket stuck to them).
 STREET_PATTERNS = (
     (frozenset(f"{_EN_SUFFIX_WORDS}|{_EN_SUFFIX_ABBREVIATIONS}".replace("?", "").lower().split("|")) | {"meadow"},
      _STREET_EN),
     (frozenset("rue avenue av boulevard bd blvd place chemin allée allee impasse quai route cours square passage "
                "rond voie sentier cité cite résidence residence lotissement faubourg".split()), _STREET_FR),
     (frozenset("straße strasse str allee platz weg gasse ufer damm ring am".split()), _STREET_DE_NL),
-    (frozenset("calle c avda avenida av paseo pº plaza pza carrer camino ronda travesía travesia carretera glorieta "
-               "rambla passeig plaça placa via viale v le piazza p za piazzale corso so largo vicolo strada contrada "
+    (frozenset("calle c/ avda avenida av paseo pº plaza pza carrer camino ronda travesía travesia carretera glorieta "
+               "rambla passeig plaça placa via viale v.le piazza p.za piazzale corso c.so largo vicolo strada contrada "
                "lungomare borgo salita laan rua travessa".split()), _STREET_ES_IT),
 )
 # Street names written as one word with the street type at the end ("Hauptstraße", "Kalverstraat").
@@ -355,13 +355,6 @@ POSTCODE_WORDS = frozenset("postcode post postal plz postleitzahl code cp cap c.
 US_ZIP_AFTER_STATE = re.compile(r"(?P<lead>,[ \t]*(?P<state>[A-Z]{2})[ \t]+)(?P<code>\d{5}(?:-\d{4})?)(?![\w-])")
 US_STATES = frozenset(_US_STATES.split("|"))
 CITY_BEFORE = re.compile(r"(?<![\w'.-])[A-Z][\w'.-]*$")
-_PUNCTUATION = "!\"#$%&()*+,./:;<=>?@[\\]^_`{|}~-\x00"
-
-
-def words_of(lowered: str) -> set[str]:
-    """The words of a lower-cased text (punctuation around them stripped), for the cheap tests that let
-    a costly detector run."""
-    return {word.strip(_PUNCTUATION) for word in lowered.split()}
 
 
 # --- credentials, bank accounts, SSNs, IP addresses -----------------------------------------------
