@@ -146,8 +146,8 @@ _GATE_WORDS = frozenset().union(
     pat.DATE_OF_BIRTH_WORDS, pat.ID_WORDS, pat.POSTCODE_WORDS, pat.UNIT_WORDS, names_.OTHER_PERSON_WORDS,
     names_.POSSESSIVE_WORDS, {"ss", "ssn", "social"}, *(words for words, _ in pat.STREET_PATTERNS),
 )
-_WRITTEN_GATE_WORDS = {f"{before}{word}{after}": word for word in _GATE_WORDS
-                       for before in ("", "(", '"', "'") for after in ("", ",", ".", ":", ";", "!", "?", ")", '"', "#", "/")}
+_WRITTEN_GATE_WORDS = {f"{before}{word}{after}": word for word in _GATE_WORDS for before in ("", "(", '"', "'")
+                       for after in ("", ",", ".", ":", ";", "!", "?", ")", '"', "#", "/")}
 
 
 class Seen:
