@@ -265,7 +265,7 @@ def test_a_newer_pipeline_version_rebuilds_the_same_revision(store, monkeypatch)
 
     store.apply([example("1")])
     assert store.apply([example("1")]) == ["unchanged"]
-    monkeypatch.setattr(store_module.examples, "PIPELINE_VERSION", "2")  # what the upsert compares with
+    monkeypatch.setattr(store_module.examples, "PIPELINE_VERSION", "next")  # what the upsert compares with
     assert store.apply([example("1")]) == ["revised"]
     assert store.apply([example("1")]) == ["unchanged"]
 
