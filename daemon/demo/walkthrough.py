@@ -186,6 +186,7 @@ def run_demo(work_dir: Path, *, keep: bool = False, extra_tickets: Sequence[dict
                          f"{ref:.4f} nats) in {steps[-1]['seconds']} s")
                     _say("".join(f"[demo]     {reason[:200]}\n" for reason in outcome.reasons
                                  if reason.startswith("FAIL ")).rstrip("\n") or "[demo]     every check passed")
+                    _say(_answers_side_by_side(settings.training.work_dir / outcome.cycle_id, outcome))
             first = next((s["version"] for s in steps if s["verdict"] == "promoted"), None)
             rollback = None
             if first is not None:
@@ -212,6 +213,35 @@ def run_demo(work_dir: Path, *, keep: bool = False, extra_tickets: Sequence[dict
         "ingest": service.ingest_totals.to_json(), "work_dir": str(work_dir), "config": str(config_path),
     }
     return as_expected, report, _report_text(report, history, metric_lines, settings.registry.tracking_uri)
+
+
+SHOWN_ANSWERS = 2
+ANSWER_CHARS = 150
+
+
+def _answers_side_by_side(cycle_dir: Path, outcome) -> str:
+    """A few sampled trusted questions with the agent's, the candidate's and the reference's answers (personal
+    data patterns replaced), as the cycle's report shows them."""
+    from daemon.cycle.worker_spec import spec_answer_prompts
+    from daemon.gate.report_rows import sample_rows
+    from daemon.ingest.privacy import scrub_patterns
+    from daemon.training.contract import OUT_DIR, RESULT_FILE, read_result
+
+    result = read_result(cycle_dir / OUT_DIR / RESULT_FILE)
+    if result is None:
+        return "[demo]     (no answers to show)"
+    reference = "champion" if "champion_eval_loss" in outcome.metrics else "base"
+    lines = []
+
+    def short(text: object) -> str:
+        flat = " ".join(scrub_patterns(str(text or ""))[0].split())
+        return flat if len(flat) <= ANSWER_CHARS else flat[: ANSWER_CHARS - 1] + "…"
+
+    for row in sample_rows(result, spec_answer_prompts(cycle_dir), reference)[:SHOWN_ANSWERS]:
+        lines += [f"[demo]     Q: {short(row['question'])}", f"[demo]       agent:     {short(row['agent'])}",
+                  f"[demo]       candidate: {short(row['candidate'])}",
+                  f"[demo]       {reference + ':':<10} {short(row['reference'])}"]
+    return "\n".join(lines) or "[demo]     (no answers to show)"
 
 
 def _report_text(report: dict, history: list[dict], metric_lines: list[str], tracking_uri: str) -> str:
