@@ -123,6 +123,8 @@ class LocalProcessExecutor:
         progress_path = spec.progress_file
         log_path = spec_path.parent / contract.WORKER_LOG
         env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        if gpus == 1:  # the worker is this process's own child: it stops when this process dies (torchrun's are not)
+            env[contract.PARENT_PID_ENV] = str(os.getpid())
         result_path.unlink(missing_ok=True)
         if progress_path is not None:
             progress_path.unlink(missing_ok=True)  # an earlier attempt's progress is not this one's

@@ -203,3 +203,42 @@ def test_the_torchrun_command_line_is_one_torchrun_accepts():
     assert (args.standalone, args.nproc_per_node, args.module) == (True, "4", True)
     assert (args.training_script, args.training_script_args) == (
         "daemon.training", ["train", "--spec", "/cycles/c1/spec.json"])
+
+
+PARENT = """
+import os, subprocess, sys, time
+from daemon.training.contract import PARENT_PID_ENV
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env={**os.environ, PARENT_PID_ENV: str(os.getpid())},
+                         start_new_session=True)
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+WORKER = """
+import signal, sys, time
+from daemon.training.lifeline import die_with_parent
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))  # as the worker does: stop, checkpoint, exit 3
+die_with_parent()
+time.sleep(120)
+"""
+
+
+def test_a_worker_stops_when_the_service_that_started_it_is_killed_outright():
+    import os
+    import signal
+    import subprocess
+
+    import psutil
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, WORKER], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+    worker = psutil.Process(int(parent.stdout.readline()))
+    try:
+        time.sleep(0.5)  # the worker has asked for its signal
+        assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        gone, _ = psutil.wait_procs([worker], timeout=10)
+        assert gone, "the worker outlived the process that started it"
+    finally:
+        if worker.is_running():
+            worker.kill()

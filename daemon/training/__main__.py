@@ -36,6 +36,7 @@ from daemon.training.contract import (  # noqa: E402
     failure_result,
 )
 from daemon.training.contract import write_result as write_result_file  # noqa: E402
+from daemon.training.lifeline import die_with_parent  # noqa: E402
 from daemon.training.lora_recipe import run_training  # noqa: E402
 from daemon.training.preparation import versions  # noqa: E402
 from daemon.training.spec import SpecError, load_spec, load_spec_json  # noqa: E402
@@ -155,6 +156,7 @@ def train_command(spec_path: Path) -> int:
     cycle_id = None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # checkpoint at the end of the step, then exit 3
+    die_with_parent()
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
         raw = load_spec_json(spec_path)  # where to report a spec that does not validate

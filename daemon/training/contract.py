@@ -55,6 +55,8 @@ PROBE_PROMPTS_FILE = "probe_prompts.json"  # in output_dir
 PROBE_FILE = "probe.json"  # in output_dir
 PROBE_SAMPLES_FILE = "probe_samples.json"  # in output_dir: the sampled trusted questions with their answers
 CHECKPOINT_STATE_FILE = "state.json"  # in each checkpoints/step-N: its presence marks a complete checkpoint
+# set by the local executor to its own pid: the worker asks for SIGTERM when that parent dies (lifeline.py)
+PARENT_PID_ENV = "TICKETUNE_WORKER_PARENT_PID"
 # the artifacts of a cycle's MLflow run that carry a Kubernetes Job's inputs and outputs (job.py)
 SPEC_ARTIFACT = f"job/{SPEC_FILE}"
 INPUTS_ARTIFACT = "job/inputs"
