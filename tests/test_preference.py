@@ -129,22 +129,23 @@ def preference_margins(result: dict, label: str, labels: dict[str, bool]) -> tup
 @pytest.fixture(scope="module")
 def preference_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("preference-data")
-    thumbs, pairs = preference_rows(48, seed=21)
-    held_thumbs, held_pairs = preference_rows(24, seed=22)
+    thumbs, pairs = preference_rows(32, seed=21)
+    held_thumbs, held_pairs = preference_rows(16, seed=22)
     return {
-        "train": write_jsonl(root / "train.jsonl", support_examples(48, seed=23, prefix="t")),
+        "train": write_jsonl(root / "train.jsonl", support_examples(16, seed=23, prefix="t")),
         "preference": write_jsonl(root / "preference.jsonl", thumbs + pairs),
         "eval": feedback_sets(root, held_thumbs, held_pairs),
         "labels": {row["ticket_id"]: row["label"] == "desirable" for row in held_thumbs},
     }
 
 
-def run(tiny_model_dir: Path, data: dict[str, Any], out: Path, objective: str, **overrides: Any) -> dict:
-    spec = make_spec(tiny_model_dir, out, data["train"], data["eval"], preference_file=str(data["preference"]),
-                     preference_beta=0.5, **overrides)
+def run(tiny_model_dir: Path, data: dict[str, Any], out: Path, objective: str, scored: bool = True,
+        **overrides: Any) -> dict:
+    spec = make_spec(tiny_model_dir, out, data["train"], data["eval"] if scored else {},
+                     preference_file=str(data["preference"]), preference_beta=0.5, evaluate_base=scored, **overrides)
     spec["adapter"]["dropout"] = 0.0
-    spec["training"].update({"objective": objective, "max_steps": 12, "learning_rate": 0.01, "row_tokens": 1024,
-                             "early_stop_patience": 0})
+    spec["training"].update({"objective": objective, "max_steps": 8 if scored else 2, "learning_rate": 0.01,
+                             "row_tokens": 1024, "early_stop_patience": 0})
     return run_training(parse_spec(spec))
 
 
@@ -153,12 +154,12 @@ def test_a_short_preference_run_moves_the_model_towards_the_preferred_answers(ti
                                                                             tmp_path, objective):
     result = run(tiny_model_dir, preference_data, tmp_path / "out", objective)
     train = result["train"]
-    assert train["objective"] == objective and train["preference_examples"] == 48
-    assert len(train["preference_curve"]) == train["steps"] == 12
+    assert train["objective"] == objective and train["preference_examples"] == 32
+    assert len(train["preference_curve"]) == train["steps"] == 8
     assert (train["loss_curve"] == []) == (objective == "kto")  # pure kto has no supervised part
-    thumbs_gain, pairs_gain = (c - b for c, b in zip(preference_margins(result, "candidate", preference_data["labels"]),
-                                                      preference_margins(result, "base", preference_data["labels"]),
-                                                      strict=True))
+    labels = preference_data["labels"]
+    thumbs_gain, pairs_gain = (candidate - base for candidate, base in zip(
+        preference_margins(result, "candidate", labels), preference_margins(result, "base", labels), strict=True))
     moved = thumbs_gain if objective == "kto" else pairs_gain
     assert moved > 0.05, (thumbs_gain, pairs_gain)  # nats per token, on held-out questions
 
@@ -180,11 +181,11 @@ def test_the_reference_is_the_champion_and_a_run_without_one_compares_with_the_b
 
     module.PreferenceObjective.compute_reference = spy
     try:
-        first = run(tiny_model_dir, preference_data, tmp_path / "first", "sft+kto")
-        champion = Path(first["adapter_dir"])
-        run(tiny_model_dir, preference_data, tmp_path / "fresh", "sft+kto", compare_adapters={"champion": str(champion)})
-        run(tiny_model_dir, preference_data, tmp_path / "warm", "sft+kto", compare_adapters={"champion": str(champion)},
-            init_adapter=str(champion))
+        first = run(tiny_model_dir, preference_data, tmp_path / "first", "sft+kto", scored=False)
+        champion = {"champion": str(first["adapter_dir"])}
+        run(tiny_model_dir, preference_data, tmp_path / "fresh", "sft+kto", scored=False, compare_adapters=champion)
+        run(tiny_model_dir, preference_data, tmp_path / "warm", "sft+kto", scored=False, compare_adapters=champion,
+            init_adapter=champion["champion"])
     finally:
         module.PreferenceObjective.compute_reference = original
     assert seen[0::2] == ["base", "champion", "champion"]
