@@ -192,3 +192,21 @@ def test_the_reference_is_the_champion_and_a_run_without_one_compares_with_the_b
     base, loaded, warm = (json.loads(x) for x in seen[1::2])
     assert loaded == pytest.approx(warm, abs=1e-4)  # loaded beside the candidate = warm-started from it
     assert loaded != pytest.approx(base, abs=1e-3)
+
+
+def test_the_transcriptions_are_the_lines_of_the_installed_trl():
+    """TRL inlines both losses in its trainers' `_compute_loss` (no function to call on tensors): the
+    transcriptions above must still be what the installed TRL computes (TRL is a test-only dependency)."""
+    trl = pytest.importorskip("trl")
+    import inspect
+
+    kto = " ".join(inspect.getsource(trl.KTOTrainer._compute_loss).split())
+    for line in ("kl = (KL_logps - ref_KL_logps).mean().detach()", ".mean().clamp(min=0)",
+                 "chosen_losses = 1 - F.sigmoid(self.beta * (chosen_logratios - kl))",
+                 "rejected_losses = 1 - F.sigmoid(self.beta * (kl - rejected_logratios))",
+                 "(self.desirable_weight * chosen_losses, self.undesirable_weight * rejected_losses)"):
+        assert line in kto, line
+    dpo = " ".join(inspect.getsource(trl.DPOTrainer._compute_loss).split())
+    for line in ("chosen_logratios = chosen_logps - ref_chosen_logps", "delta_score = chosen_scores - rejected_scores",
+                 "per_sequence_loss = -F.logsigmoid(self.beta * delta_score)"):
+        assert line in dpo, line
