@@ -4,12 +4,14 @@ Pinned: the tiny model `make-base-model --seed 0 --steps 30` builds (or `--base 
 SmolLM2-135M-Instruct from `make-base-model DIR --pretrained smollm2-135m-instruct`), and the chat
 examples that the ingest's ticket_to_example makes of 400 `produce-sample` tickets (seed 7; 60 with
 `--base`, whose model is 130 times larger; `--tickets` changes it). Every side trains one epoch
-of LoRA (r 16, alpha 32, dropout 0, all-linear) in fp32 on the same token ids
+of LoRA (r 16, alpha 32, dropout 0, all-linear) on the same token ids
 (chat_examples.tokenize_file) with the same number of torch threads, each side `--repeats` times,
 alternating; the best run of each side counts (the one least disturbed by other load).
 ticketune runs as the service runs it, `python -m daemon.training train --spec`, with the service's
-defaults for the row and loss-chunk sizes (`auto`); its figure is the worker's own
-`train.tokens / train.seconds` (training loop only). The baseline is `transformers.Trainer` with
+defaults for the row and loss-chunk sizes, checkpointing and precision (`auto`: on a CPU with AMX and a
+real model, bf16 autocast over fp32 adapters; `--worker-precision fp32` compares like with like, the
+baselines being fp32 as users run them on CPU); its figure is the worker's own `train.tokens /
+train.seconds` (training loop only). The baseline is `transformers.Trainer` with
 batches of 8 padded to the longest (DataCollatorForSeq2Seq), in random order without length grouping,
 labels -100 off the assistant turns, timed around `trainer.train()`: what users run. The loop is a
 plain HF + PEFT loop with its best batching: batches of 8 of similar length (sorted, then the batches
@@ -19,6 +21,7 @@ tokens each side processed. The last line printed is a JSON object: {"ticketune_
 Trainer + PEFT.
 
     python bench/train_throughput.py [--base DIR] [--tickets N] [--work-dir DIR] [--threads N] [--repeats N]
+                                     [--worker-precision auto|fp32|bf16]
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def write_train_file(path: Path, tickets: int = TICKETS) -> int:
     return len(records)
 
 
-def run_ticketune(base: Path, train_file: Path, run_dir: Path, threads: int) -> dict:
+def run_ticketune(base: Path, train_file: Path, run_dir: Path, threads: int, precision: str = "auto") -> dict:
     """One worker run as the service starts it; returns result.json's `train` section."""
     out_dir = run_dir / "out"
     spec = {
@@ -99,7 +102,8 @@ def run_ticketune(base: Path, train_file: Path, run_dir: Path, threads: int) -> 
             "loss_chunk_tokens": "auto",
             "rows_per_step": 1,
             "cross_entropy": "auto",
-            "gradient_checkpointing": False,
+            "gradient_checkpointing": "auto",
+            "precision": precision,
             "seed": SEED,
         },
     }
@@ -119,12 +123,25 @@ def run_ticketune(base: Path, train_file: Path, run_dir: Path, threads: int) -> 
     return result["train"] | {"versions": result.get("versions", {})}
 
 
+def load_model(base: Path):
+    """The base in fp32 with sdpa, for both baselines. A directory converted from GGUF by an older
+    `make-base-model` keeps the GGUF `quantization_config` in its config.json although its weights are
+    plain float; Trainer refuses such a model, so the config is loaded without it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base)
+    if getattr(config, "quantization_config", None) is not None and \
+            dict(config.quantization_config).get("quant_method") == "gguf":
+        del config.quantization_config
+    return AutoModelForCausalLM.from_pretrained(base, config=config, dtype=torch.float32, attn_implementation="sdpa")
+
+
 def run_baseline(base: Path, train_file: Path, out_dir: Path, threads: int) -> dict:
     """The naive recipe: Trainer + get_peft_model, padded batches of 8 in random order, HF's own loss."""
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import (
-        AutoModelForCausalLM,
         AutoTokenizer,
         DataCollatorForSeq2Seq,
         PrinterCallback,
@@ -150,7 +167,7 @@ def run_baseline(base: Path, train_file: Path, out_dir: Path, threads: int) -> d
         real_tokens += int(batch["attention_mask"].sum())
         return batch
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
+    model = load_model(base)
     model = get_peft_model(model, LoraConfig(
         task_type=TaskType.CAUSAL_LM, r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
         target_modules=LORA["target_modules"],
@@ -189,7 +206,7 @@ def run_loop(base: Path, train_file: Path, threads: int) -> dict:
 
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from daemon.training.chat_examples import tokenize_file
 
@@ -201,7 +218,7 @@ def run_loop(base: Path, train_file: Path, threads: int) -> dict:
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     batches = [order[i : i + BATCH_SIZE] for i in range(0, len(order), BATCH_SIZE)]
     random.Random(SEED).shuffle(batches)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
+    model = load_model(base)
     model = get_peft_model(model, LoraConfig(
         task_type=TaskType.CAUSAL_LM, r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
         target_modules=LORA["target_modules"],
@@ -247,6 +264,8 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, help="keeps the built tiny model between runs")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating; the best counts")
+    parser.add_argument("--worker-precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="the worker's training.precision (the baselines run fp32)")
     args = parser.parse_args()
 
     tickets = args.tickets or (BASE_TICKETS if args.base else TICKETS)
@@ -259,7 +278,8 @@ def main() -> None:
         train_file = scratch_dir / "train.jsonl"
         examples = write_train_file(train_file, tickets)
         for repeat in range(args.repeats):
-            ours_runs.append(run_ticketune(base, train_file, scratch_dir / f"ticketune-{repeat}", args.threads))
+            ours_runs.append(run_ticketune(base, train_file, scratch_dir / f"ticketune-{repeat}", args.threads,
+                                           args.worker_precision))
             naive_runs.append(run_baseline(base, train_file, scratch_dir / f"baseline-{repeat}", args.threads))
             loop_runs.append(run_loop(base, train_file, args.threads))
 
@@ -273,7 +293,7 @@ def main() -> None:
     model = (f"base {args.base}" if args.base
              else f"tiny model (seed {MODEL_SEED}, {MODEL_STEPS} steps)")
     print(f"train throughput: {examples} examples of {tickets} sample tickets (seed {TICKET_SEED}), {model}, "
-          f"LoRA r {LORA['r']} all-linear, fp32, {EPOCHS} epoch, {args.threads} threads on {cpu_name()} "
+          f"LoRA r {LORA['r']} all-linear, {EPOCHS} epoch, {args.threads} threads on {cpu_name()} "
           f"({os.cpu_count()} CPUs); {stack}")
     print(f"{'':<22}{'steps':>7}{'real tokens':>13}{'seconds':>9}{'tokens/s':>10}  (best of {args.repeats}; all runs)")
     for name, chosen, runs in (("ticketune worker", ours, ours_runs), ("Trainer + PEFT", naive, naive_runs),
@@ -281,6 +301,10 @@ def main() -> None:
         every = ", ".join(f"{run['tokens_per_second']:,.0f}" for run in runs)
         print(f"{name:<22}{chosen['steps']:>7}{chosen['tokens']:>13,}{chosen['seconds']:>9.2f}"
               f"{chosen['tokens_per_second']:>10,.0f}  ({every})")
+    settings, plan = ours.get("settings") or {}, ours.get("checkpointing") or {}
+    print(f"worker settings: precision {settings.get('precision')}, rows of {settings.get('row_tokens')} tokens, "
+          f"loss chunks of {settings.get('loss_chunk_tokens')}, {plan.get('checkpointed')} of {plan.get('layers')} "
+          "layers checkpointed")
     print(f"ratio {ratio:.2f}x against Trainer + PEFT, {loop_ratio:.2f}x against the loop")
     print(json.dumps({
         "ticketune_tokens_per_s": ours["tokens_per_second"],

@@ -42,6 +42,66 @@ class WorkerFailed(RuntimeError):
         self.retryable = retryable
 
 
+def group_peak_rss(pgid: int) -> int:
+    """Bytes: the sum of the peak RSS (VmHWM) of the live processes of process group `pgid`, from /proc
+    (0 where there is no /proc). The worker runs in its own group, torchrun's ranks with it."""
+    total = 0
+    try:
+        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return 0
+    for pid in entries:
+        try:
+            if os.getpgid(int(pid)) != pgid:
+                continue
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def memory_limit() -> int | None:
+    """Bytes of memory the worker could have: the cgroup's limit where one is set, else the machine's RAM."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            return int(limit)
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def exit_reason(returncode: int, peak_rss: int = 0, limit: int | None = None) -> str:
+    """The worker's exit code for the cycle's error; for a death by signal, its likely cause and the setting
+    to change. A SIGKILL the service did not send is, on Linux, almost always the kernel's out-of-memory killer."""
+    reason = f"exit code {returncode}"
+    if returncode >= 0:
+        return reason
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        return f"{reason}: the training worker was killed by signal {-returncode}"
+    if name == "SIGKILL":
+        memory = f"peak RSS {peak_rss / 1e9:.1f} GB" + (f" of {limit / 1e9:.1f} GB" if limit else "")
+        if not peak_rss:
+            memory = f"{limit / 1e9:.1f} GB of memory" if limit else "memory use unknown"
+        return (f"{reason}: the training worker was killed by SIGKILL, most likely by the kernel's out-of-memory "
+                f"killer ({memory}); lower training.row_tokens or set training.gradient_checkpointing: true")
+    if name in ("SIGSEGV", "SIGBUS", "SIGABRT", "SIGILL", "SIGFPE"):
+        return (f"{reason}: the training worker crashed with {name} inside native code (torch or a kernel "
+                "library; the log's last lines say where); set training.compile: false and training.precision: "
+                "fp32 to take the plainest kernels")
+    return f"{reason}: the training worker was killed by {name}, sent from outside the service"
+
+
 def worker_command(python: str, spec_path: Path, gpus: int = 1) -> list[str]:
     """The worker's command line: plain for one GPU (or the CPU), torchrun for several."""
     train = ["-m", "daemon.training", "train", "--spec", str(spec_path)]
@@ -137,6 +197,7 @@ class LocalProcessExecutor:
                 )
                 deadline = time.monotonic() + timeout_s
                 next_poll = time.monotonic()
+                peak_rss = 0
                 while proc.poll() is None:
                     if time.monotonic() > deadline:
                         self._kill(proc)
@@ -146,9 +207,10 @@ class LocalProcessExecutor:
                         self._kill(proc)
                         raise WorkerFailed(f"training worker stopped: the service is shutting down"
                                            f"{_checkpoint_note(proc, result_path)}")
-                    if progress_path is not None and time.monotonic() >= next_poll:
+                    if time.monotonic() >= next_poll:
                         next_poll = time.monotonic() + PROGRESS_POLL_S
-                        progress = read_json_object(progress_path)
+                        peak_rss = max(peak_rss, group_peak_rss(proc.pid))  # for exit_reason's OOM note
+                        progress = read_json_object(progress_path) if progress_path is not None else None
                         if progress is not None:
                             report_progress(progress)
                     time.sleep(0.2)
@@ -157,7 +219,8 @@ class LocalProcessExecutor:
         result = contract.read_result(result_path)
         if proc.returncode == contract.EXIT_OK and result is not None and result.ok:
             return result
-        error = (result.error if result is not None else None) or f"exit code {proc.returncode}"
+        error = (result.error if result is not None else None) or exit_reason(proc.returncode, peak_rss,
+                                                                              memory_limit())
         if _interrupted(proc, result):
             raise WorkerFailed(f"training worker interrupted: {error}; the retry of this cycle resumes from "
                                f"its checkpoint (log: {log_path})")

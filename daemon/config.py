@@ -96,9 +96,10 @@ class AdapterConfig(_Section):
 
 class TrainingConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    epochs: float = Field(default=2.0, gt=0)
+    # auto, from the base's size: 2 epochs at 2e-4 for a pretrained model, 6 at 0.01 for the tiny demo model
+    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     max_steps: int | None = Field(default=None, ge=1)
-    learning_rate: float = Field(default=2e-4, gt=0)
+    learning_rate: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
     batch_size: int = Field(default=8, ge=1)  # examples per step when packing is off
@@ -109,10 +110,12 @@ class TrainingConfig(_Section):
     rows_per_step: int = Field(default=1, ge=1)  # packed rows per optimizer step, across all GPUs
     cross_entropy: Literal["auto", "chunked", "liger", "full"] = "auto"
     loss_chunk_tokens: Annotated[int, Field(ge=64)] | Literal["auto"] = "auto"  # auto: 4096 on CUDA, 1024 on CPU
-    # auto: off on CPU; on CUDA, on as few layers as memory_budget_gib needs (measured at the start)
+    # auto: on CUDA, on as few layers as memory_budget_gib needs (measured at the start); on CPU, on when
+    # a row's activations would not fit in the memory available
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     memory_budget_gib: float | None = Field(default=None, gt=0)  # GPU memory to plan for; default 90% of it
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA when supported, else fp32
+    # auto: bf16 on CUDA when supported and on CPUs with AMX for bases of 20M+ parameters, else fp32
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
     quantization: Literal["none", "nf4"] = "none"  # nf4 with LoRA/DoRA is QLoRA
     max_minutes: float | None = Field(default=None, gt=0)  # soft budget: stop training, then evaluate

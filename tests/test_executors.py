@@ -2,6 +2,8 @@
 contract (argv, progress file, result file, exit codes, SIGTERM), without training anything."""
 
 import json
+import re
+import signal
 import sys
 import threading
 import time
@@ -10,12 +12,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from connectors.executors import LocalProcessExecutor, WorkerFailed, worker_command
+from connectors.executors import LocalProcessExecutor, WorkerFailed, exit_reason, worker_command
 from daemon import metrics
 from daemon.training.contract import TrainResult
 
 FAKE_WORKER = """#!{python}
-import json, signal, sys, time
+import json, os, signal, sys, time
 from pathlib import Path
 
 spec_path = Path(sys.argv[sys.argv.index("--spec") + 1])
@@ -49,6 +51,12 @@ if plan.get("hold"):
     deadline = time.monotonic() + 30
     while not (spec_path.parent / "release").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+if plan.get("oom_mb"):  # grows, lets the executor see it, then dies as the kernel's OOM killer kills
+    ballast = bytearray(plan["oom_mb"] * 1024 * 1024)
+    for offset in range(0, len(ballast), 4096):
+        ballast[offset] = 1
+    time.sleep(2.5)
+    os.kill(os.getpid(), signal.SIGKILL)
 write_result(plan["status"], plan.get("error"))
 sys.exit(plan["exit"])
 """
@@ -242,3 +250,31 @@ def test_a_worker_stops_when_the_service_that_started_it_is_killed_outright():
     finally:
         if worker.is_running():
             worker.kill()
+
+
+def test_a_worker_killed_by_sigkill_is_reported_as_a_likely_oom_kill_with_its_peak_and_the_settings_to_change(
+    tmp_path, fake_python
+):
+    spec_path = write_spec(tmp_path, oom_mb=300)
+    with pytest.raises(WorkerFailed) as failed:
+        LocalProcessExecutor(python=fake_python).run(spec_path, spec_path.parent / "out" / "result.json",
+                                                     timeout_s=60)
+    message = str(failed.value)
+    assert "exit code -9: the training worker was killed by SIGKILL, most likely by the kernel's out-of-memory killer" \
+        in message
+    assert "lower training.row_tokens or set training.gradient_checkpointing: true" in message
+    peak, limit = (float(x) for x in re.search(r"peak RSS ([0-9.]+) GB of ([0-9.]+) GB", message).groups())
+    assert 0.3 <= peak < limit
+    assert failed.value.retryable
+
+
+def test_exit_reason_names_the_signal_its_likely_cause_and_a_setting():
+    assert exit_reason(1) == "exit code 1"
+    assert exit_reason(-signal.SIGKILL, 5_400_000_000, 24_000_000_000) == (
+        "exit code -9: the training worker was killed by SIGKILL, most likely by the kernel's out-of-memory killer "
+        "(peak RSS 5.4 GB of 24.0 GB); lower training.row_tokens or set training.gradient_checkpointing: true")
+    assert "(24.0 GB of memory)" in exit_reason(-signal.SIGKILL, 0, 24_000_000_000)
+    crashed = exit_reason(-signal.SIGSEGV)
+    assert crashed.startswith("exit code -11: the training worker crashed with SIGSEGV")
+    assert "training.precision" in crashed
+    assert exit_reason(-signal.SIGTERM).endswith("killed by SIGTERM, sent from outside the service")

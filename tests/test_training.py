@@ -257,6 +257,10 @@ def test_train_cli_writes_an_adapter_that_beats_the_base_on_heldout(
 ) -> None:
     assert first_run["status"] == "ok" and first_run["error"] is None and first_run["device"] == "cpu"
     train = first_run["train"]
+    assert train["settings"] == {"learning_rate": 0.002, "epochs": 2.0, "row_tokens": 1024, "loss_chunk_tokens": 512,
+                                 "gradient_checkpointing": "auto", "precision": "fp32", "base_parameters":
+                                 train["settings"]["base_parameters"]}
+    assert 0 < train["settings"]["base_parameters"] < 20_000_000
     assert train["examples"] == 96 and train["dropped_examples"] == 0 and train["packing"] is True
     assert train["steps"] == train["planned_steps"] == len(train["loss_curve"]) >= 8
     assert 0.8 < train["row_fill"] <= 1.0  # ~10 rows of 1024 tokens: only the last is part-empty

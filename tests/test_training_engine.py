@@ -233,3 +233,58 @@ def test_sigterm_saves_a_checkpoint_and_exits_3_with_an_interrupted_result(
     state = json.loads((saved[0] / "state.json").read_text())
     assert state["manifest"]["cycle_id"] == "c-test" and state["manifest"]["snapshot_id"] == "snap-1"
     assert progress.exists() and json.loads(progress.read_text())["total_steps"] == 200
+
+
+SMOLLM2_SHAPE = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                 "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}
+
+
+def test_auto_learning_rate_and_epochs_follow_the_base_size_and_explicit_values_stay(tiny_model_dir: Path) -> None:
+    from transformers import AutoConfig, LlamaConfig
+
+    from daemon.training.auto_settings import base_facts, resolve_training
+
+    tiny = base_facts(AutoConfig.from_pretrained(tiny_model_dir))
+    real = base_facts(LlamaConfig(**SMOLLM2_SHAPE))
+    assert tiny.parameters < 20_000_000 < 130_000_000 < real.parameters < 140_000_000
+    cpu = torch.device("cpu")
+    assert resolve_training(TrainingConfig(), tiny, cpu).model_dump(include={"learning_rate", "epochs"}) == {
+        "learning_rate": 0.01, "epochs": 6.0}
+    assert resolve_training(TrainingConfig(), real, cpu).model_dump(include={"learning_rate", "epochs"}) == {
+        "learning_rate": 2e-4, "epochs": 2.0}
+    explicit = TrainingConfig(learning_rate=0.003, epochs=1)
+    assert resolve_training(explicit, tiny, cpu).model_dump(include={"learning_rate", "epochs"}) == {
+        "learning_rate": 0.003, "epochs": 1.0}
+    assert TrainingConfig.model_validate({"learning_rate": "auto", "epochs": "auto"}).learning_rate == "auto"
+    with pytest.raises(ValueError):
+        TrainingConfig(learning_rate=0)
+
+
+def test_cpu_precision_auto_is_bf16_only_for_a_large_base_on_a_cpu_with_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import LlamaConfig
+
+    from daemon.training import auto_settings
+    from daemon.training.auto_settings import BaseFacts, cpu_precision
+
+    large, small = BaseFacts(LlamaConfig(), 134_515_008), BaseFacts(LlamaConfig(), 1_000_000)
+    monkeypatch.setattr(auto_settings, "cpu_has_bf16_units", lambda: True)
+    assert [cpu_precision("auto", large), cpu_precision("auto", small), cpu_precision("fp32", large)] == [
+        "bf16", "fp32", "fp32"]
+    monkeypatch.setattr(auto_settings, "cpu_has_bf16_units", lambda: False)
+    assert cpu_precision("auto", large) == "fp32"
+
+
+def test_cpu_checkpointing_plan_keeps_as_many_layers_whole_as_the_memory_allows() -> None:
+    from transformers import LlamaConfig
+
+    from daemon.training.memory_plan import GIB, plan_cpu_checkpointing
+
+    real = LlamaConfig(**SMOLLM2_SHAPE)
+    roomy = plan_cpu_checkpointing(real, row_tokens=2048, precision="bf16", available_bytes=64 * GIB)
+    assert roomy.layers == 30 and 0 < roomy.checkpointed < 30  # the 0.75 GiB cap binds even with room to spare
+    fp32 = plan_cpu_checkpointing(real, row_tokens=2048, precision="fp32", available_bytes=64 * GIB)
+    assert fp32.checkpointed > roomy.checkpointed  # fp32 activations are twice as large
+    short = plan_cpu_checkpointing(real, row_tokens=2048, precision="bf16", available_bytes=1 * GIB)
+    assert short.checkpointed == 30
+    tiny = LlamaConfig(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4)
+    assert plan_cpu_checkpointing(tiny, row_tokens=1024, precision="fp32", available_bytes=8 * GIB).checkpointed == 0

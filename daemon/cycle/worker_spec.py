@@ -12,12 +12,13 @@ from daemon.config import Settings
 from daemon.cycle.plan import worker_settings
 from daemon.gate.answers import RELEVANCE_OWN, RELEVANCE_SWAPPED, answer_prompts, relevance_sets
 from daemon.gate.golden import GoldenSet, general_text_path, spec_prompts
-from daemon.ingest.feedback import feedback_eval_sets, heldout_feedback
+from daemon.ingest.feedback import FEEDBACK_EVAL_SETS, feedback_eval_sets, heldout_feedback
 from daemon.ingest.privacy import FILLABLE_PLACEHOLDERS
 from daemon.store import Snapshot
 from daemon.training.contract import (
     CHECKPOINTS_DIR,
     DATA_DIR,
+    GENERAL_EVAL_NAME,
     OUT_DIR,
     PROGRESS_FILE,
     SPEC_FILE,
@@ -70,6 +71,10 @@ def write_worker_spec(
             eval_files=eval_files,
             compare_adapters={"champion": champion_dir} if champion_dir else {},
             evaluate_base=True,
+            # the base's losses: the trusted set (reported beside every candidate), general text (the forgetting
+            # guard's reference) and, when it is the reference, the relevance and feedback sets
+            base_eval_sets=["trusted", GENERAL_EVAL_NAME] + ([RELEVANCE_OWN, RELEVANCE_SWAPPED, *FEEDBACK_EVAL_SETS]
+                                                             if base_is_reference else []),
             general_text_file=general_text_path(gate.general_text) if gate.max_general_loss_increase is not None
             else None,
             golden_prompts=spec_prompts(golden, cfg.model.system_prompt) if probe else [],

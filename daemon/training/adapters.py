@@ -104,6 +104,8 @@ def load_base(
     elif quantization != "none":
         raise SpecError(f"training.quantization {quantization!r} is not supported; use 'none' or 'nf4'")
     try:
+        if quantization == "none":
+            kwargs["config"] = _float_config(path, revision)
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except ImportError as exc:
         if quantization != "nf4":
@@ -127,6 +129,19 @@ def load_base(
         model = model.to(device)
     model.ticketune_kernels = apply_liger_kernels(model) if liger and device.type == "cuda" else []
     return model
+
+
+def _float_config(path: str | Path, revision: str | None) -> transformers.PretrainedConfig:
+    """The base's config, less a GGUF `quantization_config` that an older `make-base-model` left in the
+    config of a directory it had dequantised: transformers would otherwise mark the float model quantized
+    (and Trainer refuses to train such a model)."""
+    config = transformers.AutoConfig.from_pretrained(str(path), revision=revision)
+    quantization = getattr(config, "quantization_config", None)
+    method = (quantization.get("quant_method") if isinstance(quantization, dict)
+              else getattr(quantization, "quant_method", None))
+    if str(getattr(method, "value", method)) == "gguf":
+        del config.quantization_config
+    return config
 
 
 def apply_liger_kernels(model: transformers.PreTrainedModel) -> list[str]:

@@ -120,20 +120,23 @@ def _segment_loop(
     cu_seq_lens: torch.Tensor,
     scaling: float | None,
 ) -> torch.Tensor:
+    """One causal sdpa call per example. The row is split, not sliced: the backward of a slice fills a
+    zero tensor the size of the whole row for each example, the backward of a split is one concatenation.
+    bf16 runs in fp32 here on CPU, where the bf16 attention backward was twice as slow as the fp32 one
+    (bench/RESULTS.md); attention is a small share of the work at ticket lengths."""
     bounds = cu_seq_lens.tolist()
+    sizes = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
     grouped = _grouped(query, key)
+    dtype = query.dtype
+    upcast = not query.is_cuda and dtype in _VARLEN_DTYPES
+    if upcast:
+        query, key, value = query.float(), key.float(), value.float()
     pieces = [
-        F.scaled_dot_product_attention(
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            scale=scaling,
-            is_causal=True,
-            enable_gqa=grouped,
-        )
-        for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+        F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=True, enable_gqa=grouped)
+        for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2), strict=True)
     ]
-    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous()
+    output = torch.cat(pieces, dim=2).transpose(1, 2).contiguous()
+    return output.to(dtype) if upcast else output
 
 
 def _grouped(query: torch.Tensor, key: torch.Tensor) -> bool:

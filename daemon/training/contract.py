@@ -169,6 +169,7 @@ class TrainSpec(WorkerSettings):
     eval_files: dict[str, Path] = Field(default_factory=dict)
     compare_adapters: dict[str, Path] = Field(default_factory=dict)
     evaluate_base: StrictBool = True
+    base_eval_sets: list[str] | None = None  # the eval sets the base is scored on; None: every one
     validation_file: Path | None = None
     checkpoint_dir: Path | None = None
     progress_file: Path | None = None  # output_dir/progress.json when not given
@@ -290,6 +291,18 @@ class CheckpointingPlan(_Open):
     reason: str = ""
 
 
+class ResolvedSettings(_Open):
+    """`result.train.settings`: the settings training ran with, each `auto` resolved (auto_settings.py)."""
+
+    learning_rate: float | None = None
+    epochs: float | None = None
+    row_tokens: int | None = None
+    loss_chunk_tokens: int | None = None
+    gradient_checkpointing: bool | str | None = None  # "auto" on CUDA: `checkpointing` says what the plan chose
+    precision: str | None = None  # bf16 or fp32
+    base_parameters: int | None = None
+
+
 class TrainSummary(_Open):
     """`result.train`: what training did (train_loop.train_adapter and lora_recipe._run)."""
 
@@ -317,6 +330,7 @@ class TrainSummary(_Open):
     init_adapter: str | None = None
     checkpointing: CheckpointingPlan | None = None
     kernels: list[str] = Field(default_factory=list)
+    settings: ResolvedSettings | None = None
     objective: str | None = None  # training.objective
     preference_examples: int | None = None  # thumbs (kto) or pairs (dpo) trained on
     preference_weights: tuple[float, float] | None = None  # kto: desirable, undesirable

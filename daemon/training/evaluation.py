@@ -88,8 +88,10 @@ def evaluate_all(
     """Every eval file under the candidate, each compare adapter (loaded beside it) and the base."""
     results: dict[str, dict[str, Any]] = {name: {} for name in eval_sets}
 
-    def evaluate_into(label: str, scored: torch.nn.Module, packing: bool) -> None:
+    def evaluate_into(label: str, scored: torch.nn.Module, packing: bool, only: list[str] | None = None) -> None:
         for name, eval_set in eval_sets.items():
+            if only is not None and name not in only:
+                continue
             scores = evaluate_examples(scored, eval_set.examples, spec.training, runtime, packing, pad_token_id)
             results[name][label] = {**scores, "dropped_examples": eval_set.dropped}
             if runtime.world.is_main:
@@ -115,7 +117,7 @@ def evaluate_all(
             model.delete_adapter(name)
     if spec.evaluate_base:
         with model.disable_adapter():
-            evaluate_into("base", model, packing)
+            evaluate_into("base", model, packing, spec.base_eval_sets)
     return results
 
 

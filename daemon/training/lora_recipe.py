@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from daemon.training.auto_settings import BaseFacts, resolved_report
 from daemon.training.chat_examples import (
     tokenize_file,
 )
@@ -42,6 +43,7 @@ from daemon.training.checkpoints import Checkpointer
 from daemon.training.contract import ADAPTER_DIR
 from daemon.training.distributed import close_world
 from daemon.training.evaluation import GENERAL_WINDOW_TOKENS, evaluate_all, tokenize_general_text
+from daemon.training.memory_plan import return_freed_memory
 from daemon.training.methods import describe
 from daemon.training.outputs import probe_adapter, save_adapter
 from daemon.training.preference import PreferenceObjective, load_preference_data
@@ -51,11 +53,12 @@ from daemon.training.preparation import (
     effective_max_seq_len,
     load_tokenizer,
     prepare_model,
+    read_base_facts,
     select_runtime,
     sized,
     uses_packing,
     versions,
-    with_resolved_sizes,
+    with_resolved_settings,
 )
 from daemon.training.progress import ProgressReporter
 from daemon.training.spec import GENERAL_EVAL_NAME, SpecError, TrainSpec
@@ -67,17 +70,18 @@ log = logging.getLogger(__name__)
 def run_training(spec: TrainSpec, stop_requested: Callable[[], bool] = lambda: False) -> dict[str, Any] | None:
     """The whole recipe; returns the result dict on the main rank (None on the others)."""
     started = time.perf_counter()
-    runtime = select_runtime(spec.training.device, spec.training.precision)
+    facts = read_base_facts(spec)
+    runtime = select_runtime(spec.training.device, spec.training.precision, facts)
     try:
-        return _run(spec, runtime, started, stop_requested)
+        return _run(spec, runtime, facts, started, stop_requested)
     finally:
         close_world(runtime.world)
 
 
 def _run(
-    spec: TrainSpec, runtime: Runtime, started: float, stop_requested: Callable[[], bool]
+    spec: TrainSpec, runtime: Runtime, facts: BaseFacts, started: float, stop_requested: Callable[[], bool]
 ) -> dict[str, Any] | None:
-    spec = with_resolved_sizes(spec, runtime)
+    spec = with_resolved_settings(spec, runtime, facts)
     tokenizer = load_tokenizer(spec)
     max_seq_len = effective_max_seq_len(spec, tokenizer)
     masked = spec.supervised_placeholders
@@ -137,9 +141,12 @@ def _run(
             "init_adapter": None if spec.init_adapter is None else str(spec.init_adapter),
             "checkpointing": getattr(model, "ticketune_checkpointing", None),
             "kernels": getattr(model, "ticketune_kernels", []),
+            "settings": resolved_report(spec.training, facts, runtime.precision),
         }
     )
 
+    gc.collect()  # the optimizer and the last step's graph are gone: their memory goes back before evaluation
+    return_freed_memory()
     progress.phase("evaluate", step=train["steps"])
     evaluation = evaluate_all(model, eval_sets, spec, runtime, tokenizer.pad_token_id)
     if not runtime.world.is_main:
@@ -150,6 +157,7 @@ def _run(
     gc.collect()
     if runtime.device.type == "cuda":
         torch.cuda.empty_cache()
+    return_freed_memory()
     probe = probe_adapter(spec, adapter_dir)
     return {
         "status": "ok",

@@ -11,15 +11,21 @@ The budget is `training.memory_budget_gib`, or 90% of the device's memory. Only 
 CUDA is planned; CPU training and padded batches keep the configured switch.
 
 `resolve_sizes` turns `row_tokens: auto` and `loss_chunk_tokens: auto` into numbers before the model
-loads: 16,384 and 4,096 on CUDA (the plan then fits the checkpointing to them); on CPU the largest row
-of at most CPU_ROW_CAP tokens whose fp32 activations (estimated from the model's shape: about
-4·(10·hidden + 2·intermediate) bytes per token and layer, measured on SmolLM2-135M) take at most a
-quarter of the memory available, and loss chunks of 1,024 tokens (a chunk's fp32 logits and their
-gradient are 8·vocab bytes per token). A CPU row is never shorter than max_seq_len.
+loads: 16,384 and 4,096 on CUDA (the plan then fits the checkpointing to them); on CPU rows of
+CPU_ROW_CAP tokens (longer ones were no faster; never shorter than max_seq_len) and loss chunks of 512
+tokens (a chunk's logits, their fp32 copy, log-softmax and gradient are about 14·vocab bytes a token).
+
+On CPU nothing measures memory, so `plan_cpu_checkpointing` estimates it from the model's shape: a
+training token keeps about 8·(10·hidden + 2·intermediate) bytes of activations a layer in fp32, half
+that under bf16 autocast (measured on SmolLM2-135M: 2.0 and 1.0 MB a token over its 30 layers); a
+checkpointed layer keeps only its input. The budget for one row's activations is CPU_RAM_SHARE of the
+memory available, at most CPU_ACTIVATION_CAP, so that a 135M model's whole cycle stays under 4 GB;
+as many layers as fit stay whole, spread evenly, and the rest are checkpointed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -37,8 +43,10 @@ from daemon.training.packing import collate_packed
 GIB = 1024**3
 DEVICE_SHARE = 0.9  # of the device's memory, when no budget is configured
 CUDA_ROW_TOKENS, CUDA_CHUNK_TOKENS = 16384, 4096
-CPU_ROW_CAP, CPU_CHUNK_TOKENS = 2048, 1024  # on CPU longer rows were no faster (bench/RESULTS.md)
+CPU_ROW_CAP, CPU_CHUNK_TOKENS = 2048, 512  # on CPU longer rows were no faster (bench/RESULTS.md)
 CPU_RAM_SHARE = 0.25  # of the available memory, for one row's activations
+CPU_ACTIVATION_CAP = 0.75 * GIB  # at most, for one row's activations on CPU (glibc fragmentation adds about as much)
+CPU_BF16_ACTIVATION_SHARE = 0.5  # of the fp32 estimate, under bf16 autocast
 log = logging.getLogger(__name__)
 
 
@@ -55,27 +63,38 @@ class CheckpointPlan:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def resolve_sizes(settings: TrainingConfig, model_config: Any, device: torch.device,
-                  available_bytes: int | None = None) -> TrainingConfig:
+def resolve_sizes(settings: TrainingConfig, device: torch.device) -> TrainingConfig:
     """`settings` with row_tokens and loss_chunk_tokens as numbers (the module docstring says how)."""
+    cuda = device.type == "cuda"
     updates: dict[str, int] = {}
-    if device.type == "cuda":
-        if settings.row_tokens == "auto":
-            updates["row_tokens"] = max(CUDA_ROW_TOKENS, settings.max_seq_len)
-        if settings.loss_chunk_tokens == "auto":
-            updates["loss_chunk_tokens"] = CUDA_CHUNK_TOKENS
-        return settings.model_copy(update=updates)
     if settings.row_tokens == "auto":
-        text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-        per_token = 4 * text.num_hidden_layers * (10 * text.hidden_size + 2 * text.intermediate_size)
-        available = available_bytes if available_bytes is not None else available_memory()
-        fits = int(CPU_RAM_SHARE * available // max(per_token, 1))
-        updates["row_tokens"] = max(settings.max_seq_len, min(CPU_ROW_CAP, fits))
-        log.info("training.row_tokens auto: %d on CPU (%.0f KB of activations a token, %.1f GiB available)",
-                 updates["row_tokens"], per_token / 1e3, available / GIB)
+        updates["row_tokens"] = max(CUDA_ROW_TOKENS if cuda else CPU_ROW_CAP, settings.max_seq_len)
     if settings.loss_chunk_tokens == "auto":
-        updates["loss_chunk_tokens"] = CPU_CHUNK_TOKENS
+        updates["loss_chunk_tokens"] = CUDA_CHUNK_TOKENS if cuda else CPU_CHUNK_TOKENS
     return settings.model_copy(update=updates)
+
+
+def plan_cpu_checkpointing(model_config: Any, *, row_tokens: int, precision: str,
+                           available_bytes: int | None = None) -> CheckpointPlan:
+    """How many decoder layers to checkpoint on CPU, from the estimate in the module docstring."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    layers = text.num_hidden_layers
+    per_layer = 8 * (10 * text.hidden_size + 2 * text.intermediate_size) * row_tokens
+    if precision == "bf16":
+        per_layer *= CPU_BF16_ACTIVATION_SHARE
+    kept = 4 * text.hidden_size * row_tokens  # a checkpointed layer's input
+    available = available_bytes if available_bytes is not None else available_memory()
+    budget = min(CPU_RAM_SHARE * available, CPU_ACTIVATION_CAP)
+    whole = max(0, min(layers, math.floor((budget - layers * kept) / (per_layer - kept))))
+    plan = CheckpointPlan(
+        layers=layers, checkpointed=layers - whole, budget_gib=budget / GIB,
+        layer_activations_gib=per_layer / GIB,
+        reason=f"estimated for a row of {row_tokens} tokens in {precision} on CPU, {available / GIB:.1f} GiB available",
+    )
+    log.info("activation checkpointing on %d of %d layers on CPU (budget %.2f GiB of %.1f GiB available, "
+             "about %.3f GiB per whole layer)", plan.checkpointed, layers, budget / GIB, available / GIB,
+             per_layer / GIB)
+    return plan
 
 
 def available_memory() -> int:
@@ -95,6 +114,15 @@ def available_memory() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 8 * GIB
+
+
+def return_freed_memory() -> None:
+    """Hands the heap's free pages back to the system (glibc keeps freed tensors' memory otherwise, and the
+    worker's RSS would stay at its training peak while the probe process loads its own model)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -1,5 +1,5 @@
 """The recipe's setup steps: the runtime (device, dtype, ranks), the tokenizer, and the model: the base
-(quantised when asked) with its adapter, kernels, autocast and checkpointing plan; the auto sizes."""
+(quantised when asked) with its adapter, kernels, autocast and checkpointing plan; the auto settings."""
 
 from __future__ import annotations
 
@@ -16,13 +16,16 @@ from transformers import PreTrainedTokenizerBase
 from daemon.config import TrainingConfig
 from daemon.training.adapters import attach_adapter, load_base
 from daemon.training.attention import register_packed_attention
+from daemon.training.auto_settings import BaseFacts, base_facts, cpu_precision, resolve_training
 from daemon.training.distributed import World, init_world
 from daemon.training.memory_plan import (
     CheckpointPlan,
     decoder_layers,
     plan_checkpointing,
+    plan_cpu_checkpointing,
     resolve_sizes,
     set_checkpointed,
+    spread,
 )
 from daemon.training.spec import SpecError, TrainSpec
 
@@ -37,29 +40,39 @@ class Runtime:
     dtype: torch.dtype
     world: World = field(default_factory=World)
 
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.dtype == torch.float32 else "bf16"
 
-def with_resolved_sizes(spec: TrainSpec, runtime: Runtime) -> TrainSpec:
-    """The spec with training.row_tokens and loss_chunk_tokens resolved for this device and base model."""
-    settings = spec.training
-    if settings.row_tokens != "auto" and settings.loss_chunk_tokens != "auto":
-        return spec
+
+def read_base_facts(spec: TrainSpec) -> BaseFacts:
+    """The base's config and parameter count, for the auto settings (a SpecError when it cannot be read)."""
     _check_base_exists(spec.base_model)
     try:
         config = transformers.AutoConfig.from_pretrained(spec.base_model, revision=spec.base_revision)
     except (OSError, ValueError) as exc:
         raise SpecError(_base_load_message(spec.base_model, exc)) from None
-    return spec.model_copy(update={"training": resolve_sizes(settings, config, runtime.device)})
+    return base_facts(config)
+
+
+def with_resolved_settings(spec: TrainSpec, runtime: Runtime, facts: BaseFacts) -> TrainSpec:
+    """The spec with every `auto` training setting resolved for this device and base model (auto_settings.py)."""
+    resolved = resolve_training(spec.training, facts, runtime.device)
+    return spec.model_copy(update={"training": resolved})
 
 
 def sized(settings: TrainingConfig, model: torch.nn.Module, runtime: Runtime) -> TrainingConfig:
-    """`settings` with row_tokens and loss_chunk_tokens as numbers, for this model on this device."""
-    if settings.row_tokens != "auto" and settings.loss_chunk_tokens != "auto":
+    """`settings` with its auto values resolved for this model on this device (a no-op once resolved)."""
+    if "auto" not in (settings.learning_rate, settings.epochs, settings.row_tokens, settings.loss_chunk_tokens):
         return settings
     causal_lm = model.get_base_model() if isinstance(model, PeftModel) else model
-    return resolve_sizes(settings, causal_lm.config, runtime.device)
+    facts = BaseFacts(config=causal_lm.config, parameters=sum(p.numel() for p in causal_lm.parameters()))
+    return resolve_training(settings, facts, runtime.device)
 
 
-def select_runtime(requested: str, precision: str = "auto") -> Runtime:
+def select_runtime(requested: str, precision: str = "auto", facts: BaseFacts | None = None) -> Runtime:
+    """Device, dtype and ranks. On CPU, precision auto is bf16 only for a base `facts` describes as large
+    enough on a CPU with AMX (auto_settings.cpu_precision); without facts it is fp32."""
     if requested == "cuda" and not torch.cuda.is_available():
         raise SpecError("training.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
     use_cuda = requested in ("auto", "cuda") and torch.cuda.is_available()
@@ -69,9 +82,11 @@ def select_runtime(requested: str, precision: str = "auto") -> Runtime:
             raise SpecError("training.precision is 'bf16' but this GPU has no bf16; use 'auto' or 'fp32'")
         bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported())
         return Runtime(torch.device("cuda", world.local_rank), torch.bfloat16 if bf16 else torch.float32, world)
-    if precision == "bf16":
-        raise SpecError("training.precision 'bf16' is for CUDA devices; on CPU use 'auto' or 'fp32'")
-    return Runtime(torch.device("cpu"), torch.float32, world)
+    if precision == "bf16" and not torch.cpu._is_avx512_bf16_supported():
+        raise SpecError("training.precision 'bf16' on CPU needs bf16 instructions (AVX512-BF16 or AMX), which "
+                        "this CPU lacks; use 'auto' or 'fp32'")
+    chosen = cpu_precision(precision, facts) if facts is not None or precision != "auto" else "fp32"
+    return Runtime(torch.device("cpu"), torch.bfloat16 if chosen == "bf16" else torch.float32, world)
 
 
 def uses_packing(spec: TrainSpec) -> bool:
@@ -105,13 +120,20 @@ def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
 
     On CUDA: Liger's RMSNorm, SwiGLU and RoPE kernels where installed; adapters with fp32 master weights
     whose matmuls run under the base's bf16 autocast (losses.autocast_for); with gradient_checkpointing
-    "auto", checkpointing on as few layers as the memory budget needs (memory_plan.py). The plan and the
-    kernels are on the model as `ticketune_checkpointing` and `ticketune_kernels`."""
+    "auto", checkpointing on as few layers as the memory budget needs (memory_plan.py: measured on CUDA,
+    estimated on CPU). The plan and the kernels are on the model as `ticketune_checkpointing` and
+    `ticketune_kernels`."""
     _check_base_exists(spec.base_model)
     settings = spec.training
     cuda = runtime.device.type == "cuda"
     checkpointing = settings.gradient_checkpointing
-    if checkpointing == "auto":
+    cpu_plan = None
+    if checkpointing == "auto" and not cuda and uses_packing(spec):
+        config = transformers.AutoConfig.from_pretrained(spec.base_model, revision=spec.base_revision)
+        cpu_plan = plan_cpu_checkpointing(config, row_tokens=resolve_sizes(settings, runtime.device).row_tokens,
+                                          precision=runtime.precision)
+        checkpointing = cpu_plan.checkpointed > 0
+    elif checkpointing == "auto":
         checkpointing = cuda
     attention = register_packed_attention() if uses_packing(spec) else "sdpa"
     base = load_base(
@@ -134,6 +156,9 @@ def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
     layers = len(decoder_layers(model))
     plan = CheckpointPlan(layers=layers, checkpointed=layers if checkpointing else 0,
                           reason=f"training.gradient_checkpointing: {settings.gradient_checkpointing}")
+    if cpu_plan is not None and cpu_plan.layers == layers:
+        set_checkpointed(decoder_layers(model), spread(cpu_plan.checkpointed, layers))
+        plan = cpu_plan
     if settings.gradient_checkpointing == "auto" and cuda and uses_packing(spec):
         settings = sized(settings, model, runtime)
         try:

@@ -90,7 +90,10 @@ def make_pretrained_model(out_dir: Path, *, gguf_file: Path, source: str) -> dic
     folder, name = str(gguf_file.parent), gguf_file.name
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = LlamaForCausalLM(loaded.config)
+    config = loaded.config
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config  # the weights are dequantised floats: the saved model is a plain one
+    model = LlamaForCausalLM(config)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     if missing or unexpected:
         raise SpecError(f"{gguf_file}: {len(missing)} weights missing and {len(unexpected)} unexpected after "
