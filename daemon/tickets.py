@@ -51,6 +51,32 @@ class Message(_Lenient):
     created_at: datetime | None = None
 
 
+class DraftOutcome(str, Enum):
+    """What the agent did with the model's draft of the first answer."""
+
+    sent_as_is = "sent_as_is"
+    edited = "edited"
+    discarded = "discarded"
+
+
+class AiAssist(_Lenient):
+    """Which adapter version drafted the first answer, the draft, and what the agent did with it.
+
+    The draft belongs to the ticket's first public agent reply; it feeds preference learning (a pair
+    when the agent edited or discarded it) and each champion's online probation.
+    """
+
+    model_name: str | None = None
+    model_version: str | None = None
+    draft: str
+    outcome: DraftOutcome
+
+    @field_validator("model_version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 class Ticket(_Lenient):
     ticket_id: str = Field(min_length=1)
     status: str
@@ -66,6 +92,7 @@ class Ticket(_Lenient):
     requester: Person | None = None
     agents: list[Person] = Field(default_factory=list)
     messages: list[Message]
+    ai_assist: AiAssist | None = None
 
     @field_validator("ticket_id", mode="before")
     @classmethod
@@ -80,6 +107,10 @@ class Ticket(_Lenient):
     @property
     def is_resolved(self) -> bool:
         return self.status in RESOLVED_STATUSES
+
+    def first_public_agent_reply(self) -> Message | None:
+        """The reply an `ai_assist` draft belongs to: the first public, non-empty agent message."""
+        return next((m for m in self.messages if m.author_role == Role.agent and m.public and m.body.strip()), None)
 
     @property
     def revision(self) -> str:

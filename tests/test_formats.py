@@ -367,3 +367,67 @@ def test_fixtures_are_not_changed_by_parsing() -> None:
     before = copy.deepcopy(data)
     parse("zendesk", data)
     assert data == before
+
+
+# --- the model's draft (kafka.ai_assist): a custom field and a version tag --------------------------------
+
+DRAFT = "Hi Ana,\n\nPlease check our help center for refunds.\n\nBest,\nSam"
+
+
+def _with_draft(vendor: str, value: object) -> dict:
+    """The vendor's sample payload with `value` in its custom field "ai_draft" and the tag `ticketune_v7`."""
+    data = payload(vendor)
+    if vendor == "zendesk":
+        data["ticket"]["custom_fields"] = [{"id": 360001, "value": value}]
+        data["ticket"]["tags"] = list(data["ticket"].get("tags") or []) + ["ticketune_v7"]
+    elif vendor == "freshdesk":
+        ticket = data.get("ticket", data)
+        ticket["custom_fields"] = {"ai_draft": value}
+        ticket["tags"] = list(ticket.get("tags") or []) + ["ticketune_v7"]
+    elif vendor == "intercom":
+        conversation = data["data"]["item"] if "data" in data else data
+        conversation["custom_attributes"] = {"ai_draft": value}
+        tags = conversation.setdefault("tags", {"type": "tag.list", "tags": []})
+        tags["tags"] = list(tags.get("tags") or []) + [{"type": "tag", "name": "ticketune_v7"}]
+    elif vendor == "helpscout":
+        data["customFields"] = [{"id": 77, "name": "ai_draft", "value": value}]
+        data["tags"] = list(data.get("tags") or []) + [{"id": 1, "tag": "ticketune_v7"}]
+    else:
+        data["Case"]["ai_draft"] = value
+    return data
+
+
+MAPPING = KafkaConfig(ai_assist={"field": "ai_draft", "tag_prefix": "ticketune_v"}).ai_assist
+FIELD_NAMES = {"zendesk": "360001"}
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_a_draft_in_the_configured_custom_field_becomes_ai_assist(vendor: str) -> None:
+    mapping = MAPPING.model_copy(update={"field": FIELD_NAMES.get(vendor, "ai_draft")})
+    data = _with_draft(vendor, DRAFT)
+    ticket = parser_for(vendor, mapping)(json.dumps(data).encode())
+    assert ticket.ai_assist is not None
+    assert ticket.ai_assist.draft == DRAFT
+    assert ticket.ai_assist.outcome.value == "edited"  # the agent sent something else
+    assert ticket.ai_assist.model_version == (None if vendor == "salesforce" else "7")  # a Case has no tags
+    assert parser_for(vendor)(json.dumps(data).encode()).ai_assist is None  # no field configured: no draft
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_a_draft_object_says_its_outcome_and_version_and_a_bad_outcome_is_a_parse_error(vendor: str) -> None:
+    mapping = MAPPING.model_copy(update={"field": FIELD_NAMES.get(vendor, "ai_draft")})
+    value = json.dumps({"draft": DRAFT, "outcome": "discarded", "model_name": "m", "model_version": 12})
+    ticket = parser_for(vendor, mapping)(json.dumps(_with_draft(vendor, value)).encode())
+    assert (ticket.ai_assist.outcome.value, ticket.ai_assist.model_version, ticket.ai_assist.model_name) == \
+        ("discarded", "12", "m")
+    bad = json.dumps({"draft": DRAFT, "outcome": "maybe"})
+    with pytest.raises(TicketParseError) as caught:
+        parser_for(vendor, mapping)(json.dumps(_with_draft(vendor, bad)).encode())
+    assert caught.value.reason == "invalid_ticket" and "ai_assist.outcome" in caught.value.detail
+
+
+def test_a_draft_sent_verbatim_is_sent_as_is() -> None:
+    sent = fixture_ticket("zendesk").first_public_agent_reply().body
+    mapping = MAPPING.model_copy(update={"field": "360001"})
+    ticket = parser_for("zendesk", mapping)(json.dumps(_with_draft("zendesk", sent)).encode())
+    assert ticket.ai_assist.outcome.value == "sent_as_is"

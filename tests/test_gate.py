@@ -2,6 +2,7 @@
 verdict that names every check with its numbers, within MLflow's tag limit."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -379,3 +380,55 @@ def test_the_gate_tag_stays_under_the_limit_with_many_failing_prompts_keeping_th
     assert details["prompts"][0]["status"] == "fail" and len(details["prompts"]) + details["prompts_omitted"] == 60
     assert "30 of 60 golden prompts fail" in check(verdict, "behaviour").message and "25 more" in \
         check(verdict, "behaviour").message
+
+
+# --- preference: held-out feedback judged by pair accuracy and thumbs AUC -------------------------------------
+def _feedback_rows(margins: list[float], base: float = 2.0) -> tuple[list, list]:
+    """Chosen and rejected rows whose per-token scores differ by each margin (3 tokens each)."""
+    chosen = [[f"p{i}", 3 * (base - m / 2), 3] for i, m in enumerate(margins)]
+    rejected = [[f"p{i}", 3 * (base + m / 2), 3] for i, m in enumerate(margins)]
+    return chosen, rejected
+
+
+def _preference_inputs(candidate_margins: list[float], reference_margins: list[float], objective: str,
+                       thumbs_shift: float = 0.0):
+    from daemon.gate.checks import GateInputs
+    from daemon.gate.preference import FeedbackScores
+
+    thumbs_labels = {f"t{i}": i % 2 == 0 for i in range(20)}
+    ref_thumbs = [[f"t{i}", 2.0 - 0.1 * (i % 2 == 0), 1] for i in range(20)]
+    cand_thumbs = [[f"t{i}", 2.0 - (0.1 + thumbs_shift) * (i % 2 == 0), 1] for i in range(20)]
+    candidate = FeedbackScores(cand_thumbs, *_feedback_rows(candidate_margins))
+    reference = FeedbackScores(ref_thumbs, *_feedback_rows(reference_margins))
+    return GateInputs(trusted_examples=100, candidate_loss=1.0, reference_loss=1.1, reference="champion",
+                      feedback=(candidate, reference), feedback_labels=thumbs_labels, objective=objective)
+
+
+def test_preference_rejects_a_candidate_that_prefers_the_drafts_the_agents_rewrote():
+    from daemon.gate.checks import check_preference
+
+    cfg = GateConfig(bootstrap_samples=500)
+    good = [0.5] * 30
+    worse = [0.5] * 10 + [-0.5] * 20  # prefers the rejected draft on two thirds of the pairs
+    failed = check_preference(_preference_inputs(worse, good, "sft+dpo"), cfg)
+    assert failed.status == "fail" and failed.details["candidate_pair_accuracy"] == pytest.approx(1 / 3, abs=1e-4)
+    assert failed.details["reference_pair_accuracy"] == 1.0 and failed.details["lower_bound"] < -0.05
+    assert check_preference(_preference_inputs(good, good, "sft+dpo"), cfg).status == "pass"
+    advisory = check_preference(_preference_inputs(worse, good, "sft"), cfg)
+    assert advisory.status == "pass" and advisory.details["advisory"]
+    assert check_preference(_preference_inputs(worse, good, "sft+dpo"), cfg.model_copy(
+        update={"check_preference": False})).status == "off"
+
+
+def test_preference_thumbs_auc_separates_good_from_bad_answers_and_too_little_feedback_is_skipped():
+    from daemon.gate.checks import check_preference
+    from daemon.gate.preference import FeedbackScores
+
+    cfg = GateConfig(bootstrap_samples=200)
+    inputs = _preference_inputs([0.5] * 4, [0.5] * 4, "sft+kto", thumbs_shift=0.2)
+    result = check_preference(inputs, cfg)
+    assert result.details["candidate_thumbs_auc"] == 1.0 and result.details["reference_thumbs_auc"] == 1.0
+    assert result.details["examples"] == 24 and result.status == "pass"
+    few = replace(inputs, feedback=(FeedbackScores(None, *_feedback_rows([1.0] * 3)),
+                                    FeedbackScores(None, *_feedback_rows([1.0] * 3))))
+    assert check_preference(few, cfg).status == "off"

@@ -230,3 +230,19 @@ def test_importing_the_module_loads_neither_matplotlib_nor_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"
+
+
+def test_the_preference_check_shows_both_models_figures_and_the_pairs_that_moved_most(tmp_path):
+    preference = {"name": "preference", "status": "fail", "passed": False, "message": "feedback accuracy 0.600",
+                  "details": {"pairs": 30, "desirable": 10, "undesirable": 10, "candidate_accuracy": 0.6,
+                              "reference_accuracy": 1.0, "candidate_pair_accuracy": 0.3333,
+                              "reference_pair_accuracy": 1.0, "candidate_thumbs_auc": 1.0,
+                              "reference_thumbs_auc": 1.0, "lower_bound": -0.52,
+                              "shown": [{"ticket_id": "p7", "candidate_margin": -0.5, "reference_margin": 0.5}]}}
+    write_report(tmp_path, _inputs(verdict={"passed": False, "checks": [*CHECKS, preference]}))
+    markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "Preference (held-out feedback)" in markdown
+    assert "| pairs: sent answer over draft | 0.3333 | 1.0000 |" in markdown
+    assert "| p7 | -0.5000 | 0.5000 |" in markdown
+    write_report(tmp_path / "none", _inputs())
+    assert "Preference" not in (tmp_path / "none" / "report.md").read_text(encoding="utf-8")

@@ -7,14 +7,24 @@ agent reply. Status 4 is "resolved", 5 "closed" (both resolved), 2 "open", 3 "pe
 CSAT: the survey answer `ratings.default_question` of `satisfaction_ratings` (or `satisfaction_rating`),
 Freshdesk's scale 103 ... -103, maps to 1-5: 103 -> 5, 102 and 101 -> 4, 100 -> 3, -101 and -102 -> 2,
 -103 -> 1 (so a 3-point survey gives 5/3/1 and a 5-point one 5/4/3/2/1).
+The model's draft: `custom_fields[kafka.ai_assist.field]` (a `cf_...` key).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from connectors.formats.payload import build_ticket, list_at, load_object, object_at, required, tag_names
+from connectors.formats.payload import (
+    ai_assist_from,
+    build_ticket,
+    list_at,
+    load_object,
+    object_at,
+    required,
+    tag_names,
+)
 from connectors.formats.text import clean_body
+from daemon.config import AiAssistMapping
 from daemon.tickets import Role, Ticket, TicketParseError
 
 STATUS_NAMES = {2: "open", 3: "pending", 4: "resolved", 5: "closed"}
@@ -23,7 +33,7 @@ CSAT_BY_RATING = {103: 5, 102: 4, 101: 4, 100: 3, -101: 2, -102: 2, -103: 1}
 OUTBOUND_EMAIL = 10
 
 
-def parse(value: bytes) -> Ticket:
+def parse(value: bytes, ai_assist: AiAssistMapping | None = None) -> Ticket:
     data = load_object(value)
     nested = isinstance(data.get("ticket"), dict)
     ticket = data["ticket"] if nested else data
@@ -65,13 +75,18 @@ def parse(value: bytes) -> Ticket:
         })
 
     stats = object_at(ticket, "stats", f"{path}stats", optional=True)
+    tags = tag_names(ticket.get("tags"))
+    custom = object_at(ticket, "custom_fields", f"{path}custom_fields", optional=True)
+    draft_field = custom.get(ai_assist.field) if ai_assist and ai_assist.field else None
     return build_ticket({
         "ticket_id": ticket_id,
         "status": STATUS_NAMES.get(status, str(status)) if isinstance(status, int) else status,
         "channel": CHANNEL_BY_SOURCE.get(ticket["source"]) if isinstance(ticket.get("source"), int) else None,
         "subject": ticket.get("subject"),
         "category": ticket.get("type"),
-        "tags": tag_names(ticket.get("tags")),
+        "tags": tags,
+        "ai_assist": ai_assist_from(draft_field, tags, ai_assist, messages,
+                                    f"{path}custom_fields.{ai_assist.field if ai_assist else ''}"),
         "csat": _csat(data) or _csat(ticket),
         "created_at": ticket.get("created_at"),
         "updated_at": ticket.get("updated_at"),

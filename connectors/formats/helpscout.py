@@ -6,6 +6,7 @@ line items, forwards, phone logs and other types are system events; drafts and t
 are skipped. `status: closed` is resolved. Bodies are HTML.
 CSAT: Help Scout's happiness rating, `rating` (the object of `GET /v2/ratings/{id}`, or its text) on the
 conversation: great -> 5, okay -> 3, not_good (webhooks: "Bad") -> 1, unknown -> none.
+The model's draft: the custom field (`customFields`) whose id or name is `kafka.ai_assist.field`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from connectors.formats.payload import (
+    ai_assist_from,
     build_ticket,
     full_name,
     list_at,
@@ -23,13 +25,14 @@ from connectors.formats.payload import (
     text_at,
 )
 from connectors.formats.text import clean_body
+from daemon.config import AiAssistMapping
 from daemon.tickets import Role, Ticket
 
 CSAT_BY_RATING = {"great": 5, "okay": 3, "ok": 3, "not_good": 1, "not good": 1, "bad": 1}
 UNSENT_STATES = frozenset({"draft", "underreview", "hidden"})
 
 
-def parse(value: bytes) -> Ticket:
+def parse(value: bytes, ai_assist: AiAssistMapping | None = None) -> Ticket:
     conversation = load_object(value)
     conversation_id = required(conversation, "id", "id")
     status = required(conversation, "status", "status")
@@ -65,12 +68,15 @@ def parse(value: bytes) -> Ticket:
             "created_at": thread.get("createdAt"),
         })
 
+    tags = tag_names(conversation.get("tags"), "tag")
+    draft_field = _custom_field(conversation, ai_assist.field) if ai_assist and ai_assist.field else None
     return build_ticket({
         "ticket_id": conversation_id,
         "status": status,
         "channel": conversation.get("type"),
         "subject": conversation.get("subject"),
-        "tags": tag_names(conversation.get("tags"), "tag"),
+        "tags": tags,
+        "ai_assist": ai_assist_from(draft_field, tags, ai_assist, messages, "customFields"),
         "csat": _csat(conversation.get("rating")),
         "created_at": conversation.get("createdAt"),
         "updated_at": conversation.get("userUpdatedAt") or conversation.get("modifiedAt"),
@@ -101,3 +107,11 @@ def _csat(rating: object) -> int | None:
     if isinstance(rating, dict):
         rating = rating.get("rating")
     return CSAT_BY_RATING.get(rating.strip().lower()) if isinstance(rating, str) else None
+
+
+def _custom_field(conversation: dict[str, Any], field: str) -> object:
+    """The value of the custom field with id or name `field` (`customFields: [{id, name, value, text}]`)."""
+    for entry in conversation.get("customFields") or []:
+        if isinstance(entry, dict) and field in (str(entry.get("id")), entry.get("name")):
+            return entry.get("text") if entry.get("value") is None else entry.get("value")
+    return None

@@ -5,21 +5,32 @@
 `type` user/lead/contact is the customer, admin an agent, bot a bot (Fin, workflows). `state: closed`
 (or `open: false`) is resolved; times are Unix seconds. Bodies are HTML.
 CSAT: `conversation_rating.rating` is already 1-5 and kept as is.
+The model's draft: `custom_attributes[kafka.ai_assist.field]` (a conversation data attribute).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from connectors.formats.payload import build_ticket, list_at, load_object, object_at, required, tag_names, text_at
+from connectors.formats.payload import (
+    ai_assist_from,
+    build_ticket,
+    list_at,
+    load_object,
+    object_at,
+    required,
+    tag_names,
+    text_at,
+)
 from connectors.formats.text import clean_body
+from daemon.config import AiAssistMapping
 from daemon.tickets import Role, Ticket
 
 ROLE_BY_AUTHOR_TYPE = {"user": Role.customer, "lead": Role.customer, "contact": Role.customer,
                        "admin": Role.agent, "team": Role.agent, "bot": Role.bot}
 
 
-def parse(value: bytes) -> Ticket:
+def parse(value: bytes, ai_assist: AiAssistMapping | None = None) -> Ticket:
     data = load_object(value)
     item = object_at(data, "data", "data", optional=True).get("item")
     conversation, path = (item, "data.item.") if isinstance(item, dict) else (data, "")
@@ -50,12 +61,16 @@ def parse(value: bytes) -> Ticket:
     subject = clean_body(text_at(source, "subject", f"{path}source.subject"), html=True)
     rating = object_at(conversation, "conversation_rating", f"{path}conversation_rating", optional=True)
     statistics = object_at(conversation, "statistics", f"{path}statistics", optional=True)
+    tags = tag_names(object_at(conversation, "tags", f"{path}tags", optional=True).get("tags"), "name")
+    attributes = object_at(conversation, "custom_attributes", f"{path}custom_attributes", optional=True)
+    draft_field = attributes.get(ai_assist.field) if ai_assist and ai_assist.field else None
     return build_ticket({
         "ticket_id": conversation_id,
         "status": state,
         "channel": source.get("type"),
         "subject": conversation.get("title") or subject or None,
-        "tags": tag_names(object_at(conversation, "tags", f"{path}tags", optional=True).get("tags"), "name"),
+        "tags": tags,
+        "ai_assist": ai_assist_from(draft_field, tags, ai_assist, messages, f"{path}custom_attributes"),
         "csat": rating.get("rating"),
         "created_at": conversation.get("created_at"),
         "updated_at": conversation.get("updated_at"),

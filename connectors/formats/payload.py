@@ -5,10 +5,13 @@ Errors name the vendor's field path (`ticket.status: Field required`), never a f
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any
 
-from daemon.tickets import Ticket, TicketParseError, load_json_object, ticket_from_dict
+from connectors.formats.text import clean_body
+from daemon.config import AiAssistMapping
+from daemon.tickets import Role, Ticket, TicketParseError, load_json_object, ticket_from_dict
 
 load_object = load_json_object  # the vendor payloads decode exactly as the canonical one
 
@@ -81,3 +84,40 @@ def build_ticket(fields: dict[str, Any]) -> Ticket:
 def _utc(stamp: datetime | None) -> datetime:
     assert stamp is not None
     return stamp.replace(tzinfo=timezone.utc) if stamp.tzinfo is None else stamp
+
+
+def ai_assist_from(raw: object, tags: list[str], mapping: AiAssistMapping | None, messages: list[dict[str, Any]],
+                   path: str) -> dict[str, Any] | None:
+    """The canonical `ai_assist` from the configured custom field's value (`raw`, found at `path`) and tags.
+
+    The field holds the draft as text, or a JSON object (or its text) with `draft` and optionally
+    `outcome`, `model_name`, `model_version`. The version is otherwise read from the first tag that starts
+    with `kafka.ai_assist.tag_prefix` (`ticketune_v3` is "3"), and the outcome, when the field does not
+    say, from the first public agent reply: the draft verbatim is `sent_as_is`, anything else `edited`.
+    """
+    if mapping is None or mapping.field is None or raw is None:
+        return None
+    if isinstance(raw, str) and raw.lstrip().startswith("{"):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise TicketParseError("invalid_ticket", f"{path}: not a readable JSON object") from None
+    if isinstance(raw, dict):
+        found = {key: raw.get(key) for key in ("draft", "outcome", "model_name", "model_version")}
+    elif isinstance(raw, str):
+        found = {"draft": raw, "outcome": None, "model_name": None, "model_version": None}
+    else:
+        raise TicketParseError("invalid_ticket", f"{path}: expected the draft's text or an object")
+    if not isinstance(found["draft"], str) or not found["draft"].strip():
+        return None  # no draft was made for this ticket
+    found["draft"] = clean_body(found["draft"])
+    if found["model_version"] is None:
+        found["model_version"] = next((tag[len(mapping.tag_prefix):] for tag in tags
+                                       if tag.startswith(mapping.tag_prefix) and len(tag) > len(mapping.tag_prefix)),
+                                      None)
+    if found["outcome"] is None:
+        reply = next((m["body"] for m in messages if m["author_role"] == Role.agent and m["public"]
+                      and m["body"].strip()), None)
+        same = reply is not None and reply.split() == found["draft"].split()
+        found["outcome"] = "sent_as_is" if same else "edited"
+    return found

@@ -9,6 +9,7 @@ A CaseComment is an agent's, or the customer's when `CreatedBy.UserType` is a po
 incoming email exists (web-to-case); with email-to-case it repeats the first email.
 CSAT: the optional `Satisfaction: {"Score": s, "ScaleMin": 1, "ScaleMax": 5}` (a survey's answer)
 maps linearly onto 1-5; the scale defaults to 1-5, so a score already on 1-5 is kept as is.
+The model's draft: the Case field `kafka.ai_assist.field` (a custom field such as `AI_Draft__c`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from connectors.formats.payload import build_ticket, list_at, load_object, object_at, required, text_at, unsupported
+from connectors.formats.payload import (
+    ai_assist_from,
+    build_ticket,
+    list_at,
+    load_object,
+    object_at,
+    required,
+    text_at,
+    unsupported,
+)
 from connectors.formats.text import clean_body
+from daemon.config import AiAssistMapping
 from daemon.tickets import Role, Ticket, TicketParseError
 
 EMAIL_STATUS_DRAFT = "5"
@@ -26,7 +37,7 @@ CUSTOMER_USER_TYPES = frozenset({
 })
 
 
-def parse(value: bytes) -> Ticket:
+def parse(value: bytes, ai_assist: AiAssistMapping | None = None) -> Ticket:
     data = load_object(value)
     if not isinstance(data.get("Case"), dict):
         raise unsupported("Salesforce", "Case", "a 'Case' object with 'EmailMessages' and 'CaseComments'")
@@ -85,12 +96,15 @@ def parse(value: bytes) -> Ticket:
         })
 
     status = "closed" if is_closed else str(case.get("Status") or "open")
+    draft_field = case.get(ai_assist.field) if ai_assist and ai_assist.field else None
     return build_ticket({
         "ticket_id": case_id,
         "status": status,
         "channel": case.get("Origin"),
         "subject": case.get("Subject"),
         "category": case.get("Type") or case.get("Reason"),
+        "ai_assist": ai_assist_from(draft_field, [], ai_assist, messages,  # a Case has no tags
+                                    f"Case.{ai_assist.field if ai_assist else ''}"),
         "csat": _csat(object_at(data, "Satisfaction", "Satisfaction", optional=True)),
         "created_at": case.get("CreatedDate"),
         "updated_at": case.get("LastModifiedDate") or case.get("SystemModstamp"),

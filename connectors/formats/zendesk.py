@@ -6,21 +6,32 @@ the same way when it carries `comments` and `users` too. Status solved/closed is
 with `public: false` is an internal note; its author's role comes from the sideloaded user (end-user
 is the customer, agent and admin are agents), so every comment author must be in `users`.
 CSAT: `satisfaction_rating.score` good -> 5, bad -> 1 (offered/unoffered -> none).
+The model's draft: the custom field whose id is `kafka.ai_assist.field` (`ticket.custom_fields`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from connectors.formats.payload import build_ticket, list_at, load_object, object_at, required, tag_names, unsupported
+from connectors.formats.payload import (
+    ai_assist_from,
+    build_ticket,
+    list_at,
+    load_object,
+    object_at,
+    required,
+    tag_names,
+    unsupported,
+)
 from connectors.formats.text import clean_body
+from daemon.config import AiAssistMapping
 from daemon.tickets import Role, Ticket, TicketParseError
 
 CSAT_BY_SCORE = {"good": 5, "bad": 1}
 ROLE_BY_USER_ROLE = {"end-user": Role.customer, "agent": Role.agent, "admin": Role.agent}
 
 
-def parse(value: bytes) -> Ticket:
+def parse(value: bytes, ai_assist: AiAssistMapping | None = None) -> Ticket:
     data = load_object(value)
     if isinstance(data.get("ticket"), dict):
         ticket, path = data["ticket"], "ticket"
@@ -63,12 +74,15 @@ def parse(value: bytes) -> Ticket:
         })
 
     rating = object_at(ticket, "satisfaction_rating", f"{path}.satisfaction_rating", optional=True)
+    tags = tag_names(ticket.get("tags"))
+    draft_field = _custom_field(ticket, ai_assist.field) if ai_assist and ai_assist.field else None
     return build_ticket({
         "ticket_id": ticket_id,
         "status": status,
         "channel": object_at(ticket, "via", f"{path}.via", optional=True).get("channel"),
         "subject": ticket.get("subject") or ticket.get("raw_subject"),
-        "tags": tag_names(ticket.get("tags")),
+        "tags": tags,
+        "ai_assist": ai_assist_from(draft_field, tags, ai_assist, messages, f"{path}.custom_fields"),
         "csat": CSAT_BY_SCORE.get(str(rating.get("score", "")).lower()),
         "created_at": ticket.get("created_at"),
         "updated_at": ticket.get("updated_at"),
@@ -86,3 +100,12 @@ def _comment_text(comment: dict[str, Any], index: int) -> str:
     if isinstance(comment.get("body"), str):
         return clean_body(comment["body"], html=False)
     raise TicketParseError("invalid_ticket", f"comments.{index}.body: Field required")
+
+
+def _custom_field(ticket: dict[str, Any], field_id: str) -> object:
+    """The value of the custom field `field_id` (`custom_fields`, or the older `fields`: `[{id, value}]`)."""
+    for key in ("custom_fields", "fields"):
+        for field in ticket.get(key) or []:
+            if isinstance(field, dict) and str(field.get("id")) == field_id:
+                return field.get("value")
+    return None

@@ -124,6 +124,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     from connectors.formats import parser_for
     from connectors.kafka import KafkaTicketSource
     from daemon.app.wiring import build_quality_filter
+    from daemon.ingest.feedback import FeedbackRules
     from daemon.ingest.loop import run_ingest
     from daemon.ingest.privacy import policy_from_config
     from daemon.store import store_lock
@@ -138,10 +139,11 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         source = KafkaTicketSource(settings.kafka)
         try:
             report = run_ingest(
-                source, parser_for(settings.kafka.format), store, system_prompt=settings.model.system_prompt,
-                max_records=args.max_records, idle_timeout_s=args.idle_timeout,
-                assignment_timeout_s=assignment_timeout, poll_timeout_s=settings.kafka.poll_timeout_ms / 1000,
-                quality=quality, scrub=settings.privacy.scrub, privacy=policy_from_config(settings.privacy),
+                source, parser_for(settings.kafka.format, settings.kafka.ai_assist), store,
+                system_prompt=settings.model.system_prompt, max_records=args.max_records,
+                idle_timeout_s=args.idle_timeout, assignment_timeout_s=assignment_timeout,
+                poll_timeout_s=settings.kafka.poll_timeout_ms / 1000, quality=quality, scrub=settings.privacy.scrub,
+                privacy=policy_from_config(settings.privacy), feedback=FeedbackRules.from_settings(settings),
             )
         finally:
             source.close()
@@ -340,7 +342,7 @@ def cmd_produce_sample(args: argparse.Namespace) -> int:
     topic = args.topic or settings.kafka.topic
     tickets = generate_tickets(
         args.count, seed=args.seed, start_id=args.start_id, corrupt_fraction=args.corrupt_fraction,
-        corruption=args.corruption,
+        corruption=args.corruption, feedback=args.feedback,
     )
     produce_tickets(settings.kafka, topic, tickets)
     _emit(args, {"produced": len(tickets), "topic": topic}, f"produced {len(tickets)} sample tickets to {topic}")
@@ -490,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of tickets whose agent answers are replaced by wrong ones")
     p.add_argument("--corruption", choices=CORRUPTIONS, default="garbled",
                    help="how those answers are wrong (default garbled; wrong_intent: another question's answer)")
+    p.add_argument("--feedback", action="store_true",
+                   help="CSAT that follows each answer's quality, and model drafts sent as is, edited or discarded")
     p.add_argument("--topic", default=None, help="default: the config's kafka.topic")
     p.add_argument("--bootstrap-servers", default=None, help="default: the config's kafka.bootstrap_servers")
     p = verb("make-base-model", cmd_make_base_model, "build a base model into DIR: the tiny local one (default), "

@@ -37,6 +37,7 @@ from daemon.champion.vocabulary import TAG_METRICS
 from daemon.config import Settings
 from daemon.cycle.runner import CycleOutcome
 from daemon.cycle.scheduler import next_run_time, start_scheduler
+from daemon.ingest.feedback import FeedbackRules
 from daemon.ingest.loop import ERROR_KIND_START, IngestReport, declare_series, run_ingest, set_broker_up
 from daemon.ingest.privacy import policy_from_config
 from daemon.logs import mask_url_password
@@ -239,7 +240,7 @@ class Service:
     def _ingest_forever(self) -> None:
         """Holds the ingest lock and runs the loop until stop; rebuilds the source after a failure."""
         cfg = self.settings
-        parse = parser_for(cfg.kafka.format)
+        parse = parser_for(cfg.kafka.format, cfg.kafka.ai_assist)
         while not self.stop.is_set():
             try:
                 with store_lock(self.store.path, "ingest", wait_seconds=5.0):
@@ -251,8 +252,8 @@ class Service:
                             source, parse, self.store, system_prompt=cfg.model.system_prompt, stop=self.stop,
                             on_batch=self._note_ingest_progress, poll_timeout_s=cfg.kafka.poll_timeout_ms / 1000,
                             quality=quality, scrub=cfg.privacy.scrub, privacy=policy_from_config(cfg.privacy),
-                            on_broker=self._note_broker,
-                            on_store=self._note_store_writes,
+                            on_broker=self._note_broker, on_store=self._note_store_writes,
+                            feedback=FeedbackRules.from_settings(cfg),
                         )
                         log.info("ingest loop ended: %s", report.to_json())
                     finally:
@@ -408,6 +409,8 @@ class Service:
             counts = self.store.counts()
             metrics.STORE_EXAMPLES.set(counts["examples"])
             metrics.STORE_PENDING_EXAMPLES.set(counts["pending"])
+            for kind, n in self.store.feedback_counts().items():
+                metrics.FEEDBACK_EXAMPLES.labels(kind=kind).set(n)
             fresh = self.store.freshness()
             if fresh["newest_stored_at"]:
                 newest = datetime.fromisoformat(fresh["newest_stored_at"])

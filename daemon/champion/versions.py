@@ -23,6 +23,7 @@ from daemon.champion.vocabulary import (
     TAG_BASE_FINGERPRINT,
     TAG_ERASURE_REQUESTED_AT,
     TAG_METRICS,
+    TAG_OBJECTIVE,
     TAG_PROMOTED_AT,
     TAG_REASONS,
     TAG_STATE,
@@ -107,6 +108,7 @@ def history(registry: VersionRegistry, store: ExampleStore | None = None) -> lis
             "created_at": row.get("created_at"),
             "state": rules.version_state(tags),
             "base_model_fingerprint": tags.get(TAG_BASE_FINGERPRINT),
+            "objective": tags.get(TAG_OBJECTIVE) or "sft",  # versions from before the tag were all sft
             "promoted_at": tags.get(TAG_PROMOTED_AT),
             "metrics": _loads(tags.get(TAG_METRICS), {}),
             "reasons": _loads(tags.get(TAG_REASONS), []),

@@ -26,6 +26,7 @@ TAG_REASONS = "ticketune.reasons"
 TAG_METRICS = "ticketune.metrics"
 TAG_GATE = "ticketune.gate"
 TAG_ADAPTER_METHOD = "ticketune.adapter_method"
+TAG_OBJECTIVE = "ticketune.objective"  # training.objective: sft, kto, dpo, sft+kto, sft+dpo (absent: sft)
 TAG_GATE_PROFILE = "ticketune.gate_profile"
 TAG_GATE_APPROVAL = "ticketune.gate_approval"
 TAG_REFERENCE = "ticketune.reference"

@@ -49,6 +49,7 @@ from daemon.cycle.worker_spec import spec_answer_prompts, write_worker_spec
 from daemon.gate.checks import Verdict, inputs_from_result, judge
 from daemon.gate.golden import GoldenSet, load_golden
 from daemon.gate.report_rows import golden_rows, sample_rows
+from daemon.ingest.feedback import DESIRABLE, heldout_feedback
 from daemon.ingest.privacy import PLACEHOLDERS
 from daemon.logs import log_context
 from daemon.store import ExampleStore, Snapshot, store_lock
@@ -169,6 +170,16 @@ def _check_metrics(verdict: Verdict) -> dict[str, float]:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[f"gate.{check.name}.{key}"] = float(value)
     return out
+
+
+def _feedback_metrics(verdict: Verdict) -> dict[str, float]:
+    """The preference check's figures under the names `cycle --json` promises (none when it scored nothing)."""
+    details = next((c.details for c in verdict.checks if c.name == "preference"), {})
+    if "candidate_accuracy" not in details:
+        return {}
+    return {"feedback_accuracy_candidate": details["candidate_accuracy"],
+            "feedback_accuracy_reference": details["reference_accuracy"],
+            "feedback_examples": details["examples"]}
 
 
 def eval_snapshot_id(snapshot: Snapshot) -> str:
@@ -430,11 +441,15 @@ class CycleRunner:
         has_reference_champion = champion is not None and fresh_reason is None
         flat = _flatten_result_metrics(result, has_champion=has_reference_champion)
         categories = {example["ticket_id"]: example.get("category") for example in snapshot.trusted_eval}
+        thumbs, _ = heldout_feedback(snapshot.trusted_eval, snapshot.batch_eval)
         verdict = judge(
             inputs_from_result(result, has_champion=has_reference_champion, categories=categories, golden=golden,
-                               keep=cfg.privacy.keep),
+                               keep=cfg.privacy.keep,
+                               feedback_labels={row["ticket_id"]: row["label"] == DESIRABLE for row in thumbs},
+                               objective=cfg.training.objective),
             cfg.gate,
         )
+        flat.update(_feedback_metrics(verdict))
         reasons = verdict.reasons
         if fresh_reason == "erased":
             reasons.append(f"note: retrained from scratch without erased data; champion {champion} was "
@@ -463,6 +478,7 @@ class CycleRunner:
             vocab.TAG_ADAPTER_METHOD: adapter_methods.describe(
                 cfg.adapter.method, cfg.adapter.use_rslora, cfg.training.quantization
             ),
+            vocab.TAG_OBJECTIVE: cfg.training.objective,
             vocab.TAG_GATE_PROFILE: cfg.gate.profile,
             vocab.TAG_GATE_APPROVAL: cfg.gate.approval,
             vocab.TAG_REFERENCE: "champion" if has_reference_champion else "base",

@@ -12,6 +12,7 @@ from daemon.config import Settings
 from daemon.cycle.plan import worker_settings
 from daemon.gate.answers import RELEVANCE_OWN, RELEVANCE_SWAPPED, answer_prompts, relevance_sets
 from daemon.gate.golden import GoldenSet, general_text_path, spec_prompts
+from daemon.ingest.feedback import FEEDBACK_EVAL_SETS, feedback_eval_sets, heldout_feedback
 from daemon.ingest.privacy import FILLABLE_PLACEHOLDERS
 from daemon.store import Snapshot
 from daemon.training.contract import (
@@ -36,14 +37,24 @@ def write_worker_spec(
     the champion's adapter to compare with (and warm-start from when `warm`)."""
     cfg = settings
     gate = cfg.gate
-    files = snapshot.write_jsonl(cycle_dir / DATA_DIR, cfg.training.validation_fraction)
+    preference = cfg.training.preference is not None
+    files = snapshot.write_jsonl(cycle_dir / DATA_DIR, cfg.training.validation_fraction, preference=preference)
     eval_files = {"trusted": files["trusted"], "batch_heldout": files["batch_heldout"]}
+    supervised = snapshot.sft_view(preference)  # the answers the supervised part is judged on
+
+    def write_set(name: str, rows: list[dict]) -> None:
+        eval_files[name] = cycle_dir / DATA_DIR / f"{name}.jsonl"
+        eval_files[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+
     if gate.check_relevance:
-        own, swapped = relevance_sets(snapshot.trusted_eval, gate.relevance_examples, cfg.training.seed)
-        for name, rows in ((RELEVANCE_OWN, own), (RELEVANCE_SWAPPED, swapped)):
-            eval_files[name] = cycle_dir / DATA_DIR / f"{name}.jsonl"
-            eval_files[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
-    samples = (answer_prompts(snapshot.trusted_eval, gate.answer_samples, cfg.training.seed)
+        own, swapped = relevance_sets(supervised.trusted_eval, gate.relevance_examples, cfg.training.seed)
+        write_set(RELEVANCE_OWN, own)
+        write_set(RELEVANCE_SWAPPED, swapped)
+    if gate.check_preference:  # held-out feedback, scored by every model (the gate's preference check)
+        for name, rows in feedback_eval_sets(*heldout_feedback(snapshot.trusted_eval, snapshot.batch_eval)).items():
+            if rows:
+                write_set(name, rows)
+    samples = (answer_prompts(supervised.trusted_eval, gate.answer_samples, cfg.training.seed)
                if gate.check_answers else [])
     init = champion_dir if warm and cfg.training.warm_start == "champion" else None
     # one fresh process serves the servable, behaviour and answers checks
@@ -61,8 +72,8 @@ def write_worker_spec(
             compare_adapters={"champion": champion_dir} if champion_dir else {},
             evaluate_base=True,
             # the base's losses: the trusted set (reported beside every candidate), general text (the forgetting
-            # guard's reference) and, when it is the reference, the relevance sets
-            base_eval_sets=["trusted", GENERAL_EVAL_NAME] + ([RELEVANCE_OWN, RELEVANCE_SWAPPED]
+            # guard's reference) and, when it is the reference, the relevance and feedback sets
+            base_eval_sets=["trusted", GENERAL_EVAL_NAME] + ([RELEVANCE_OWN, RELEVANCE_SWAPPED, *FEEDBACK_EVAL_SETS]
                                                              if base_is_reference else []),
             general_text_file=general_text_path(gate.general_text) if gate.max_general_loss_increase is not None
             else None,
@@ -74,6 +85,9 @@ def write_worker_spec(
                 with_base=base_is_reference, answer_max_new_tokens=gate.answer_max_new_tokens,
                 embedding_model=str(gate.embedding_model) if gate.embedding_model else None,
             ),
+            preference_file=files["preference_train"] if preference else None,
+            preference_beta=cfg.feedback.beta,
+            preference_weight=cfg.feedback.weight,
             checkpoint_dir=cycle_dir / CHECKPOINTS_DIR,
             progress_file=cycle_dir / OUT_DIR / PROGRESS_FILE,
         )

@@ -73,6 +73,9 @@ STREETS = ("Maple Avenue", "Oak Street", "Elm Road", "Cedar Lane", "Harbor Drive
 CITIES = ("Springfield, IL 62704", "Portland, OR 97201", "Austin, TX 73301", "Denver, CO 80202")
 
 _CUSTOMER_OPENINGS = ("Hi,", "Hello,", "Hi there,", "Hello support team,", "Good morning,", "")
+_CURT_DRAFTS = ("Hi {first}, please check our help center for this.",
+                "Hello {first}, we cannot help with that request.",
+                "Hi {first}, please contact us again later.")
 _AGENT_GREETINGS = ("Hi {first},", "Hello {first},", "Hi {first}, thanks for reaching out.",
                     "Hello {first}, thanks for contacting us.")
 _AGENT_FOLLOW_UP_GREETINGS = ("Hi {first},", "Hello again {first},", "Hi {first}, good question.")
@@ -89,7 +92,7 @@ _BOT_MESSAGES = (
 
 def generate_tickets(
     n: int, *, seed: int = 0, start_id: int = DEFAULT_START_ID, corrupt_fraction: float = 0.0,
-    corruption: str | tuple[str, ...] = "garbled",
+    corruption: str | tuple[str, ...] = "garbled", feedback: bool = False,
 ) -> list[dict]:
     """`n` canonical ticket dicts with ids `start_id`, `start_id + 1`, ...
 
@@ -99,6 +102,8 @@ def generate_tickets(
     the gate must reject. `corruption` picks the poison (one of `CORRUPTIONS`, or several taken in
     turn): garbled as above; wrong_intent, another intent's answer as written; rude, a rude reply;
     pii, the right answer with `PASTED_CONTACT` under its greeting; empty, an empty answer body.
+    `feedback` adds what preference learning reads (`with_feedback`): a CSAT spread that follows the
+    answer's quality, and model drafts the agent sent as is, edited or discarded.
     """
     if not 0.0 <= corrupt_fraction <= 1.0:
         raise ValueError("corrupt_fraction must be between 0 and 1")
@@ -112,10 +117,48 @@ def generate_tickets(
     count = round(corrupt_fraction * len(answerable))
     picked = random.Random(f"ticketune-corrupt:{seed}").sample(answerable, count)
     poison = {ticket_id: kinds_wanted[index % len(kinds_wanted)] for index, ticket_id in enumerate(sorted(picked))}
-    return [
+    tickets = [
         _build_ticket(_ticket_rng(seed, ticket_id), ticket_id, corrupt=poison.get(ticket_id))
         for ticket_id in ticket_ids
     ]
+    return [with_feedback(ticket, seed) for ticket in tickets] if feedback else tickets
+
+
+def with_feedback(ticket: dict, seed: int = 0) -> dict:
+    """The ticket with a CSAT that follows its first answer, and often a model draft of that answer.
+
+    A quarter of the answered tickets get another intent's answer as their first answer (right style,
+    wrong content) and a CSAT of 1 or 2; the rest 3 to 5. Four in ten carry `ai_assist`: half sent as
+    drafted, a third edited (the draft answered another intent; the agent rewrote it), the rest
+    discarded (a curt non-answer). A draft never changes what the agent sent. Deterministic by seed
+    and ticket id; a ticket without a public agent answer is returned as it is.
+    """
+    ticket = copy.deepcopy(ticket)
+    rng = random.Random(f"ticketune-feedback:{seed}:{ticket['ticket_id']}")
+    answers = [m for m in ticket["messages"] if m["author_role"] == "agent" and m["public"] and m["body"].strip()]
+    if ticket["status"] not in ("solved", "closed", "resolved") or not answers or CORRUPTED_TAG in ticket["tags"]:
+        return ticket
+    intent = _INTENTS_BY_NAME.get(ticket["tags"][0], INTENTS[0])
+    others = [i for i in INTENTS if i.category != intent.category]
+    slots = _slots(rng, ticket["requester"]["name"], ticket["ticket_id"])
+    agent = answers[0]["author_name"] or AGENT_NAMES[0]
+    first = answers[0]
+    if rng.random() < 0.25:
+        first["body"] = _agent_message(rng, rng.choice(rng.choice(others).answers), slots, agent)
+        ticket["csat"] = rng.choice((1, 1, 2))
+    else:
+        ticket["csat"] = rng.choice((3, 4, 5, 5, 5))
+    if rng.random() < 0.4:
+        draw = rng.random()
+        if draw < 0.5:
+            draft, outcome = first["body"], "sent_as_is"
+        elif draw < 0.85:
+            draft, outcome = _agent_message(rng, rng.choice(rng.choice(others).answers), slots, agent), "edited"
+        else:
+            draft, outcome = rng.choice(_CURT_DRAFTS).format(**slots), "discarded"
+        ticket["ai_assist"] = {"model_name": "ticketune-support", "model_version": str(rng.randint(1, 3)),
+                               "draft": draft, "outcome": outcome}
+    return ticket
 
 
 def generate_revision(ticket: dict) -> dict:

@@ -22,6 +22,8 @@ import numpy as np
 from daemon.config import GateConfig
 from daemon.gate.answers import RELEVANCE_OWN, RELEVANCE_SWAPPED, answers_finding, relevance_finding
 from daemon.gate.golden import GoldenPrompt, GoldenSet
+from daemon.gate.preference import FeedbackScores, preference_finding
+from daemon.ingest.feedback import FEEDBACK_CHOSEN, FEEDBACK_REJECTED, FEEDBACK_THUMBS
 from daemon.ingest.privacy import FILLABLE_PLACEHOLDERS, PLACEHOLDERS, privacy_policy, scrub_patterns
 from daemon.training.contract import EvalScore, ProbeResult, TrainResult, as_result
 
@@ -82,6 +84,10 @@ class GateInputs:
     # per-example rows of the relevance eval sets: candidate own, candidate swapped, reference own, swapped
     relevance: tuple[Sequence | None, Sequence | None, Sequence | None, Sequence | None] | None = None
     keep: tuple[str, ...] = ()  # privacy.keep: the company's own contact details, which answers may carry
+    # the feedback eval sets' rows of the candidate and the reference, and each thumbs answer's label (desirable)
+    feedback: tuple[FeedbackScores, FeedbackScores] | None = None
+    feedback_labels: Mapping[str, bool] = field(default_factory=dict)
+    objective: str = "sft"  # training.objective: under sft the preference check is advisory
 
     def __post_init__(self) -> None:
         if isinstance(self.probe, Mapping):  # a plain result dict (tests, older callers)
@@ -444,10 +450,18 @@ def check_answers(inputs: GateInputs, cfg: GateConfig) -> CheckResult:
     return _decided("answers", finding.status, finding.message, finding.details, cfg)
 
 
+def check_preference(inputs: GateInputs, cfg: GateConfig) -> CheckResult:
+    """Held-out feedback: the candidate prefers what people preferred, no less than the reference (preference.py)."""
+    candidate, reference = inputs.feedback or (FeedbackScores(), FeedbackScores())
+    finding = preference_finding(candidate, reference, inputs.feedback_labels, inputs.reference, inputs.objective,
+                                 cfg)
+    return CheckResult("preference", finding.status, finding.message, finding.details)
+
+
 def judge(inputs: GateInputs, cfg: GateConfig) -> Verdict:
     checks = [check_eval_size(inputs, cfg), check_improvement(inputs, cfg), check_slices(inputs, cfg),
               check_relevance(inputs, cfg), check_general_text(inputs, cfg), check_behaviour(inputs, cfg),
-              check_answers(inputs, cfg), check_servable(inputs, cfg)]
+              check_answers(inputs, cfg), check_servable(inputs, cfg), check_preference(inputs, cfg)]
     return Verdict(passed=all(c.passed for c in checks), checks=checks)
 
 
@@ -457,11 +471,14 @@ def inputs_from_result(
     categories: Mapping[str, str | None] | None = None,
     golden: GoldenSet | None = None,
     keep: Sequence[str] = (),
+    feedback_labels: Mapping[str, bool] | None = None,
+    objective: str = "sft",
 ) -> GateInputs:
     """Reads the worker's result (`contract.TrainResult`; a plain dict is validated into one): the trusted
     set's candidate and reference losses, per example too; `categories` maps the trusted examples' ticket
     ids to their category for the slices; the general-text losses of the candidate and the base, and the
-    probe; `golden` is the set it answered."""
+    probe; `golden` is the set it answered; `feedback_labels` says which held-out thumbs answers were rated good,
+    and `objective` is the config's training.objective."""
     result = as_result(result)
     general_losses = (result.loss("general", "candidate"), result.loss("general", "base"))
     reference = "champion" if has_champion else "base"
@@ -481,4 +498,9 @@ def inputs_from_result(
         golden=golden,
         relevance=relevance,  # type: ignore[arg-type]
         keep=tuple(keep),
+        feedback=tuple(FeedbackScores(*((result.score(name, label) or EvalScore()).per_example  # type: ignore[arg-type]
+                                        for name in (FEEDBACK_THUMBS, FEEDBACK_CHOSEN, FEEDBACK_REJECTED)))
+                       for label in ("candidate", reference)),
+        feedback_labels=dict(feedback_labels or {}),
+        objective=objective,
     )

@@ -217,6 +217,27 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _preference_blocks(check: Mapping | None, reference: str) -> list:
+    """Feedback accuracy of both models, and the pairs whose margin (sent answer minus draft) moved most."""
+    details = (check or {}).get("details") or {}
+    if "candidate_accuracy" not in details:
+        return []
+    figures = [[name, _fmt(details.get(f"candidate_{key}")), _fmt(details.get(f"reference_{key}"))]
+               for name, key in (("feedback accuracy", "accuracy"), ("pairs: sent answer over draft", "pair_accuracy"),
+                                 ("thumbs: AUC good vs bad", "thumbs_auc"))]
+    blocks: list = [_Heading("Preference (held-out feedback)"),
+                    _Para(f"{_fmt(details.get('pairs'))} pairs, {_fmt(details.get('desirable'))} desirable and "
+                          f"{_fmt(details.get('undesirable'))} undesirable answers; lower bound of candidate − "
+                          f"{reference}: {_fmt(details.get('lower_bound'))}."),
+                    _Table(["", "candidate", reference], figures)]
+    shown = details.get("shown") or []
+    if shown:
+        blocks.append(_Table(["ticket", "candidate margin (nats/token)", f"{reference} margin"],
+                             [[row.get("ticket_id"), _fmt(row.get("candidate_margin")),
+                               _fmt(row.get("reference_margin"))] for row in shown]))
+    return blocks
+
+
 def _blocks(inputs: ReportInputs, images: dict[str, _Image]) -> tuple[list, list[str]]:
     """The report's content, once, for both renderers; and the list of what is missing."""
     scrubber = Scrubber({}, {}, {})  # no ticket here: the generic patterns (emails, phones, cards, ...)
@@ -237,6 +258,7 @@ def _blocks(inputs: ReportInputs, images: dict[str, _Image]) -> tuple[list, list
 
     blocks.extend(_improvement_blocks(by_name.get("improvement"), inputs.reference))
     blocks.extend(_slice_blocks(by_name.get("slices"), inputs.reference, images.get("slices.png")))
+    blocks.extend(_preference_blocks(by_name.get("preference"), inputs.reference))
     blocks.extend(_training_blocks(inputs.result, images["loss_curves.png"], missing, inputs.attempt))
     blocks.extend(_eval_blocks(inputs.result, inputs.reference, missing))
     blocks.extend(_golden_blocks(inputs.golden, inputs.reference, scrubber))

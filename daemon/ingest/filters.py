@@ -267,9 +267,11 @@ class QualityFilter:
     def __len__(self) -> int:
         return len(self._by_ticket)
 
-    def check_ticket(self, ticket: Ticket) -> str | None:
+    def check_ticket(self, ticket: Ticket, *, csat: bool = True) -> str | None:
+        """The first ticket check it fails; `csat=False` leaves out `min_csat` (a low-CSAT ticket that a
+        preference objective keeps as an undesirable example)."""
         cfg = self.cfg
-        if cfg.min_csat is not None:
+        if csat and cfg.min_csat is not None:
             if ticket.csat is None:
                 if cfg.require_csat:
                     return REASON_LOW_CSAT

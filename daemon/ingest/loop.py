@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from daemon import metrics
+from daemon.ingest.feedback import FeedbackRules
+from daemon.ingest.filters import REASON_LOW_CSAT, QualityFilter
 from daemon.ingest.filters import REASONS as QUALITY_REASONS
-from daemon.ingest.filters import QualityFilter
 from daemon.ingest.pairs import SKIP_REASONS as PAIR_SKIP_REASONS
 from daemon.ingest.pairs import Example, Skip, ticket_to_example
 from daemon.ingest.privacy import DEFAULT_POLICY, PrivacyPolicy
@@ -228,8 +229,12 @@ def classify(
     quality: QualityFilter | None = None,
     scrub: bool = True,
     privacy: PrivacyPolicy = DEFAULT_POLICY,
+    feedback: FeedbackRules | None = None,
 ) -> Example | Deletion | Skip | _Rejected:
     """What one record asks for; bad input is a `_Rejected` (a dead letter), never an exception.
+
+    Under a preference objective (`feedback.keep_undesirable`) a ticket that `quality.min_csat` drops but
+    whose CSAT is at most `feedback.bad_csat` is kept as an undesirable example the SFT part never sees.
 
     It only judges: a kept example comes back signed for dedupe, and `_ingest_batch` records it (or a
     deletion) in the quality filter's index.
@@ -248,9 +253,16 @@ def classify(
         ticket = parse(record.value)
     except TicketParseError as exc:
         return _Rejected(exc.reason, exc.detail)
+    sft = True
     if quality is not None and (reason := quality.check_ticket(ticket)):
-        return Skip(ticket.ticket_id, reason)
-    item = ticket_to_example(ticket, system_prompt, scrub=scrub, privacy=privacy)
+        keep = (reason == REASON_LOW_CSAT and feedback is not None and feedback.keep_undesirable
+                and ticket.csat is not None and ticket.csat <= feedback.bad_csat)
+        if not keep:
+            return Skip(ticket.ticket_id, reason)
+        if other := quality.check_ticket(ticket, csat=False):
+            return Skip(ticket.ticket_id, other)
+        sft = False
+    item = ticket_to_example(ticket, system_prompt, scrub=scrub, privacy=privacy, feedback=feedback, sft=sft)
     if quality is not None and isinstance(item, Example):
         reason, item = quality.judge(item)
         if reason:
@@ -295,6 +307,7 @@ def run_ingest(
     privacy: PrivacyPolicy = DEFAULT_POLICY,
     on_broker: Callable[[bool, str], None] | None = None,
     on_store: Callable[[bool, str], None] | None = None,
+    feedback: FeedbackRules | None = None,
 ) -> IngestReport:
     """Runs until `max_records` are consumed, `idle_timeout_s` passes without a record, or `stop` is set.
 
@@ -306,6 +319,7 @@ def run_ingest(
     the rest of the `privacy:` section (phone regions, the keep list, NER).
     `on_broker(up, detail)` hears whether the broker is reached (the detail says why not), and
     `on_store(ok, detail)` whether the store takes the writes (a full disk: the detail says which store).
+    `feedback`: the thresholds that turn CSAT and drafts into preference data (`FeedbackRules.from_settings`).
     """
     if not scrub:
         log.warning("privacy.scrub is false: personal data is stored and trained on unscrubbed")
@@ -344,7 +358,7 @@ def run_ingest(
                 last_record_at = time.monotonic()
                 try:
                     _ingest_batch(records, source, parse, store, system_prompt, report, retrier, quality, scrub,
-                                  privacy)
+                                  privacy, feedback)
                 except _Stopped:
                     log.info("ingest stopped before a batch was stored; its records will be redelivered")
                     break
@@ -385,13 +399,14 @@ def _ingest_batch(
     quality: QualityFilter | None,
     scrub: bool = True,
     privacy: PrivacyPolicy = DEFAULT_POLICY,
+    feedback: FeedbackRules | None = None,
 ) -> None:
     changes: list[Example | Deletion] = []
     skipped: Counter[str] = Counter()
     dead_lettered: Counter[str] = Counter()
     for record in records:
         try:
-            item = classify(record, parse, system_prompt, source.max_value_bytes, quality, scrub, privacy)
+            item = classify(record, parse, system_prompt, source.max_value_bytes, quality, scrub, privacy, feedback)
             if quality is not None:  # judged, now counted: right away, before the next record is judged
                 _update_index(quality, item)
         except Exception as exc:  # a bug met by one odd record must not stop the stream

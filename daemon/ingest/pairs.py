@@ -11,12 +11,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from daemon.ingest.feedback import FeedbackRules, feedback_for
 from daemon.ingest.privacy import DEFAULT_POLICY, PrivacyPolicy, scrubber_for_ticket
 from daemon.tickets import Role, Ticket
 
 # Recorded with every stored example; bump it when turning tickets into examples changes (mapping,
 # scrubbing), so that examples made by an older pipeline can be found and rebuilt.
-PIPELINE_VERSION = "2"  # 2: international scrubbing (issue 16)
+PIPELINE_VERSION = "3"  # 2: international scrubbing (issue 16); 3: examples carry the ticket's feedback (issue 18)
 
 SKIP_NOT_RESOLVED = "not_resolved"
 SKIP_NO_AGENT_ANSWER = "no_public_agent_answer"
@@ -39,19 +40,22 @@ class Example:
     quality_signature: bytes | None = None  # set by the quality filter; the store keeps it for dedupe
     identities: tuple[str, ...] = ()  # the requester's normalised ids; the store keeps only keyed hashes
     dedupe_keys: tuple[int, ...] | None = None  # its LSH band keys, set by a store-backed quality filter
+    feedback: dict | None = None  # daemon/ingest/feedback.py: the CSAT label, the agent's edit of a draft
+    sft: bool = True  # False: kept only as an undesirable example (low CSAT under a preference objective)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "ticket_id": self.ticket_id,
-                "messages": self.messages,
-                "category": self.category,
-                "language": self.language,
-                "placeholders": self.placeholders,
-            },
-            ensure_ascii=False,
-            sort_keys=True,
-        )
+        document: dict = {
+            "ticket_id": self.ticket_id,
+            "messages": self.messages,
+            "category": self.category,
+            "language": self.language,
+            "placeholders": self.placeholders,
+        }
+        if self.feedback:
+            document["feedback"] = self.feedback
+        if not self.sft:
+            document["sft"] = False
+        return json.dumps(document, ensure_ascii=False, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,12 @@ def group_key_for(ticket: Ticket) -> str:
     return hashlib.sha256(basis.encode()).hexdigest()[:32]
 
 
-def ticket_to_example(
-    ticket: Ticket, system_prompt: str | None = None, *, scrub: bool = True, privacy: PrivacyPolicy = DEFAULT_POLICY
-) -> Example | Skip:
+def ticket_to_example(ticket: Ticket, system_prompt: str | None = None, *, scrub: bool = True,
+                      privacy: PrivacyPolicy = DEFAULT_POLICY, feedback: FeedbackRules | None = None,
+                      sft: bool = True) -> Example | Skip:
+    """`privacy`: the scrubbing policy (regions, the company's kept contact details); `feedback`: the
+    thresholds that turn CSAT and drafts into preference data (default ones when None); `sft=False` marks
+    an example kept only as an undesirable one."""
     if not ticket.is_resolved:
         return Skip(ticket.ticket_id, SKIP_NOT_RESOLVED)
 
@@ -126,6 +133,10 @@ def ticket_to_example(
     # scrub=False exists for the tests of the gate's PII check (privacy.scrub: false); never in production
     texts = scrubber.scrub_all([text for _, text in turns]) if scrubber else [text for _, text in turns]
     messages.extend({"role": role, "content": text} for (role, _), text in zip(turns, texts, strict=True))
+    first_answer = next(m["content"] for m in messages if m["role"] == "assistant")
+    reply = ticket.first_public_agent_reply()
+    if reply is None or not next(text for role, text in turns if role == "assistant").startswith(reply.body.strip()):
+        first_answer = None  # the first reply opened the conversation: its draft has no question to pair with
     return Example(
         ticket_id=ticket.ticket_id,
         revision=ticket.revision,
@@ -135,4 +146,7 @@ def ticket_to_example(
         group_key=group_key_for(ticket),
         placeholders=sorted(scrubber.used_placeholders) if scrubber else [],
         identities=requester_identities(ticket),
+        feedback=feedback_for(ticket, first_answer, feedback or FeedbackRules(),
+                              scrubber.scrub if scrubber else (lambda text: text)),
+        sft=sft,
     )

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from daemon.ingest.feedback import KINDS as FEEDBACK_KINDS
 from daemon.ingest.pairs import PIPELINE_VERSION, Example
 from daemon.store.db import Database, unit_hash, utc_now
 from daemon.store.dedupe import write_band_keys
@@ -219,6 +220,16 @@ class ExampleTables(Database):
             "SELECT count(*) FROM examples e JOIN batches b ON e.batch_id = b.id WHERE b.state = 'quarantined'"
         ).fetchone()[0]
         return {"examples": total, "pending": pending, "quarantined": quarantined}
+
+    def feedback_counts(self) -> dict[str, int]:
+        """Stored examples by kind of preference data (`feedback.KINDS`): desirable, undesirable, pair."""
+        row = self._db.execute(
+            "SELECT sum(json_extract(example_json, '$.feedback.label') = 'desirable'),"
+            " sum(json_extract(example_json, '$.feedback.label') = 'undesirable'),"
+            " sum(json_extract(example_json, '$.feedback.rejected') IS NOT NULL)"
+            " FROM examples WHERE example_json LIKE '%\"feedback\"%'"
+        ).fetchone()
+        return {kind: int(row[i] or 0) for i, kind in enumerate(FEEDBACK_KINDS)}
 
     def freshness(self, top_categories: int = 20) -> dict:
         """Newest stored_at and examples per category (the largest ones; the rest as 'other')."""

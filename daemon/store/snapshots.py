@@ -11,6 +11,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from daemon.ingest.feedback import preference_rows, trains_sft
 from daemon.store.db import Database, unit_hash, utc_now
 
 MIN_VALIDATION_EXAMPLES = 8  # fewer make a validation loss too noisy to stop on
@@ -42,28 +43,45 @@ class Snapshot:
         return (f"{len(self.batch_train)} new and {len(self.replay)} replayed examples "
                 f"({len(self.batch_eval)} of the batch held out, {len(self.trusted_eval)} trusted to judge on)")
 
-    def write_jsonl(self, directory: Path, validation_fraction: float = 0.0) -> dict[str, Path]:
-        """Writes train (batch + replay, deterministically shuffled), validation, trusted and batch-held-out files.
+    def sft_view(self, preference: bool) -> Snapshot:
+        """The snapshot as the supervised part sees it: without the examples it must never train or be
+        judged on (`feedback.trains_sft`: kept only as undesirable, or low-rated under a preference objective)."""
+        def keep(rows: list[dict]) -> list[dict]:
+            return [row for row in rows if trains_sft(row, preference)]
+
+        return Snapshot(self.id, self.cycle_id, self.champion_version, keep(self.batch_train), keep(self.batch_eval),
+                        keep(self.replay), keep(self.trusted_eval))
+
+    def write_jsonl(self, directory: Path, validation_fraction: float = 0.0, *,
+                    preference: bool = False) -> dict[str, Path]:
+        """Writes train (batch + replay, deterministically shuffled), validation, trusted and batch-held-out files
+        of the supervised part (`sft_view`), and `preference_train` (the training examples' feedback as thumbs
+        and pairs, `feedback.preference_rows`).
 
         Validation (for early stopping) is a slice of the new batch's training part chosen by a hash
         of the ticket id, so a retry of the cycle picks the same one; replay and the eval sets never
         join it. Under MIN_VALIDATION_EXAMPLES it stays empty and everything trains.
         """
         directory.mkdir(parents=True, exist_ok=True)
-        validation = [ex for ex in self.batch_train
-                      if unit_hash("validation:" + ex["ticket_id"]) < validation_fraction]
+        in_validation = [ex for ex in self.batch_train
+                         if unit_hash("validation:" + ex["ticket_id"]) < validation_fraction]
+        sft = self.sft_view(preference)
+        validation = [ex for ex in in_validation if trains_sft(ex, preference)]
         if len(validation) < MIN_VALIDATION_EXAMPLES:
-            validation = []
-        held = {ex["ticket_id"] for ex in validation}
-        train = sorted(
+            validation, in_validation = [], []
+        held = {ex["ticket_id"] for ex in in_validation}
+        train_all = sorted(
             [ex for ex in self.batch_train if ex["ticket_id"] not in held] + self.replay,
             key=lambda ex: unit_hash(self.id + ex["ticket_id"]),
         )
+        train = [ex for ex in train_all if trains_sft(ex, preference)]
+        thumbs, pairs = preference_rows(train_all)
         files = {
             "train": (directory / "train.jsonl", train),
             "validation": (directory / "validation.jsonl", validation),
-            "trusted": (directory / "trusted.jsonl", self.trusted_eval),
-            "batch_heldout": (directory / "batch_heldout.jsonl", self.batch_eval),
+            "trusted": (directory / "trusted.jsonl", sft.trusted_eval),
+            "batch_heldout": (directory / "batch_heldout.jsonl", sft.batch_eval),
+            "preference_train": (directory / "preference_train.jsonl", thumbs + pairs),
         }
         for path, rows in files.values():
             path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), "utf-8")

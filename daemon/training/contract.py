@@ -75,7 +75,7 @@ WORKER_TRAINING_FIELDS = frozenset({
     "device", "epochs", "max_steps", "learning_rate", "lr_schedule", "warmup_fraction", "batch_size",
     "max_seq_len", "packing", "row_tokens", "rows_per_step", "cross_entropy", "loss_chunk_tokens",
     "gradient_checkpointing", "memory_budget_gib", "precision", "compile", "quantization", "max_minutes", "max_tokens",
-    "eval_every_steps", "early_stop_patience", "checkpoint_every_steps", "gpus", "seed",
+    "eval_every_steps", "early_stop_patience", "checkpoint_every_steps", "gpus", "seed", "objective",
 })
 
 
@@ -180,6 +180,11 @@ class TrainSpec(WorkerSettings):
     # in an assistant turn carry no loss. None: every assistant token is supervised.
     supervised_placeholders: list[str] | None = None
     probe: ProbeSpec = Field(default_factory=ProbeSpec)  # answer golden_prompts in a fresh process after saving
+    # training.objective kto/dpo (alone or with sft): the snapshot's thumbs and pairs (daemon/ingest/feedback.py),
+    # the losses' beta and the preference loss's weight beside the supervised one
+    preference_file: Path | None = None
+    preference_beta: float = Field(default=0.1, gt=0)
+    preference_weight: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -210,7 +215,7 @@ class TrainSpec(WorkerSettings):
 
     def cycle_inputs(self) -> list[Path]:
         """The inputs the cycle wrote for the worker (data files, adapters), for the resume check."""
-        named = [self.train_file, self.validation_file, self.init_adapter,
+        named = [self.train_file, self.validation_file, self.init_adapter, self.preference_file,
                  *self.eval_files.values(), *self.compare_adapters.values()]
         return [path for path in named if path is not None]
 
@@ -326,6 +331,10 @@ class TrainSummary(_Open):
     checkpointing: CheckpointingPlan | None = None
     kernels: list[str] = Field(default_factory=list)
     settings: ResolvedSettings | None = None
+    objective: str | None = None  # training.objective
+    preference_examples: int | None = None  # thumbs (kto) or pairs (dpo) trained on
+    preference_weights: tuple[float, float] | None = None  # kto: desirable, undesirable
+    preference_curve: list[tuple[int, float]] = Field(default_factory=list)  # [step, preference loss]
 
 
 class ProbeAnswer(_Open):

@@ -11,6 +11,8 @@ LR schedule; early stop on a validation slice of the new batch, restoring the be
 cycle and snapshot are retried; data parallelism across GPUs under torchrun. For the gate: general
 text scored as the eval set "general" (plain LM loss: the forgetting guard), and after saving, the
 probe (`probe.py`) in a fresh process answering the golden prompts (servability and behaviour).
+`training.objective` kto/dpo (alone or beside sft) adds the preference losses of preference.py: KTO on
+CSAT thumbs, DPO on agents' edits of drafts, against the champion's (or the base's) log-probs.
 Assumes: a fast tokenizer with a chat template; the base fits on each GPU (QLoRA for the ones that
 would not); prompt tuning trains on padded batches (its virtual tokens lead every row).
 
@@ -44,6 +46,7 @@ from daemon.training.evaluation import GENERAL_WINDOW_TOKENS, evaluate_all, toke
 from daemon.training.memory_plan import return_freed_memory
 from daemon.training.methods import describe
 from daemon.training.outputs import probe_adapter, save_adapter
+from daemon.training.preference import PreferenceObjective, load_preference_data
 from daemon.training.preparation import (
     Runtime,
     count_trainable,
@@ -52,6 +55,7 @@ from daemon.training.preparation import (
     prepare_model,
     read_base_facts,
     select_runtime,
+    sized,
     uses_packing,
     versions,
     with_resolved_settings,
@@ -82,7 +86,7 @@ def _run(
     max_seq_len = effective_max_seq_len(spec, tokenizer)
     masked = spec.supervised_placeholders
     train_set = tokenize_file(spec.train_file, tokenizer, max_seq_len, masked)
-    if not train_set.examples:
+    if not train_set.examples and spec.training.trains_sft:
         raise SpecError(
             f"train_file {spec.train_file} has no example with an assistant token "
             f"within max_seq_len={max_seq_len}; check the export and the limit"
@@ -104,6 +108,7 @@ def _run(
         runtime.world.size,
         uses_packing(spec),
     )
+    preference = _preference_objective(spec, model, runtime, tokenizer, max_seq_len)
     checkpointer = None
     if spec.checkpoint_dir is not None:
         checkpointer = Checkpointer(spec.checkpoint_dir, run_manifest(spec, max_seq_len))
@@ -119,6 +124,15 @@ def _run(
         checkpointer=checkpointer,
         progress=progress,
         stop_requested=stop_requested,
+        preference=preference,
+    )
+    train.update(
+        {
+            "objective": spec.training.objective,
+            "preference_examples": len(preference.data) if preference is not None else None,
+            "preference_weights": preference.weights if preference is not None and preference.data.kind == "kto"
+            else None,
+        }
     )
     train.update(
         {
@@ -160,3 +174,29 @@ def _run(
         "seconds": round(time.perf_counter() - started, 2),
         "versions": versions(),
     }
+
+
+def _preference_objective(spec: TrainSpec, model: torch.nn.Module, runtime: Runtime, tokenizer: Any,
+                          max_seq_len: int) -> PreferenceObjective | None:
+    """The objective's preference part with its reference log-probs, or None under sft (or, beside sft,
+    when the snapshot holds no thumbs or pairs of its kind: the cycle then trains the supervised part)."""
+    kind = spec.training.preference
+    if kind is None or spec.preference_file is None:
+        return None
+    data = load_preference_data(spec.preference_file, kind, tokenizer, max_seq_len, spec.supervised_placeholders)
+    if not len(data):
+        if spec.training.trains_sft:
+            log.warning("objective %s: no %s examples in the snapshot; training the supervised part only",
+                        spec.training.objective, "thumbs" if kind == "kto" else "pairs")
+            return None
+        raise SpecError(f"training.objective {kind} needs {'CSAT-rated' if kind == 'kto' else 'edited-draft'} "
+                        f"examples and the snapshot has none; use objective sft+{kind} or wait for feedback")
+    settings = sized(spec.training, model, runtime)
+    objective = PreferenceObjective(
+        data=data, beta=spec.preference_beta, weight=spec.preference_weight, batch_size=settings.batch_size,
+        seed=settings.seed, packing=uses_packing(spec), row_tokens=int(settings.row_tokens),
+        chunk_tokens=int(settings.loss_chunk_tokens), pad_token_id=tokenizer.pad_token_id,
+        with_sft=spec.training.trains_sft,
+    )
+    objective.compute_reference(model, spec.compare_adapters.get("champion"), spec.init_adapter, runtime.device)
+    return objective

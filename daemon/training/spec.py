@@ -69,6 +69,11 @@ def check_inputs(spec: TrainSpec) -> TrainSpec:
         _adapter_dir(spec.init_adapter, "init_adapter")
     for name, path in spec.eval_files.items():
         _existing_file(path, f"eval_files.{name}")
+    if spec.training.preference is not None:
+        if spec.preference_file is None:
+            raise SpecError(f"training.objective {spec.training.objective} needs preference_file (the snapshot's "
+                            "thumbs and pairs); write it with the snapshot or use objective sft")
+        _existing_file(spec.preference_file, "preference_file")
     for name, path in spec.compare_adapters.items():
         _adapter_dir(path, f"compare_adapters.{name}")
     if spec.validation_file is not None:

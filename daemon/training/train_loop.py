@@ -1,5 +1,6 @@
 """The training loop: the step plan (packed rows or padded batches, seeded by epoch), the steps with their
-budgets, early stopping, checkpoints and SIGTERM, and the `train` part of the result."""
+budgets, early stopping, checkpoints and SIGTERM, and the `train` part of the result. A preference objective
+(preference.py) adds its loss to each step; alone (kto, dpo) its examples make the plan."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from daemon.training.distributed import sum_gradients, sum_values
 from daemon.training.evaluation import evaluate_examples
 from daemon.training.losses import token_loss_sums
 from daemon.training.packing import PackedBatch, best_fit_rows, collate_packed, collate_padded
+from daemon.training.preference import PreferenceObjective
 from daemon.training.preparation import Runtime, sized
 from daemon.training.progress import ProgressReporter
 from daemon.training.spec import TrainSpec
@@ -49,6 +51,7 @@ class LoopState:
     curve: list[list[float]] = field(default_factory=list)
     step_sums: list[list[float]] = field(default_factory=list)
     validation_curve: list[list[float]] = field(default_factory=list)
+    preference_curve: list[list[float]] = field(default_factory=list)
     best_validation: float | None = None
     best_step: int | None = None
     validations_without_improvement: int = 0
@@ -110,14 +113,24 @@ def train_adapter(
     checkpointer: Checkpointer | None = None,
     progress: ProgressReporter | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
+    preference: PreferenceObjective | None = None,
 ) -> dict[str, Any]:
-    """Trains the model's trainable parameters on the examples; returns the `train` part of the result."""
+    """Trains the model's trainable parameters on the examples (and the preference objective's, when given);
+    returns the `train` part of the result."""
     settings = sized(settings, model, runtime)
     world = runtime.world
+    only_preference = preference is not None and not preference.with_sft
+    if only_preference:
+        examples, validation = [], None  # no supervised part: its loss neither trains nor stops training
     lengths = [len(example.input_ids) for example in examples]
     supervised = [example.supervised_tokens for example in examples]
-    total_steps, first_epoch = total_steps_for(lengths, settings, packing)
-    per_epoch = len(first_epoch)
+    if only_preference:
+        per_epoch = preference.steps_per_epoch
+        total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * per_epoch))
+        first_epoch: list[list[list[int]]] = [[] for _ in range(per_epoch)]
+    else:
+        total_steps, first_epoch = total_steps_for(lengths, settings, packing)
+        per_epoch = len(first_epoch)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0, fused=True)
     schedule = get_scheduler(
@@ -155,7 +168,9 @@ def train_adapter(
     session_started = time.perf_counter()
     seconds_before, tokens_before = state.seconds, state.tokens
     steps_this_run = 0
-    for step, micro_batches in plan_from(lengths, settings, packing, state.step, total_steps):
+    plan = (((step, []) for step in range(state.step + 1, total_steps + 1)) if only_preference
+            else plan_from(lengths, settings, packing, state.step, total_steps))
+    for step, micro_batches in plan:
         torch.manual_seed(hash_seed(settings.seed, step, world.rank))  # dropout: a pure function of the step
         step_supervised = sum(supervised[i] for batch in micro_batches for i in batch)
         step_tokens = sum(lengths[i] for batch in micro_batches for i in batch)
@@ -170,6 +185,11 @@ def train_adapter(
             )
             (total / step_supervised).backward()
             local_loss += total.detach()
+        preference_loss = torch.zeros((), dtype=torch.float32, device=runtime.device)
+        if preference is not None:
+            preference_loss = preference.step_loss(model, step, world, runtime.device)
+            preference_loss.backward()
+            preference_loss = preference_loss.detach()
         sum_gradients(world, parameters)
         torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
         optimizer.step()
@@ -178,19 +198,23 @@ def train_adapter(
 
         stop_votes = 1.0 if stop_requested() else 0.0
         # one host sync a step, here: the loss for the curve and the progress file
-        step_loss, stop_votes = sum_values(world, [float(local_loss), stop_votes], runtime.device)
+        step_loss, stop_votes, step_preference = sum_values(
+            world, [float(local_loss), stop_votes, float(preference_loss)], runtime.device)
         steps_this_run += 1
         state.step = step
         state.tokens += step_tokens
         state.supervised_tokens += step_supervised
         state.seconds = seconds_before + (time.perf_counter() - session_started)
-        state.step_sums.append([step_loss, step_supervised])
-        state.step_sums = state.step_sums[-per_epoch:]
-        state.curve.append([step, round(step_loss / step_supervised, 4)])
+        if not only_preference:
+            state.step_sums.append([step_loss, step_supervised])
+            state.step_sums = state.step_sums[-per_epoch:]
+            state.curve.append([step, round(step_loss / step_supervised, 4)])
+        if preference is not None:
+            state.preference_curve.append([step, round(step_preference, 4)])
         run_seconds = state.seconds - seconds_before
         progress.step(
             step,
-            step_loss / step_supervised,
+            step_preference if only_preference else step_loss / step_supervised,
             (state.tokens - tokens_before) / max(run_seconds, 1e-9),
             run_seconds,
             steps_this_run,
@@ -242,13 +266,14 @@ def train_adapter(
         "tokens_per_second": round(state.tokens / state.seconds, 1) if state.seconds else None,
         "loss_curve": state.curve,
         "validation_curve": state.validation_curve,
+        "preference_curve": state.preference_curve,
         "best_step": state.best_step,
         "restored_best_weights": restored_best,
         "final_loss": round(math.fsum(s for s, _ in sums) / sum(n for _, n in sums), 4),
         "stopped_by": state.stopped_by or "steps",
         "resumed_from_step": resumed_from,
         "packing": packing,
-        "row_fill": row_fill(first_epoch, lengths, settings) if packing else None,
+        "row_fill": row_fill(first_epoch, lengths, settings) if packing and lengths else None,
         "world_size": world.size,
     }
 
@@ -281,6 +306,7 @@ def run_manifest(spec: TrainSpec, max_seq_len: int) -> dict[str, str]:
             "seed",
             "quantization",
             "precision",
+            "objective",
         },
     )
     parts = {
@@ -290,5 +316,6 @@ def run_manifest(spec: TrainSpec, max_seq_len: int) -> dict[str, str]:
         "base": spec.base_model,
         "init_adapter": str(spec.init_adapter),
     }
-    files = [spec.train_file] + ([spec.validation_file] if spec.validation_file else [])
+    files = [spec.train_file] + ([spec.validation_file] if spec.validation_file else []) + (
+        [spec.preference_file] if spec.preference_file and spec.training.preference else [])
     return {"cycle_id": spec.cycle_id, "snapshot_id": spec.snapshot_id, "fingerprint": fingerprint(parts, files)}

@@ -128,3 +128,38 @@ def test_an_erasure_tags_the_champion_and_the_next_cycle_retrains_fresh_without_
     assert spec["init_adapter"] is None
     train_ids = {json.loads(line)["ticket_id"] for line in Path(spec["train_file"]).read_text().splitlines()}
     assert erased not in train_ids and len(train_ids) == trained_before - 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["sft+kto", "sft+dpo"])
+def test_a_preference_cycle_on_feedback_tickets_is_tagged_and_judged_by_the_preference_check(
+        tmp_path, tiny_model_dir, mlflow_sqlite_uri, objective):
+    from daemon.ingest.feedback import FeedbackRules
+
+    env = {
+        "TICKETUNE_STORE__PATH": str(tmp_path / "examples.db"), "TICKETUNE_MODEL__BASE": str(tiny_model_dir),
+        "TICKETUNE_REGISTRY__TRACKING_URI": mlflow_sqlite_uri, "TICKETUNE_TRAINING__WORK_DIR": str(tmp_path / "c"),
+        "TICKETUNE_TRAINING__MAX_STEPS": "6", "TICKETUNE_TRAINING__MAX_SEQ_LEN": "384",
+        "TICKETUNE_TRAINING__ROW_TOKENS": "1024", "TICKETUNE_TRAINING__OBJECTIVE": objective,
+        "TICKETUNE_GATE__MIN_EVAL_EXAMPLES": "8", "TICKETUNE_GATE__PROFILE": "demo",
+        "TICKETUNE_GATE__MIN_FEEDBACK_EXAMPLES": "4", "TICKETUNE_GATE__CHECK_SERVABLE": "false",
+        "TICKETUNE_GATE__CHECK_BEHAVIOUR": "false", "TICKETUNE_GATE__CHECK_ANSWERS": "false",
+    }
+    settings = load_settings(environ=env)
+    store = ExampleStore(settings.store.path, settings.store.eval_fraction)
+    rules = FeedbackRules.from_settings(settings)
+    made = [ticket_to_example(ticket_from_dict(raw), "You are a support agent.", feedback=rules)
+            for raw in generate_tickets(120, seed=5, start_id=5000, feedback=True)]
+    store.apply([item for item in made if isinstance(item, Example)])
+    registry = build_registry(settings)
+    try:
+        outcome = build_cycle_runner(settings, store, registry).run(trigger="test", force=True)
+    finally:
+        store.close()
+    assert outcome.verdict in ("promoted", "rejected"), outcome.reasons
+    judged = [r for r in outcome.reasons if r.startswith(("ok preference:", "FAIL preference:"))]
+    assert judged and "feedback accuracy" in judged[0], outcome.reasons
+    for key in ("feedback_accuracy_candidate", "feedback_accuracy_reference", "feedback_examples"):
+        assert key in outcome.metrics, outcome.metrics
+    assert registry.get_version_tags(outcome.version)["ticketune.objective"] == objective
+    assert history(registry)[0]["objective"] == objective
