@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from daemon.config import TrainingConfig
 from daemon.training.adapters import attach_adapter, load_base
 from daemon.training.attention import register_packed_attention
-from daemon.training.auto_settings import BaseFacts, base_facts, cpu_precision, resolve_training
+from daemon.training.auto_settings import BaseFacts, base_facts, cpu_has_bf16_units, cpu_precision, resolve_training
 from daemon.training.distributed import World, init_world
 from daemon.training.memory_plan import (
     CheckpointPlan,
@@ -82,7 +82,7 @@ def select_runtime(requested: str, precision: str = "auto", facts: BaseFacts | N
             raise SpecError("training.precision is 'bf16' but this GPU has no bf16; use 'auto' or 'fp32'")
         bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported())
         return Runtime(torch.device("cuda", world.local_rank), torch.bfloat16 if bf16 else torch.float32, world)
-    if precision == "bf16" and not torch.cpu._is_avx512_bf16_supported():
+    if precision == "bf16" and not (cpu_has_bf16_units() or getattr(torch.cpu, "_is_avx512_bf16_supported", bool)()):
         raise SpecError("training.precision 'bf16' on CPU needs bf16 instructions (AVX512-BF16 or AMX), which "
                         "this CPU lacks; use 'auto' or 'fp32'")
     chosen = cpu_precision(precision, facts) if facts is not None or precision != "auto" else "fp32"
