@@ -116,7 +116,9 @@ def test_packed_examples_lose_and_learn_exactly_as_alone(lora_model: PeftModel) 
 
     batch = collate_packed(examples)
     sums, counts = token_loss_sums(lora_model, batch)
-    torch.testing.assert_close(sums, torch.stack([losses.sum() for losses in alone]), rtol=0, atol=1e-4)
+    # a sum of hundreds of token losses carries their float32 rounding (1.8e-4 of ~570 nats on an AMX Xeon):
+    # relative there; each token above is held to 1e-4, and a leak across examples moves tokens by > 1e-3
+    torch.testing.assert_close(sums, torch.stack([losses.sum() for losses in alone]), rtol=2e-6, atol=1e-4)
     assert counts.tolist() == [losses.numel() for losses in alone] == [e.supervised_tokens for e in examples]
 
     parameters = lora_parameters(lora_model)

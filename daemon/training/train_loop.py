@@ -25,6 +25,7 @@ from daemon.training.checkpoints import Checkpointer, fingerprint, load_trainabl
 from daemon.training.distributed import sum_gradients, sum_values
 from daemon.training.evaluation import evaluate_examples
 from daemon.training.losses import token_loss_sums
+from daemon.training.memory_plan import return_freed_memory
 from daemon.training.packing import PackedBatch, best_fit_rows, collate_packed, collate_padded
 from daemon.training.preference import PreferenceObjective
 from daemon.training.preparation import Runtime, sized
@@ -33,6 +34,7 @@ from daemon.training.spec import TrainSpec
 
 log = logging.getLogger(__name__)
 MAX_GRAD_NORM = 1.0
+TRIM_EVERY_STEPS = 10  # on CPU, freed heap pages go back to the system this often (each trim costs about 0.5 s)
 VALIDATIONS_PER_RUN = 10
 
 
@@ -195,6 +197,8 @@ def train_adapter(
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
+        if runtime.device.type == "cpu" and step % TRIM_EVERY_STEPS == 0:
+            return_freed_memory()  # glibc keeps freed activations: RSS would creep ~0.1 GiB a step on a long run
 
         stop_votes = 1.0 if stop_requested() else 0.0
         # one host sync a step, here: the loss for the curve and the progress file
