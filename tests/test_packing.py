@@ -151,6 +151,29 @@ def test_packed_row_without_boundaries_leaks_between_examples(lora_model: PeftMo
         assert (token_losses(logits, examples[1].labels) - expected).abs().max().item() > 1e-3
 
 
+@pytest.mark.skipif(not getattr(torch.cpu, "_is_avx512_bf16_supported", bool)(), reason="no bf16 units on this CPU")
+def test_a_bf16_base_on_cpu_keeps_packed_examples_apart_and_close_to_fp32(lora_model: PeftModel, tiny_model_dir: Path):
+    """training.precision bf16 on CPU (auto on AMX for large bases): the base in bf16 under autocast, the CPU
+    attention upcast to fp32. Each packed example's loss sum stays within bf16 rounding of the fp32 one,
+    and of its own bf16 loss run alone (the fp32 test above pins the boundaries exactly)."""
+    examples = chat_like_examples(lora_model.config.vocab_size)
+    batch = collate_packed(examples)
+    with torch.no_grad():
+        fp32_sums, _ = token_loss_sums(lora_model, batch)
+    torch.manual_seed(0)
+    base = load_base(tiny_model_dir, register_packed_attention()).to(torch.bfloat16)
+    bf16 = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    bf16.load_state_dict({k: v.to(torch.bfloat16) if "lora_" not in k else v
+                          for k, v in lora_model.state_dict().items()})
+    assert bf16.get_base_model().get_input_embeddings().weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        packed, counts = token_loss_sums(bf16, batch)
+        alone = torch.cat([token_loss_sums(bf16, collate_packed([example]))[0] for example in examples])
+    assert counts.tolist() == [e.supervised_tokens for e in examples]
+    torch.testing.assert_close(packed, fp32_sums, rtol=0.02, atol=0)
+    torch.testing.assert_close(packed, alone, rtol=0.01, atol=0)
+
+
 @pytest.mark.parametrize("small_logits_bytes", [0, 1 << 30], ids=["recomputed-chunks", "kept-logits"])
 def test_chunked_loss_and_gradients_match_full_logits(
     lora_model: PeftModel, small_logits_bytes: int, monkeypatch: pytest.MonkeyPatch
