@@ -27,7 +27,6 @@ import yaml
 from daemon.app.tables import history_table
 from daemon.config import load_settings
 
-CORRUPT_FRACTION = 0.9
 
 
 @dataclass(frozen=True)
@@ -39,20 +38,22 @@ class DemoModel:
     build: tuple[str, ...]  # make-base-model's options
     batch_size: int
     corruption: str
+    corrupt_fraction: float  # of the second batch's answered tickets
     training: dict
     gate: dict
 
 
 MODELS = {
     "smollm2": DemoModel(
-        "smollm2", ("--pretrained", "smollm2-135m-instruct"), 120, "wrong_intent",
-        # one epoch at a higher rate than the default, few sampled answers and short ones: 10 minutes on 2 cores
-        {"epochs": 1, "learning_rate": 0.0005, "max_seq_len": 512, "row_tokens": 1024},
+        "smollm2", ("--pretrained", "smollm2-135m-instruct"), 120, "wrong_intent", 1.0,
+        # one epoch at a higher rate than the default, few validations, few sampled answers and short ones: about
+        # 10 minutes on 2 cores
+        {"epochs": 1, "learning_rate": 0.0005, "max_seq_len": 512, "row_tokens": 1024, "eval_every_steps": 5},
         {"min_eval_examples": 20, "profile": "standard", "answer_samples": 8, "answer_max_new_tokens": 40,
          "max_new_tokens": 48},
     ),
     "tiny": DemoModel(
-        "tiny", (), 160, "garbled",
+        "tiny", (), 160, "garbled", 0.9,
         {"max_seq_len": 512, "row_tokens": 1024},  # epochs and learning rate: auto (6 at 0.01 for a tiny base)
         {"min_eval_examples": 20, "profile": "demo"},
     ),
@@ -154,7 +155,7 @@ def run_demo(work_dir: Path, *, keep: bool = False, extra_tickets: Sequence[dict
         try:
             plan = [
                 ("clean tickets", 1, 10000, 0.0),
-                (f"tickets with {chosen.corruption.replace('_', '-')} agent answers", 2, 20000, CORRUPT_FRACTION),
+                (f"tickets with {chosen.corruption.replace('_', '-')} agent answers", 2, 20000, chosen.corrupt_fraction),
                 ("more clean tickets", 3, 30000, 0.0),
             ]
             for number, (label, seed, start_id, corrupt) in enumerate(plan, start=1):
