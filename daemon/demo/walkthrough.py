@@ -28,7 +28,6 @@ from daemon.app.tables import history_table
 from daemon.config import load_settings
 
 
-
 @dataclass(frozen=True)
 class DemoModel:
     """What the demo runs on one base model: how to build it, the batch size, the poison and the
@@ -155,7 +154,8 @@ def run_demo(work_dir: Path, *, keep: bool = False, extra_tickets: Sequence[dict
         try:
             plan = [
                 ("clean tickets", 1, 10000, 0.0),
-                (f"tickets with {chosen.corruption.replace('_', '-')} agent answers", 2, 20000, chosen.corrupt_fraction),
+                (f"tickets with {chosen.corruption.replace('_', '-')} agent answers", 2, 20000,
+                 chosen.corrupt_fraction),
                 ("more clean tickets", 3, 30000, 0.0),
             ]
             for number, (label, seed, start_id, corrupt) in enumerate(plan, start=1):
