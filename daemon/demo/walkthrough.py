@@ -45,11 +45,11 @@ class DemoModel:
 MODELS = {
     "smollm2": DemoModel(
         "smollm2", ("--pretrained", "smollm2-135m-instruct"), 120, "wrong_intent", 1.0,
-        # one epoch at a higher rate than the default, few validations, few sampled answers and short ones: about
-        # 10 minutes on 2 cores
-        {"epochs": 1, "learning_rate": 0.0005, "max_seq_len": 512, "row_tokens": 1024, "eval_every_steps": 5},
-        {"min_eval_examples": 20, "profile": "standard", "answer_samples": 8, "answer_max_new_tokens": 40,
-         "max_new_tokens": 48},
+        # a small batch learnt in few steps: two epochs at a higher rate than the default, which drifts further
+        # from the base's general text than a production schedule would (hence the looser forgetting guard)
+        {"epochs": 2, "learning_rate": 0.0005, "max_seq_len": 512, "row_tokens": 1024, "eval_every_steps": 5},
+        {"min_eval_examples": 20, "profile": "standard", "answer_samples": 16, "answer_max_new_tokens": 48,
+         "max_new_tokens": 64, "max_general_loss_increase": 0.15},
     ),
     "tiny": DemoModel(
         "tiny", (), 160, "garbled", 0.9,

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_demo_on_the_real_model_promotes_rejects_the_wrong_answers_by_relevance_promotes_and_rolls_back(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "daemon.app.cli", "demo", "--work-dir", str(tmp_path), "--json"],
-                          capture_output=True, text=True, cwd=REPO, timeout=1200)
+                          capture_output=True, text=True, cwd=REPO, timeout=2700)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout)
     assert report["model"] == "smollm2"
