@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install demo test test-slow faults lint bench-ingest clean
+.PHONY: install demo test test-slow test-real faults lint bench-ingest clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,10 +32,14 @@ lint: $(STAMP)
 	$(BIN)/hadolint --failure-threshold warning Dockerfile
 
 test: $(TEST_STAMP) lint
-	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -m "not slow" -q
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -m "not slow and not real_model" -q
 
 test-slow: $(TEST_STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -m slow -q
+
+# A real-model cycle chain on the hand-written conversations (SmolLM2-135M-Instruct; about 20 minutes on 2 cores)
+test-real: $(TEST_STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -m real_model -q
 
 # The fault suite's full profile (up to 30 minutes), then RELIABILITY.md from its figures; make test-slow runs
 # the same tests in the quick profile.
