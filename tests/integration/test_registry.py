@@ -149,7 +149,8 @@ def test_history_lists_versions_newest_first_with_champion_flag_and_verdict(
     assert rows[0]["tags"]["ticketune.dataset_snapshot"] == "snap-c3"
     assert rows[0]["champion_since"] == keeper.audit_log()[-1]["at"] and rows[1]["champion_since"] is None
     assert list(rows[0]) == ["version", "verdict", "champion", "champion_since", "created_at", "state",
-                             "base_model_fingerprint", "promoted_at", "metrics", "reasons", "run_id", "tags"]
+                             "base_model_fingerprint", "objective", "promoted_at", "metrics", "reasons", "run_id",
+                             "tags"]
     assert history(registry)[0]["champion_since"] is None  # without the store there is no audit log to ask
     json.dumps(rows)  # the CLI prints it as is
 
