@@ -310,13 +310,15 @@ class HealthWatch:
 
 
 def cycle_rows(store_path: Path) -> list[dict]:
-    """The store's cycles table, oldest first (read-only; the service writes it)."""
+    """The cycles that ran, oldest first (read-only; the service writes it): a recorded skip (a schedule tick
+    with too few new examples) is left out."""
     if not store_path.exists():
         return []
     con = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=10)
     con.row_factory = sqlite3.Row
     try:
-        return [dict(r) for r in con.execute("SELECT * FROM cycles ORDER BY started_at, rowid")]
+        return [dict(r) for r in con.execute("SELECT * FROM cycles WHERE verdict IS NOT 'skipped' "
+                                             "ORDER BY started_at, rowid")]
     except sqlite3.OperationalError:
         return []
     finally:
