@@ -10,6 +10,7 @@ import pytest
 
 from daemon.config import QualityConfig, Settings
 from daemon.demo.samples import generate_tickets
+from daemon.gate.preference import judgeable_examples
 from daemon.ingest.feedback import (
     FEEDBACK_CHOSEN,
     FEEDBACK_REJECTED,
@@ -175,6 +176,15 @@ def test_held_out_feedback_becomes_eval_sets_paired_by_ticket_id():
     assert sets[FEEDBACK_CHOSEN][0]["messages"][-1]["content"] == examples[0]["messages"][-1]["content"]
     assert sets[FEEDBACK_REJECTED][0]["messages"][:-1] == sets[FEEDBACK_CHOSEN][0]["messages"][:-1]
     assert len(sets[FEEDBACK_THUMBS]) == 4
+
+
+def test_only_pairs_and_thumbs_of_both_classes_are_judgeable_so_one_class_of_thumbs_is_never_scored():
+    examples = [json.loads(example_of(ticket(str(i), csat=5 - i, outcome="edited")).to_json()) for i in range(5)]
+    thumbs, pairs = heldout_feedback(examples[:3], examples[2:])
+    assert judgeable_examples(thumbs, pairs) == len(thumbs) + len(pairs) == 9
+    one_class = [row for row in thumbs if row["label"] == "desirable"]
+    assert one_class and judgeable_examples(one_class, pairs) == len(pairs)
+    assert judgeable_examples(one_class, []) == 0  # an AUC needs both classes: the worker scores none of it
 
 
 def test_the_hand_written_conversations_give_every_kind_of_feedback():

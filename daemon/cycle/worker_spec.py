@@ -12,6 +12,7 @@ from daemon.config import Settings
 from daemon.cycle.plan import worker_settings
 from daemon.gate.answers import RELEVANCE_OWN, RELEVANCE_SWAPPED, answer_prompts, relevance_sets
 from daemon.gate.golden import GoldenSet, general_text_path, spec_prompts
+from daemon.gate.preference import judgeable_examples
 from daemon.ingest.feedback import FEEDBACK_EVAL_SETS, feedback_eval_sets, heldout_feedback
 from daemon.ingest.privacy import FILLABLE_PLACEHOLDERS
 from daemon.store import Snapshot
@@ -50,8 +51,11 @@ def write_worker_spec(
         own, swapped = relevance_sets(supervised.trusted_eval, gate.relevance_examples, cfg.training.seed)
         write_set(RELEVANCE_OWN, own)
         write_set(RELEVANCE_SWAPPED, swapped)
-    if gate.check_preference:  # held-out feedback, scored by every model (the gate's preference check)
-        for name, rows in feedback_eval_sets(*heldout_feedback(snapshot.trusted_eval, snapshot.batch_eval)).items():
+    thumbs, pairs = heldout_feedback(snapshot.trusted_eval, snapshot.batch_eval)
+    # held-out feedback, scored by every model for the gate's preference check; not scored at all (minutes of
+    # forward passes on a CPU) when the check would skip for want of examples
+    if gate.check_preference and judgeable_examples(thumbs, pairs) >= gate.min_feedback_examples:
+        for name, rows in feedback_eval_sets(thumbs, pairs).items():
             if rows:
                 write_set(name, rows)
     samples = (answer_prompts(supervised.trusted_eval, gate.answer_samples, cfg.training.seed)

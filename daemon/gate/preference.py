@@ -43,6 +43,13 @@ def _auc_matrix(desirable: np.ndarray, undesirable: np.ndarray) -> np.ndarray:
     return (desirable[:, None] > undesirable[None, :]) + 0.5 * (desirable[:, None] == undesirable[None, :])
 
 
+def judgeable_examples(thumbs: list[dict], pairs: list[dict]) -> int:
+    """How many held-out feedback examples the preference check could judge: every pair, and the thumbs
+    only when both classes are there (an AUC needs both), as feedback_accuracy counts them."""
+    labels = {row["label"] for row in thumbs}
+    return len(pairs) + (len(thumbs) if len(labels) > 1 else 0)
+
+
 def feedback_accuracy(candidate: FeedbackScores, reference: FeedbackScores, labels: Mapping[str, bool],
                       cfg: GateConfig) -> tuple[dict, np.ndarray | None]:
     """The figures of both models and the bootstrap replicates of candidate - reference (None: no data)."""

@@ -41,7 +41,7 @@ from daemon.demo.samples import generate_tickets
 POINTS = pick(["training"], ["training", "evaluation", "registration"])
 BUDGET_S = 30.0  # server.shutdown_budget_seconds (write_config's default)
 MODEL_NAME = "faults-sigterm"
-MAX_STEPS = 24
+MAX_STEPS = 240  # about 10 s on the tiny model at 5,000 tokens/s: time to be caught mid-training
 FIRST, LATER = 60, 20  # tickets before the cycle, tickets after the restart (under min_new_examples)
 MIN_NEW = 30
 VERDICTS = ("promoted", "rejected", "awaiting_approval")
@@ -130,7 +130,7 @@ class Watcher:
                     self.signalled_at = time.monotonic()
                     self.service.proc.send_signal(signal.SIGTERM)
                     return
-                time.sleep(0.02 if self.point != "training" else 0.3)
+                time.sleep(0.02 if self.point != "training" else 0.1)
         finally:
             self.done.set()
 
@@ -141,7 +141,7 @@ def test_sigterm_mid_cycle_corrupts_nothing_and_the_restart_recovers(
 ):
     topic = unique_topic("sigterm")
     group = f"sigterm-{point}"
-    config = write_config(tmp_path / "config.yaml", {
+    sections = {
         "kafka": kafka_section(broker.bootstrap_servers, topic, group),
         "model": {"base": str(tiny_model_dir)},
         # enough steps to be caught training, few enough that the retry ends soon; the checkpoint is
@@ -153,7 +153,8 @@ def test_sigterm_mid_cycle_corrupts_nothing_and_the_restart_recovers(
                      "misfire_grace_seconds": 30},
         "gate": {"min_eval_examples": 5, "profile": "demo", "bootstrap_samples": 200},
         "registry": {"tracking_uri": mlflow_sqlite_uri, "model_name": MODEL_NAME, "poll_seconds": 0},
-    })
+    }
+    config = write_config(tmp_path / "config.yaml", sections)
     mlflow_db = Path(mlflow_sqlite_uri.removeprefix("sqlite:///"))
     cycles = tmp_path / "cycles"
     first = generate_tickets(FIRST, seed=11, start_id=710000)
@@ -164,6 +165,11 @@ def test_sigterm_mid_cycle_corrupts_nothing_and_the_restart_recovers(
     expected_first = reference_ids(config, first, tmp_path / "ref-first")
     expected_later = reference_ids(config, first + later, tmp_path / "ref-all") - expected_first
     assert len(expected_first) >= MIN_NEW, "too few valid tickets for the cycle to start"
+    # the cycle starts only once every first ticket is stored (a tick while the batch streams in would train on
+    # part of it and finish before a watcher started afterwards could catch it); the later ones stay under it
+    sections["schedule"]["min_new_examples"] = len(expected_first)
+    assert len(expected_later) < len(expected_first)
+    config = write_config(tmp_path / "config.yaml", sections)
     # one partition: the service reads in the order produced, as the reference ingest does (which of two
     # near-duplicates is kept depends on the order), and the committed offset is a prefix of the tickets
     broker.create_topics([topic], partitions=1)
@@ -173,12 +179,12 @@ def test_sigterm_mid_cycle_corrupts_nothing_and_the_restart_recovers(
     with service:
         service.start()
         service.wait_healthy()
-        wait_for(lambda: service.metric("ticketune_tickets_consumed_total") == FIRST, 90,
-                 "the first tickets consumed", on_timeout=service.log_tail)
-        wait_for(lambda: store_count(service.store_path) == len(expected_first), 30, "the first tickets stored")
-        before = examples_digest(service.store_path)
+        # watching from the start: the cycle may begin the moment the last first ticket is stored
         watcher = Watcher(service, point, cycles, mlflow_db)
         watcher.thread.start()
+        wait_for(lambda: store_count(service.store_path) == len(expected_first), 90, "the first tickets stored",
+                 on_timeout=service.log_tail)
+        before = examples_digest(service.store_path)  # no cycle writes examples: the same before and after
         watcher.done.wait(480)
         assert watcher.signalled_at is not None, f"the cycle never reached {point}:\n{service.log_tail()}"
         code = service.proc.wait(timeout=BUDGET_S + 30)

@@ -120,7 +120,15 @@ def test_prometheus_scrapes_the_service_and_fires_the_dead_letter_alert(
         assert value("ticketune_examples_stored_total") > 0
         assert value("ticketune_last_successful_cycle_timestamp_seconds") == 0  # no cycle ran
         assert value('process_start_time_seconds{job="ticketune"}') > 0  # TicketuneNoSuccessfulCycle needs it
-        assert value("ticketune:cycles_by_verdict:increase6h") is None  # no cycle series: nothing recorded
+        # no cycle ran: every verdict's series exists from the start at 0, so the rules see 0, not nothing
+        # (increase() needs two scrapes of a series, and the rule an evaluation after them: waited for)
+        def recorded() -> dict[str, float]:
+            return {r["metric"].get("verdict"): float(r["value"][1])
+                    for r in query(prometheus_port, "ticketune:cycles_by_verdict:increase6h")}
+
+        wait_for(lambda: {"promoted", "rejected", "failed"} <= set(recorded()), 30,
+                 "the verdicts' recorded increase", logs)
+        assert set(recorded().values()) == {0.0}, recorded()
 
         def settled() -> bool:  # with `for: 0s` these two may fire before the first scrape, then resolve
             return not {"TicketuneDown", "TicketuneKafkaUnreachable"} & set(alerts(prometheus_port))
