@@ -322,6 +322,10 @@ class AdapterRegistry:
                     f"model {self.model_name} has no version {version}; `ticketune history` lists them."
                 ) from exc
 
+    def run_id_of(self, version: str) -> str | None:
+        """The MLflow run a version was registered from (its cycle's run), or None."""
+        return self._version(version).run_id or None
+
     def _tag_version(self, version: str, tags: Mapping[str, Any]) -> None:
         with self._mlflow_errors(f"tagging version {version} of {self.model_name}"):
             for key, value in tags.items():

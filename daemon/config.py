@@ -400,6 +400,23 @@ class QualityConfig(_Section):
         return self
 
 
+class OnlineMargins(_Section):
+    """How much worse than its predecessor a new champion may be online, per metric, before it counts."""
+
+    csat: float = Field(default=0.3, ge=0.0)  # CSAT points (1 to 5)
+    draft_acceptance: float = Field(default=0.05, ge=0.0, le=1.0)  # share of drafts sent as is or barely edited
+
+
+class OnlineConfig(_Section):
+    """Online probation after every champion move (daemon/champion/online.py)."""
+
+    enabled: bool = True
+    min_tickets: int = Field(default=200, ge=2)  # the new champion's resolved tickets before any decision
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)  # false-alarm level over all metrics together
+    margins: OnlineMargins = Field(default_factory=OnlineMargins)
+    auto_rollback: bool = False  # false: a worse champion raises TicketuneChampionWorseOnline only
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -418,6 +435,7 @@ class Settings(BaseModel):
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    online: OnlineConfig = Field(default_factory=OnlineConfig)
 
     def config_hash(self) -> str:
         """Stable hash of everything that shapes a candidate (secrets excluded)."""

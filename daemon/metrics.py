@@ -116,3 +116,25 @@ AWAITING_APPROVAL = Gauge(
     "ticketune_candidates_awaiting_approval",
     "Candidates that passed the gate and wait for `ticketune approve` (gate.approval: manual).",
 )
+
+# online probation (daemon/champion/online.py): each new champion's served outcomes against its predecessor's
+ONLINE_OUTCOMES = Counter(
+    "ticketune_online_outcomes_total",
+    "Resolved tickets recorded with the adapter version that drafted their first answer.",
+)
+ONLINE_CSAT = Gauge(
+    "ticketune_online_csat",
+    "Mean CSAT over the probation's compared tickets of the champion and of the version it replaced.", ["role"],
+)
+ONLINE_DRAFT_ACCEPTANCE = Gauge(
+    "ticketune_online_draft_acceptance",
+    "Share of drafts sent as is or barely edited, over the probation's compared tickets, by role.", ["role"],
+)
+ONLINE_PROBATION_TICKETS = Gauge(
+    "ticketune_online_probation_tickets",
+    "Resolved tickets drafted by the champion since it took over (its probation's sample so far).",
+)
+ONLINE_CHAMPION_WORSE = Gauge(
+    "ticketune_online_champion_worse",
+    "1 while the champion's online probation finds it worse than the version it replaced by more than a margin.",
+)

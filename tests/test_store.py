@@ -376,7 +376,7 @@ def test_the_attempts_migration_keeps_old_cycles_and_never_retries_them(tmp_path
     db.commit()
     db.close()
     store = ExampleStore(path)
-    assert store.schema_version == len(MIGRATIONS) == 7
+    assert store.schema_version == len(MIGRATIONS) == 8
     old = store.cycles()[0]
     assert (old["cycle_id"], old["verdict"], old["attempts"], old["retryable"]) == ("c0", "failed", 1, 0)
     assert store.retryable_cycle() is None

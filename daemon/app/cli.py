@@ -270,6 +270,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{data['quarantined_examples']}); champion {data['champion_version'] or 'none'}; last cycle "
         f"{last.get('cycle_id', '-')} {last.get('verdict') or ''}"
     )
+    probation = data.get("online_probation")
+    if probation:
+        human += f"\nonline probation: {probation['state']}: {probation['message']}"
+        if probation.get("ignored_tickets"):
+            human += f" ({probation['ignored_tickets']} tickets since the move drafted by neither version: ignored)"
     _emit(args, data, human)
     return 0
 

@@ -31,6 +31,7 @@ from daemon import metrics
 from daemon.app.http import AdminError, Endpoints, start_http_server
 from daemon.app.wiring import build_cycle_runner, build_keeper, build_quality_filter, build_registry, collect_status
 from daemon.champion.keeper import ApprovalError, NoChampionError, PromotionRefusedError
+from daemon.champion.probation import OnlineMonitor
 from daemon.champion.rules import in_api_words
 from daemon.champion.versions import tag_erased_versions
 from daemon.champion.vocabulary import TAG_METRICS
@@ -62,6 +63,7 @@ class Service:
         self.keeper = build_keeper(settings, self.store, self.registry)
         self.serving = self.keeper.serving
         self.cycles = build_cycle_runner(settings, self.store, self.registry, self.keeper)
+        self.online = OnlineMonitor(settings, self.store, self.keeper)
         self.ingest_totals = IngestReport()
         self.ingest_running = False
         self.kafka_state = "not connected yet"  # "up", or "down: <why>" (readiness details)
@@ -142,12 +144,20 @@ class Service:
         last_upkeep, last_serving_flush = 0.0, time.monotonic()
         while not self.stop.wait(5.0):
             self._refresh_gauges()
+            self._check_online()
             if time.monotonic() - last_upkeep >= UPKEEP_INTERVAL_S:
                 last_upkeep = last_serving_flush = time.monotonic()
                 self.upkeep()
             elif time.monotonic() - last_serving_flush >= self.settings.serving.retry_interval_seconds:
                 last_serving_flush = time.monotonic()
                 self.serving.flush()
+
+    def _check_online(self) -> None:
+        """The champion's online probation; a failure (the registry away) is retried at the next loop."""
+        try:
+            self.online.check()
+        except Exception as exc:
+            log.warning("online probation: %s; trying again at the next loop", exc)
 
     def reconcile(self) -> None:
         """Settles what a crash left halfway (audit rows, half-registered versions, an interrupted

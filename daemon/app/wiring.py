@@ -67,7 +67,16 @@ def collect_status(settings: Settings, store: ExampleStore, registry: AdapterReg
         champion = None
         log.warning("status: %s", exc)
     cycles = store.cycles(limit=1)
+    probation = None
+    if champion is not None:
+        try:
+            from daemon.champion.probation import OnlineMonitor
+
+            probation = OnlineMonitor(settings, store, build_keeper(settings, store, registry)).evaluate().as_dict()
+        except Exception as exc:  # the registry went away between the calls: status still answers
+            log.warning("status: online probation: %s", exc)
     return {
+        "online_probation": probation,
         "examples": counts["examples"],
         "pending_examples": counts["pending"],
         "quarantined_examples": counts["quarantined"],

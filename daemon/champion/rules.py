@@ -22,6 +22,7 @@ from daemon.champion.vocabulary import (
     ACTION_ROLLBACK,
     STATE_COMPLETE,
     TAG_APPROVED_BY,
+    TAG_ONLINE_ROLLED_BACK,
     TAG_STATE,
     TAG_VERDICT,
     VERDICT_AWAITING_APPROVAL,
@@ -67,6 +68,9 @@ def refusal(version: str, tags: Mapping[str, str], *, force: bool) -> str | None
                 "(`ticketune history` shows it).")
     if tags.get(TAG_VERDICT) == VERDICT_REJECTED and not force:
         return f"version {version} was rejected by the gate; promote it with --force to override."
+    if tags.get(TAG_ONLINE_ROLLED_BACK) and not force:
+        return (f"version {version} was rolled back by the online monitor (its customers were worse off: "
+                f"{tags[TAG_ONLINE_ROLLED_BACK]}); promote it with --force to override.")
     return None
 
 

@@ -44,6 +44,8 @@ TAG_ROLLBACK_REASON = "ticketune.rollback_reason"
 TAG_APPROVED_BY = "ticketune.approved_by"
 TAG_APPROVED_AT = "ticketune.approved_at"
 TAG_APPROVAL_REASON = "ticketune.approval_reason"
+TAG_ONLINE_ROLLED_BACK = "ticketune.online_rolled_back"  # the figures, when the online monitor rolled it back
+TAG_ONLINE_PROBATION = "ticketune.online_probation"  # the probation's latest figures (JSON), updated as it goes
 
 # erasure (a version trained on examples erased since)
 TAG_TRAINED_ON_ERASED = "ticketune.trained_on_erased_data"
@@ -71,3 +73,4 @@ ACTION_OUTSIDE_MOVE = "outside_move"
 ACTION_OBSERVED = "observed"
 COUNTED_ACTIONS = (ACTION_PROMOTE, ACTION_APPROVE, ACTION_ROLLBACK, ACTION_OUTSIDE_MOVE)  # champion_moves_total
 OUTSIDE_ACTOR = "outside ticketune"
+ONLINE_ACTOR = "online-monitor"  # the online probation's automatic rollback

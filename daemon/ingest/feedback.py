@@ -151,3 +151,10 @@ def feedback_eval_sets(thumbs: list[dict], pairs: list[dict]) -> dict[str, list[
         FEEDBACK_CHOSEN: [chat(row, row["chosen"]) for row in pairs],
         FEEDBACK_REJECTED: [chat(row, row["rejected"]) for row in pairs],
     }
+
+
+def draft_accepted(outcome: str, ratio: float | None, min_edit_ratio: float) -> bool:
+    """Sent as is, or edited by less than `feedback.min_edit_ratio`: the draft was good enough to send."""
+    if outcome == DraftOutcome.sent_as_is.value:
+        return True
+    return outcome == DraftOutcome.edited.value and ratio is not None and ratio < min_edit_ratio

@@ -21,10 +21,11 @@ from daemon import metrics
 from daemon.ingest.feedback import FeedbackRules
 from daemon.ingest.filters import REASON_LOW_CSAT, QualityFilter
 from daemon.ingest.filters import REASONS as QUALITY_REASONS
+from daemon.ingest.outcomes import outcome_row
 from daemon.ingest.pairs import SKIP_REASONS as PAIR_SKIP_REASONS
 from daemon.ingest.pairs import Example, Skip, ticket_to_example
 from daemon.ingest.privacy import DEFAULT_POLICY, PrivacyPolicy
-from daemon.store import Deletion
+from daemon.store import Deletion, OutcomeRow
 from daemon.store import examples as stored_as  # the store's outcome names
 from daemon.tickets import PARSE_REASONS, Ticket, TicketParseError
 
@@ -230,8 +231,12 @@ def classify(
     scrub: bool = True,
     privacy: PrivacyPolicy = DEFAULT_POLICY,
     feedback: FeedbackRules | None = None,
+    outcomes: list[OutcomeRow] | None = None,
 ) -> Example | Deletion | Skip | _Rejected:
     """What one record asks for; bad input is a `_Rejected` (a dead letter), never an exception.
+
+    A ticket whose first answer an adapter version drafted also gives an outcome row for online probation,
+    appended to `outcomes` before the quality filters judge it (a dropped low-CSAT ticket is the signal).
 
     Under a preference objective (`feedback.keep_undesirable`) a ticket that `quality.min_csat` drops but
     whose CSAT is at most `feedback.bad_csat` is kept as an undesirable example the SFT part never sees.
@@ -253,6 +258,8 @@ def classify(
         ticket = parse(record.value)
     except TicketParseError as exc:
         return _Rejected(exc.reason, exc.detail)
+    if outcomes is not None and (row := outcome_row(ticket)) is not None:
+        outcomes.append(row)
     sft = True
     if quality is not None and (reason := quality.check_ticket(ticket)):
         keep = (reason == REASON_LOW_CSAT and feedback is not None and feedback.keep_undesirable
@@ -404,9 +411,12 @@ def _ingest_batch(
     changes: list[Example | Deletion] = []
     skipped: Counter[str] = Counter()
     dead_lettered: Counter[str] = Counter()
+    record_outcomes = getattr(store, "record_outcomes", None)  # ExampleStore: online probation's records
+    outcomes: list[OutcomeRow] | None = [] if record_outcomes is not None else None
     for record in records:
         try:
-            item = classify(record, parse, system_prompt, source.max_value_bytes, quality, scrub, privacy, feedback)
+            item = classify(record, parse, system_prompt, source.max_value_bytes, quality, scrub, privacy, feedback,
+                            outcomes)
             if quality is not None:  # judged, now counted: right away, before the next record is judged
                 _update_index(quality, item)
         except Exception as exc:  # a bug met by one odd record must not stop the stream
@@ -423,11 +433,14 @@ def _ingest_batch(
         else:
             changes.append(item)
 
-    outcomes = retrier.call("store", lambda: store.apply(changes)) if changes else []
+    results = retrier.call("store", lambda: store.apply(changes)) if changes else []
     if quality is not None:
         quality.committed()  # the store holds the batch now, its dedupe entries too
+    if outcomes:  # before the commit: a redelivery records them again (an upsert), nothing is lost
+        written = retrier.call("store", lambda: record_outcomes(outcomes))
+        metrics.ONLINE_OUTCOMES.inc(written)
     stored = deleted = 0
-    for outcome in outcomes:
+    for outcome in results:
         if outcome in (stored_as.OUTCOME_STORED, stored_as.OUTCOME_REVISED):
             stored += 1
         elif outcome == stored_as.OUTCOME_UNCHANGED:

@@ -11,6 +11,7 @@ One `ExampleStore` over one database; each module holds one group of its tables:
 - dedupe.py: the dedupe band table and signature lookups (the keys come from daemon/ingest/filters.py)
 - snapshots.py: snapshots, batches (quarantine), trusted eval sets
 - journal.py: the cycle log and the audit log of champion moves
+- online.py: per-version outcomes of served drafts, for online probation
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from daemon.store.examples import (
     ExampleTables,
 )
 from daemon.store.journal import JournalTables, RetryableCycle
+from daemon.store.online import OnlineTables, OutcomeRow
 from daemon.store.snapshots import MIN_VALIDATION_EXAMPLES, Snapshot, SnapshotTables
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "OUTCOME_STORED",
     "OUTCOME_SUPPRESSED",
     "OUTCOME_UNCHANGED",
+    "OutcomeRow",
     "SCHEMA_V1",
     "Database",
     "Deletion",
@@ -56,7 +59,7 @@ __all__ = [
 ]
 
 
-class ExampleStore(ExampleTables, DedupeTables, SnapshotTables, JournalTables):
+class ExampleStore(ExampleTables, DedupeTables, SnapshotTables, JournalTables, OnlineTables):
     """SQLite example store; safe to share between threads (one connection per thread)."""
 
 

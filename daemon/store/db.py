@@ -120,6 +120,13 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TRIGGER IF NOT EXISTS dedupe_bands_follow_deletes AFTER DELETE ON examples"
         " BEGIN DELETE FROM dedupe_bands WHERE ticket_id = old.ticket_id; END",
     ],
+    [  # online probation: what happened to each version's drafts (daemon/store/online.py)
+        "CREATE TABLE IF NOT EXISTS online_outcomes (ticket_id TEXT PRIMARY KEY, model_name TEXT,"
+        " model_version TEXT NOT NULL, resolved_at TEXT NOT NULL, category TEXT, csat REAL,"
+        " outcome TEXT NOT NULL, edit_ratio REAL, recorded_at TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS online_outcomes_version ON online_outcomes(model_version, resolved_at)",
+        "CREATE INDEX IF NOT EXISTS online_outcomes_resolved ON online_outcomes(resolved_at)",
+    ],
 ]
 
 

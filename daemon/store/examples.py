@@ -129,6 +129,7 @@ class ExampleTables(Database):
         db.execute("DELETE FROM snapshot_items WHERE ticket_id = ?", (ticket_id,))
         db.execute("DELETE FROM trusted_sets WHERE ticket_id = ?", (ticket_id,))
         db.execute("DELETE FROM example_identities WHERE ticket_id = ?", (ticket_id,))
+        db.execute("DELETE FROM online_outcomes WHERE ticket_id = ?", (ticket_id,))
         revision = row["revision"] if row is not None else ""
         db.execute(
             "INSERT INTO deletions (ticket_id, revision, deleted_at) VALUES (?, ?, ?)"
