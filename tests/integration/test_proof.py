@@ -87,6 +87,7 @@ def loop(tmp_path: Path, broker, unique_topic, tiny_model_dir, mlflow_sqlite_uri
     store.close()
 
 
+@pytest.mark.slow  # four tiny-model cycles, about three minutes: make test-slow
 def test_each_corruption_is_stopped_by_its_layer_and_serving_hears_every_champion_change(loop) -> None:
     settings, store, registry, keeper, runner, ingest, receiver = loop
 
