@@ -204,3 +204,24 @@ def test_without_auto_rollback_a_worse_champion_raises_the_alert_only_and_an_equ
     assert REGISTRY.get_sample_value("ticketune_online_csat", {"role": "champion"}) < \
         REGISTRY.get_sample_value("ticketune_online_csat", {"role": "previous"})
     store.close()
+
+
+def test_tickets_without_drafts_never_count_and_status_says_no_decision_yet(monitored):
+    from daemon.app.wiring import collect_status
+    from daemon.ingest.loop import SourceRecord, classify
+    from daemon.tickets import parse_canonical
+
+    settings, store, registry, keeper, monitor = monitored(auto_rollback=True, min_tickets=10)
+    outcomes_seen: list = []
+    for i in range(30):  # resolved tickets the new champion never drafted (no ai_assist)
+        ticket = {"ticket_id": f"plain-{i}", "status": "solved", "csat": 1, "category": "billing",
+                  "messages": [{"author_role": "customer", "body": "Where is my parcel?"},
+                               {"author_role": "agent", "body": "It arrives tomorrow."}]}
+        record = SourceRecord("t", 0, i, f"plain-{i}".encode(), json.dumps(ticket).encode())
+        classify(record, parse_canonical, None, None, outcomes=outcomes_seen)
+    assert outcomes_seen == []
+    probation = monitor.check()
+    assert probation.state == online.WAITING and registry.champion_version() == "2"
+    status = collect_status(settings, store, registry)["online_probation"]
+    assert status["state"] == "waiting" and status["message"] == "0 of 10 tickets drafted by v2 so far", status
+    store.close()
