@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    if args.verb in ("train", "probe", "run-job", "export-merged"):
+        from daemon.training.threads import apply_cpu_threads
+
+        apply_cpu_threads()
     if args.verb == "make-base-model" and (args.pretrained or args.from_gguf):
         return pretrained_command(args.dir, args.pretrained, args.from_gguf)
     if args.verb == "make-base-model":
