@@ -55,6 +55,7 @@ class OnlineMonitor:
         self.keeper = keeper
         self._lock = threading.Lock()
         self._published: tuple | None = None  # what the MLflow run last got, to upload only changes
+        self._stored: str | None = None  # what the store's meta last got
         for role in ("champion", "previous"):
             metrics.ONLINE_CSAT.labels(role=role)
             metrics.ONLINE_DRAFT_ACCEPTANCE.labels(role=role)
@@ -63,9 +64,9 @@ class OnlineMonitor:
     def evaluate(self) -> online.Probation:
         """The current champion's probation, from the store and the registry; changes nothing."""
         cfg = self.settings.online
-        champion = self.keeper.registry.champion_version()
         if not cfg.enabled:
-            return online.Probation(online.DISABLED, champion, None, None, message="online.enabled is false")
+            return online.Probation(online.DISABLED, None, None, None, message="online.enabled is false")
+        champion = self.keeper.registry.champion_version()
         if champion is None:
             return online.Probation(online.NO_CHAMPION, None, None, None, message="no champion yet")
         move = champion_move(self.keeper.audit_log(), champion)
@@ -115,7 +116,10 @@ class OnlineMonitor:
         metrics.ONLINE_PROBATION_TICKETS.set(probation.new_tickets)
         metrics.ONLINE_CHAMPION_WORSE.set(1 if probation.worse else 0)
         data = probation.as_dict()
-        self.store.set_meta(META_KEY, json.dumps(data))
+        text = json.dumps(data)
+        if text != self._stored:  # a write (and its fsync) only when something changed
+            self.store.set_meta(META_KEY, text)
+            self._stored = text
         key = (probation.champion, probation.state, probation.new_tickets)
         if probation.champion is None or probation.state in (online.DISABLED, online.NO_CHAMPION) \
                 or key == self._published:
