@@ -4,6 +4,7 @@ against a real store and a real MLflow registry, and the rollback it makes throu
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -119,9 +120,9 @@ def test_a_ticket_drafted_by_a_version_becomes_an_outcome_row_without_its_text()
 
 
 def store_rows(store: ExampleStore, version: str, n: int, *, csat: float, outcome: str, start: datetime,
-               prefix: str) -> None:
+               prefix: str, step: timedelta = timedelta(minutes=1)) -> None:
     store.record_outcomes([OutcomeRow(f"{prefix}-{i}", "m", version,
-                                      (start + timedelta(minutes=i)).isoformat(timespec="seconds"),
+                                      (start + i * step).isoformat(timespec="seconds"),
                                       CATEGORIES[i % 3], csat if i % 4 else csat - 1, outcome, 0.0,
                                       (f"id:{prefix}-{i}",)) for i in range(n)])
 
@@ -224,4 +225,22 @@ def test_tickets_without_drafts_never_count_and_status_says_no_decision_yet(moni
     assert probation.state == online.WAITING and registry.champion_version() == "2"
     status = collect_status(settings, store, registry)["online_probation"]
     assert status["state"] == "waiting" and status["message"] == "0 of 10 tickets drafted by v2 so far", status
+    store.close()
+
+
+def test_the_monitor_never_undoes_its_own_rollback(monitored):
+    settings, store, registry, keeper, monitor = monitored(auto_rollback=True)
+    moved = datetime.fromisoformat(keeper.audit_log()[-1]["at"])
+    store_rows(store, "1", 120, csat=5, outcome="sent_as_is", start=moved - timedelta(days=3), prefix="old")
+    # v2's tickets all resolved in the second of its move, so that they precede the rollback
+    store_rows(store, "2", 60, csat=3, outcome="discarded", start=moved, prefix="new", step=timedelta(0))
+    time.sleep(1.1)
+    assert monitor.check().state == online.WORSE and registry.champion_version() == "1"
+    back = datetime.fromisoformat(keeper.audit_log()[-1]["at"])
+    # v1, restored, now does even worse than v2 did: found worse, but it stays (no ping-pong, no retry loop)
+    store_rows(store, "1", 60, csat=1, outcome="discarded", start=back + timedelta(seconds=1), prefix="later")
+    again = monitor.check()
+    assert again.state == online.WORSE and (again.champion, again.previous) == ("1", "2"), again.summary()
+    assert registry.champion_version() == "1"
+    assert [m["actor"] for m in keeper.audit_log()].count(ONLINE_ACTOR) == 1
     store.close()

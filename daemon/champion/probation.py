@@ -56,6 +56,7 @@ class OnlineMonitor:
         self._lock = threading.Lock()
         self._published: tuple | None = None  # what the MLflow run last got, to upload only changes
         self._stored: str | None = None  # what the store's meta last got
+        self._warned: tuple | None = None  # the probation whose "worse, not rolled back" was logged
         for role in ("champion", "previous"):
             metrics.ONLINE_CSAT.labels(role=role)
             metrics.ONLINE_DRAFT_ACCEPTANCE.labels(role=role)
@@ -95,17 +96,29 @@ class OnlineMonitor:
 
     def _act_on_worse(self, probation: online.Probation) -> None:
         figures = probation.summary()
-        if not self.settings.online.auto_rollback:
-            log.warning("online probation: champion v%s is worse than v%s: %s; online.auto_rollback is false: "
-                        "the alert only (`ticketune rollback` moves it back)", probation.champion,
-                        probation.previous, figures)
-            return
         registry = self.keeper.registry
+        why_not = None
+        if not self.settings.online.auto_rollback:
+            why_not = "online.auto_rollback is false: the alert only (`ticketune rollback` moves it back)"
+        elif self._moved_by_monitor(probation.champion):
+            why_not = "the online monitor itself made it champion: it never undoes its own rollback"
+        elif registry.get_version_tags(probation.previous).get(TAG_ONLINE_ROLLED_BACK):
+            why_not = f"v{probation.previous} was rolled back by the online monitor before: the alert only"
+        if why_not is not None:
+            if self._warned != (probation.champion, probation.since):  # once per probation, not every loop
+                self._warned = (probation.champion, probation.since)
+                log.warning("online probation: champion v%s is worse than v%s: %s; %s", probation.champion,
+                            probation.previous, figures, why_not)
+            return
         move = self.keeper.rollback(probation.previous, reason=f"online probation: {figures}", actor=ONLINE_ACTOR)
         registry.set_version_tags(probation.champion, {TAG_ONLINE_ROLLED_BACK: figures})
         metrics.ONLINE_CHAMPION_WORSE.set(0)  # the worse version no longer serves
         log.warning("online probation: champion v%s was worse than v%s (%s): rolled back to v%s",
                     probation.champion, probation.previous, figures, move.current)
+
+    def _moved_by_monitor(self, champion: str | None) -> bool:
+        move = champion_move(self.keeper.audit_log(), champion)
+        return move is not None and move.get("actor") == ONLINE_ACTOR
 
     def _publish(self, probation: online.Probation) -> None:
         for role in ("champion", "previous"):
