@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 from faults.harness import ServiceProcess, free_port, kafka_section, wait_for, write_config
 from fixture_broker import produce
 from test_serving import Receiver
@@ -47,11 +48,10 @@ def cli(config: Path, *args: str) -> dict | list:
     return json.loads(proc.stdout)
 
 
-def test_a_worse_champion_is_rolled_back_by_the_running_service_and_everyone_hears_of_it(
-    tmp_path, broker, unique_topic, mlflow_sqlite_uri
-):
-    receiver = Receiver()
-    topic = unique_topic("online")
+def two_champions(tmp_path: Path, broker, topic: str, mlflow_sqlite_uri: str,
+                  receiver: Receiver) -> tuple[Path, AdapterRegistry, datetime]:
+    """The service's config (online.auto_rollback on, a webhook target), and v1 then v2 made champion by
+    ticketune's keeper on the service's store; returns when v2 took over."""
     config = write_config(tmp_path / "config.yaml", {
         "kafka": kafka_section(broker.bootstrap_servers, topic, "online"),
         "registry": {"tracking_uri": mlflow_sqlite_uri, "model_name": MODEL, "poll_seconds": 0},
@@ -60,7 +60,6 @@ def test_a_worse_champion_is_rolled_back_by_the_running_service_and_everyone_hea
                     "webhook_secret": "online-secret", "backoff_seconds": 0},
         "server": {"host": "127.0.0.1", "port": free_port(), "shutdown_budget_seconds": 20},
     })
-    # two registered versions, v1 then v2 champion, moved by ticketune's keeper on the service's store
     store = ExampleStore(tmp_path / "store" / "examples.db")
     registry = AdapterRegistry(tracking_uri=mlflow_sqlite_uri, model_name=MODEL)
     adapter = tmp_path / "adapter"
@@ -74,17 +73,59 @@ def test_a_worse_champion_is_rolled_back_by_the_running_service_and_everyone_hea
         keeper.promote(version, reason="test", actor="test")
     moved = datetime.fromisoformat(keeper.audit_log()[-1]["at"])
     store.close()
+    broker.create_topics([topic], partitions=1)
+    return config, registry, moved
+
+
+def liked(version: str, n: int, start: datetime, prefix: str) -> list[dict]:
+    return [drafted_ticket(f"{prefix}-{i}", version, start + timedelta(minutes=i), csat=5 - (i % 4 == 0),
+                           outcome="sent_as_is", category=CATEGORIES[i % 3]) for i in range(n)]
+
+
+@pytest.mark.slow
+def test_a_champion_as_good_as_the_one_it_replaced_stays(tmp_path, broker, unique_topic, mlflow_sqlite_uri):
+    receiver = Receiver()
+    topic = unique_topic("online-good")
+    config, registry, moved = two_champions(tmp_path, broker, topic, mlflow_sqlite_uri, receiver)
+    time.sleep(1.1)
+    now = datetime.now(timezone.utc)
+    tickets = liked("1", 2 * MIN_TICKETS, moved - timedelta(hours=30), "old") + [
+        {**t, "resolved_at": (now + timedelta(seconds=i)).isoformat()}
+        for i, t in enumerate(liked("2", 2 * MIN_TICKETS, now, "new"))]
+    produce(broker.bootstrap_servers, topic, [(t["ticket_id"], t) for t in tickets])
+    service = ServiceProcess(config)
+    with service:
+        service.start()
+        service.wait_healthy()
+        wait_for(lambda: service.metric("ticketune_online_outcomes_total") == len(tickets), 90,
+                 "the drafted tickets recorded", on_timeout=service.log_tail)
+        wait_for(lambda: service.metric("ticketune_online_probation_tickets") == 2 * MIN_TICKETS, 30,
+                 "the probation's tickets counted", on_timeout=service.log_tail)
+        time.sleep(6)  # another loop: nothing moves
+        assert service.metric("ticketune_online_champion_worse") == 0.0
+        assert service.terminate() == 0, service.log_tail()
+    status = cli(config, "status")
+    assert status["champion_version"] == "2" and status["online_probation"]["state"] == "watching", status
+    assert all(a["actor"] != ONLINE_ACTOR for a in cli(config, "audit"))
+    assert not [r for r in receiver.requests if r["json"].get("event") == "rolled_back"]
+    receiver.close()
+
+
+def test_a_worse_champion_is_rolled_back_by_the_running_service_and_everyone_hears_of_it(
+    tmp_path, broker, unique_topic, mlflow_sqlite_uri
+):
+    receiver = Receiver()
+    topic = unique_topic("online")
+    config, registry, moved = two_champions(tmp_path, broker, topic, mlflow_sqlite_uri, receiver)
     time.sleep(1.1)  # the new champion's tickets resolve after the move (to the second)
     now = datetime.now(timezone.utc)
 
     # the previous champion's drafts were liked; the new one's drafts are thrown away and rated 1 or 2
-    before = [drafted_ticket(f"old-{i}", "1", moved - timedelta(hours=30) + timedelta(minutes=i), csat=5 - (i % 4 == 0),
-                             outcome="sent_as_is", category=CATEGORIES[i % 3]) for i in range(2 * MIN_TICKETS)]
+    before = liked("1", 2 * MIN_TICKETS, moved - timedelta(hours=30), "old")
     after = [drafted_ticket(f"new-{i}", "2", now + timedelta(seconds=i), csat=1 + (i % 2), outcome="discarded",
                             category=CATEGORIES[i % 3]) for i in range(MIN_TICKETS)]
     undrafted = [{k: v for k, v in drafted_ticket(f"plain-{i}", "2", now, csat=1, outcome="discarded",
                                                   category="billing").items() if k != "ai_assist"} for i in range(5)]
-    broker.create_topics([topic], partitions=1)
     produce(broker.bootstrap_servers, topic, [(t["ticket_id"], t) for t in before + undrafted + after[:-1]])
 
     service = ServiceProcess(config)
