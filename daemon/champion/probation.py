@@ -21,6 +21,7 @@ from typing import Any
 from daemon import metrics
 from daemon.champion import online
 from daemon.champion.keeper import ChampionKeeper
+from daemon.champion.rules import champion_move
 from daemon.champion.vocabulary import ONLINE_ACTOR, TAG_ONLINE_PROBATION, TAG_ONLINE_ROLLED_BACK
 from daemon.config import Settings
 from daemon.ingest.feedback import draft_accepted
@@ -36,14 +37,6 @@ def _outcome(row: Mapping[str, Any], min_edit_ratio: float) -> online.Outcome:
     return online.Outcome(ticket_id=row["ticket_id"], model_version=row["model_version"],
                           resolved_at=row["resolved_at"], category=row["category"], csat=row["csat"],
                           accepted=draft_accepted(row["outcome"], row["edit_ratio"], min_edit_ratio))
-
-
-def champion_move(moves: list[dict], champion: str | None) -> dict | None:
-    """The newest done move in the audit log (oldest first) that made `champion` the champion."""
-    for move in reversed(moves):
-        if champion is not None and move.get("state") == "done" and str(move.get("version")) == champion:
-            return move
-    return None
 
 
 class OnlineMonitor:

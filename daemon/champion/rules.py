@@ -184,10 +184,16 @@ def rollback_target(current: str | None, to_version: str | None, *, moves: Itera
     return target
 
 
-def champion_since(moves: Iterable[Mapping], champion: str | None) -> str | None:
-    """When `champion` last became the champion: the time of the newest done move to it."""
-    since = None
+def champion_move(moves: Iterable[Mapping], champion: str | None) -> Mapping | None:
+    """The newest done move in the audit log (oldest first) that made `champion` the champion."""
+    found = None
     for move in moves:
         if champion is not None and move.get("state") == "done" and str(move.get("version")) == champion:
-            since = move.get("at")
-    return since
+            found = move
+    return found
+
+
+def champion_since(moves: Iterable[Mapping], champion: str | None) -> str | None:
+    """When `champion` last became the champion: the time of the newest done move to it."""
+    move = champion_move(moves, champion)
+    return move.get("at") if move is not None else None
