@@ -8,10 +8,11 @@ model (`--base`, default /work/models/smollm2: SmolLM2-135M-Instruct), with the 
 The figure is the gate's `feedback_accuracy` on held-out feedback (the batch's held-out part: good vs bad
 answers by AUC, sent answers vs drafts by accuracy), for each cycle's candidate and for the base model.
 Only the preference check and the loss checks run (no probe: this measures likelihoods, not generations).
-The last line printed is a JSON object:
-{"sft_feedback_accuracy": x, "<objective>_feedback_accuracy": y, "base_feedback_accuracy": b, "gain": y - x, ...}.
+Each cycle's gate reasons are printed under its figure. The last line printed is a JSON object:
+{"sft_feedback_accuracy": x, "<objective>_feedback_accuracy": y, "<objective>_gain": y - x,
+"<objective>_verdict": v, "base_feedback_accuracy": b, ...} for each preference objective run.
 
-    python bench/feedback_accuracy.py [--base DIR] [--tickets N] [--objective sft+kto|sft+dpo] [--max-steps N]
+    python bench/feedback_accuracy.py [--base DIR] [--tickets N] [--objective sft+kto|sft+dpo|both] [--max-steps N]
 """
 
 from __future__ import annotations
@@ -60,30 +61,40 @@ def run_cycle(base: str, work: Path, objective: str, tickets: list[dict], max_st
         store.close()
     if "feedback_accuracy_candidate" not in outcome.metrics:
         raise SystemExit(f"{objective}: the cycle scored no feedback ({outcome.verdict}: {outcome.reasons})")
-    return {"verdict": outcome.verdict, "seconds": round(time.perf_counter() - started, 1), **outcome.metrics}
+    return {"verdict": outcome.verdict, "reasons": list(outcome.reasons),
+            "seconds": round(time.perf_counter() - started, 1), **outcome.metrics}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="/work/models/smollm2")
     parser.add_argument("--tickets", type=int, default=160)
-    parser.add_argument("--objective", default="sft+kto", choices=("sft+kto", "sft+dpo"))
+    parser.add_argument("--objective", default="sft+kto", choices=("sft+kto", "sft+dpo", "both"),
+                        help="the preference objective run beside sft; both: sft+kto and sft+dpo")
     parser.add_argument("--max-steps", type=int, default=30)
     parser.add_argument("--work-dir", type=Path, default=None)
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="ticketune-feedback-bench-"))
     tickets = generate_tickets(args.tickets, seed=TICKET_SEED, feedback=True)
     runs = {}
-    for objective in ("sft", args.objective):
+    preference = ("sft+kto", "sft+dpo") if args.objective == "both" else (args.objective,)
+    for objective in ("sft", *preference):
         runs[objective] = run_cycle(args.base, work / objective.replace("+", "-"), objective, tickets, args.max_steps)
         found = runs[objective]
         print(f"{objective}: feedback accuracy candidate {found['feedback_accuracy_candidate']:.4f}, "
               f"base {found['feedback_accuracy_reference']:.4f} on {found['feedback_examples']:.0f} "
               f"held-out examples ({found['verdict']}, {found['seconds']} s)", flush=True)
-    sft, pref = runs["sft"]["feedback_accuracy_candidate"], runs[args.objective]["feedback_accuracy_candidate"]
-    print(json.dumps({"sft_feedback_accuracy": sft, f"{args.objective}_feedback_accuracy": pref,
-                      "base_feedback_accuracy": runs["sft"]["feedback_accuracy_reference"],
-                      "gain": round(pref - sft, 4), "feedback_examples": runs["sft"]["feedback_examples"],
+        for reason in found["reasons"]:
+            print(f"  {objective} gate: {reason}", flush=True)
+    sft = runs["sft"]["feedback_accuracy_candidate"]
+    figures = {"sft_feedback_accuracy": sft,
+               "base_feedback_accuracy": runs["sft"]["feedback_accuracy_reference"]}
+    for objective in preference:
+        figures[f"{objective}_feedback_accuracy"] = runs[objective]["feedback_accuracy_candidate"]
+        figures[f"{objective}_gain"] = round(runs[objective]["feedback_accuracy_candidate"] - sft, 4)
+        figures[f"{objective}_verdict"] = runs[objective]["verdict"]
+    print(json.dumps({**figures, "sft_verdict": runs["sft"]["verdict"],
+                      "feedback_examples": runs["sft"]["feedback_examples"],
                       "tickets": args.tickets, "max_steps": args.max_steps, "base": args.base}))
 
 
