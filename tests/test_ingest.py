@@ -382,3 +382,34 @@ def test_an_undecodable_batch_is_said_once_shown_in_readiness_and_counted(exampl
     assert seen and all(not up and "compression codec" in detail for up, detail in seen)
     said = [r for r in caplog.records if "compression codec" in r.getMessage()]
     assert len(said) == 1 and said[0].levelname == "ERROR"
+
+
+def test_a_batch_is_judged_as_if_its_records_came_one_at_a_time(tmp_path):
+    """The duplicate checks run for a whole poll batch against the store's answers read up front
+    (`QualityFilter.prefetch`); what is kept, and why the rest is not, matches one record per batch."""
+    from daemon.config import QualityConfig
+    from daemon.demo.samples import generate_tickets
+    from daemon.ingest.filters import QualityFilter
+
+    tickets = generate_tickets(300, seed=5)
+    records = [record(i, t["ticket_id"], t) for i, t in enumerate(tickets)]
+    copies = [record(300 + i, f"copy-{i}", tickets[i] | {"ticket_id": f"copy-{i}"}) for i in range(0, 300, 7)]
+    deletions = [record(400 + i, tickets[i]["ticket_id"], None) for i in range(0, 300, 11)]
+    mixed = [*records[:150], *copies[:20], *deletions, *records[150:], *copies[20:], *records[:40]]
+
+    def run(batch: int, name: str) -> tuple[dict, dict]:
+        store = ExampleStore(tmp_path / f"{name}.db", identity_key=b"k" * 32)
+        quality = QualityFilter(QualityConfig(), None, store=store)
+        quality.load(())
+        batches = [mixed[i : i + batch] for i in range(0, len(mixed), batch)]
+        report = ingest(MemorySource(batches), store, quality=quality)
+        kept = {r[0]: r[1] for r in store._db.execute("SELECT ticket_id, revision FROM examples")}
+        store.close()
+        return report.to_json(), kept
+
+    together, kept_together = run(500, "together")
+    alone, kept_alone = run(1, "alone")
+    assert together == alone and kept_together == kept_alone
+    skipped = together["skipped"]
+    assert skipped.get("exact_duplicate", 0) + skipped.get("near_duplicate", 0) >= 40  # the copies at least
+    assert 0 < together["deleted"] <= len(deletions)

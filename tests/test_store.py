@@ -1,6 +1,7 @@
 import json
 import multiprocessing
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -42,6 +43,42 @@ def test_a_deletion_removes_the_ticket_and_a_redelivered_old_revision_stays_dele
     assert store.get_example("1") is None
     assert store.apply([example("1")]) == ["stale"]
     assert store.apply([example("1", "2026-12-01T00:00:00+00:00")]) == ["stored"]
+
+
+def test_a_batch_that_changes_a_ticket_several_times_gives_the_outcomes_of_one_change_at_a_time(tmp_path):
+    """`apply` reads the batch's tickets up front and keeps that view as the batch changes them: the same
+    outcomes and the same rows as applying each change in its own batch."""
+    day = "2026-11-0{}T10:00:00+00:00".format
+
+    def ex(ticket_id: str, revision: str, **options) -> Example:
+        return replace(example(ticket_id, revision, **options), identities=(f"email:{revision}@example.org", "id:7"))
+
+    changes = [ex("1", day(1)), ex("1", day(2), answer="second"), ex("1", day(2), answer="second"),
+               ex("1", day(1)), Deletion("1"), ex("1", day(2)), ex("1", day(3), answer="third"),
+               ex("2", day(1)), Deletion("2"), Deletion("2"), Deletion("3"), ex("3", day(1))]
+    together = ExampleStore(tmp_path / "together.db", identity_key=b"k" * 32)
+    one_by_one = ExampleStore(tmp_path / "one.db", identity_key=b"k" * 32)
+    outcomes = together.apply(changes)
+    assert outcomes == [one_by_one.apply([change])[0] for change in changes]
+    assert outcomes == ["stored", "revised", "unchanged", "stale", "deleted", "stale", "stored",
+                        "stored", "deleted", "absent", "absent", "stored"]
+    for ticket in ("1", "2", "3"):
+        assert together.get_example(ticket) == one_by_one.get_example(ticket)
+    assert together._db.execute("SELECT count(*) FROM example_identities").fetchone()[0] == 4
+    rows = "SELECT ticket_id, identity FROM example_identities ORDER BY 1, 2"
+    assert together._db.execute(rows).fetchall() == one_by_one._db.execute(rows).fetchall()
+    together.close()
+    one_by_one.close()
+
+
+def test_the_batch_check_of_what_the_store_would_discard_agrees_with_the_single_one(store):
+    store.apply([example("1", "2026-11-05T00:00:00+00:00"), example("2"), example("gone")])
+    store.apply([Deletion("gone")])
+    store.forget(ticket_id="2")
+    asked = [example("1"), example("1", "2026-11-06T00:00:00+00:00"), example("2", "2026-12-01T00:00:00+00:00"),
+             example("gone"), example("gone", "2026-12-01T00:00:00+00:00"), example("new")]
+    assert store.discards(asked) == [store.would_discard(e) for e in asked] == [True, False, True, True, False,
+                                                                               False]
 
 
 def test_the_split_is_deterministic_and_keeps_a_group_on_one_side(tmp_path, store):

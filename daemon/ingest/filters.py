@@ -22,7 +22,7 @@ import logging
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -57,6 +57,7 @@ CHARS_PER_TOKEN = 4  # the fallback estimate when the base model's tokenizer.jso
 TOKENS_PER_MESSAGE = 4  # what a chat template adds around each turn (role marker, newline, end-of-turn)
 SIGNATURE_VERSION = 2
 _EXACT_BYTES = 16
+KEYS_MEMO_SIZE = 4096  # examples whose band keys a filter remembers between committed() calls
 _SIGNATURE_BYTES = 1 + _EXACT_BYTES + 4 * NUM_PERM
 
 # An assistant turn is an auto-reply when, without its sentences that carry one of these markers, hardly
@@ -187,6 +188,12 @@ class DedupeStore(Protocol):
 
     def would_discard(self, example: Example) -> bool: ...
 
+    def exact_owners_of(self, exacts: Iterable[bytes]) -> dict[bytes, set[str]]: ...
+
+    def bucket_members(self, buckets: Iterable[tuple[int, int]]) -> dict[tuple[int, int], set[str]]: ...
+
+    def discards(self, examples: Sequence[Example]) -> list[bool]: ...
+
 
 def signature_is_current(signature: bytes | None) -> bool:
     return signature is not None and _split_signature(signature) is not None
@@ -243,6 +250,20 @@ class TokenCounter:
         return overhead + sum(len(encode(m["content"], add_special_tokens=False).ids) for m in messages)
 
 
+@dataclass(frozen=True)
+class _Prefetched:
+    """The store's answers for one batch (`QualityFilter.prefetch`): which exact hashes and buckets were asked
+    about, their owners and members, those members' signatures, and whether the store would discard each
+    (ticket id, revision)."""
+
+    exacts: set[bytes]
+    exact_owners: dict[bytes, set[str]]
+    buckets: set[tuple[int, int]]
+    members: dict[tuple[int, int], set[str]]
+    signatures: dict[str, bytes]
+    discards: dict[tuple[str, str], bool]
+
+
 class QualityFilter:
     """Applies the `quality:` settings. `check_ticket` and `judge` (`check_example`) only judge; the ingest
     loop changes the dedupe index itself: `record` for each example it keeps (right away, so a second copy
@@ -262,7 +283,8 @@ class QualityFilter:
         self._buckets: list[dict[int, set[str]]] = [{} for _ in range(self._bands)]
         self._by_ticket: dict[str, tuple[bytes, np.ndarray]] = {}
         self._by_exact: dict[bytes, set[str]] = {}
-        self._last_keys: tuple[np.ndarray, list[int]] | None = None
+        self._keys_memo: dict[bytes, list[int]] = {}  # band keys by MinHash values, for the batch under way
+        self._prefetched: _Prefetched | None = None  # the store's answers for the batch under way
 
     def __len__(self) -> int:
         return len(self._by_ticket)
@@ -295,8 +317,15 @@ class QualityFilter:
 
         An example that passes the length and auto-reply checks comes back with its dedupe signature
         and, once `load` has synced a store's band table, its band keys: what `record` counts and the
-        store keeps (written with the example, in its transaction).
+        store keeps (written with the example, in its transaction). `screen` then `duplicate_reason`.
         """
+        reason, signed = self.screen(example)
+        if reason:
+            return reason, signed
+        return self.duplicate_reason(signed), signed
+
+    def screen(self, example: Example) -> tuple[str | None, Example]:
+        """The checks of the example alone (length, auto-reply); one that passes comes back signed."""
         cfg = self.cfg
         tokens = self.tokens.count(example.messages)
         if tokens < cfg.min_tokens:
@@ -307,24 +336,48 @@ class QualityFilter:
         if cfg.drop_bot_only and all(is_autoreply(answer) for answer in answers):
             return REASON_AUTOMATED, example
         signature = example_signature(example)
-        exact, values = _split_signature(signature)
-        keys = self._band_keys(values)
-        signed = replace(example, quality_signature=signature,
-                         dedupe_keys=tuple(keys) if self._store is not None and self._store_synced else None)
-        if cfg.dedupe_exact and self._exact_owners(exact) - {example.ticket_id}:
-            return REASON_EXACT_DUPLICATE, signed
+        keys = self._band_keys(_split_signature(signature)[1])
+        return None, replace(example, quality_signature=signature,
+                             dedupe_keys=tuple(keys) if self._store is not None and self._store_synced else None)
+
+    def duplicate_reason(self, signed: Example) -> str | None:
+        """Whether an example `screen` signed copies another ticket's, exactly or nearly (the index as it
+        is, the batch's recorded examples included); changes nothing."""
+        cfg = self.cfg
+        exact, values = _split_signature(signed.quality_signature)
+        if cfg.dedupe_exact and self._exact_owners(exact) - {signed.ticket_id}:
+            return REASON_EXACT_DUPLICATE
         if cfg.dedupe_near:
             needed = cfg.near_duplicate_threshold * NUM_PERM
-            for other_values in self._candidate_values(keys, example.ticket_id):
+            for other_values in self._candidate_values(self._band_keys(values), signed.ticket_id):
                 # LSH only proposes candidates; the share of equal MinHash values estimates the Jaccard
                 if np.count_nonzero(other_values == values) >= needed:
-                    return REASON_NEAR_DUPLICATE, signed
-        return None, signed
+                    return REASON_NEAR_DUPLICATE
+        return None
+
+    def prefetch(self, signed: Sequence[Example]) -> None:
+        """Reads from the store, in a few queries, what judging and recording these examples (a poll batch,
+        as `screen` signed them) will ask of it; the batch's `duplicate_reason` and `record` calls then
+        read the answers instead of querying per example, until `committed`. Without a store: nothing."""
+        if self._store is None:
+            return
+        split = [_split_signature(e.quality_signature) for e in signed if signature_is_current(e.quality_signature)]
+        exacts = {exact for exact, _ in split}
+        buckets = {(band, key) for _, values in split for band, key in enumerate(self._band_keys(values))}
+        members = self._store.bucket_members(buckets)
+        self._prefetched = _Prefetched(
+            exacts=exacts, exact_owners=self._store.exact_owners_of(exacts), buckets=buckets, members=members,
+            signatures=self._store.signatures_of(set().union(*members.values())),
+            discards={(e.ticket_id, e.revision): d for e, d in zip(signed, self._store.discards(signed), strict=True)},
+        )
 
     def _exact_owners(self, exact: bytes) -> set[str]:
         owners = set(self._by_exact.get(exact, ()))
         if self._store is not None:
-            owners |= self._store.exact_owners(exact) - self._forgotten - self._by_ticket.keys()
+            known = self._prefetched
+            stored = (known.exact_owners.get(exact, set()) if known is not None and exact in known.exacts
+                      else self._store.exact_owners(exact))
+            owners |= stored - self._forgotten - self._by_ticket.keys()
         return owners
 
     def _candidate_values(self, keys: list[int], ticket_id: str) -> list[np.ndarray]:
@@ -332,8 +385,17 @@ class QualityFilter:
         found = self._candidates_for(keys) - {ticket_id}
         candidates = [self._by_ticket[other][1] for other in found]
         if self._store is not None:
-            stored = self._store.band_candidates(keys) - found - self._forgotten - self._by_ticket.keys() - {ticket_id}
-            for signature in self._store.signatures_of(stored).values():
+            known = self._prefetched
+            pairs = list(enumerate(keys))
+            if known is not None and known.buckets.issuperset(pairs):
+                stored = set().union(*(known.members.get(pair, ()) for pair in pairs))
+            else:
+                stored = self._store.band_candidates(keys)
+            stored -= found | self._forgotten | self._by_ticket.keys() | {ticket_id}
+            signatures = {t: known.signatures[t] for t in stored if t in known.signatures} if known else {}
+            if len(signatures) < len(stored):
+                signatures.update(self._store.signatures_of(stored - signatures.keys()))
+            for signature in signatures.values():
                 split = _split_signature(signature)
                 if split is not None:
                     candidates.append(split[1])
@@ -348,12 +410,16 @@ class QualityFilter:
         batch a "duplicate" of what is not stored. What the store keeps of the index (the signature, the
         band keys) it writes with the example; `committed` then empties the batch's index here.
         """
-        if self._store is not None and self._store.would_discard(example):
+        if self._store is not None and self._discards(example):
             return
         signature = example.quality_signature
         if not signature_is_current(signature):
             signature = example_signature(example)
         self._add(example.ticket_id, signature)
+
+    def _discards(self, example: Example) -> bool:
+        known = self._prefetched.discards.get((example.ticket_id, example.revision)) if self._prefetched else None
+        return self._store.would_discard(example) if known is None else known
 
     def forget(self, ticket_id: str) -> None:
         """A deletion in the batch: the ticket's text no longer counts as a copy, stored or recorded."""
@@ -363,6 +429,8 @@ class QualityFilter:
 
     def committed(self) -> None:
         """The ingest loop stored what was recorded: with a store, the memory holds none of it now."""
+        self._prefetched = None
+        self._keys_memo.clear()
         if self._store is not None:
             self._buckets = [{} for _ in range(self._bands)]
             self._by_ticket.clear()
@@ -419,11 +487,13 @@ class QualityFilter:
 
     # the in-memory index ------------------------------------------------------------------------
     def _band_keys(self, values: np.ndarray) -> list[int]:
-        # `record` follows `judge` for the same example: the keys of the last values are kept for it
-        if self._last_keys is not None and np.array_equal(self._last_keys[0], values):
-            return self._last_keys[1]
-        keys = band_keys_of(values, self._bands, self._rows)
-        self._last_keys = (values, keys)
+        # an example's keys are asked for by `screen`, `prefetch`, `duplicate_reason` and `record`
+        raw = values.tobytes()
+        keys = self._keys_memo.get(raw)
+        if keys is None:
+            if len(self._keys_memo) >= KEYS_MEMO_SIZE:
+                self._keys_memo.clear()
+            keys = self._keys_memo[raw] = band_keys_of(values, self._bands, self._rows)
         return keys
 
     def _candidates_for(self, keys: list[int]) -> set[str]:

@@ -9,6 +9,7 @@ store is retried with capped backoff and shows in the metrics.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -232,6 +233,7 @@ def classify(
     privacy: PrivacyPolicy = DEFAULT_POLICY,
     feedback: FeedbackRules | None = None,
     outcomes: list[OutcomeRow] | None = None,
+    dedupe: bool = True,
 ) -> Example | Deletion | Skip | _Rejected:
     """What one record asks for; bad input is a `_Rejected` (a dead letter), never an exception.
 
@@ -242,7 +244,8 @@ def classify(
     whose CSAT is at most `feedback.bad_csat` is kept as an undesirable example the SFT part never sees.
 
     It only judges: a kept example comes back signed for dedupe, and `_ingest_batch` records it (or a
-    deletion) in the quality filter's index.
+    deletion) in the quality filter's index. `dedupe=False` leaves out the duplicate checks, which
+    `_ingest_batch` runs for the whole batch afterwards (`QualityFilter.duplicate_reason`).
     """
     if record.value is None:
         if not record.key:
@@ -271,7 +274,7 @@ def classify(
         sft = False
     item = ticket_to_example(ticket, system_prompt, scrub=scrub, privacy=privacy, feedback=feedback, sft=sft)
     if quality is not None and isinstance(item, Example):
-        reason, item = quality.judge(item)
+        reason, item = quality.judge(item) if dedupe else quality.screen(item)
         if reason:
             return Skip(item.ticket_id, reason)
     return item
@@ -413,17 +416,28 @@ def _ingest_batch(
     dead_lettered: Counter[str] = Counter()
     record_outcomes = getattr(store, "record_outcomes", None)  # ExampleStore: online probation's records
     outcomes: list[OutcomeRow] | None = [] if record_outcomes is not None else None
+    # judged in two passes: each record alone (parse, scrub, the checks of one example, its signature), then
+    # the duplicate checks in record order against the store's answers, read in a few queries for them all
+    judged: list[Example | Deletion | Skip | _Rejected] = []
     for record in records:
         try:
-            item = classify(record, parse, system_prompt, source.max_value_bytes, quality, scrub, privacy, feedback,
-                            outcomes)
-            if quality is not None:  # judged, now counted: right away, before the next record is judged
-                _update_index(quality, item)
+            judged.append(classify(record, parse, system_prompt, source.max_value_bytes, quality, scrub, privacy,
+                                   feedback, outcomes, dedupe=False))
         except Exception as exc:  # a bug met by one odd record must not stop the stream
-            log.exception("internal error on record %s/%d@%d", record.topic, record.partition, record.offset)
-            item = _Rejected(
-                REASON_INTERNAL_ERROR, f"{type(exc).__name__} while turning the record into an example"
-            )
+            judged.append(_internal_error(record, exc))
+    if quality is not None:
+        try:
+            quality.prefetch([item for item in judged if isinstance(item, Example)])
+        except sqlite3.Error as exc:  # the per-example lookups still answer; the store's own failure shows there
+            log.warning("dedupe lookups for the batch failed (%s); judging example by example", exc)
+    for record, item in zip(records, judged, strict=True):
+        if quality is not None and not isinstance(item, _Rejected):
+            try:
+                if isinstance(item, Example) and (reason := quality.duplicate_reason(item)):
+                    item = Skip(item.ticket_id, reason)
+                _update_index(quality, item)  # judged, now counted: before the next record is judged
+            except Exception as exc:
+                item = _internal_error(record, exc)
         if isinstance(item, _Rejected):
             retrier.call("dead_letter", lambda r=record, i=item: source.dead_letter(r, i.reason, i.detail))
             log.info("dead-lettered %s/%d@%d: %s", record.topic, record.partition, record.offset, item.reason)
@@ -471,6 +485,11 @@ def _ingest_batch(
         metrics.TICKETS_SKIPPED.labels(reason=reason).inc(count)
     for reason, count in dead_lettered.items():
         metrics.DEAD_LETTERED.labels(reason=reason).inc(count)
+
+
+def _internal_error(record: SourceRecord, exc: Exception) -> _Rejected:
+    log.exception("internal error on record %s/%d@%d", record.topic, record.partition, record.offset, exc_info=exc)
+    return _Rejected(REASON_INTERNAL_ERROR, f"{type(exc).__name__} while turning the record into an example")
 
 
 def _update_lag(source: TicketSource, report: IngestReport, retrier: _Retrier) -> None:

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+KEYED_MEMO_SIZE = 4096  # keyed hashes a store remembers (see Database.keyed)
+
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS examples (
     ticket_id    TEXT PRIMARY KEY,
@@ -221,6 +223,7 @@ class Database:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self.schema_version = self._migrate()
+        self._keyed_memo: dict[str, str] = {}
         self._identity_key = identity_key or self._stored_identity_key()
 
     def _stored_identity_key(self) -> bytes:
@@ -233,8 +236,16 @@ class Database:
         return bytes.fromhex(row["value"])
 
     def keyed(self, value: str) -> str:
-        """A keyed hash (HMAC-SHA256) of an identifier: matchable later, not reversible without the key."""
-        return hmac.digest(self._identity_key, value.encode(), "sha256").hex()[:32]
+        """A keyed hash (HMAC-SHA256) of an identifier: matchable later, not reversible without the key.
+
+        The last few thousand are remembered (a batch asks for each ticket's several times, and a requester
+        writes often); the memo holds hashes only next to the identifiers the process is handling anyway."""
+        found = self._keyed_memo.get(value)
+        if found is None:
+            if len(self._keyed_memo) >= KEYED_MEMO_SIZE:
+                self._keyed_memo.clear()
+            found = self._keyed_memo[value] = hmac.digest(self._identity_key, value.encode(), "sha256").hex()[:32]
+        return found
 
     # connections ---------------------------------------------------------------------------
     @property

@@ -19,9 +19,11 @@ from daemon.store.db import Database
 PAGE_ROWS = 5000
 
 
-def write_band_keys(db: sqlite3.Connection, ticket_id: str, keys: Sequence[int] | None) -> None:
-    """Replaces a ticket's band keys (one per band, in order) in the caller's transaction; none: it has none."""
-    db.execute("DELETE FROM dedupe_bands WHERE ticket_id = ?", (ticket_id,))
+def write_band_keys(db: sqlite3.Connection, ticket_id: str, keys: Sequence[int] | None, replace: bool = True) -> None:
+    """Replaces a ticket's band keys (one per band, in order) in the caller's transaction; none: it has none.
+    `replace=False`: the ticket has none yet (a first upsert), so there is nothing to delete."""
+    if replace:
+        db.execute("DELETE FROM dedupe_bands WHERE ticket_id = ?", (ticket_id,))
     if keys:
         db.executemany("INSERT OR IGNORE INTO dedupe_bands (band, bucket, ticket_id) VALUES (?, ?, ?)",
                        [(band, key, ticket_id) for band, key in enumerate(keys)])
@@ -100,6 +102,38 @@ class DedupeTables(Database):
         values = [v for band, key in enumerate(keys) for v in (band, key)]
         rows = self._db.execute(f"SELECT DISTINCT ticket_id FROM dedupe_bands WHERE {where}", values).fetchall()
         return {row[0] for row in rows}
+
+    def exact_owners_of(self, exacts: Iterable[bytes]) -> dict[bytes, set[str]]:
+        """`exact_owners` of many exact hashes in a query per 500 (those with no owner are left out)."""
+        wanted = list(dict.fromkeys(exacts))
+        found: dict[bytes, set[str]] = {}
+        for begin in range(0, len(wanted), 500):
+            chunk = wanted[begin:begin + 500]
+            marks = ",".join("?" * len(chunk))
+            for ticket_id, exact in self._db.execute(
+                f"SELECT ticket_id, substr(quality_signature, 2, 16) FROM examples"
+                f" WHERE substr(quality_signature, 2, 16) IN ({marks})", chunk
+            ):
+                found.setdefault(exact, set()).add(ticket_id)
+        return found
+
+    def bucket_members(self, buckets: Iterable[tuple[int, int]]) -> dict[tuple[int, int], set[str]]:
+        """The tickets in each of these (band, bucket) pairs, in a query per band and 500 buckets (empty
+        buckets are left out): what `band_candidates` answers for a whole batch of examples at once."""
+        by_band: dict[int, list[int]] = {}
+        for band, bucket in dict.fromkeys(buckets):
+            by_band.setdefault(band, []).append(bucket)
+        found: dict[tuple[int, int], set[str]] = {}
+        for band, wanted in by_band.items():
+            for begin in range(0, len(wanted), 500):
+                chunk = wanted[begin:begin + 500]
+                marks = ",".join("?" * len(chunk))
+                for bucket, ticket_id in self._db.execute(
+                    f"SELECT bucket, ticket_id FROM dedupe_bands WHERE band = ? AND bucket IN ({marks})",
+                    [band, *chunk],
+                ):
+                    found.setdefault((band, bucket), set()).add(ticket_id)
+        return found
 
     def signatures_of(self, ticket_ids: Iterable[str]) -> dict[str, bytes]:
         """The stored signatures of these tickets (those that have one)."""

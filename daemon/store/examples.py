@@ -33,6 +33,43 @@ class Deletion:
     ticket_id: str
 
 
+@dataclass
+class _BatchState:
+    """What the store holds of one batch's tickets, read up front and kept up to date as `apply` goes."""
+
+    store: ExampleTables
+    suppressed: set[str]
+    rows: dict[str, tuple[str, str]]  # ticket id -> (revision, pipeline version) of the stored example
+    deletions: dict[str, str]  # ticket id -> the revision its deletion covers
+    keyed: dict[int, list[str]]
+
+    @classmethod
+    def read(cls, store: ExampleTables, db: sqlite3.Connection, examples: Sequence[Example]) -> _BatchState:
+        state = cls(store, set(), {}, {}, {})
+        if not examples:
+            return state
+        subjects = {s for example in examples for s in state.subjects(example)}
+        state.suppressed = store._present(db, "SELECT subject FROM suppressions WHERE subject IN ({})", subjects)
+        ids = {example.ticket_id for example in examples}
+        state.rows = {t: (r, v) for t, r, v in store._present(
+            db, "SELECT ticket_id, revision, pipeline_version FROM examples WHERE ticket_id IN ({})", ids)}
+        state.deletions = dict(store._present(
+            db, "SELECT ticket_id, revision FROM deletions WHERE ticket_id IN ({})", ids))
+        return state
+
+    def subjects(self, example: Example) -> list[str]:
+        """The keyed ticket id, then the keyed identities, of an example of the batch."""
+        found = self.keyed.get(id(example))
+        if found is None:
+            found = self.keyed[id(example)] = [self.store.keyed("ticket:" + example.ticket_id)] + [
+                self.store.keyed(identity) for identity in example.identities]
+        return found
+
+    def deleted(self, ticket_id: str) -> None:
+        row = self.rows.pop(ticket_id, None)
+        self.deletions[ticket_id] = max(self.deletions.get(ticket_id, ""), row[0] if row is not None else "")
+
+
 class ExampleTables(Database):
     """`examples`, `deletions`, `example_identities`, `suppressions` and `erasures`."""
 
@@ -43,21 +80,61 @@ class ExampleTables(Database):
     def apply(self, changes: Sequence[Example | Deletion]) -> list[str]:
         """Applies upserts and deletions in one transaction, durable when it returns.
 
-        Outcome per change, in order: stored, revised, unchanged, stale, deleted or absent.
+        Outcome per change, in order: stored, revised, unchanged, stale, deleted or absent. What the
+        store holds of the batch's tickets is read in three queries up front, then kept as the batch
+        changes it (a ticket upserted twice, or deleted then stored again, in one batch).
         """
         outcomes = []
         with self._write() as db:
+            state = _BatchState.read(self, db, [c for c in changes if not isinstance(c, Deletion)])
             for change in changes:
                 if isinstance(change, Deletion):
                     outcomes.append(self._delete(db, change.ticket_id))
+                    state.deleted(change.ticket_id)
                 else:
-                    outcomes.append(self._upsert(db, change))
+                    outcomes.append(self._upsert(db, change, state))
         return outcomes
 
     def would_discard(self, example: Example) -> bool:
         """Whether `apply` would leave this example out: an erased subject, or a revision older than
         what the store holds or deleted (a redelivered record). The dedupe index must not count it."""
         return self._upsert_refusal(self._db, example) is not None
+
+    def discards(self, examples: Sequence[Example]) -> list[bool]:
+        """`would_discard` of each example, in three queries for them all (a poll batch's worth)."""
+        return [refusal is not None for refusal in self._upsert_refusals(self._db, examples)]
+
+    def _upsert_refusals(self, db: sqlite3.Connection, examples: Sequence[Example]) -> list[str | None]:
+        """`_upsert_refusal` of each example against the store as it is (not as the others would change it)."""
+        subjects = {id(example): [self.keyed("ticket:" + example.ticket_id)]
+                    + [self.keyed(i) for i in example.identities] for example in examples}
+        suppressed = self._present(db, "SELECT subject FROM suppressions WHERE subject IN ({})",
+                                   {s for found in subjects.values() for s in found})
+        ids = {example.ticket_id for example in examples}
+        revisions = dict(self._present(db, "SELECT ticket_id, revision FROM examples WHERE ticket_id IN ({})", ids))
+        deleted = dict(self._present(db, "SELECT ticket_id, revision FROM deletions WHERE ticket_id IN ({})", ids))
+        refusals: list[str | None] = []
+        for example in examples:
+            if not suppressed.isdisjoint(subjects[id(example)]):
+                refusals.append(OUTCOME_SUPPRESSED)
+            elif example.ticket_id in revisions:
+                refusals.append(OUTCOME_STALE if example.revision < revisions[example.ticket_id] else None)
+            else:
+                gone = deleted.get(example.ticket_id)
+                refusals.append(OUTCOME_STALE if gone is not None and example.revision <= gone else None)
+        return refusals
+
+    @staticmethod
+    def _present(db: sqlite3.Connection, query: str, values: set[str]) -> set:
+        """The rows of `query` (one `IN ({})` left open) for these values, a query per 500 of them: single
+        values for a one-column select, tuples otherwise."""
+        wanted = list(values)
+        found: set = set()
+        for begin in range(0, len(wanted), 500):
+            chunk = wanted[begin:begin + 500]
+            rows = db.execute(query.format(",".join("?" * len(chunk))), chunk).fetchall()
+            found.update(row[0] if len(row) == 1 else tuple(row) for row in rows)
+        return found
 
     def _upsert_refusal(self, db: sqlite3.Connection, example: Example) -> str | None:
         subjects = [self.keyed("ticket:" + example.ticket_id)] + [self.keyed(i) for i in example.identities]
@@ -73,24 +150,18 @@ class ExampleTables(Database):
             return OUTCOME_STALE
         return None
 
-    def _upsert(self, db: sqlite3.Connection, example: Example) -> str:
-        subjects = [self.keyed("ticket:" + example.ticket_id)] + [self.keyed(i) for i in example.identities]
-        marks = ",".join("?" * len(subjects))
-        if db.execute(f"SELECT 1 FROM suppressions WHERE subject IN ({marks}) LIMIT 1", subjects).fetchone():
+    def _upsert(self, db: sqlite3.Connection, example: Example, state: _BatchState) -> str:
+        if not state.suppressed.isdisjoint(state.subjects(example)):
             return OUTCOME_SUPPRESSED  # the customer asked to be forgotten: a replay must not bring it back
-        row = db.execute(
-            "SELECT revision, pipeline_version FROM examples WHERE ticket_id = ?", (example.ticket_id,)
-        ).fetchone()
+        row = state.rows.get(example.ticket_id)
         if row is None:
-            deleted = db.execute(
-                "SELECT revision FROM deletions WHERE ticket_id = ?", (example.ticket_id,)
-            ).fetchone()
-            if deleted is not None and example.revision <= deleted["revision"]:
+            deleted = state.deletions.get(example.ticket_id)
+            if deleted is not None and example.revision <= deleted:
                 return OUTCOME_STALE  # a redelivered revision of a ticket the customer had deleted
             outcome = OUTCOME_STORED
-        elif example.revision == row["revision"] and row["pipeline_version"] == PIPELINE_VERSION:
+        elif example.revision == row[0] and row[1] == PIPELINE_VERSION:
             return OUTCOME_UNCHANGED
-        elif example.revision < row["revision"]:
+        elif example.revision < row[0]:
             return OUTCOME_STALE
         else:
             outcome = OUTCOME_REVISED  # a later revision, or the same one rebuilt by a newer pipeline
@@ -114,12 +185,15 @@ class ExampleTables(Database):
                 example.quality_signature,
             ),
         )
-        db.execute("DELETE FROM example_identities WHERE ticket_id = ?", (example.ticket_id,))
+        state.rows[example.ticket_id] = (example.revision, PIPELINE_VERSION)
+        fresh = outcome == OUTCOME_STORED  # nothing of the ticket is kept yet: no old rows to replace
+        if not fresh:
+            db.execute("DELETE FROM example_identities WHERE ticket_id = ?", (example.ticket_id,))
         db.executemany(
             "INSERT OR IGNORE INTO example_identities (ticket_id, identity) VALUES (?, ?)",
-            [(example.ticket_id, self.keyed(identity)) for identity in example.identities],
+            [(example.ticket_id, keyed) for keyed in state.subjects(example)[1:]],
         )
-        write_band_keys(db, example.ticket_id, example.dedupe_keys)  # the quality filter's, if it gave any
+        write_band_keys(db, example.ticket_id, example.dedupe_keys, replace=not fresh)  # the filter's, if any
         return outcome
 
     def _delete(self, db: sqlite3.Connection, ticket_id: str) -> str:
