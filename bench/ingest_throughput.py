@@ -2,9 +2,10 @@
 
 Produces N sample tickets (about 1 KB each) to the embedded broker, then times (a) a bare
 kafka-python consumer group reading the topic and (b) the full ticketune ingest: parse, pairs,
-PII scrubbing, quality filters (token length, auto-replies, exact and MinHash near duplicates),
-durable store writes and offset commits. `--tokenizer DIR/tokenizer.json` counts tokens with a
-real tokenizer (as the service does with the base model's); without it, the chars/4 estimate.
+PII scrubbing, quality filters (token length, auto-replies, exact and MinHash near duplicates, with the
+dedupe index in the store as the service keeps it), durable store writes and offset commits.
+`--tokenizer DIR/tokenizer.json` counts tokens with a real tokenizer (as the service does with the base
+model's); without it, the chars/4 estimate.
 The last line printed is a JSON object: {"ingest_per_s": x, "bare_consume_per_s": y, "ratio": z, ...}, with
 the CPU it ran on, the load average around the run (other work on the machine slows both sides alike) and
 which CRC-32C kafka-python checks batches with (the C one from the crc32c package, or pure Python).
@@ -63,7 +64,8 @@ def ticketune_ingest(
                          dlq_topic=topic + ".dlq", **GROUP_TIMEOUTS)
     source = KafkaTicketSource(config)
     store = ExampleStore(store_path)
-    quality = QualityFilter(QualityConfig(), tokenizer)
+    quality = QualityFilter(QualityConfig(), tokenizer, store=store)  # as the service wires it: the index in the store
+    quality.load(())
     first_batch_at: list[float] = []
 
     def mark(report) -> None:

@@ -55,7 +55,7 @@ NUM_PERM = 128
 SHINGLE_WORDS = 5
 CHARS_PER_TOKEN = 4  # the fallback estimate when the base model's tokenizer.json is not on disk
 TOKENS_PER_MESSAGE = 4  # what a chat template adds around each turn (role marker, newline, end-of-turn)
-SIGNATURE_VERSION = 2
+SIGNATURE_VERSION = 3  # 3: shingles hashed from word hashes (2: from their text)
 _EXACT_BYTES = 16
 KEYS_MEMO_SIZE = 4096  # examples whose band keys a filter remembers between committed() calls
 _SIGNATURE_BYTES = 1 + _EXACT_BYTES + 4 * NUM_PERM
@@ -93,23 +93,25 @@ def _conversation_text(example: Example) -> str:
 
 _rng = np.random.default_rng(20261128)  # fixed: stored signatures must stay comparable across restarts
 _PERM_A = _rng.integers(1, 2**63, NUM_PERM, dtype=np.uint64) | np.uint64(1)  # odd multipliers
-_PERM_B = _rng.integers(0, 2**63, NUM_PERM, dtype=np.uint64)
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # the shingle polynomial's multiplier (odd: 2**64 / golden ratio)
 
 
 def _minhash(text: str) -> np.ndarray:
     """128 MinHash values (uint32) of the text's word 5-gram shingles.
 
-    Shingles are hashed with CRC-32 (C speed, stable across processes), then permuted 128 ways by
-    multiply-shift hashing, (a*x + b) mod 2**64 >> 32, which needs no modulo in numpy.
+    Each word is hashed with CRC-32 (C speed, stable across processes); a shingle's hash is a polynomial of
+    its five words' (mod 2**64, vectorised over the text); it is permuted 128 ways by multiply-shift
+    hashing, (a*x mod 2**64) >> 32 with odd a, and since the shift keeps order the minimum is taken before
+    it. A repeated shingle counts once, as in a set. Fewer than five words make one shingle of them all.
     """
     words = _WORDS.findall(text)
-    if len(words) < SHINGLE_WORDS:
-        shingles = {" ".join(words)}
-    else:  # map and zip keep the per-shingle work in C
-        shingles = set(map(" ".join, zip(*(words[k:] for k in range(SHINGLE_WORDS)), strict=False)))
-    hashes = np.fromiter(map(zlib.crc32, map(str.encode, shingles)), dtype=np.uint64, count=len(shingles))
-    permuted = (hashes[:, None] * _PERM_A + _PERM_B) >> np.uint64(32)
-    return permuted.min(axis=0).astype(np.uint32)
+    hashes = np.fromiter(map(zlib.crc32, map(str.encode, words)), dtype=np.uint64, count=len(words))
+    width = min(SHINGLE_WORDS, len(words))
+    count = len(words) - width + 1
+    shingles = hashes[:count] * _MIX if width else np.zeros(1, dtype=np.uint64)
+    for k in range(1, width):
+        shingles = (shingles + hashes[k : k + count]) * _MIX
+    return ((shingles[:, None] * _PERM_A).min(axis=0) >> np.uint64(32)).astype(np.uint32)
 
 
 def lsh_bands(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
