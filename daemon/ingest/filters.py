@@ -198,7 +198,7 @@ class DedupeStore(Protocol):
 
 
 def signature_is_current(signature: bytes | None) -> bool:
-    return signature is not None and _split_signature(signature) is not None
+    return signature is not None and len(signature) == _SIGNATURE_BYTES and signature[0] == SIGNATURE_VERSION
 
 
 def _split_signature(signature: bytes) -> tuple[bytes, np.ndarray] | None:
@@ -286,6 +286,7 @@ class QualityFilter:
         self._by_ticket: dict[str, tuple[bytes, np.ndarray]] = {}
         self._by_exact: dict[bytes, set[str]] = {}
         self._keys_memo: dict[bytes, list[int]] = {}  # band keys by MinHash values, for the batch under way
+        self._splits: dict[bytes, tuple[bytes, np.ndarray]] = {}  # signatures split, for the batch under way
         self._prefetched: _Prefetched | None = None  # the store's answers for the batch under way
 
     def __len__(self) -> int:
@@ -338,7 +339,7 @@ class QualityFilter:
         if cfg.drop_bot_only and all(is_autoreply(answer) for answer in answers):
             return REASON_AUTOMATED, example
         signature = example_signature(example)
-        keys = self._band_keys(_split_signature(signature)[1])
+        keys = self._band_keys(self._split(signature)[1])
         return None, replace(example, quality_signature=signature,
                              dedupe_keys=tuple(keys) if self._store is not None and self._store_synced else None)
 
@@ -346,7 +347,7 @@ class QualityFilter:
         """Whether an example `screen` signed copies another ticket's, exactly or nearly (the index as it
         is, the batch's recorded examples included); changes nothing."""
         cfg = self.cfg
-        exact, values = _split_signature(signed.quality_signature)
+        exact, values = self._split(signed.quality_signature)
         if cfg.dedupe_exact and self._exact_owners(exact) - {signed.ticket_id}:
             return REASON_EXACT_DUPLICATE
         if cfg.dedupe_near:
@@ -363,7 +364,7 @@ class QualityFilter:
         read the answers instead of querying per example, until `committed`. Without a store: nothing."""
         if self._store is None:
             return
-        split = [_split_signature(e.quality_signature) for e in signed if signature_is_current(e.quality_signature)]
+        split = [self._split(e.quality_signature) for e in signed if signature_is_current(e.quality_signature)]
         exacts = {exact for exact, _ in split}
         buckets = {(band, key) for _, values in split for band, key in enumerate(self._band_keys(values))}
         members = self._store.bucket_members(buckets)
@@ -433,6 +434,7 @@ class QualityFilter:
         """The ingest loop stored what was recorded: with a store, the memory holds none of it now."""
         self._prefetched = None
         self._keys_memo.clear()
+        self._splits.clear()
         if self._store is not None:
             self._buckets = [{} for _ in range(self._bands)]
             self._by_ticket.clear()
@@ -504,9 +506,19 @@ class QualityFilter:
             found |= buckets.get(key, set())
         return found
 
+    def _split(self, signature: bytes) -> tuple[bytes, np.ndarray]:
+        """`_split_signature` of a current signature, remembered until `committed` (a batch's examples are
+        split by `screen`, `prefetch`, `duplicate_reason` and `record`)."""
+        split = self._splits.get(signature)
+        if split is None:
+            if len(self._splits) >= KEYS_MEMO_SIZE:
+                self._splits.clear()
+            split = self._splits[signature] = _split_signature(signature)
+        return split
+
     def _add(self, ticket_id: str, signature: bytes) -> None:
         self._remove(ticket_id)  # a revision replaces the ticket's earlier text
-        exact, values = _split_signature(signature)
+        exact, values = self._split(signature)
         self._by_ticket[ticket_id] = (exact, values)
         self._by_exact.setdefault(exact, set()).add(ticket_id)
         for buckets, key in zip(self._buckets, self._band_keys(values), strict=True):

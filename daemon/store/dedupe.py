@@ -19,11 +19,9 @@ from daemon.store.db import Database
 PAGE_ROWS = 5000
 
 
-def write_band_keys(db: sqlite3.Connection, ticket_id: str, keys: Sequence[int] | None, replace: bool = True) -> None:
-    """Replaces a ticket's band keys (one per band, in order) in the caller's transaction; none: it has none.
-    `replace=False`: the ticket has none yet (a first upsert), so there is nothing to delete."""
-    if replace:
-        db.execute("DELETE FROM dedupe_bands WHERE ticket_id = ?", (ticket_id,))
+def write_band_keys(db: sqlite3.Connection, ticket_id: str, keys: Sequence[int] | None) -> None:
+    """Replaces a ticket's band keys (one per band, in order) in the caller's transaction; none: it has none."""
+    db.execute("DELETE FROM dedupe_bands WHERE ticket_id = ?", (ticket_id,))
     if keys:
         db.executemany("INSERT OR IGNORE INTO dedupe_bands (band, bucket, ticket_id) VALUES (?, ?, ?)",
                        [(band, key, ticket_id) for band, key in enumerate(keys)])

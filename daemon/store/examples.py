@@ -9,13 +9,12 @@ import json
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from daemon.ingest.feedback import KINDS as FEEDBACK_KINDS
 from daemon.ingest.pairs import PIPELINE_VERSION, Example
 from daemon.store.db import Database, unit_hash, utc_now
-from daemon.store.dedupe import write_band_keys
 
 OUTCOME_STORED = "stored"
 OUTCOME_REVISED = "revised"
@@ -41,11 +40,13 @@ class _BatchState:
     suppressed: set[str]
     rows: dict[str, tuple[str, str]]  # ticket id -> (revision, pipeline version) of the stored example
     deletions: dict[str, str]  # ticket id -> the revision its deletion covers
-    keyed: dict[int, list[str]]
+    keyed: dict[int, list[str]] = field(default_factory=dict)
+    identities: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # to write, by ticket id
+    bands: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, store: ExampleTables, db: sqlite3.Connection, examples: Sequence[Example]) -> _BatchState:
-        state = cls(store, set(), {}, {}, {})
+        state = cls(store, set(), {}, {})
         if not examples:
             return state
         subjects = {s for example in examples for s in state.subjects(example)}
@@ -65,9 +66,25 @@ class _BatchState:
                 self.store.keyed(identity) for identity in example.identities]
         return found
 
+    def stored(self, example: Example) -> None:
+        """An upsert went in: its identities and band keys (the quality filter's, if it gave any) are written
+        with the batch's others at the end (`write_rows`), in two statements instead of two per example."""
+        self.rows[example.ticket_id] = (example.revision, PIPELINE_VERSION)
+        self.identities[example.ticket_id] = [(example.ticket_id, keyed) for keyed in self.subjects(example)[1:]]
+        self.bands[example.ticket_id] = [(band, key, example.ticket_id)
+                                         for band, key in enumerate(example.dedupe_keys or ())]
+
     def deleted(self, ticket_id: str) -> None:
         row = self.rows.pop(ticket_id, None)
         self.deletions[ticket_id] = max(self.deletions.get(ticket_id, ""), row[0] if row is not None else "")
+        self.identities.pop(ticket_id, None)  # written by no statement yet: nothing of it to delete later
+        self.bands.pop(ticket_id, None)
+
+    def write_rows(self, db: sqlite3.Connection) -> None:
+        db.executemany("INSERT OR IGNORE INTO example_identities (ticket_id, identity) VALUES (?, ?)",
+                       [row for rows in self.identities.values() for row in rows])
+        db.executemany("INSERT OR IGNORE INTO dedupe_bands (band, bucket, ticket_id) VALUES (?, ?, ?)",
+                       [row for rows in self.bands.values() for row in rows])
 
 
 class ExampleTables(Database):
@@ -93,6 +110,7 @@ class ExampleTables(Database):
                     state.deleted(change.ticket_id)
                 else:
                     outcomes.append(self._upsert(db, change, state))
+            state.write_rows(db)
         return outcomes
 
     def would_discard(self, example: Example) -> bool:
@@ -185,15 +203,10 @@ class ExampleTables(Database):
                 example.quality_signature,
             ),
         )
-        state.rows[example.ticket_id] = (example.revision, PIPELINE_VERSION)
-        fresh = outcome == OUTCOME_STORED  # nothing of the ticket is kept yet: no old rows to replace
-        if not fresh:
+        if outcome == OUTCOME_REVISED:  # the earlier revision's rows go now, the new ones with the batch's
             db.execute("DELETE FROM example_identities WHERE ticket_id = ?", (example.ticket_id,))
-        db.executemany(
-            "INSERT OR IGNORE INTO example_identities (ticket_id, identity) VALUES (?, ?)",
-            [(example.ticket_id, keyed) for keyed in state.subjects(example)[1:]],
-        )
-        write_band_keys(db, example.ticket_id, example.dedupe_keys, replace=not fresh)  # the filter's, if any
+            db.execute("DELETE FROM dedupe_bands WHERE ticket_id = ?", (example.ticket_id,))
+        state.stored(example)
         return outcome
 
     def _delete(self, db: sqlite3.Connection, ticket_id: str) -> str:
