@@ -9,8 +9,8 @@ of LoRA (r 16, alpha 32, dropout 0, all-linear) on the same token ids
 alternating; the best run of each side counts (the one least disturbed by other load).
 ticketune runs as the service runs it, `python -m daemon.training train --spec`, with the service's
 defaults for the row and loss-chunk sizes, checkpointing and precision (`auto`: on a CPU with AMX and a
-real model, bf16 autocast over fp32 adapters; `--worker-precision fp32` compares like with like, the
-baselines being fp32 as users run them on CPU); its figure is the worker's own `train.tokens /
+real model, bf16 autocast over fp32 adapters; the baselines run in the precision the worker ran,
+`--baseline-precision` says otherwise); its figure is the worker's own `train.tokens /
 train.seconds` (training loop only). The baseline is `transformers.Trainer` with
 batches of 8 padded to the longest (DataCollatorForSeq2Seq), in random order without length grouping,
 labels -100 off the assistant turns, timed around `trainer.train()`: what users run. The loop is a
@@ -21,7 +21,7 @@ tokens each side processed. The last line printed is a JSON object: {"ticketune_
 Trainer + PEFT.
 
     python bench/train_throughput.py [--base DIR] [--tickets N] [--work-dir DIR] [--threads N] [--repeats N]
-                                     [--worker-precision auto|fp32|bf16]
+                                     [--worker-precision auto|fp32|bf16] [--baseline-precision same|fp32|bf16]
 """
 
 from __future__ import annotations
@@ -137,8 +137,9 @@ def load_model(base: Path):
     return AutoModelForCausalLM.from_pretrained(base, config=config, dtype=torch.float32, attn_implementation="sdpa")
 
 
-def run_baseline(base: Path, train_file: Path, out_dir: Path, threads: int) -> dict:
-    """The naive recipe: Trainer + get_peft_model, padded batches of 8 in random order, HF's own loss."""
+def run_baseline(base: Path, train_file: Path, out_dir: Path, threads: int, bf16: bool = False) -> dict:
+    """The naive recipe: Trainer + get_peft_model, padded batches of 8 in random order, HF's own loss;
+    `bf16`: Trainer's bf16 mixed precision (autocast on CPU)."""
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import (
@@ -184,6 +185,7 @@ def run_baseline(base: Path, train_file: Path, out_dir: Path, threads: int) -> d
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_pin_memory=False,
+        bf16=bf16,
         seed=SEED,
     )
     trainer = Trainer(model=model, args=arguments, data_collator=collate, train_dataset=dataset)
@@ -200,8 +202,9 @@ def run_baseline(base: Path, train_file: Path, out_dir: Path, threads: int) -> d
     }
 
 
-def run_loop(base: Path, train_file: Path, threads: int) -> dict:
-    """A plain HF + PEFT loop with its best batching: similar lengths together, the model's own loss."""
+def run_loop(base: Path, train_file: Path, threads: int, bf16: bool = False) -> dict:
+    """A plain HF + PEFT loop with its best batching: similar lengths together, the model's own loss;
+    `bf16`: the forward under bf16 autocast (fp32 adapters and optimizer, as the worker's bf16)."""
     import random
 
     import torch
@@ -237,7 +240,9 @@ def run_loop(base: Path, train_file: Path, threads: int) -> dict:
             size = len(example.input_ids)
             input_ids[row, :size], labels[row, :size], mask[row, :size] = (
                 torch.tensor(example.input_ids), torch.tensor(example.labels), 1)
-        model(input_ids=input_ids, attention_mask=mask, labels=labels).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -265,7 +270,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating; the best counts")
     parser.add_argument("--worker-precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="the worker's training.precision (the baselines run fp32)")
+                        help="the worker's training.precision")
+    parser.add_argument("--baseline-precision", choices=("same", "fp32", "bf16"), default="same",
+                        help="the baselines' precision; same (default): what the worker ran, so bf16 on AMX "
+                             "is compared with bf16")
     args = parser.parse_args()
 
     tickets = args.tickets or (BASE_TICKETS if args.base else TICKETS)
@@ -280,8 +288,10 @@ def main() -> None:
         for repeat in range(args.repeats):
             ours_runs.append(run_ticketune(base, train_file, scratch_dir / f"ticketune-{repeat}", args.threads,
                                            args.worker_precision))
-            naive_runs.append(run_baseline(base, train_file, scratch_dir / f"baseline-{repeat}", args.threads))
-            loop_runs.append(run_loop(base, train_file, args.threads))
+            worker_bf16 = (ours_runs[-1].get("settings") or {}).get("precision") == "bf16"
+            bf16 = worker_bf16 if args.baseline_precision == "same" else args.baseline_precision == "bf16"
+            naive_runs.append(run_baseline(base, train_file, scratch_dir / f"baseline-{repeat}", args.threads, bf16))
+            loop_runs.append(run_loop(base, train_file, args.threads, bf16))
 
     def best(runs: list[dict]) -> dict:
         return max(runs, key=lambda run: run["tokens_per_second"])
@@ -304,7 +314,7 @@ def main() -> None:
     settings, plan = ours.get("settings") or {}, ours.get("checkpointing") or {}
     print(f"worker settings: precision {settings.get('precision')}, rows of {settings.get('row_tokens')} tokens, "
           f"loss chunks of {settings.get('loss_chunk_tokens')}, {plan.get('checkpointed')} of {plan.get('layers')} "
-          "layers checkpointed")
+          f"layers checkpointed; baselines in {'bf16 autocast' if bf16 else 'fp32'}")
     print(f"ratio {ratio:.2f}x against Trainer + PEFT, {loop_ratio:.2f}x against the loop")
     print(json.dumps({
         "ticketune_tokens_per_s": ours["tokens_per_second"],
@@ -312,6 +322,9 @@ def main() -> None:
         "ratio": round(ratio, 3),
         "loop_tokens_per_s": loop["tokens_per_second"],
         "loop_ratio": round(loop_ratio, 3),
+        "worker_precision": settings.get("precision"),
+        "baseline_precision": "bf16" if bf16 else "fp32",
+        "cpu": cpu_name(),
     }))
 
 
