@@ -9,7 +9,6 @@ per store: `startup()` takes the store's service lock and holds it until `shutdo
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -34,7 +33,6 @@ from daemon.champion.keeper import ApprovalError, NoChampionError, PromotionRefu
 from daemon.champion.probation import OnlineMonitor
 from daemon.champion.rules import in_api_words
 from daemon.champion.versions import tag_erased_versions
-from daemon.champion.vocabulary import TAG_METRICS
 from daemon.config import Settings
 from daemon.cycle.runner import CycleOutcome
 from daemon.cycle.scheduler import next_run_time, start_scheduler
@@ -431,12 +429,7 @@ class Service:
             for category, n in fresh["by_category"].items():
                 metrics.STORE_EXAMPLES_BY_CATEGORY.labels(category=category).set(n)
             if include_registry:
-                champion = self.registry.champion_version()
-                metrics.CHAMPION_VERSION.set(float(champion) if champion and champion.isdigit() else 0)
-                if champion is not None:
-                    tagged = json.loads(self.registry.get_version_tags(champion).get(TAG_METRICS, "{}"))
-                    if "candidate_eval_loss" in tagged:
-                        metrics.CHAMPION_EVAL_LOSS.set(tagged["candidate_eval_loss"])
+                self.keeper.refresh_gauges()  # the champion's gauges have one writer: the keeper
         except Exception as exc:  # gauges are best effort; readiness reports the real problem
             log.debug("gauge refresh failed: %s", exc)
 

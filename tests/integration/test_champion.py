@@ -4,6 +4,7 @@ MLflow UI (watched and honoured), the startup reconciliation of what a crash lef
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,17 @@ def test_rollback_from_another_process_counts_an_outside_move_no_watcher_has_see
     keeper.rollback(to_version=v4, reason="try v4", actor="cli:bo")
     assert keeper.rollback(to_version=v4, reason="repeated", actor="cli:bo").moved is False
     assert keeper.rollback(reason="v4 is worse", actor="cli:bo").current == v1
+
+
+def test_the_champion_eval_loss_follows_each_move_and_is_cleared_for_a_champion_without_one(parts) -> None:
+    registry, store, keeper, receiver, tmp_path = parts
+    v1 = register(registry, tmp_path, "c-1", "promoted")
+    v2 = register(registry, tmp_path, "c-2", "promoted")
+    registry.set_version_tags(v1, {"ticketune.metrics": json.dumps({"candidate_eval_loss": 1.25})})
+    registry.set_version_tags(v2, {"ticketune.metrics": "{}"})
+    keeper.promote(v1, reason="first", actor="cycle")
+    assert metric("ticketune_champion_eval_loss_nats") == 1.25
+    keeper.promote(v2, reason="second", actor="cli:bo")
+    assert math.isnan(REGISTRY.get_sample_value("ticketune_champion_eval_loss_nats"))
+    keeper.rollback(reason="back", actor="admin")
+    assert metric("ticketune_champion_eval_loss_nats") == 1.25
