@@ -67,6 +67,7 @@ class Service:
         self.kafka_state = "not connected yet"  # "up", or "down: <why>" (readiness details)
         self.store_writes = "ok"  # or "failing: <why>" while ingest cannot write (a full disk; readiness details)
         self.last_cycle: CycleOutcome | None = None
+        self._moves_seen: tuple[int, int] | None = None  # the audit log's mark at the last champion gauge refresh
         self.started_at = time.time()
         self._threads: list[threading.Thread] = []
         self._cycle_lock = threading.Lock()
@@ -413,6 +414,8 @@ class Service:
 
     # status ------------------------------------------------------------------------------
     def _refresh_gauges(self, include_registry: bool = False) -> None:
+        """The store's gauges; the champion's from the registry when asked, and once after each move any
+        process on this store made (`ticketune promote|rollback` write the audit log the loop watches)."""
         try:
             counts = self.store.counts()
             metrics.STORE_EXAMPLES.set(counts["examples"])
@@ -428,8 +431,9 @@ class Service:
             metrics.STORE_EXAMPLES_BY_CATEGORY.clear()
             for category, n in fresh["by_category"].items():
                 metrics.STORE_EXAMPLES_BY_CATEGORY.labels(category=category).set(n)
-            if include_registry:
-                self.keeper.refresh_gauges()  # the champion's gauges have one writer: the keeper
+            moves = self.store.settled_moves_mark()  # read before the registry: a move ending meanwhile shows next time
+            if (include_registry or moves != self._moves_seen) and self.keeper.refresh_gauges():
+                self._moves_seen = moves
         except Exception as exc:  # gauges are best effort; readiness reports the real problem
             log.debug("gauge refresh failed: %s", exc)
 

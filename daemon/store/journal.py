@@ -152,6 +152,14 @@ class JournalTables(Database):
         ).fetchone()
         return (row is not None, row["version"] if row else None)
 
+    def settled_moves_mark(self) -> tuple[int, int]:
+        """(how many moves are settled, the newest settled one's id): it changes whenever a move of any
+        process on this store ends, so a running service learns of a CLI's move without asking MLflow."""
+        row = self._db.execute(
+            "SELECT count(*), coalesce(max(id), 0) FROM champion_moves WHERE state != 'pending'"
+        ).fetchone()
+        return (row[0], row[1])
+
     def champion_moves(self, limit: int = 100) -> list[dict]:
         """The audit log of alias moves, newest first."""
         rows = self._db.execute(
