@@ -68,13 +68,14 @@ class JournalTables(Database):
             )
 
     def retryable_cycle(self) -> RetryableCycle | None:
-        """The most recent cycle if it failed retryably after its snapshot, its batch is still open
-        and nothing of its snapshot was erased since; the caller checks the rest (files, champion,
+        """The most recent cycle that ran (a recorded skip ran nothing: another process's cycle held
+        the lock, or too few new examples) if it failed retryably after its snapshot, its batch is still
+        open and nothing of its snapshot was erased since; the caller checks the rest (files, champion,
         attempts left)."""
         db = self._db
         row = db.execute(
             "SELECT cycle_id, verdict, retryable, snapshot_id, attempts FROM cycles"
-            " ORDER BY started_at DESC, rowid DESC LIMIT 1"
+            " WHERE verdict IS NULL OR verdict != 'skipped' ORDER BY started_at DESC, rowid DESC LIMIT 1"
         ).fetchone()
         if row is None or row["verdict"] != "failed" or not row["retryable"] or row["snapshot_id"] is None:
             return None
