@@ -294,10 +294,8 @@ class Service:
 
     def _run_cycle_locked(self, *, trigger: str, force: bool,
                           on_recorded: Callable[[str], None] | None = None) -> CycleOutcome:
-        try:
-            outcome = self.cycles.run(trigger=trigger, force=force, stop=self.stop, on_recorded=on_recorded)
-        except LockBusy as exc:
-            outcome = CycleOutcome("", "skipped", reasons=[str(exc)])
+        outcome = self.cycles.run(trigger=trigger, force=force, stop=self.stop, on_recorded=on_recorded,
+                                  skip_when_busy=True)
         if outcome.verdict != "skipped" or self.last_cycle is None:
             self.last_cycle = outcome
         self._refresh_gauges(include_registry=True)
