@@ -60,7 +60,9 @@ LAST_SUCCESSFUL_CYCLE = Gauge(
     "store's journal: it survives restarts and counts cycles run by the CLI (0: none yet).",
 )
 CHAMPION_EVAL_LOSS = Gauge(
-    "ticketune_champion_eval_loss_nats", "Eval loss of the current champion on its trusted set (nats/token)."
+    "ticketune_champion_eval_loss_nats",
+    "Eval loss of the current champion on its trusted set, as recorded at its cycle (nats/token; NaN: no champion, "
+    "or one without the figure). It follows every move, whichever process or tool made it.",
 )
 CANDIDATE_EVAL_LOSS = Gauge(
     "ticketune_candidate_eval_loss_nats", "Eval loss of the last candidate on the trusted set (nats/token)."

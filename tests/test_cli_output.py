@@ -84,3 +84,34 @@ def test_status_says_a_cycle_under_way_is_running_and_shows_a_recorded_skip(serv
     store.close()
     assert main(["status", "--config", str(service_config)]) == 0
     assert "last cycle c-now running" in capsys.readouterr().out
+
+
+
+def _versions_passed_and_rejected(service_config: Path) -> tuple[str, str]:
+    """A champion that passed the gate and a version the gate rejected, in the MLflow store the config names."""
+    from daemon.app.wiring import build_registry
+    from daemon.config import load_settings
+
+    registry = build_registry(load_settings(service_config, environ={}))
+    adapter = service_config.parent / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    versions = []
+    for cycle_id, verdict in (("c-1", "promoted"), ("c-2", "rejected")):
+        run_id = registry.start_cycle_run(cycle_id, {}, {})
+        versions.append(registry.register_candidate(
+            run_id, adapter, {"ticketune.verdict": verdict, "ticketune.state": "complete"}))
+        registry.end_run(run_id)
+    registry.set_champion(versions[0])
+    return versions[0], versions[1]
+
+
+def test_a_refused_approve_or_rollback_under_json_prints_an_error_document(service_config, capsys):
+    _, rejected = _versions_passed_and_rejected(service_config)
+    capsys.readouterr()
+    for argv in (["approve", rejected], ["rollback", "--to", rejected]):
+        assert main([*argv, "--json", "--config", str(service_config)]) == 1, argv
+        out, err = capsys.readouterr()
+        document = json.loads(out)
+        assert document["error"]["code"] == "refused", argv
+        assert "--force" in document["error"]["message"] and "--force" in err, argv

@@ -313,6 +313,15 @@ def test_the_rules_and_the_dashboard_query_only_metrics_the_service_exports():
         assert wanted in used, wanted
 
 
+def test_the_readme_lists_every_metric_the_service_exports():
+    readme = (REPO / "README.md").read_text()
+    listed = readme[readme.index("Metrics: `ticketune_"):readme.index("## Online probation")]
+    source = (REPO / "daemon/metrics.py").read_text()
+    declared = re.findall(r'(?:Counter|Gauge|Histogram)\(\s*"(ticketune_\w+)"', source)
+    missing = {name for name in declared if f"`{name}" not in listed}
+    assert not missing, f"add to the README's metrics list: {sorted(missing)}"
+
+
 def test_the_shipped_config_validates():
     config = yaml.safe_load((K8S / "base/config.yaml").read_text())
     assert config["server"]["port"] == 9400

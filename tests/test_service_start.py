@@ -104,3 +104,21 @@ def test_a_cycle_interrupted_by_a_stop_resumes_soon_after_start_not_at_the_next_
         assert "cycle c-interrupted was interrupted on attempt 1; it resumes from its checkpoints at" in caplog.text
     finally:
         service.shutdown()
+
+
+def test_a_cycle_skipped_because_another_process_runs_one_is_recorded_in_the_journal(service_config):
+    from daemon.store import store_lock
+
+    settings = load_settings(service_config, environ={})
+    service = Service(settings)
+    skipped_before = REGISTRY.get_sample_value("ticketune_cycles_total", {"verdict": "skipped"}) or 0.0
+    try:
+        with store_lock(service.store.path, "cycle", wait_seconds=0):  # `ticketune cycle` in another process
+            outcome = service.run_cycle(trigger="schedule")
+        assert outcome.verdict == "skipped" and outcome.cycle_id
+        row = service.store.cycle(outcome.cycle_id)
+        assert (row["verdict"], row["trigger"]) == ("skipped", "schedule")
+        assert "holds the cycle lock" in row["reasons"][0] and row["reasons"] == outcome.reasons
+        assert REGISTRY.get_sample_value("ticketune_cycles_total", {"verdict": "skipped"}) == skipped_before + 1
+    finally:
+        service.store.close()

@@ -374,6 +374,9 @@ def test_the_retryable_cycle_is_the_last_one_when_it_failed_retryably_with_its_b
     store.fail_unfinished_cycles("the service stopped while the cycle ran")  # a crash is retryable too
     assert store.retryable_cycle() == RetryableCycle("c1", snap.id, 2)
 
+    store.record_skip("c-busy", "schedule", "process 7 holds the cycle lock on the store")
+    assert store.retryable_cycle() == RetryableCycle("c1", snap.id, 2)  # a skip ran nothing: c1 still resumes
+
     store.close_batch(snap.id, verdict="rejected", model_version="1")
     assert store.retryable_cycle() is None  # its batch is closed
 
@@ -385,7 +388,7 @@ def test_no_retry_for_a_cycle_that_failed_for_good_was_followed_or_lost_snapshot
 
     snap = _failed_after_snapshot(store, "c2")
     store.start_cycle("c3", "test")
-    store.finish_cycle("c3", verdict="skipped", model_version=None, snapshot_id=None, reasons=[], metrics={})
+    store.finish_cycle("c3", verdict="rejected", model_version="1", snapshot_id=None, reasons=[], metrics={})
     assert store.retryable_cycle() is None  # not the most recent cycle any more
 
     snap = _failed_after_snapshot(store, "c4")

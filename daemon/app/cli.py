@@ -220,13 +220,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from daemon.champion.keeper import ApprovalError
-
-    try:
-        move = _keeper(_settings(args)).approve(args.version, reason=args.reason, actor=_actor(args))
-    except ApprovalError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    move = _keeper(_settings(args)).approve(args.version, reason=args.reason, actor=_actor(args))
     return _moved(args, move, f"approved; champion: {move.previous or 'none'} -> {move.current}")
 
 
@@ -553,7 +547,12 @@ def _run_verb(args: argparse.Namespace) -> int:
         return 0
     except Exception as exc:
         from connectors.registry import RegistryError
+        from daemon.champion.rules import ApprovalError, NoChampionError, PromotionRefusedError
 
+        if isinstance(exc, (ApprovalError, PromotionRefusedError)):  # the admin API's codes for the same refusals
+            return _fail(args, "refused", [str(exc)], 1)
+        if isinstance(exc, NoChampionError):
+            return _fail(args, "nothing_to_roll_back", [str(exc)], 1)
         if isinstance(exc, RegistryError):
             return _fail(args, "registry", [str(exc)], 1)
         raise

@@ -9,7 +9,6 @@ per store: `startup()` takes the store's service lock and holds it until `shutdo
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -34,7 +33,6 @@ from daemon.champion.keeper import ApprovalError, NoChampionError, PromotionRefu
 from daemon.champion.probation import OnlineMonitor
 from daemon.champion.rules import in_api_words
 from daemon.champion.versions import tag_erased_versions
-from daemon.champion.vocabulary import TAG_METRICS
 from daemon.config import Settings
 from daemon.cycle.runner import CycleOutcome
 from daemon.cycle.scheduler import next_run_time, start_scheduler
@@ -69,6 +67,7 @@ class Service:
         self.kafka_state = "not connected yet"  # "up", or "down: <why>" (readiness details)
         self.store_writes = "ok"  # or "failing: <why>" while ingest cannot write (a full disk; readiness details)
         self.last_cycle: CycleOutcome | None = None
+        self._moves_seen: tuple[int, int] | None = None  # the audit log's mark at the last champion gauge refresh
         self.started_at = time.time()
         self._threads: list[threading.Thread] = []
         self._cycle_lock = threading.Lock()
@@ -295,10 +294,8 @@ class Service:
 
     def _run_cycle_locked(self, *, trigger: str, force: bool,
                           on_recorded: Callable[[str], None] | None = None) -> CycleOutcome:
-        try:
-            outcome = self.cycles.run(trigger=trigger, force=force, stop=self.stop, on_recorded=on_recorded)
-        except LockBusy as exc:
-            outcome = CycleOutcome("", "skipped", reasons=[str(exc)])
+        outcome = self.cycles.run(trigger=trigger, force=force, stop=self.stop, on_recorded=on_recorded,
+                                  skip_when_busy=True)
         if outcome.verdict != "skipped" or self.last_cycle is None:
             self.last_cycle = outcome
         self._refresh_gauges(include_registry=True)
@@ -415,6 +412,8 @@ class Service:
 
     # status ------------------------------------------------------------------------------
     def _refresh_gauges(self, include_registry: bool = False) -> None:
+        """The store's gauges; the champion's from the registry when asked, and once after each move any
+        process on this store made (`ticketune promote|rollback` write the audit log the loop watches)."""
         try:
             counts = self.store.counts()
             metrics.STORE_EXAMPLES.set(counts["examples"])
@@ -430,13 +429,9 @@ class Service:
             metrics.STORE_EXAMPLES_BY_CATEGORY.clear()
             for category, n in fresh["by_category"].items():
                 metrics.STORE_EXAMPLES_BY_CATEGORY.labels(category=category).set(n)
-            if include_registry:
-                champion = self.registry.champion_version()
-                metrics.CHAMPION_VERSION.set(float(champion) if champion and champion.isdigit() else 0)
-                if champion is not None:
-                    tagged = json.loads(self.registry.get_version_tags(champion).get(TAG_METRICS, "{}"))
-                    if "candidate_eval_loss" in tagged:
-                        metrics.CHAMPION_EVAL_LOSS.set(tagged["candidate_eval_loss"])
+            moves = self.store.settled_moves_mark()  # read before the registry: a move ending meanwhile shows next time
+            if (include_registry or moves != self._moves_seen) and self.keeper.refresh_gauges():
+                self._moves_seen = moves
         except Exception as exc:  # gauges are best effort; readiness reports the real problem
             log.debug("gauge refresh failed: %s", exc)
 

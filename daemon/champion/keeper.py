@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -346,18 +347,31 @@ class ChampionKeeper:
 
     # ---- gauges --------------------------------------------------------------------------
 
-    def refresh_gauges(self) -> None:
-        """Champion version, whether it failed the gate (an alert), candidates awaiting approval."""
+    def refresh_gauges(self) -> bool:
+        """Champion version, whether it failed the gate (an alert), its eval loss (NaN when it has none),
+        candidates awaiting approval; False when the registry could not be read (nothing was changed)."""
         try:
             champion = self.registry.champion_version()
             rows = self.registry.list_versions()
         except Exception as exc:  # best effort: the registry's outage shows elsewhere
             log.debug("champion gauges not refreshed: %s", exc)
-            return
+            return False
         metrics.CHAMPION_VERSION.set(float(champion) if champion and champion.isdigit() else 0)
         current = next((row for row in rows if row["version"] == champion), None)
-        verdict = (current.get("tags") or {}).get(TAG_VERDICT) if current is not None else None
+        tags = (current.get("tags") or {}) if current is not None else {}
+        verdict = tags.get(TAG_VERDICT)
         failed_gate = current is not None and verdict not in (VERDICT_PROMOTED, None)
         metrics.CHAMPION_FAILED_GATE.set(1 if failed_gate else 0)
+        metrics.CHAMPION_EVAL_LOSS.set(_eval_loss(tags))
         metrics.AWAITING_APPROVAL.set(sum(1 for row in rows
                                           if (row.get("tags") or {}).get(TAG_VERDICT) == VERDICT_AWAITING_APPROVAL))
+        return True
+
+
+def _eval_loss(tags: dict[str, str]) -> float:
+    """A version's eval loss on its trusted set, from its metrics tag; NaN when it has none."""
+    try:
+        loss = json.loads(tags.get(TAG_METRICS) or "{}").get("candidate_eval_loss")
+    except (ValueError, AttributeError):
+        return math.nan
+    return float(loss) if isinstance(loss, int | float) else math.nan

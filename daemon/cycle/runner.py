@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,7 +53,7 @@ from daemon.gate.report_rows import golden_rows, sample_rows
 from daemon.ingest.feedback import DESIRABLE, heldout_feedback
 from daemon.ingest.privacy import PLACEHOLDERS
 from daemon.logs import log_context
-from daemon.store import ExampleStore, Snapshot, store_lock
+from daemon.store import ExampleStore, LockBusy, Snapshot, store_lock
 from daemon.training import methods as adapter_methods
 from daemon.training.contract import (
     CHAMPION_DIR,
@@ -209,9 +210,21 @@ class CycleRunner:
     def run(
         self, *, trigger: str = "manual", force: bool = False, stop: threading.Event | None = None,
         lock_wait_seconds: float | None = 0.0, on_recorded: Callable[[str], None] | None = None,
+        skip_when_busy: bool = False,
     ) -> CycleOutcome:
-        """`on_recorded(cycle_id)` is called once the cycle's row is in the store's journal (running or skipped)."""
-        with store_lock(self.store.path, "cycle", wait_seconds=lock_wait_seconds), log_context():
+        """`on_recorded(cycle_id)` is called once the cycle's row is in the store's journal (running or skipped).
+        Another process's cycle on the store raises LockBusy, or with `skip_when_busy` makes this one a
+        recorded skip (the service's schedule and admin API: the journal shows why it did not run)."""
+        with ExitStack() as held:
+            try:
+                held.enter_context(store_lock(self.store.path, "cycle", wait_seconds=lock_wait_seconds))
+            except LockBusy as exc:
+                if not skip_when_busy:
+                    raise
+                outcome = self._skip(new_cycle_id(), trigger, str(exc), on_recorded or (lambda _cycle_id: None))
+                metrics.CYCLES.labels(verdict=outcome.verdict).inc()
+                return outcome
+            held.enter_context(log_context())
             return self._run_locked(trigger=trigger, force=force, stop=stop, on_recorded=on_recorded)
 
     def _run_locked(self, *, trigger: str, force: bool, stop: threading.Event | None,
@@ -240,13 +253,17 @@ class CycleRunner:
         if not plan.resume:
             self._remove_stale_checkpoints()  # a fresh cycle: no earlier one will resume any more
         if plan.skip_reason is not None:
-            try:
-                self.store.record_skip(plan.cycle_id, trigger, plan.skip_reason)
-                on_recorded(plan.cycle_id)
-            except Exception as exc:  # a full disk: still a skip, only not in the journal
-                log.warning("cycle %s: its skip could not be recorded: %s", plan.cycle_id, str(exc).splitlines()[0])
-            return CycleOutcome(plan.cycle_id, VERDICT_SKIPPED, reasons=[plan.skip_reason])
+            return self._skip(plan.cycle_id, trigger, plan.skip_reason, on_recorded)
         return self._execute(plan, golden, trigger=trigger, stop=stop, on_recorded=on_recorded)
+
+    def _skip(self, cycle_id: str, trigger: str, reason: str, on_recorded: Callable[[str], None]) -> CycleOutcome:
+        """A cycle that started nothing, recorded in the journal with its reason."""
+        try:
+            self.store.record_skip(cycle_id, trigger, reason)
+            on_recorded(cycle_id)
+        except Exception as exc:  # a full disk: still a skip, only not in the journal
+            log.warning("cycle %s: its skip could not be recorded: %s", cycle_id, str(exc).splitlines()[0])
+        return CycleOutcome(cycle_id, VERDICT_SKIPPED, reasons=[reason])
 
     def _facts(self, champion: str | None, champion_base: str | None, force: bool) -> CycleFacts:
         """What the plan is computed from; the store's side (erasures, a failed cycle to retry, pending)."""

@@ -68,13 +68,14 @@ class JournalTables(Database):
             )
 
     def retryable_cycle(self) -> RetryableCycle | None:
-        """The most recent cycle if it failed retryably after its snapshot, its batch is still open
-        and nothing of its snapshot was erased since; the caller checks the rest (files, champion,
+        """The most recent cycle that ran (a recorded skip ran nothing: another process's cycle held
+        the lock, or too few new examples) if it failed retryably after its snapshot, its batch is still
+        open and nothing of its snapshot was erased since; the caller checks the rest (files, champion,
         attempts left)."""
         db = self._db
         row = db.execute(
             "SELECT cycle_id, verdict, retryable, snapshot_id, attempts FROM cycles"
-            " ORDER BY started_at DESC, rowid DESC LIMIT 1"
+            " WHERE verdict IS NULL OR verdict != 'skipped' ORDER BY started_at DESC, rowid DESC LIMIT 1"
         ).fetchone()
         if row is None or row["verdict"] != "failed" or not row["retryable"] or row["snapshot_id"] is None:
             return None
@@ -151,6 +152,14 @@ class JournalTables(Database):
             "SELECT version FROM champion_moves WHERE state = 'done' ORDER BY id DESC LIMIT 1"
         ).fetchone()
         return (row is not None, row["version"] if row else None)
+
+    def settled_moves_mark(self) -> tuple[int, int]:
+        """(how many moves are settled, the newest settled one's id): it changes whenever a move of any
+        process on this store ends, so a running service learns of a CLI's move without asking MLflow."""
+        row = self._db.execute(
+            "SELECT count(*), coalesce(max(id), 0) FROM champion_moves WHERE state != 'pending'"
+        ).fetchone()
+        return (row[0], row[1])
 
     def champion_moves(self, limit: int = 100) -> list[dict]:
         """The audit log of alias moves, newest first."""

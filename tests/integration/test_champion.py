@@ -4,6 +4,7 @@ MLflow UI (watched and honoured), the startup reconciliation of what a crash lef
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,62 @@ def test_rollback_from_another_process_counts_an_outside_move_no_watcher_has_see
     keeper.rollback(to_version=v4, reason="try v4", actor="cli:bo")
     assert keeper.rollback(to_version=v4, reason="repeated", actor="cli:bo").moved is False
     assert keeper.rollback(reason="v4 is worse", actor="cli:bo").current == v1
+
+
+def test_a_move_made_by_another_process_reaches_the_running_service_gauges_at_its_next_loop(
+    service_config, monkeypatch
+) -> None:
+    """`ticketune promote --force` and `rollback --to` write their own audit rows, so the alias watch
+    sees no outside move: the service's loop notices the new rows in the shared store instead."""
+    from daemon.app.service import Service
+    from daemon.app.wiring import build_registry
+    from daemon.config import load_settings
+    from daemon.store import open_store
+
+    settings = load_settings(service_config, environ={})
+    service = Service(settings)
+    tmp_path = service_config.parent
+    passed = register(service.registry, tmp_path, "c-1", "promoted")
+    rejected = register(service.registry, tmp_path, "c-2", "rejected")
+    service.registry.set_version_tags(passed, {"ticketune.metrics": json.dumps({"candidate_eval_loss": 1.5})})
+    service.keeper.promote(passed, reason="first", actor="cycle")
+    service.startup(with_scheduler=False, with_ingest=False)
+    cli_store = open_store(settings.store)
+    cli = ChampionKeeper(cli_store, build_registry(settings))  # the CLI's keeper, as in another process:
+    monkeypatch.setattr(cli, "refresh_gauges", lambda: None)  # its gauges are not the service's
+    registry_reads = []
+    monkeypatch.setattr(service.registry, "list_versions", lambda real=service.registry.list_versions:
+                        registry_reads.append(1) or real())
+    try:
+        assert (metric("ticketune_champion_version"), metric("ticketune_champion_failed_gate")) == (float(passed), 0)
+        assert metric("ticketune_champion_eval_loss_nats") == 1.5
+
+        cli.promote(rejected, reason="incident 42", actor="cli:bo", force=True)
+        service._refresh_gauges()  # what each pass of the main loop runs
+        assert (metric("ticketune_champion_version"), metric("ticketune_champion_failed_gate")) == (float(rejected), 1)
+        assert metric("ticketune_champion_eval_loss_nats") == 2.0  # the new champion's own figure
+        service._refresh_gauges()
+        service._refresh_gauges()
+        assert len(registry_reads) == 1  # once per move, not a registry call every pass
+
+        cli.rollback(to_version=passed, reason="back", actor="cli:bo")
+        service._refresh_gauges()
+        assert (metric("ticketune_champion_version"), metric("ticketune_champion_failed_gate")) == (float(passed), 0)
+        assert metric("ticketune_champion_eval_loss_nats") == 1.5
+    finally:
+        cli_store.close()
+        service.shutdown()
+
+
+def test_the_champion_eval_loss_follows_each_move_and_is_cleared_for_a_champion_without_one(parts) -> None:
+    registry, store, keeper, receiver, tmp_path = parts
+    v1 = register(registry, tmp_path, "c-1", "promoted")
+    v2 = register(registry, tmp_path, "c-2", "promoted")
+    registry.set_version_tags(v1, {"ticketune.metrics": json.dumps({"candidate_eval_loss": 1.25})})
+    registry.set_version_tags(v2, {"ticketune.metrics": "{}"})
+    keeper.promote(v1, reason="first", actor="cycle")
+    assert metric("ticketune_champion_eval_loss_nats") == 1.25
+    keeper.promote(v2, reason="second", actor="cli:bo")
+    assert math.isnan(REGISTRY.get_sample_value("ticketune_champion_eval_loss_nats"))
+    keeper.rollback(reason="back", actor="admin")
+    assert metric("ticketune_champion_eval_loss_nats") == 1.25

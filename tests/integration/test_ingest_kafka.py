@@ -395,3 +395,29 @@ def test_each_helpdesk_format_is_ingested_from_the_broker(vendor, broker, unique
     assert (report.consumed, report.stored, report.dead_lettered) == (2, 1, 1)
     stored = store._db.execute("SELECT example_json FROM examples").fetchone()[0]
     assert json.loads(stored)["messages"][-1]["role"] == "assistant"
+
+
+def test_a_stopped_consumer_leaves_its_group_so_a_restart_gets_its_partitions_well_within_the_session_timeout(
+    broker, unique_topic
+):
+    """`close()` sends LeaveGroup: the restarted consumer (same group) joins as fast as a fresh one, instead of
+    waiting for the coordinator to expire the old member (the session timeout, then a rebalance)."""
+    topic = unique_topic()
+    broker.create_topics([topic], partitions=3)
+    session_ms = 10000  # Tansu delays every join by about half of it; an expired member costs all of it and more
+    config = kafka_config(broker, topic, session_timeout_ms=session_ms, heartbeat_interval_ms=1000)
+
+    def seconds_to_assignment() -> float:
+        source = KafkaTicketSource(config)
+        started = time.monotonic()
+        try:
+            while not source.assigned():
+                assert time.monotonic() - started < 60, "no assignment within 60 s"
+                source.poll(0.2)
+            return time.monotonic() - started
+        finally:
+            source.close()
+
+    first = seconds_to_assignment()
+    restarted = seconds_to_assignment()
+    assert restarted < session_ms / 1000 and restarted < first + 2.0, (first, restarted)
