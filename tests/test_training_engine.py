@@ -188,6 +188,17 @@ def test_fsdp2_across_two_gloo_processes_trains_and_resumes_the_same_adapter_as_
     fsdp_trains_as_one_process(spec, tmp_path / "spec.json", one_process)
 
 
+@pytest.mark.slow  # three workers on the 4-bit base: about 65 s on 2 cores
+def test_fsdp2_shards_a_qlora_base_and_trains_the_same_adapter_as_one_process(
+    tiny_model_dir: Path, engine_data: dict[str, Path], tmp_path: Path
+) -> None:
+    one_spec = engine_spec(tiny_model_dir, engine_data, tmp_path / "one", quantization="nf4", **TWO_RANK_RUN)
+    (tmp_path / "one").mkdir()
+    one, _ = finish(start_worker(one_spec, tmp_path / "one" / "spec.json", threads=1), one_spec)
+    spec = engine_spec(tiny_model_dir, engine_data, tmp_path, quantization="nf4", sharding="fsdp", **TWO_RANK_RUN)
+    fsdp_trains_as_one_process(spec, tmp_path / "spec.json", one)
+
+
 # in process: the loop itself --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def loop_inputs(tiny_model_dir: Path, engine_data: dict[str, Path], tmp_path_factory) -> dict[str, Any]:
