@@ -465,6 +465,14 @@ class Settings(BaseModel):
             raise ValueError(problem)
         return self
 
+    @model_validator(mode="after")
+    def _the_job_has_a_gpu_for_each_rank(self) -> Settings:
+        gpus, limit = self.training.gpus, self.executor.gpus_per_job
+        if self.executor.kind == "kubernetes" and gpus > 1 and limit < gpus:
+            raise ValueError(f"training.gpus is {gpus} but executor.gpus_per_job is {limit}: torchrun starts one rank "
+                             f"per GPU in the Job's pod; set executor.gpus_per_job: {gpus}")
+        return self
+
     def config_hash(self) -> str:
         """Stable hash of everything that shapes a candidate (secrets excluded)."""
         shaping = self.model_dump(mode="json", include={"model", "adapter", "training", "gate", "feedback"})
