@@ -126,6 +126,9 @@ class TrainingConfig(_Section):
     checkpoint_every_steps: int = Field(default=50, ge=1)
     max_attempts: int = Field(default=3, ge=1)  # tries of one cycle (same snapshot) before a fresh one
     gpus: int = Field(default=1, ge=1)  # >1 runs the worker under torchrun, data parallel
+    # with gpus > 1: none keeps the whole model on every GPU; fsdp shards it across them (FSDP2), for a base
+    # that does not fit one GPU
+    sharding: Literal["none", "fsdp"] = "none"
     # what a cycle trains on: the agents' answers (sft), CSAT thumbs (kto), agents' edits of drafts (dpo), or both
     objective: Literal["sft", "kto", "dpo", "sft+kto", "sft+dpo"] = "sft"
     seed: int = 0
@@ -148,6 +151,16 @@ class TrainingConfig(_Section):
         return self.objective.startswith("sft")
 
     @model_validator(mode="after")
+    def _fsdp_trains_what_it_shards(self) -> TrainingConfig:
+        if self.sharding == "fsdp" and self.compile:
+            raise ValueError("sharding fsdp does not run with compile: true (the compiled layers are untested "
+                             "under FSDP); set compile: false or sharding: none")
+        if self.sharding == "fsdp" and self.preference is not None:
+            raise ValueError(f"sharding fsdp trains objective sft only, not {self.objective} (the preference step "
+                             "gives the ranks unequal forward passes); set objective: sft or sharding: none")
+        return self
+
+    @model_validator(mode="after")
     def _rows_hold_a_sequence(self) -> TrainingConfig:
         if self.packing and isinstance(self.row_tokens, int) and self.row_tokens < self.max_seq_len:
             raise ValueError(
@@ -155,6 +168,14 @@ class TrainingConfig(_Section):
                 "no example is split across rows"
             )
         return self
+
+
+def sharding_problem(adapter: AdapterConfig, training: TrainingConfig) -> str | None:
+    """Why the adapter cannot train under the training's sharding, or None (the config and the spec both ask)."""
+    if training.sharding == "fsdp" and adapter.method == "prompt_tuning":
+        return ("training.sharding fsdp cannot train adapter.method prompt_tuning (its virtual tokens are embedded "
+                "outside the sharded decoder); use lora, dora or ia3, or training.sharding: none")
+    return None
 
 
 class ScheduleConfig(_Section):
@@ -436,6 +457,21 @@ class Settings(BaseModel):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     online: OnlineConfig = Field(default_factory=OnlineConfig)
+
+    @model_validator(mode="after")
+    def _adapter_fits_the_sharding(self) -> Settings:
+        problem = sharding_problem(self.adapter, self.training)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _the_job_has_a_gpu_for_each_rank(self) -> Settings:
+        gpus, limit = self.training.gpus, self.executor.gpus_per_job
+        if self.executor.kind == "kubernetes" and gpus > 1 and limit < gpus:
+            raise ValueError(f"training.gpus is {gpus} but executor.gpus_per_job is {limit}: torchrun starts one rank "
+                             f"per GPU in the Job's pod; set executor.gpus_per_job: {gpus}")
+        return self
 
     def config_hash(self) -> str:
         """Stable hash of everything that shapes a candidate (secrets excluded)."""

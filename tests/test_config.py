@@ -59,6 +59,24 @@ def test_every_problem_is_reported_with_its_field_path(tmp_path):
     assert "schedule:" in text and "crontab" in text
 
 
+def test_fsdp_sharding_refuses_what_it_cannot_shard_and_names_the_fields(tmp_path):
+    refused = {
+        "training: {sharding: fsdp, compile: true}": "training: sharding fsdp does not run with compile: true",
+        "training: {sharding: fsdp, objective: sft+kto}": "training: sharding fsdp trains objective sft only",
+        "adapter: {method: prompt_tuning}\ntraining: {sharding: fsdp}":
+            "training.sharding fsdp cannot train adapter.method prompt_tuning",
+        "training: {sharding: zero3}": "training.sharding:",
+    }
+    for text, problem in refused.items():
+        (tmp_path / "c.yaml").write_text(text + "\n")
+        with pytest.raises(ConfigError) as err:
+            load_settings(tmp_path / "c.yaml", environ={})
+        assert problem in "\n".join(err.value.problems), text
+    (tmp_path / "c.yaml").write_text("adapter: {method: dora}\n"
+                                     "training: {sharding: fsdp, gpus: 4, quantization: nf4}\n")
+    assert load_settings(tmp_path / "c.yaml", environ={}).training.sharding == "fsdp"
+
+
 def test_sasl_without_credentials_is_rejected():
     with pytest.raises(ConfigError) as err:
         load_settings(environ={"TICKETUNE_KAFKA__SECURITY_PROTOCOL": "SASL_SSL"})

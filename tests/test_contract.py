@@ -60,6 +60,10 @@ def test_the_bench_constructor_works_and_a_spec_round_trips(tmp_path):
     ({"cycle_id": ""}, "spec field cycle_id"),
     ({"golden_prompts": [{"id": "x", "messages": "hi"}]}, "spec field golden_prompts.0.messages"),
     ({"compare_adapters": {"base": "/x"}}, "reserved name 'base'"),
+    ({"training": {"sharding": "fsdp", "compile": True}},
+     "spec field training: sharding fsdp does not run with compile"),
+    ({"adapter": {"method": "prompt_tuning"}, "training": {"sharding": "fsdp"}},
+     "training.sharding fsdp cannot train adapter.method prompt_tuning"),
 ])
 def test_a_bad_spec_is_a_spec_error_naming_the_field(tmp_path, change, field):
     raw = {"cycle_id": "c1", "base_model": "m", "output_dir": str(tmp_path), "train_file": "t.jsonl", **change}

@@ -23,7 +23,7 @@ from mlflow.entities import FileInfo  # noqa: E402
 from connectors.executors import WorkerFailed  # noqa: E402
 from connectors.kubernetes_job import ANNOTATION_RUN, KubernetesJobExecutor, build_job, job_name  # noqa: E402
 from daemon.app.wiring import build_executor  # noqa: E402
-from daemon.config import ExecutorConfig, load_settings  # noqa: E402
+from daemon.config import ConfigError, ExecutorConfig, load_settings  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GPU_POOL = ExecutorConfig(
@@ -288,6 +288,25 @@ def test_build_executor_picks_the_configured_kind(tmp_path: Path) -> None:
     assert executor.tracking_uri == settings.registry.tracking_uri
     code = "import sys, daemon.app.wiring; sys.exit('kubernetes' in sys.modules)"  # the client: when first used
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_fsdp_travels_to_the_job_in_its_spec_and_the_job_starts_a_rank_on_each_of_its_gpus(tmp_path: Path) -> None:
+    from daemon.config import TrainingConfig
+    from daemon.training.contract import TrainSpec, parse_spec_json
+    from daemon.training.job import local_spec, portable_spec, train_command
+
+    cycle_dir = tmp_path / "work" / "c1"
+    spec = TrainSpec(cycle_id="c1", base_model="m", output_dir=cycle_dir / "out",
+                     train_file=cycle_dir / "data" / "train.jsonl",
+                     training=TrainingConfig(gpus=4, sharding="fsdp", quantization="nf4"))
+    portable, _ = portable_spec(spec, cycle_dir)
+    arrived = local_spec(parse_spec_json(portable.to_json()), tmp_path / "scratch" / "c1")  # what run-job reads
+    assert (arrived.training.gpus, arrived.training.sharding, arrived.training.quantization) == (4, "fsdp", "nf4")
+    assert train_command("python", tmp_path / "spec.json", arrived.training.gpus)[:5] == [
+        "python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"]
+    with pytest.raises(ConfigError, match="set executor.gpus_per_job: 4"):
+        load_settings(environ={"TICKETUNE_EXECUTOR__KIND": "kubernetes", "TICKETUNE_EXECUTOR__IMAGE": "w:1",
+                               "TICKETUNE_TRAINING__GPUS": "4", "TICKETUNE_TRAINING__SHARDING": "fsdp"})
 
 
 # ---- (b) submission and re-adoption against the recorded fake ------------------------------------

@@ -1,5 +1,6 @@
-"""The training loop: resume after a kill, data parallel = one process, budgets, early stop, switches that
-must not change the maths (gradient checkpointing, chunked cross-entropy), and the progress file."""
+"""The training loop: resume after a kill, data parallel = one process, FSDP2 = one process (LoRA and QLoRA),
+budgets, early stop, switches that must not change the maths (gradient checkpointing, chunked cross-entropy),
+and the progress file."""
 
 from __future__ import annotations
 
@@ -130,16 +131,24 @@ def test_checkpoints_of_another_snapshot_are_not_resumed(
     assert "belong to another run (snapshot_id differs" in log_text
 
 
+# three rows a step over two ranks: one rank trains two rows, the other one (and, under FSDP, a pass weighted 0)
+TWO_RANK_RUN = {"rows_per_step": 3, "max_steps": 6}
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_model_dir: Path, engine_data: dict[str, Path], tmp_path_factory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("one-process")
+    spec = engine_spec(tiny_model_dir, engine_data, root, **TWO_RANK_RUN)
+    result, _ = finish(start_worker(spec, root / "spec.json", threads=1), spec)
+    return result
+
+
 def test_two_gloo_processes_train_the_same_adapter_as_one(
-    tiny_model_dir: Path, engine_data: dict[str, Path], tmp_path: Path
+    tiny_model_dir: Path, engine_data: dict[str, Path], tmp_path: Path, one_process: dict[str, Any]
 ) -> None:
-    shared = {"rows_per_step": 3, "max_steps": 6}
-    single_spec = engine_spec(tiny_model_dir, engine_data, tmp_path / "one", **shared)
-    double_spec = engine_spec(tiny_model_dir, engine_data, tmp_path / "two", **shared)
-    (tmp_path / "one").mkdir()
-    (tmp_path / "two").mkdir()
-    single, _ = finish(start_worker(single_spec, tmp_path / "one" / "spec.json", threads=1), single_spec)
-    double, _ = finish(start_worker(double_spec, tmp_path / "two" / "spec.json", nproc=2, threads=1), double_spec)
+    single = one_process
+    double_spec = engine_spec(tiny_model_dir, engine_data, tmp_path, **TWO_RANK_RUN)
+    double, _ = finish(start_worker(double_spec, tmp_path / "spec.json", nproc=2, threads=1), double_spec)
     assert double["world_size"] == 2 and single["world_size"] == 1
     assert double["train"]["tokens"] == single["train"]["tokens"]
     assert losses(double["train"]["loss_curve"]) == pytest.approx(losses(single["train"]["loss_curve"]), abs=1e-4)
@@ -147,6 +156,47 @@ def test_two_gloo_processes_train_the_same_adapter_as_one(
     assert_same_weights(adapter_weights(double), adapter_weights(single), atol=1e-4)
     assert double["eval"]["heldout"]["candidate"]["loss"] == pytest.approx(
         single["eval"]["heldout"]["candidate"]["loss"], rel=1e-4)
+
+
+def assert_same_adapter_to_fp32_rounding(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Every LoRA tensor within rtol 1e-5: the same sums in another order (two ranks' partial gradients) through
+    six Adam steps differ by ~5e-8 (|w| ~ 1e-2); atol 1e-7 covers entries near zero, where rtol means nothing."""
+    assert a.keys() == b.keys() and len(a) == 56  # lora_A and lora_B of 7 linear layers in each of 4 layers
+    for name, weight in b.items():
+        torch.testing.assert_close(a[name], weight, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def fsdp_trains_as_one_process(spec: dict[str, Any], spec_path: Path, one: dict[str, Any]) -> None:
+    """FSDP2 over two gloo ranks against one process; then, rerun, it resumes from the step-4 checkpoint (saved
+    whole from the shards, loaded back into them with the optimizer's moments) and ends in the same place."""
+    sharded, _ = finish(start_worker(spec, spec_path, nproc=2, threads=1), spec)
+    assert sharded["train"]["sharding"] == "fsdp" and sharded["world_size"] == 2
+    assert sharded["train"]["tokens"] == one["train"]["tokens"]
+    assert losses(sharded["train"]["loss_curve"]) == pytest.approx(losses(one["train"]["loss_curve"]), abs=1e-5)
+    assert_same_adapter_to_fp32_rounding(adapter_weights(sharded), adapter_weights(one))
+    assert sharded["eval"]["heldout"]["candidate"]["loss"] == pytest.approx(
+        one["eval"]["heldout"]["candidate"]["loss"], rel=1e-5)
+    resumed, _ = finish(start_worker(spec, spec_path, nproc=2, threads=1), spec)
+    assert resumed["train"]["resumed_from_step"] == 4 and resumed["train"]["steps"] == 6
+    assert_same_adapter_to_fp32_rounding(adapter_weights(resumed), adapter_weights(one))
+
+
+def test_fsdp2_across_two_gloo_processes_trains_and_resumes_the_same_adapter_as_one_process(
+    tiny_model_dir: Path, engine_data: dict[str, Path], tmp_path: Path, one_process: dict[str, Any]
+) -> None:
+    spec = engine_spec(tiny_model_dir, engine_data, tmp_path, sharding="fsdp", **TWO_RANK_RUN)
+    fsdp_trains_as_one_process(spec, tmp_path / "spec.json", one_process)
+
+
+@pytest.mark.slow  # three workers on the 4-bit base: about 65 s on 2 cores
+def test_fsdp2_shards_a_qlora_base_and_trains_the_same_adapter_as_one_process(
+    tiny_model_dir: Path, engine_data: dict[str, Path], tmp_path: Path
+) -> None:
+    one_spec = engine_spec(tiny_model_dir, engine_data, tmp_path / "one", quantization="nf4", **TWO_RANK_RUN)
+    (tmp_path / "one").mkdir()
+    one, _ = finish(start_worker(one_spec, tmp_path / "one" / "spec.json", threads=1), one_spec)
+    spec = engine_spec(tiny_model_dir, engine_data, tmp_path, quantization="nf4", sharding="fsdp", **TWO_RANK_RUN)
+    fsdp_trains_as_one_process(spec, tmp_path / "spec.json", one)
 
 
 # in process: the loop itself --------------------------------------------------------------------

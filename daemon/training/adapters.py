@@ -84,8 +84,9 @@ def load_base(
     liger: bool = False,
 ) -> transformers.PreTrainedModel:
     """The base on `device`: in `dtype`, or NF4 with double quantisation computing in `dtype` (then frozen,
-    its other parameters left in `dtype`). liger=True swaps in Liger's RMSNorm, SwiGLU and RoPE kernels
-    on CUDA where liger-kernel is installed and knows the model type (`model.ticketune_kernels` says which)."""
+    its other parameters left in `dtype`). liger=True (for a model that trains on CUDA, wherever it is loaded)
+    swaps in Liger's RMSNorm, SwiGLU and RoPE kernels where liger-kernel is installed and knows the model type
+    (`model.ticketune_kernels` says which)."""
     device = torch.device(device)
     kwargs: dict[str, Any] = {"revision": revision, "dtype": dtype, "attn_implementation": attn_implementation}
     if quantization == "nf4":
@@ -127,7 +128,7 @@ def load_base(
         enable_checkpointing(model)
     if quantization != "nf4":
         model = model.to(device)
-    model.ticketune_kernels = apply_liger_kernels(model) if liger and device.type == "cuda" else []
+    model.ticketune_kernels = apply_liger_kernels(model) if liger else []
     return model
 
 

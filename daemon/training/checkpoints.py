@@ -5,7 +5,8 @@ schedule state, and `state.json` with the loop's counters and the manifest that 
 belongs to: the cycle id, the snapshot id and a fingerprint of the data and every setting that shapes
 the step plan. It is written into a temporary directory and renamed, so a kill mid-write leaves the
 previous checkpoint intact. The data position needs no saving: the step plan is a pure function of the
-seed, so resuming at step N replays the same rows from N on.
+seed, so resuming at step N replays the same rows from N on. A model sharded across ranks (FSDP2) is saved
+whole, gathered from every rank, so a checkpoint resumes under any number of ranks, sharded or not.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from daemon.training.distributed import gathered, shaped_like
 
 log = logging.getLogger("daemon.training")
 STATE_FILE = "state.json"
@@ -35,7 +38,9 @@ def fingerprint(parts: dict[str, Any], files: list[Path]) -> str:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+    """The trainable weights, whole, on the CPU (a collective when the model is sharded: every rank calls it)."""
+    return {name: gathered(p).detach().to("cpu", copy=True)
+            for name, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -45,7 +50,27 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
         raise ValueError(f"checkpoint does not match the adapter ({len(missing)} parameters differ)")
     with torch.no_grad():
         for name, parameter in parameters.items():
-            parameter.copy_(state[name].to(parameter.device, parameter.dtype))
+            parameter.copy_(shaped_like(state[name].to(parameter.dtype), parameter))
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state dict with each sharded tensor whole (a collective when the model is sharded)."""
+    saved = optimizer.state_dict()
+    saved["state"] = {index: {key: gathered(value) if isinstance(value, torch.Tensor) else value
+                              for key, value in values.items()}
+                      for index, values in saved["state"].items()}
+    return saved
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Loads a whole optimizer state; the moments of a sharded parameter become this rank's shard of them."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, values in saved["state"].items():
+        parameter = parameters[index]
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape == parameter.shape:
+                values[key] = shaped_like(value, parameter)
+    optimizer.load_state_dict(saved)
 
 
 class Checkpointer:
@@ -63,14 +88,20 @@ class Checkpointer:
         scheduler: Any,
         loop_state: dict[str, Any],
         best_weights: dict[str, torch.Tensor] | None,
-    ) -> Path:
+        *,
+        writer: bool = True,
+    ) -> Path | None:
+        """Every rank calls it (a sharded model is gathered from all of them); the writer writes the checkpoint."""
+        weights, moments = trainable_state(model), optimizer_state(optimizer)
+        if not writer:
+            return None
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / f"step-{step:08d}"
         partial = self.directory / f".partial-step-{step:08d}"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
-        torch.save(trainable_state(model), partial / "adapter.pt")
-        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+        torch.save(weights, partial / "adapter.pt")
+        torch.save(moments, partial / "optimizer.pt")
         torch.save(scheduler.state_dict(), partial / "scheduler.pt")
         if best_weights is not None:
             torch.save(best_weights, partial / "best_adapter.pt")
@@ -110,7 +141,7 @@ class Checkpointer:
         # onto this rank's own device: a checkpoint saved from cuda:0 would otherwise land every rank on cuda:0
         device = next((p.device for p in model.parameters() if p.requires_grad), torch.device("cpu"))
         load_trainable_state(model, torch.load(checkpoint / "adapter.pt", map_location=device, weights_only=True))
-        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=device, weights_only=True))
+        load_optimizer_state(optimizer, torch.load(checkpoint / "optimizer.pt", map_location=device, weights_only=True))
         scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", map_location="cpu", weights_only=True))
         best = checkpoint / "best_adapter.pt"
         return torch.load(best, map_location=device, weights_only=True) if best.exists() else None

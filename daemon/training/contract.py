@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from daemon.config import AdapterConfig, TrainingConfig
+from daemon.config import AdapterConfig, TrainingConfig, sharding_problem
 
 # ---- exit codes of `python -m daemon.training train` (and `run-job`) --------------------------------
 # Under torchrun a failed rank makes torchrun exit 1 whatever the rank's code, so readers look at the
@@ -75,7 +75,7 @@ WORKER_TRAINING_FIELDS = frozenset({
     "device", "epochs", "max_steps", "learning_rate", "lr_schedule", "warmup_fraction", "batch_size",
     "max_seq_len", "packing", "row_tokens", "rows_per_step", "cross_entropy", "loss_chunk_tokens",
     "gradient_checkpointing", "memory_budget_gib", "precision", "compile", "quantization", "max_minutes", "max_tokens",
-    "eval_every_steps", "early_stop_patience", "checkpoint_every_steps", "gpus", "seed", "objective",
+    "eval_every_steps", "early_stop_patience", "checkpoint_every_steps", "gpus", "sharding", "seed", "objective",
 })
 
 
@@ -144,6 +144,13 @@ class WorkerSettings(BaseModel):
     @classmethod
     def _worker_fields_only(cls, value: TrainingConfig) -> TrainingConfig:
         return worker_training(value)
+
+    @model_validator(mode="after")
+    def _adapter_fits_the_sharding(self) -> WorkerSettings:
+        problem = sharding_problem(self.adapter, self.training)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @field_serializer("training")
     def _dump_worker_fields(self, value: TrainingConfig) -> dict[str, Any]:
@@ -325,6 +332,7 @@ class TrainSummary(_Open):
     packing: bool | None = None
     row_fill: float | None = None
     world_size: int | None = None
+    sharding: str | None = None  # how the ranks held the model: none (each a whole copy) or fsdp
     dropped_examples: int | None = None
     truncated_examples: int | None = None
     init_adapter: str | None = None

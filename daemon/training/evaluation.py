@@ -19,7 +19,7 @@ from daemon.training.chat_examples import (
     TokenizedExample,
     TokenizedSet,
 )
-from daemon.training.distributed import sum_values
+from daemon.training.distributed import rank_share, sum_values
 from daemon.training.losses import token_loss_sums
 from daemon.training.packing import best_fit_rows, collate_packed, collate_padded
 from daemon.training.preparation import CANDIDATE, PEFT_TYPES, Runtime, prepare_model, sized, uses_packing
@@ -54,8 +54,8 @@ def evaluate_examples(
         groups = [order[i : i + size] for i in range(0, len(order), size)]
     sums = [0.0] * len(examples)
     counts = [0.0] * len(examples)
-    for indices in groups[world.rank :: world.size]:
-        chosen = [examples[i] for i in indices]
+    for indices in rank_share(groups, world):
+        chosen = [examples[i] for i in indices or groups[0][:1]]  # None: a pass for FSDP's collectives, unscored
         batch = collate_packed(chosen) if packing else collate_padded(chosen, pad_token_id)
         loss_sums, token_counts = token_loss_sums(
             model,
@@ -64,6 +64,8 @@ def evaluate_examples(
             chunk_tokens=settings.loss_chunk_tokens,
             per_example=True,
         )
+        if indices is None:
+            continue
         for index, loss_sum, count in zip(indices, loss_sums.tolist(), token_counts.tolist(), strict=True):
             sums[index], counts[index] = loss_sum, count
     if world.active:

@@ -8,13 +8,16 @@ for every token (Liger's fused kernel on CUDA when installed, chunked elsewhere)
 checkpointing, bf16 on CUDA, fused AdamW, regional torch.compile; warmup then a cosine/linear/constant
 LR schedule; early stop on a validation slice of the new batch, restoring the best weights;
 `max_minutes`/`max_tokens` budgets; checkpoints every N steps and on SIGTERM, resumed when the same
-cycle and snapshot are retried; data parallelism across GPUs under torchrun. For the gate: general
-text scored as the eval set "general" (plain LM loss: the forgetting guard), and after saving, the
-probe (`probe.py`) in a fresh process answering the golden prompts (servability and behaviour).
+cycle and snapshot are retried; data parallelism across GPUs under torchrun, or FSDP2 sharding
+(`training.sharding: fsdp`: LoRA, DoRA, IA3 and QLoRA, objective sft) for a base too large for one GPU.
+For the gate: general text scored as the eval set "general" (plain LM loss: the forgetting guard), and
+after saving, the probe (`probe.py`) in a fresh process answering the golden prompts (servability and
+behaviour).
 `training.objective` kto/dpo (alone or beside sft) adds the preference losses of preference.py: KTO on
 CSAT thumbs, DPO on agents' edits of drafts, against the champion's (or the base's) log-probs.
-Assumes: a fast tokenizer with a chat template; the base fits on each GPU (QLoRA for the ones that
-would not); prompt tuning trains on padded batches (its virtual tokens lead every row).
+Assumes: a fast tokenizer with a chat template; the base fits on each GPU (QLoRA or FSDP2 for the ones
+that would not; the probe still loads it on one device); prompt tuning trains on padded batches (its
+virtual tokens lead every row).
 
 Loss everywhere is the token-weighted mean cross-entropy over assistant tokens, in nats: the sum of
 token losses divided by the number of supervised tokens (of the whole step, across all ranks).
@@ -39,7 +42,7 @@ from daemon.training.auto_settings import BaseFacts, resolved_report
 from daemon.training.chat_examples import (
     tokenize_file,
 )
-from daemon.training.checkpoints import Checkpointer
+from daemon.training.checkpoints import Checkpointer, trainable_state
 from daemon.training.contract import ADAPTER_DIR
 from daemon.training.distributed import close_world
 from daemon.training.evaluation import GENERAL_WINDOW_TOKENS, evaluate_all, tokenize_general_text
@@ -71,7 +74,7 @@ def run_training(spec: TrainSpec, stop_requested: Callable[[], bool] = lambda: F
     """The whole recipe; returns the result dict on the main rank (None on the others)."""
     started = time.perf_counter()
     facts = read_base_facts(spec)
-    runtime = select_runtime(spec.training.device, spec.training.precision, facts)
+    runtime = select_runtime(spec.training.device, spec.training.precision, facts, spec.training.sharding)
     try:
         return _run(spec, runtime, facts, started, stop_requested)
     finally:
@@ -149,10 +152,11 @@ def _run(
     return_freed_memory()
     progress.phase("evaluate", step=train["steps"])
     evaluation = evaluate_all(model, eval_sets, spec, runtime, tokenizer.pad_token_id)
+    weights = trainable_state(model) if runtime.world.sharded else None  # gathered from every rank
     if not runtime.world.is_main:
         return None
     adapter_dir = spec.output_dir / ADAPTER_DIR
-    save_adapter(model, tokenizer, spec, adapter_dir)
+    save_adapter(model, tokenizer, spec, adapter_dir, weights)
     del model  # the probe loads its own copy of the base: the training one must not hold memory meanwhile
     gc.collect()
     if runtime.device.type == "cuda":

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
@@ -80,11 +81,14 @@ def probe_adapter(spec: TrainSpec, adapter_dir: Path) -> dict[str, Any]:
 
 
 def save_adapter(
-    model: PeftModel, tokenizer: PreTrainedTokenizerBase, spec: TrainSpec, adapter_dir: Path
+    model: PeftModel, tokenizer: PreTrainedTokenizerBase, spec: TrainSpec, adapter_dir: Path,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Adapter weights, the tokenizer (with its chat template) and ticketune_adapter.json."""
+    """Adapter weights (`weights` when given: the whole trainable state of a sharded model), the tokenizer
+    (with its chat template) and ticketune_adapter.json."""
     adapter_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(adapter_dir), selected_adapters=[CANDIDATE])
+    model.save_pretrained(str(adapter_dir), selected_adapters=[CANDIDATE],
+                          **({"state_dict": weights} if weights is not None else {}))
     tokenizer.save_pretrained(str(adapter_dir))
     config = model.peft_config[CANDIDATE]
     target_modules = getattr(config, "target_modules", None)

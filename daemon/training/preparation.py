@@ -17,7 +17,7 @@ from daemon.config import TrainingConfig
 from daemon.training.adapters import attach_adapter, load_base
 from daemon.training.attention import register_packed_attention
 from daemon.training.auto_settings import BaseFacts, base_facts, cpu_has_bf16_units, cpu_precision, resolve_training
-from daemon.training.distributed import World, init_world
+from daemon.training.distributed import World, init_world, shard_model
 from daemon.training.memory_plan import (
     CheckpointPlan,
     decoder_layers,
@@ -70,13 +70,15 @@ def sized(settings: TrainingConfig, model: torch.nn.Module, runtime: Runtime) ->
     return resolve_training(settings, facts, runtime.device)
 
 
-def select_runtime(requested: str, precision: str = "auto", facts: BaseFacts | None = None) -> Runtime:
-    """Device, dtype and ranks. On CPU, precision auto is bf16 only for a base `facts` describes as large
-    enough on a CPU with AMX (auto_settings.cpu_precision); without facts it is fp32."""
+def select_runtime(requested: str, precision: str = "auto", facts: BaseFacts | None = None,
+                   sharding: str = "none") -> Runtime:
+    """Device, dtype and ranks (sharding "fsdp": the ranks shard the model). On CPU, precision auto is bf16
+    only for a base `facts` describes as large enough on a CPU with AMX (auto_settings.cpu_precision);
+    without facts it is fp32."""
     if requested == "cuda" and not torch.cuda.is_available():
         raise SpecError("training.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
     use_cuda = requested in ("auto", "cuda") and torch.cuda.is_available()
-    world = init_world(use_cuda)
+    world = init_world(use_cuda, sharding)
     if use_cuda:
         if precision == "bf16" and not torch.cuda.is_bf16_supported():
             raise SpecError("training.precision is 'bf16' but this GPU has no bf16; use 'auto' or 'fp32'")
@@ -122,10 +124,14 @@ def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
     whose matmuls run under the base's bf16 autocast (losses.autocast_for); with gradient_checkpointing
     "auto", checkpointing on as few layers as the memory budget needs (memory_plan.py: measured on CUDA,
     estimated on CPU). The plan and the kernels are on the model as `ticketune_checkpointing` and
-    `ticketune_kernels`."""
+    `ticketune_kernels`. When the ranks shard the model (FSDP2), a float base is read into host memory and
+    each layer moves to the GPU as a shard; gradient_checkpointing "auto" then checkpoints every layer on CUDA
+    (the plan measures a whole model on one device)."""
     _check_base_exists(spec.base_model)
     settings = spec.training
     cuda = runtime.device.type == "cuda"
+    sharded = runtime.world.sharded and spec.adapter.method != "prompt_tuning"  # a prompt-tuned compare adapter
+    load_device = torch.device("cpu") if sharded and settings.quantization == "none" else runtime.device
     checkpointing = settings.gradient_checkpointing
     cpu_plan = None
     if checkpointing == "auto" and not cuda and uses_packing(spec):
@@ -139,7 +145,7 @@ def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
     base = load_base(
         spec.base_model,
         spec.base_revision,
-        device=runtime.device,
+        device=load_device,
         dtype=runtime.dtype,
         quantization=settings.quantization,
         attn_implementation=attention,
@@ -159,7 +165,7 @@ def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
     if cpu_plan is not None and cpu_plan.layers == layers:
         set_checkpointed(decoder_layers(model), spread(cpu_plan.checkpointed, layers))
         plan = cpu_plan
-    if settings.gradient_checkpointing == "auto" and cuda and uses_packing(spec):
+    if settings.gradient_checkpointing == "auto" and cuda and uses_packing(spec) and not sharded:
         settings = sized(settings, model, runtime)
         try:
             plan = plan_checkpointing(model, row_tokens=settings.row_tokens, max_seq_len=settings.max_seq_len,
@@ -178,6 +184,10 @@ def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
     model.ticketune_kernels = kernels
     if settings.compile:
         compile_layers(model)
+    if sharded:
+        shard_model(decoder_layers(model), model.get_base_model().get_decoder(), runtime.world, runtime.device,
+                    runtime.dtype)
+        model.to(runtime.device)  # what the body does not hold (the output head) follows its shards
     return model
 
 

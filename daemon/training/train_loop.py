@@ -22,7 +22,7 @@ from daemon.training.chat_examples import (
     length_grouped_batches,
 )
 from daemon.training.checkpoints import Checkpointer, fingerprint, load_trainable_state, trainable_state
-from daemon.training.distributed import sum_gradients, sum_values
+from daemon.training.distributed import rank_share, sum_gradients, sum_values
 from daemon.training.evaluation import evaluate_examples
 from daemon.training.losses import token_loss_sums
 from daemon.training.memory_plan import return_freed_memory
@@ -163,8 +163,9 @@ def train_adapter(
         return batch.to(runtime.device)
 
     def save_checkpoint() -> None:
-        if checkpointer is not None and world.is_main:
-            checkpointer.save(state.step, model, optimizer, schedule, asdict(state), best_weights)
+        if checkpointer is not None:
+            checkpointer.save(state.step, model, optimizer, schedule, asdict(state), best_weights,
+                              writer=world.is_main)
 
     model.train()
     session_started = time.perf_counter()
@@ -177,14 +178,16 @@ def train_adapter(
         step_supervised = sum(supervised[i] for batch in micro_batches for i in batch)
         step_tokens = sum(lengths[i] for batch in micro_batches for i in batch)
         local_loss = torch.zeros((), dtype=torch.float32, device=runtime.device)  # summed on the device: no sync
-        for indices in micro_batches[world.rank :: world.size]:
+        for indices in rank_share(micro_batches, world):
             total, _ = token_loss_sums(
                 model,
-                collate(indices),
+                collate(indices or micro_batches[0][:1]),  # None: a pass for FSDP's collectives, weighted 0
                 cross_entropy=settings.cross_entropy,
                 chunk_tokens=settings.loss_chunk_tokens,
                 per_example=False,
             )
+            if indices is None:
+                total = total * 0.0
             (total / step_supervised).backward()
             local_loss += total.detach()
         preference_loss = torch.zeros((), dtype=torch.float32, device=runtime.device)
@@ -279,6 +282,7 @@ def train_adapter(
         "packing": packing,
         "row_fill": row_fill(first_epoch, lengths, settings) if packing and lengths else None,
         "world_size": world.size,
+        "sharding": "fsdp" if world.sharded else "none",
     }
 
 
