@@ -73,12 +73,14 @@ def main() -> None:
                         help="the preference objective run beside sft; both: sft+kto and sft+dpo")
     parser.add_argument("--max-steps", type=int, default=30)
     parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--without-sft", action="store_true",
+                        help="leave out the sft cycle (its figure from an earlier run of the same tickets)")
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="ticketune-feedback-bench-"))
     tickets = generate_tickets(args.tickets, seed=TICKET_SEED, feedback=True)
     runs = {}
     preference = ("sft+kto", "sft+dpo") if args.objective == "both" else (args.objective,)
-    for objective in ("sft", *preference):
+    for objective in (*(() if args.without_sft else ("sft",)), *preference):
         runs[objective] = run_cycle(args.base, work / objective.replace("+", "-"), objective, tickets, args.max_steps)
         found = runs[objective]
         print(f"{objective}: feedback accuracy candidate {found['feedback_accuracy_candidate']:.4f}, "
@@ -86,15 +88,16 @@ def main() -> None:
               f"held-out examples ({found['verdict']}, {found['seconds']} s)", flush=True)
         for reason in found["reasons"]:
             print(f"  {objective} gate: {reason}", flush=True)
-    sft = runs["sft"]["feedback_accuracy_candidate"]
-    figures = {"sft_feedback_accuracy": sft,
-               "base_feedback_accuracy": runs["sft"]["feedback_accuracy_reference"]}
+    first = runs[next(iter(runs))]
+    sft = runs["sft"]["feedback_accuracy_candidate"] if "sft" in runs else None
+    figures = {"sft_feedback_accuracy": sft, "sft_verdict": runs["sft"]["verdict"] if "sft" in runs else None,
+               "base_feedback_accuracy": first["feedback_accuracy_reference"]}
     for objective in preference:
         figures[f"{objective}_feedback_accuracy"] = runs[objective]["feedback_accuracy_candidate"]
-        figures[f"{objective}_gain"] = round(runs[objective]["feedback_accuracy_candidate"] - sft, 4)
+        if sft is not None:
+            figures[f"{objective}_gain"] = round(runs[objective]["feedback_accuracy_candidate"] - sft, 4)
         figures[f"{objective}_verdict"] = runs[objective]["verdict"]
-    print(json.dumps({**figures, "sft_verdict": runs["sft"]["verdict"],
-                      "feedback_examples": runs["sft"]["feedback_examples"],
+    print(json.dumps({**figures, "feedback_examples": first["feedback_examples"],
                       "tickets": args.tickets, "max_steps": args.max_steps, "base": args.base}))
 
 
