@@ -215,22 +215,17 @@ class CycleRunner:
         """`on_recorded(cycle_id)` is called once the cycle's row is in the store's journal (running or skipped).
         Another process's cycle on the store raises LockBusy, or with `skip_when_busy` makes this one a
         recorded skip (the service's schedule and admin API: the journal shows why it did not run)."""
+        on_recorded = on_recorded or (lambda _cycle_id: None)
         with ExitStack() as held:
             try:
                 held.enter_context(store_lock(self.store.path, "cycle", wait_seconds=lock_wait_seconds))
             except LockBusy as exc:
                 if not skip_when_busy:
                     raise
-                outcome = self._skip(new_cycle_id(), trigger, str(exc), on_recorded or (lambda _cycle_id: None))
-                metrics.CYCLES.labels(verdict=outcome.verdict).inc()
-                return outcome
-            held.enter_context(log_context())
-            return self._run_locked(trigger=trigger, force=force, stop=stop, on_recorded=on_recorded)
-
-    def _run_locked(self, *, trigger: str, force: bool, stop: threading.Event | None,
-                    on_recorded: Callable[[str], None] | None = None) -> CycleOutcome:
-        outcome = self._plan_and_run(trigger=trigger, force=force, stop=stop,
-                                     on_recorded=on_recorded or (lambda _cycle_id: None))
+                outcome = self._skip(new_cycle_id(), trigger, str(exc), on_recorded)
+            else:
+                held.enter_context(log_context())
+                outcome = self._plan_and_run(trigger=trigger, force=force, stop=stop, on_recorded=on_recorded)
         metrics.CYCLES.labels(verdict=outcome.verdict).inc()  # every cycle is counted here, and only here
         return outcome
 
