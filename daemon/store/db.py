@@ -18,12 +18,13 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 KEYED_MEMO_SIZE = 4096  # keyed hashes a store remembers (see Database.keyed)
+IN_LIST_SIZE = 500  # values per `IN (...)` list (see Database._rows_in)
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS examples (
@@ -246,6 +247,14 @@ class Database:
                 self._keyed_memo.clear()
             found = self._keyed_memo[value] = hmac.digest(self._identity_key, value.encode(), "sha256").hex()[:32]
         return found
+
+    def _rows_in(self, query: str, values: Iterable, *before: object) -> Iterator[sqlite3.Row]:
+        """The rows of `query`, whose one `IN ({})` is left open, for these values (each asked once), in a query
+        per `IN_LIST_SIZE` of them; `before`: the parameters that come ahead of the list."""
+        wanted = list(dict.fromkeys(values))
+        for begin in range(0, len(wanted), IN_LIST_SIZE):
+            chunk = wanted[begin : begin + IN_LIST_SIZE]
+            yield from self._db.execute(query.format(",".join("?" * len(chunk))), [*before, *chunk])
 
     # connections ---------------------------------------------------------------------------
     @property

@@ -102,47 +102,28 @@ class DedupeTables(Database):
         return {row[0] for row in rows}
 
     def exact_owners_of(self, exacts: Iterable[bytes]) -> dict[bytes, set[str]]:
-        """`exact_owners` of many exact hashes in a query per 500 (those with no owner are left out)."""
-        wanted = list(dict.fromkeys(exacts))
+        """`exact_owners` of many exact hashes at once (those with no owner are left out)."""
         found: dict[bytes, set[str]] = {}
-        for begin in range(0, len(wanted), 500):
-            chunk = wanted[begin:begin + 500]
-            marks = ",".join("?" * len(chunk))
-            for ticket_id, exact in self._db.execute(
-                f"SELECT ticket_id, substr(quality_signature, 2, 16) FROM examples"
-                f" WHERE substr(quality_signature, 2, 16) IN ({marks})", chunk
-            ):
-                found.setdefault(exact, set()).add(ticket_id)
+        for ticket_id, exact in self._rows_in("SELECT ticket_id, substr(quality_signature, 2, 16) FROM examples"
+                                              " WHERE substr(quality_signature, 2, 16) IN ({})", exacts):
+            found.setdefault(exact, set()).add(ticket_id)
         return found
 
     def bucket_members(self, buckets: Iterable[tuple[int, int]]) -> dict[tuple[int, int], set[str]]:
-        """The tickets in each of these (band, bucket) pairs, in a query per band and 500 buckets (empty
-        buckets are left out): what `band_candidates` answers for a whole batch of examples at once."""
+        """The tickets in each of these (band, bucket) pairs, in a query per band (empty buckets are left out):
+        what `band_candidates` answers for a whole batch of examples at once."""
         by_band: dict[int, list[int]] = {}
-        for band, bucket in dict.fromkeys(buckets):
+        for band, bucket in buckets:
             by_band.setdefault(band, []).append(bucket)
         found: dict[tuple[int, int], set[str]] = {}
         for band, wanted in by_band.items():
-            for begin in range(0, len(wanted), 500):
-                chunk = wanted[begin:begin + 500]
-                marks = ",".join("?" * len(chunk))
-                for bucket, ticket_id in self._db.execute(
-                    f"SELECT bucket, ticket_id FROM dedupe_bands WHERE band = ? AND bucket IN ({marks})",
-                    [band, *chunk],
-                ):
-                    found.setdefault((band, bucket), set()).add(ticket_id)
+            for bucket, ticket_id in self._rows_in(
+                    "SELECT bucket, ticket_id FROM dedupe_bands WHERE band = ? AND bucket IN ({})", wanted, band):
+                found.setdefault((band, bucket), set()).add(ticket_id)
         return found
 
     def signatures_of(self, ticket_ids: Iterable[str]) -> dict[str, bytes]:
         """The stored signatures of these tickets (those that have one)."""
-        ids = list(ticket_ids)
-        found: dict[str, bytes] = {}
-        for begin in range(0, len(ids), 500):
-            chunk = ids[begin:begin + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self._db.execute(
-                f"SELECT ticket_id, quality_signature FROM examples WHERE ticket_id IN ({marks})"
-                " AND quality_signature IS NOT NULL", chunk
-            ):
-                found[row[0]] = row[1]
-        return found
+        return {ticket_id: signature for ticket_id, signature in self._rows_in(
+            "SELECT ticket_id, quality_signature FROM examples WHERE ticket_id IN ({})"
+            " AND quality_signature IS NOT NULL", ticket_ids)}

@@ -45,18 +45,32 @@ class _BatchState:
     bands: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, store: ExampleTables, db: sqlite3.Connection, examples: Sequence[Example]) -> _BatchState:
+    def read(cls, store: ExampleTables, examples: Sequence[Example]) -> _BatchState:
+        """In three queries per 500 examples, on the store's connection (inside `apply`'s write transaction
+        when it calls)."""
         state = cls(store, set(), {}, {})
         if not examples:
             return state
         subjects = {s for example in examples for s in state.subjects(example)}
-        state.suppressed = store._present(db, "SELECT subject FROM suppressions WHERE subject IN ({})", subjects)
+        state.suppressed = {row[0] for row in store._rows_in(
+            "SELECT subject FROM suppressions WHERE subject IN ({})", subjects)}
         ids = {example.ticket_id for example in examples}
-        state.rows = {t: (r, v) for t, r, v in store._present(
-            db, "SELECT ticket_id, revision, pipeline_version FROM examples WHERE ticket_id IN ({})", ids)}
-        state.deletions = dict(store._present(
-            db, "SELECT ticket_id, revision FROM deletions WHERE ticket_id IN ({})", ids))
+        state.rows = {row[0]: (row[1], row[2]) for row in store._rows_in(
+            "SELECT ticket_id, revision, pipeline_version FROM examples WHERE ticket_id IN ({})", ids)}
+        state.deletions = {row[0]: row[1] for row in store._rows_in(
+            "SELECT ticket_id, revision FROM deletions WHERE ticket_id IN ({})", ids)}
         return state
+
+    def refusal(self, example: Example) -> str | None:
+        """Why `apply` would leave this example out as things stand (suppressed, or stale: older than what
+        the store holds, or than its deletion), or None."""
+        if not self.suppressed.isdisjoint(self.subjects(example)):
+            return OUTCOME_SUPPRESSED  # the customer asked to be forgotten: a replay must not bring it back
+        row = self.rows.get(example.ticket_id)
+        if row is not None:
+            return OUTCOME_STALE if example.revision < row[0] else None
+        deleted = self.deletions.get(example.ticket_id)
+        return OUTCOME_STALE if deleted is not None and example.revision <= deleted else None  # a redelivery
 
     def subjects(self, example: Example) -> list[str]:
         """The keyed ticket id, then the keyed identities, of an example of the batch."""
@@ -103,7 +117,7 @@ class ExampleTables(Database):
         """
         outcomes = []
         with self._write() as db:
-            state = _BatchState.read(self, db, [c for c in changes if not isinstance(c, Deletion)])
+            state = _BatchState.read(self, [c for c in changes if not isinstance(c, Deletion)])
             for change in changes:
                 if isinstance(change, Deletion):
                     outcomes.append(self._delete(db, change.ticket_id))
@@ -116,71 +130,23 @@ class ExampleTables(Database):
     def would_discard(self, example: Example) -> bool:
         """Whether `apply` would leave this example out: an erased subject, or a revision older than
         what the store holds or deleted (a redelivered record). The dedupe index must not count it."""
-        return self._upsert_refusal(self._db, example) is not None
+        return self.discards([example])[0]
 
     def discards(self, examples: Sequence[Example]) -> list[bool]:
-        """`would_discard` of each example, in three queries for them all (a poll batch's worth)."""
-        return [refusal is not None for refusal in self._upsert_refusals(self._db, examples)]
-
-    def _upsert_refusals(self, db: sqlite3.Connection, examples: Sequence[Example]) -> list[str | None]:
-        """`_upsert_refusal` of each example against the store as it is (not as the others would change it)."""
-        subjects = {id(example): [self.keyed("ticket:" + example.ticket_id)]
-                    + [self.keyed(i) for i in example.identities] for example in examples}
-        suppressed = self._present(db, "SELECT subject FROM suppressions WHERE subject IN ({})",
-                                   {s for found in subjects.values() for s in found})
-        ids = {example.ticket_id for example in examples}
-        revisions = dict(self._present(db, "SELECT ticket_id, revision FROM examples WHERE ticket_id IN ({})", ids))
-        deleted = dict(self._present(db, "SELECT ticket_id, revision FROM deletions WHERE ticket_id IN ({})", ids))
-        refusals: list[str | None] = []
-        for example in examples:
-            if not suppressed.isdisjoint(subjects[id(example)]):
-                refusals.append(OUTCOME_SUPPRESSED)
-            elif example.ticket_id in revisions:
-                refusals.append(OUTCOME_STALE if example.revision < revisions[example.ticket_id] else None)
-            else:
-                gone = deleted.get(example.ticket_id)
-                refusals.append(OUTCOME_STALE if gone is not None and example.revision <= gone else None)
-        return refusals
-
-    @staticmethod
-    def _present(db: sqlite3.Connection, query: str, values: set[str]) -> set:
-        """The rows of `query` (one `IN ({})` left open) for these values, a query per 500 of them: single
-        values for a one-column select, tuples otherwise."""
-        wanted = list(values)
-        found: set = set()
-        for begin in range(0, len(wanted), 500):
-            chunk = wanted[begin:begin + 500]
-            rows = db.execute(query.format(",".join("?" * len(chunk))), chunk).fetchall()
-            found.update(row[0] if len(row) == 1 else tuple(row) for row in rows)
-        return found
-
-    def _upsert_refusal(self, db: sqlite3.Connection, example: Example) -> str | None:
-        subjects = [self.keyed("ticket:" + example.ticket_id)] + [self.keyed(i) for i in example.identities]
-        marks = ",".join("?" * len(subjects))
-        if db.execute(f"SELECT 1 FROM suppressions WHERE subject IN ({marks}) LIMIT 1", subjects).fetchone():
-            return OUTCOME_SUPPRESSED
-        row = db.execute("SELECT revision FROM examples WHERE ticket_id = ?", (example.ticket_id,)).fetchone()
-        if row is None:
-            deleted = db.execute("SELECT revision FROM deletions WHERE ticket_id = ?", (example.ticket_id,)).fetchone()
-            if deleted is not None and example.revision <= deleted["revision"]:
-                return OUTCOME_STALE
-        elif example.revision < row["revision"]:
-            return OUTCOME_STALE
-        return None
+        """`would_discard` of each example, in three queries per 500 (a poll batch's worth), against the store
+        as it is (not as the others would change it)."""
+        state = _BatchState.read(self, examples)
+        return [state.refusal(example) is not None for example in examples]
 
     def _upsert(self, db: sqlite3.Connection, example: Example, state: _BatchState) -> str:
-        if not state.suppressed.isdisjoint(state.subjects(example)):
-            return OUTCOME_SUPPRESSED  # the customer asked to be forgotten: a replay must not bring it back
+        refusal = state.refusal(example)
+        if refusal is not None:
+            return refusal
         row = state.rows.get(example.ticket_id)
         if row is None:
-            deleted = state.deletions.get(example.ticket_id)
-            if deleted is not None and example.revision <= deleted:
-                return OUTCOME_STALE  # a redelivered revision of a ticket the customer had deleted
             outcome = OUTCOME_STORED
         elif example.revision == row[0] and row[1] == PIPELINE_VERSION:
             return OUTCOME_UNCHANGED
-        elif example.revision < row[0]:
-            return OUTCOME_STALE
         else:
             outcome = OUTCOME_REVISED  # a later revision, or the same one rebuilt by a newer pipeline
         db.execute(
