@@ -155,3 +155,36 @@ def test_a_revision_stamp_without_zone_is_read_as_utc():
     naive = ticket_from_dict(canonical(updated_at="2026-11-02T09:00:00"))
     utc = ticket_from_dict(canonical(updated_at="2026-11-02T09:00:00Z"))
     assert naive.revision == utc.revision
+
+
+def _long_way(value: bytes) -> object:
+    """What the parser made of a document before it let pydantic read the bytes: the ticket, or the reason."""
+    from daemon.tickets import load_json_object
+
+    try:
+        return ticket_from_dict(load_json_object(value))
+    except TicketParseError as exc:
+        return exc.reason
+
+
+@pytest.mark.parametrize("value", [
+    json.dumps(canonical()).encode(),
+    json.dumps(canonical(ticket_id=7, csat="4", updated_at=1700000000)).encode(),
+    b'{"ticket_id": "1", "ticket_id": "2", "status": "solved", "messages": []}',  # the last key wins
+    json.dumps(canonical(body="a\\ud800b")).encode().replace(b"a\\\\ud800b", b"a\\ud800b"),  # a lone surrogate
+    json.dumps(canonical()).encode()[:-1] + b', "extra": ' + b"9" * 5000 + b"}",  # over json's digit limit
+    json.dumps(canonical()).encode()[:-1] + b', "extra": NaN}',
+    json.dumps(canonical(csat=float("inf"))).encode(),
+    json.dumps(canonical(tags=[1])).encode(),
+    json.dumps(canonical(extra=[[[[1]]]] * 20)).encode(),  # more brackets than the nesting limit
+    b"\xef\xbb\xbf" + json.dumps(canonical()).encode(),
+    json.dumps(canonical()).encode().replace(b"refund?", b"refund\xff"),
+    b"[1]",
+    b"",
+])
+def test_reading_the_bytes_directly_accepts_and_refuses_what_the_long_way_does(value):
+    try:
+        parsed: object = parse_canonical(value)
+    except TicketParseError as exc:
+        parsed = exc.reason
+    assert parsed == _long_way(value)

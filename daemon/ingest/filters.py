@@ -58,6 +58,7 @@ TOKENS_PER_MESSAGE = 4  # what a chat template adds around each turn (role marke
 SIGNATURE_VERSION = 3  # 3: shingles hashed from word hashes (2: from their text)
 _EXACT_BYTES = 16
 KEYS_MEMO_SIZE = 4096  # examples whose band keys a filter remembers between committed() calls
+WORD_HASHES_SIZE = 50_000  # words whose CRC-32 the MinHash remembers (about 6 MB when full)
 _SIGNATURE_BYTES = 1 + _EXACT_BYTES + 4 * NUM_PERM
 
 # An assistant turn is an auto-reply when, without its sentences that carry one of these markers, hardly
@@ -91,6 +92,18 @@ def _conversation_text(example: Example) -> str:
     )
 
 
+class _WordHashes(dict):
+    """CRC-32 of each word's UTF-8, remembered: support conversations reuse a small vocabulary, so most words
+    of a ticket were hashed before (a lookup costs half of encoding and hashing); cleared when it is full."""
+
+    def __missing__(self, word: str) -> int:
+        if len(self) >= WORD_HASHES_SIZE:
+            self.clear()
+        value = self[word] = zlib.crc32(word.encode())
+        return value
+
+
+_word_hashes = _WordHashes()
 _rng = np.random.default_rng(20261128)  # fixed: stored signatures must stay comparable across restarts
 _PERM_A = _rng.integers(1, 2**63, NUM_PERM, dtype=np.uint64) | np.uint64(1)  # odd multipliers
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # the shingle polynomial's multiplier (odd: 2**64 / golden ratio)
@@ -105,7 +118,7 @@ def _minhash(text: str) -> np.ndarray:
     it. A repeated shingle counts once, as in a set. Fewer than five words make one shingle of them all.
     """
     words = _WORDS.findall(text)
-    hashes = np.fromiter(map(zlib.crc32, map(str.encode, words)), dtype=np.uint64, count=len(words))
+    hashes = np.fromiter(map(_word_hashes.__getitem__, words), dtype=np.uint64, count=len(words))
     width = min(SHINGLE_WORDS, len(words))
     count = len(words) - width + 1
     shingles = hashes[:count] * _MIX if width else np.zeros(1, dtype=np.uint64)

@@ -16,7 +16,10 @@ import phonenumbers
 # A digit run a phone number could hide in: an optional "+" or "00", then digits with the separators
 # people write ("(0)", spaces, dots, dashes, slashes); never glued to a word ("1Z999AA10123456784").
 # Patterns here start with a character class, never a look-behind (which would cost a test at every
-# position of every text): what may not come before a match is checked by `glued_to_word`.
+# position of every text): what may not come before a match is checked by `glued_to_word`. A single class
+# first (`\d\d{2}`, not `\d{3}`) lets the regex engine skip ahead to where one occurs; where a pattern must
+# open otherwise, a look-ahead of what every match starts with (`(?=[\dJZz])`) fails the other positions at
+# one test each instead of trying every alternative there.
 PHONE_CANDIDATE = re.compile(r"[+(\d][\d \t().\-/\u00a0]{5,}\d(?![\w@])")
 NON_DIGIT = re.compile(r"\D")
 
@@ -33,7 +36,7 @@ _TRUNK_OPTIONAL = frozenset({"IN", "BR"})
 # A digit run right after one of these words is an identifier, not a phone number or a card ("order
 # 4155550199", "tracking: 1Z...", "AWB 1234567890"); "number", "no." or "is" may come between.
 IDENTIFIER_CONTEXT = re.compile(
-    r"(?i:\b(?:order|orders|invoice|inv|ticket|case|tracking|track|trace|reference|ref|confirmation|booking|rma"
+    r"(?i:\b(?=[a-z])(?:order|orders|invoice|inv|ticket|case|tracking|track|trace|reference|ref|confirmation|booking|rma"
     r"|sku|item|article|art|part|model|serial|sn|s/n|lot|batch|imei|isbn|po|purchase order|receipt|transaction"
     r"|txn|shipment|consignment|parcel|package|waybill|air waybill|awb|bill of lading|ups|fedex|dhl|usps|gls|dpd"
     r"|royal mail|postnl|colissimo|chronopost|correos|seur|bartolini|brt|hermes|evri|delhivery|sedex|bestellung"
@@ -48,13 +51,14 @@ IDENTIFIER_WINDOW = 48
 # Identifier formats kept wherever they appear: UPS 1Z (spaced or not), Amazon-style order numbers,
 # DHL waybills (JD/JJD + digits, 00340...), USPS 20-22 digits, FedEx 34 digits, dates, ISBNs.
 PROTECTED = re.compile(
+    r"(?=[\dJZz])(?:"  # every format starts with a digit, "J" (JD) or "z" (ZIP+4)
     r"(?<![\w-])1Z(?:[ \t]?[0-9A-Z]){16}(?![\w-])"
     r"|(?<![\w-])\d{3}-\d{7}-\d{7}(?![\w-])"
     r"|(?<!\w)J?JD(?:[ \t]?\d){16,20}(?!\w)"
     r"|(?<![\w-])(?:00340|9[1-5]\d\d|420\d{5})(?:[ \t]?\d){15,30}(?![\w-])"
     r"|(?<![\w.-])(?:\d{1,2}[./-]\d{1,2}[./-](?:19|20)\d\d|(?:19|20)\d\d[./-]\d{1,2}[./-]\d{1,2})(?![\w.-]*\d)"
     r"|(?:(?<![\w-])(?<![\d)][ \t])|(?i:zip\+4[ \t]))\d{5}-\d{4}(?![\w-])"
-    r"|(?<!\w)97[89][ -]?\d{1,5}[ -]\d{1,7}[ -]\d{1,7}[ -][\dX](?!\w)"
+    r"|(?<!\w)97[89][ -]?\d{1,5}[ -]\d{1,7}[ -]\d{1,7}[ -][\dX](?!\w))"
 )
 # Phone cue words: a run after one of these is a phone number even when it is not formatted as one.
 PHONE_CONTEXT = re.compile(
@@ -300,11 +304,11 @@ _DE_NL_SUFFIX = (r"(?i:stra(?:ß|ss)e|str\.|weg|allee|platz|gasse|ufer|chaussee|
                  r"|singel|dijk|dreef|steeg)")
 # One pattern per way of writing a street, each run only when its words occur (`STREET_PATTERNS`).
 _STREET_EN = re.compile(  # US, UK: "742 Evergreen Terrace", "350 Fifth Avenue, Suite 3300"
-    rf"\d{{1,6}}[A-Za-z]?"
+    rf"\d\d{{0,5}}[A-Za-z]?"
     rf"(?:[ \t]+[A-Z][\w'.-]*){{1,4}}[ \t]+(?:{_EN_SUFFIX}){_UNIT}{_ADDRESS_TAIL}"
 )
 _STREET_FR = re.compile(  # FR: "10 rue de Rivoli", "25, avenue des Champs-Élysées", "3 bis boulevard Haussmann"
-    rf"\d{{1,4}}(?:[ \t]?(?:bis|ter)(?!\w))?,?[ \t]+{_FR_TYPE}[ \t]+(?:{_PARTICLE}[ \t]*)*{_CAP}"
+    rf"\d\d{{0,3}}(?:[ \t]?(?:bis|ter)(?!\w))?,?[ \t]+{_FR_TYPE}[ \t]+(?:{_PARTICLE}[ \t]*)*{_CAP}"
     rf"(?:[ \t]+(?:{_PARTICLE}[ \t]+)?{_CAP}){{0,3}}{_ADDRESS_TAIL}"
 )
 _STREET_DE_NL = re.compile(  # DE, NL: "Hauptstraße 12", "Berliner Str. 45a", "Prinsengracht 263-267", "Am Markt 3"
@@ -394,15 +398,15 @@ IBAN_LENGTHS = {
     "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
     "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
 }
-IBAN_CANDIDATE = re.compile(r"[A-Z]{2}\d{2}(?:[ \t]?[0-9A-Za-z]){11,30}")
+IBAN_CANDIDATE = re.compile(r"[A-Z][A-Z]\d{2}(?:[ \t]?[0-9A-Za-z]){11,30}")
 # AAA-GG-SSSS (dashes or spaces, the same between both groups), never area 000, 666 or 9xx, group 00
 # or serial 0000; nine bare digits only right after an SSN label.
-SSN = re.compile(r"\d{3}([- ])\d{2}\1\d{4}(?![\w-])")  # ranges checked by `_ssn_placeholder`
+SSN = re.compile(r"\d\d{2}([- ])\d{2}\1\d{4}(?![\w-])")  # ranges checked by `_ssn_placeholder`
 LABELLED_SSN = re.compile(
     r"(?P<label>(?i:\b(?:ssn\b|ss#|social[ \t]+security\b(?:[ \t]+(?:number\b|no\.|#))?))[^\w\n]{0,3}"
     r"(?:(?i:is|number)[ \t]+)?)(?P<bare>(?!000|666|9)\d{3}(?!00)\d{2}(?!0000)\d{4})(?!\d)"
 )
-IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w-]|\.\d)")
+IPV4 = re.compile(r"\d\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w-]|\.\d)")
 # A dotted quad after one of these words is a version ("kernel 5.15.0.91", "upgraded to 1.2.3.4").
 VERSION_CONTEXT = re.compile(
     r"(?i:\b(?:version|ver|v|firmware|build|release|kernel|driver|bios|patch|update[ds]?|upgraded?)\b)"
