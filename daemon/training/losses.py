@@ -1,8 +1,13 @@
 """Summed next-token cross-entropy for a PackedBatch without full-vocabulary logits for every token.
 
 The decoder body gives hidden states; only the positions with a target go through the output head,
-a chunk at a time under activation checkpointing ("chunked"), or fused by Liger's kernel on CUDA
-("liger", totals only). "full" computes logits for every token: the reference the others match.
+a chunk at a time ("chunked"), or fused by Liger's kernel on CUDA ("liger", totals only). "full" computes
+logits for every token: the reference the others match.
+
+"chunked" for a training step's total (per_example=False) computes each chunk's gradient with respect to
+the hidden states in the forward pass, while its logits are at hand (the output head is frozen under every
+adapter the worker trains): one pass over a chunk's logits instead of a forward, a recomputed forward and a
+backward. Per-example sums (evaluation) checkpoint each chunk's logits instead.
 """
 
 from __future__ import annotations
@@ -81,6 +86,8 @@ def _token_loss_sums(
 
             total = LigerFusedLinearCrossEntropyLoss(reduction="sum")(head.weight, hidden, targets, head.bias)
             return total.float(), _count(targets)
+        if not per_example and _fused_applies(head):
+            return _LinearCrossEntropy.apply(hidden, head.weight, targets, chunk_tokens), _count(targets)
         token_losses = _chunked_cross_entropy(head, hidden, targets, chunk_tokens)
     if not per_example:
         return token_losses.sum(), _count(targets)
@@ -174,6 +181,45 @@ def _chunked_cross_entropy(
             for start in starts
         ]
     )
+
+
+def _fused_applies(head: torch.nn.Module) -> bool:
+    """A plain frozen linear head: its gradient is only the hidden states', which the fused loss computes."""
+    return type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy (fp32) of hidden·weightᵀ against targets, chunk by chunk; the gradient with
+    respect to hidden is made in forward and scaled in backward. Logits are computed in autocast's dtype
+    when autocast is on, as the head's own forward would, and their softmax in fp32."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk_tokens: int) -> torch.Tensor:
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if hidden.requires_grad else None
+        with torch.autocast(device, enabled=False):
+            head = weight.to(dtype)
+            for start in range(0, targets.numel(), chunk_tokens):
+                chunk_targets = targets[start : start + chunk_tokens]
+                chunk_hidden = hidden[start : start + chunk_tokens].to(dtype)
+                logits = torch.mm(chunk_hidden, head.t())
+                log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+                rows = torch.arange(chunk_targets.numel(), device=hidden.device)
+                total -= log_probs[rows, chunk_targets].sum()
+                if grad_hidden is not None:
+                    grad_logits = log_probs.exp_()  # the softmax, in place of the log-probabilities
+                    grad_logits[rows, chunk_targets] -= 1.0
+                    grad_hidden[start : start + chunk_tokens] = torch.mm(grad_logits.to(dtype), head)
+        ctx.save_for_backward(grad_hidden)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_total.to(grad_hidden.dtype), None, None, None
 
 
 def _chunk_cross_entropy(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

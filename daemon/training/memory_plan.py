@@ -15,10 +15,12 @@ loads: 16,384 and 4,096 on CUDA (the plan then fits the checkpointing to them); 
 CPU_ROW_CAP tokens (longer ones were no faster; never shorter than max_seq_len) and loss chunks of 512
 tokens (a chunk's logits, their fp32 copy, log-softmax and gradient are about 14·vocab bytes a token).
 
-On CPU nothing measures memory, so `plan_cpu_checkpointing` estimates it from the model's shape: a
-training token keeps about 8·(10·hidden + 2·intermediate) bytes of activations a layer in fp32, half
-that under bf16 autocast (measured on SmolLM2-135M: 2.0 and 1.0 MB a token over its 30 layers); a
-checkpointed layer keeps only its input. The budget for one row's activations is CPU_RAM_SHARE of the
+On CPU nothing measures memory, so `plan_cpu_checkpointing` estimates it from the model's shape. With
+the lean norms and feed-forwards (lean_layers.py) a training token keeps 7·hidden + 2·kv_width +
+3·intermediate values a layer in the compute dtype (counted on SmolLM2-135M in bf16 with saved-tensor hooks:
+18.1 KiB, against 18.0 estimated); with the model's own modules about 8·(10·hidden + 2·intermediate) bytes
+in fp32 and half that under bf16 autocast (measured by RSS on SmolLM2-135M: 2.0 and 1.0 MB a token over its
+30 layers). A checkpointed layer keeps only its input. The budget for one row's activations is CPU_RAM_SHARE of the
 memory available, at most CPU_ACTIVATION_CAP, so that a 135M model's whole cycle stays under 4 GB;
 as many layers as fit stay whole, spread evenly, and the rest are checkpointed.
 """
@@ -75,14 +77,22 @@ def resolve_sizes(settings: TrainingConfig, device: torch.device) -> TrainingCon
 
 
 def plan_cpu_checkpointing(model_config: Any, *, row_tokens: int, precision: str,
-                           available_bytes: int | None = None) -> CheckpointPlan:
-    """How many decoder layers to checkpoint on CPU, from the estimate in the module docstring."""
+                           available_bytes: int | None = None, lean: bool = False) -> CheckpointPlan:
+    """How many decoder layers to checkpoint on CPU, from the estimate in the module docstring (`lean`: the
+    model's norms and feed-forwards are lean_layers')."""
     text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     layers = text.num_hidden_layers
-    per_layer = 8 * (10 * text.hidden_size + 2 * text.intermediate_size) * row_tokens
-    if precision == "bf16":
-        per_layer *= CPU_BF16_ACTIVATION_SHARE
-    kept = 4 * text.hidden_size * row_tokens  # a checkpointed layer's input
+    element = 2 if precision == "bf16" else 4
+    if lean:
+        heads = text.num_attention_heads
+        kv_width = getattr(text, "num_key_value_heads", None) or heads
+        kv_width *= getattr(text, "head_dim", None) or text.hidden_size // heads
+        per_layer = element * (7 * text.hidden_size + 2 * kv_width + 3 * text.intermediate_size) * row_tokens
+    else:
+        per_layer = 8 * (10 * text.hidden_size + 2 * text.intermediate_size) * row_tokens
+        if precision == "bf16":
+            per_layer *= CPU_BF16_ACTIVATION_SHARE
+    kept = element * text.hidden_size * row_tokens  # a checkpointed layer's input
     available = available_bytes if available_bytes is not None else available_memory()
     budget = min(CPU_RAM_SHARE * available, CPU_ACTIVATION_CAP)
     whole = max(0, min(layers, math.floor((budget - layers * kept) / (per_layer - kept))))

@@ -18,6 +18,8 @@ from daemon.training.adapters import attach_adapter, load_base
 from daemon.training.attention import register_packed_attention
 from daemon.training.auto_settings import BaseFacts, base_facts, cpu_has_bf16_units, cpu_precision, resolve_training
 from daemon.training.distributed import World, init_world, shard_model
+from daemon.training.lean_layers import use_lean_layers
+from daemon.training.lora_linear import use_lean_lora
 from daemon.training.memory_plan import (
     CheckpointPlan,
     decoder_layers,
@@ -120,27 +122,24 @@ def load_tokenizer(spec: TrainSpec) -> PreTrainedTokenizerBase:
 def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
     """The base (quantised when asked) with a trainable adapter: the init adapter or a fresh one.
 
-    On CUDA: Liger's RMSNorm, SwiGLU and RoPE kernels where installed; adapters with fp32 master weights
-    whose matmuls run under the base's bf16 autocast (losses.autocast_for); with gradient_checkpointing
-    "auto", checkpointing on as few layers as the memory budget needs (memory_plan.py: measured on CUDA,
-    estimated on CPU). The plan and the kernels are on the model as `ticketune_checkpointing` and
-    `ticketune_kernels`. When the ranks shard the model (FSDP2), a float base is read into host memory and
-    each layer moves to the GPU as a shard; gradient_checkpointing "auto" then checkpoints every layer on CUDA
-    (the plan measures a whole model on one device)."""
+    On CUDA: Liger's RMSNorm, SwiGLU and RoPE kernels where installed; elsewhere Llama-style norms and
+    feed-forwards as autograd functions that keep less (lean_layers.py); everywhere each plain LoRA layer as
+    one function (lora_linear.py); adapters with fp32 master weights whose matmuls run under the base's bf16
+    autocast (losses.autocast_for); with gradient_checkpointing "auto", checkpointing on as few layers as the
+    memory budget needs (memory_plan.py: measured on CUDA, estimated on CPU once the lean layers are known).
+    The plan and the kernels are on the model as `ticketune_checkpointing` and `ticketune_kernels`. When the
+    ranks shard the model (FSDP2), a float base is read into host memory and each layer moves to the GPU as a
+    shard; gradient_checkpointing "auto" then checkpoints every layer on CUDA (the plan measures a whole model
+    on one device)."""
     _check_base_exists(spec.base_model)
     settings = spec.training
     cuda = runtime.device.type == "cuda"
     sharded = runtime.world.sharded and spec.adapter.method != "prompt_tuning"  # a prompt-tuned compare adapter
     load_device = torch.device("cpu") if sharded and settings.quantization == "none" else runtime.device
     checkpointing = settings.gradient_checkpointing
-    cpu_plan = None
-    if checkpointing == "auto" and not cuda and uses_packing(spec):
-        config = transformers.AutoConfig.from_pretrained(spec.base_model, revision=spec.base_revision)
-        cpu_plan = plan_cpu_checkpointing(config, row_tokens=resolve_sizes(settings, runtime.device).row_tokens,
-                                          precision=runtime.precision)
-        checkpointing = cpu_plan.checkpointed > 0
-    elif checkpointing == "auto":
-        checkpointing = cuda
+    plan_on_cpu = checkpointing == "auto" and not cuda and uses_packing(spec)
+    if checkpointing == "auto":
+        checkpointing = cuda or plan_on_cpu  # on CPU the plan below then leaves as many layers whole as fit
     attention = register_packed_attention() if uses_packing(spec) else "sdpa"
     base = load_base(
         spec.base_model,
@@ -152,8 +151,16 @@ def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
         gradient_checkpointing=bool(checkpointing),
         liger=cuda,
     )
-    kernels = getattr(base, "ticketune_kernels", [])
+    kernels = list(getattr(base, "ticketune_kernels", []))
+    kernels += use_lean_layers(base)
+    cpu_plan = None
+    if plan_on_cpu:
+        cpu_plan = plan_cpu_checkpointing(base.config, row_tokens=resolve_sizes(settings, runtime.device).row_tokens,
+                                          precision=runtime.precision,
+                                          lean={"lean_rms_norm", "lean_swiglu"} <= set(kernels))
     model = attach_adapter(base, spec.adapter, init_adapter=spec.init_adapter, seed=settings.seed)
+    if use_lean_lora(model):
+        kernels.append("lean_lora")
     if runtime.dtype != torch.float32:
         # every forward runs under autocast: peft's copy of each adapter input to its fp32 weights is waste
         for module in model.modules():
