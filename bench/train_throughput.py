@@ -111,16 +111,20 @@ def run_ticketune(base: Path, train_file: Path, run_dir: Path, threads: int, pre
     spec_path = run_dir / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    completed = subprocess.run(
+    worker = subprocess.Popen(
         [sys.executable, "-m", "daemon.training", "train", "--spec", str(spec_path)],
         cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
     )
+    stderr = worker.stderr.read()
+    _, status, usage = os.wait4(worker.pid, 0)  # this process's own peak RSS, not the largest child's so far
+    worker.returncode = returncode = os.waitstatus_to_exitcode(status)
     result_path = out_dir / "result.json"
     result = json.loads(result_path.read_text(encoding="utf-8")) if result_path.is_file() else {}
-    if completed.returncode != 0 or result.get("status") != "ok":
-        sys.stderr.write(completed.stderr[-4000:])
-        raise SystemExit(f"ticketune worker failed: {result.get('error') or f'exit {completed.returncode}'}")
-    return result["train"] | {"versions": result.get("versions", {})}
+    if returncode != 0 or result.get("status") != "ok":
+        sys.stderr.write(stderr[-4000:])
+        raise SystemExit(f"ticketune worker failed: {result.get('error') or f'exit {returncode}'}")
+    peak_gib = usage.ru_maxrss * 1024 / 2**30  # kilobytes on Linux
+    return result["train"] | {"versions": result.get("versions", {}), "peak_rss_gib": round(peak_gib, 2)}
 
 
 def load_model(base: Path):
@@ -314,7 +318,8 @@ def main() -> None:
     settings, plan = ours.get("settings") or {}, ours.get("checkpointing") or {}
     print(f"worker settings: precision {settings.get('precision')}, rows of {settings.get('row_tokens')} tokens, "
           f"loss chunks of {settings.get('loss_chunk_tokens')}, {plan.get('checkpointed')} of {plan.get('layers')} "
-          f"layers checkpointed; baselines in {'bf16 autocast' if bf16 else 'fp32'}")
+          f"layers checkpointed, lean forwards {', '.join(ours.get('kernels') or []) or 'none'}, peak RSS "
+          f"{ours.get('peak_rss_gib')} GiB; baselines in {'bf16 autocast' if bf16 else 'fp32'}")
     print(f"ratio {ratio:.2f}x against Trainer + PEFT, {loop_ratio:.2f}x against the loop")
     print(json.dumps({
         "ticketune_tokens_per_s": ours["tokens_per_second"],
@@ -323,6 +328,7 @@ def main() -> None:
         "loop_tokens_per_s": loop["tokens_per_second"],
         "loop_ratio": round(loop_ratio, 3),
         "worker_precision": settings.get("precision"),
+        "worker_peak_rss_gib": ours.get("peak_rss_gib"),
         "baseline_precision": "bf16" if bf16 else "fp32",
         "cpu": cpu_name(),
     }))
