@@ -356,6 +356,9 @@ POSTCODE_AFTER_CUE = re.compile(
     rf"|c[óo]digo[ \t]+postal|codice[ \t]+postale|postcode)\b)[ \t]*(?:is[ \t]+)?:?[ \t]*){_CODE}(?![\w-])"
 )
 POSTCODE_WORDS = frozenset("postcode post postal plz postleitzahl code cp cap c.p código codigo codice".split())
+# What every cue above starts with, in lower case: the pattern is tried only there (`sub_at_words`); all of them,
+# whichever word opened the gate (the gate's words are the text's words with spaces around, a cue may be glued on).
+POSTCODE_CUE_TRIGGERS = ("post", "plz", "code", "cp", "cap", "c.p.", "código", "codigo", "codice")
 US_ZIP_AFTER_STATE = re.compile(r"(?P<lead>,[ \t]*(?P<state>[A-Z]{2})[ \t]+)(?P<code>\d{5}(?:-\d{4})?)(?![\w-])")
 US_STATES = frozenset(_US_STATES.split("|"))
 CITY_BEFORE = re.compile(r"(?<![\w'.-])[A-Z][\w'.-]*$")
