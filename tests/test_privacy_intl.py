@@ -213,6 +213,23 @@ def test_a_person_after_a_cue_of_two_words_is_found(cue):
         f"Hello, this is {cue} <PERSON_NAME> (see order 12)."
 
 
+def test_the_secret_triggers_looked_for_in_a_text_find_what_a_full_scan_finds():
+    from tests.test_pii_corpus import load_corpus
+
+    texts = [record["text"] for record in load_corpus()] + [
+        "api key: 0123456789abcdef0123", "client secret=0123456789abcdef0123", "AUTH TOKEN: 0123456789abcdefABCD",
+        "access token = abcdefghijklmnop1234", "glpat-abcdefghij0123456789", "xoxb-1234567890-abcdef",
+        "sk-proj-abcdefghijklmnopqrstuvwx", "ghp_abcdefghijklmnopqrstuvwxyz0123", "github_pat_11ABCDEFG0123456789ab",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abc", "AKIAABCDEFGHIJKLMNOP", "AIza" + "x" * 35,
+        "Authorization: Bearer abcdefghijklmnopqrstuvwxyz", "my password is Hunter2!", "pwd=hunter2",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----",
+    ]
+    for text in texts:
+        found = privacy_patterns.sub_at_words(privacy_patterns.SECRET, text, privacy_patterns.secret_triggers(text),
+                                              lambda m: "<X>")
+        assert found == privacy_patterns.SECRET.sub("<X>", text), text
+
+
 def test_phone_validity_agrees_with_the_phone_library():
     import random
 

@@ -219,7 +219,7 @@ class Scrubber:
         return [*steps, ("NER names", self._scrub_ner)] if self._ner else steps
 
     def _scrub_secrets(self, text: str, seen: Seen) -> str:
-        return pat.sub_at_words(pat.SECRET, text, pat.SECRET_TRIGGERS, self._secret_placeholder)
+        return pat.sub_at_words(pat.SECRET, text, pat.secret_triggers(text), self._secret_placeholder)
 
     def _scrub_emails(self, text: str, seen: Seen) -> str:
         return _EMAIL.sub(self._email_placeholder, text) if "@" in text else text
