@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from pathlib import Path
@@ -9,6 +10,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from daemon.config import ConfigError, QualityConfig, load_settings
 from daemon.demo.samples import generate_tickets
+from daemon.ingest import filters
 from daemon.ingest.filters import (
     REASON_AUTOMATED,
     REASON_EXACT_DUPLICATE,
@@ -297,6 +299,24 @@ def test_a_redelivered_older_revision_does_not_shadow_what_the_store_holds(tmp_p
     qf.record(signed)
     assert qf.check_example(example("2", answer=ANSWER.replace("shortly", "soon"))) is None
     assert qf.check_example(example("3", question="Where is my parcel?", answer=other)) == REASON_EXACT_DUPLICATE
+
+
+def test_signatures_stay_those_the_store_already_holds() -> None:
+    # stored signatures are compared with new ones: these are what every earlier version computed
+    german = "Ich habe die Bestellung 1182 zurückgeschickt, Straße 5; wo bleibt mein Geld? Ça va, MÜLLER_K."
+    assert hashlib.sha256(example_signature(example("1"))).hexdigest() == \
+        "ea67961a8ceae8cacd4b0b7c0a8678de8759349145ae06c5ad66c3bb303ae18d"
+    assert hashlib.sha256(example_signature(example("1", question=german))).hexdigest() == \
+        "166addfdaad87771579bc4e9122b8db03089111c76043d46baaf70f79dc7b419"
+
+
+@pytest.mark.parametrize("text", [
+    ("".join(map(chr, range(128))) * 2).lower() + " order_1182 a-b c.d e\x00f <customer_name> __ 9_",
+    "ça coûte 12€, straße_5 und <customer_name> ñ",
+])
+def test_the_signatures_word_split_finds_the_words_the_word_pattern_finds(text: str) -> None:
+    expected = [word.encode() for word in filters._WORDS.findall(text)]
+    assert filters._words(text, text.encode()) == expected
 
 
 def test_judging_changes_nothing_only_recording_counts_an_example() -> None:

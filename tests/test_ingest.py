@@ -259,6 +259,22 @@ def test_transient_source_errors_are_retried_and_show_in_the_metrics(example_sto
     assert REGISTRY.get_sample_value("ticketune_consumer_lag_partition_records", {"partition": "0"}) == 0
 
 
+@pytest.mark.parametrize("ending", [{"max_records": 4, "idle_timeout_s": None}, {}])
+def test_the_lag_is_read_once_an_interval_while_batches_flow_and_once_more_when_the_run_ends(
+    example_store, monkeypatch, ending
+):
+    monkeypatch.setattr("daemon.ingest.loop.LAG_INTERVAL_S", 3600.0)
+    source = MemorySource([[record(i, str(i), canonical_ticket(str(i)))] for i in range(5)])
+    reads = []
+    source_lag = source.lag
+    monkeypatch.setattr(source, "lag", lambda: reads.append(source.polled) or source_lag())
+
+    report = ingest(source, example_store, **ending)
+
+    assert reads == [1, report.consumed]  # after the first batch, then where the run ended
+    assert REGISTRY.get_sample_value("ticketune_consumer_lag_records") == 5 - report.consumed
+
+
 def test_a_failed_store_write_is_retried_before_anything_is_committed(example_store):
     source = MemorySource([[record(0, "1", canonical_ticket("1"))]])
     store = RecordingStore(example_store, source.events, failures=2)

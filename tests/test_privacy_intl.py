@@ -192,14 +192,42 @@ def test_scrubbing_turns_together_equals_scrubbing_each_alone():
 @pytest.mark.parametrize("pattern, triggers", [
     (privacy_patterns.SECRET, privacy_patterns.SECRET_TRIGGERS),
     (privacy_patterns.ID_NUMBER, privacy_patterns.ID_WORDS),
+    (privacy_patterns.POSTCODE_AFTER_CUE, privacy_patterns.POSTCODE_CUE_TRIGGERS),
 ])
 def test_trying_a_pattern_at_its_trigger_words_finds_what_a_full_scan_finds(pattern, triggers):
     from tests.test_pii_corpus import load_corpus
 
     texts = [record["text"] for record in load_corpus()]
-    texts += ["password: Hunter2! and token=" + "x" * 20, "PASSPORT X1234567 / id card 12345678"]
+    texts += ["password: Hunter2! and token=" + "x" * 20, "PASSPORT X1234567 / id card 12345678",
+              "PLZ 80331, plz:80331, Postal code: 1012 AB, C.P. 28013, Código postal 28013, codice postale 00184,"
+              " CAP 00184, cp 75001, code postal 75001, Postleitzahl 10115, post code 10115, (postcode 2000 AB)"]
     for text in texts:
         assert privacy_patterns.sub_at_words(pattern, text, triggers, lambda m: "<X>") == pattern.sub("<X>", text), text
+
+
+@pytest.mark.parametrize("cue", ["on behalf of", "On  Behalf\tof", "for the attention of", "account holder",
+                                 "Card holder is", "cardholder", "se llama", "si chiama", "signed by"])
+def test_a_person_after_a_cue_of_two_words_is_found(cue):
+    # "on", "for", "account", "card" and "se" are tried only where their second word is in the text too
+    assert scrub_patterns(f"Hello, this is {cue} Miriam Okafor (see order 12).")[0] == \
+        f"Hello, this is {cue} <PERSON_NAME> (see order 12)."
+
+
+def test_the_secret_triggers_looked_for_in_a_text_find_what_a_full_scan_finds():
+    from tests.test_pii_corpus import load_corpus
+
+    texts = [record["text"] for record in load_corpus()] + [
+        "api key: 0123456789abcdef0123", "client secret=0123456789abcdef0123", "AUTH TOKEN: 0123456789abcdefABCD",
+        "access token = abcdefghijklmnop1234", "glpat-abcdefghij0123456789", "xoxb-1234567890-abcdef",
+        "sk-proj-abcdefghijklmnopqrstuvwx", "ghp_abcdefghijklmnopqrstuvwxyz0123", "github_pat_11ABCDEFG0123456789ab",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abc", "AKIAABCDEFGHIJKLMNOP", "AIza" + "x" * 35,
+        "Authorization: Bearer abcdefghijklmnopqrstuvwxyz", "my password is Hunter2!", "pwd=hunter2",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----",
+    ]
+    for text in texts:
+        found = privacy_patterns.sub_at_words(privacy_patterns.SECRET, text, privacy_patterns.secret_triggers(text),
+                                              lambda m: "<X>")
+        assert found == privacy_patterns.SECRET.sub("<X>", text), text
 
 
 def test_phone_validity_agrees_with_the_phone_library():

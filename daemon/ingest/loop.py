@@ -342,6 +342,7 @@ def run_ingest(
         assignment_timeout_s = idle_timeout_s
     last_record_at: float | None = None  # the idle clock: from the first assignment, then each record
     last_lag_at = float("-inf")
+    lag_behind = False  # records were committed since the lag was last read
     _freeze_long_lived()
     with _silence_watchdog(retrier):
         while not stop.is_set():
@@ -376,9 +377,14 @@ def run_ingest(
                     break
                 if on_batch is not None:
                     on_batch(report)
-            if records or time.monotonic() - last_lag_at >= LAG_INTERVAL_S:
+            # at most once a LAG_INTERVAL_S (each reading is a few broker round trips), and once more at the end
+            lag_behind = lag_behind or bool(records)
+            if time.monotonic() - last_lag_at >= LAG_INTERVAL_S:
                 last_lag_at = time.monotonic()
+                lag_behind = False
                 _update_lag(source, report, retrier)
+        if lag_behind and not stop.is_set():  # the gauge says where this run left the partitions
+            _update_lag(source, report, retrier)
     return report
 
 

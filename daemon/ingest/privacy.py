@@ -144,7 +144,8 @@ def policy_from_config(cfg: PrivacyConfig) -> PrivacyPolicy:
 # "Dr.", "(passport"): a text's words are then one set intersection away.
 _GATE_WORDS = frozenset().union(
     pat.DATE_OF_BIRTH_WORDS, pat.ID_WORDS, pat.POSTCODE_WORDS, pat.UNIT_WORDS, names_.OTHER_PERSON_WORDS,
-    names_.POSSESSIVE_WORDS, {"ss", "ssn", "social"}, *(words for words, _ in pat.STREET_PATTERNS),
+    names_.POSSESSIVE_WORDS, names_.CUE_SECOND_WORDS.values(), {"ss", "ssn", "social"},
+    *(words for words, _ in pat.STREET_PATTERNS),
 )
 _WRITTEN_GATE_WORDS = {f"{before}{word}{after}": word for word in _GATE_WORDS for before in ("", "(", '"', "'")
                        for after in ("", ",", ".", ":", ";", "!", "?", ")", '"', "#", "/")}
@@ -218,7 +219,7 @@ class Scrubber:
         return [*steps, ("NER names", self._scrub_ner)] if self._ner else steps
 
     def _scrub_secrets(self, text: str, seen: Seen) -> str:
-        return pat.sub_at_words(pat.SECRET, text, pat.SECRET_TRIGGERS, self._secret_placeholder)
+        return pat.sub_at_words(pat.SECRET, text, pat.secret_triggers(text), self._secret_placeholder)
 
     def _scrub_emails(self, text: str, seen: Seen) -> str:
         return _EMAIL.sub(self._email_placeholder, text) if "@" in text else text
@@ -274,9 +275,12 @@ class Scrubber:
     def _scrub_other_people(self, text: str, seen: Seen) -> str:
         if seen.words.isdisjoint(names_.OTHER_PERSON_WORDS):
             return text
-        triggers = seen.words & names_.OTHER_PERSON_TRIGGERS
+        triggers = {word for word in seen.words & names_.OTHER_PERSON_TRIGGERS
+                    if names_.CUE_SECOND_WORDS.get(word, word) in seen.words}
         if not seen.words.isdisjoint(names_.RELATION_WORDS):
             triggers |= seen.words & names_.POSSESSIVE_WORDS
+        if not triggers:  # "on", "for", "account" without their second words: most texts
+            return text
         return pat.sub_at_words(names_.OTHER_PERSON, text, triggers, self._other_person_placeholder)
 
     def _emit(self, placeholder: str) -> str:
@@ -367,7 +371,7 @@ class Scrubber:
         if not seen.digits:
             return text
         if not seen.words.isdisjoint(pat.POSTCODE_WORDS):
-            text = pat.POSTCODE_AFTER_CUE.sub(self._postcode_placeholder, text)
+            text = pat.sub_at_words(pat.POSTCODE_AFTER_CUE, text, pat.POSTCODE_CUE_TRIGGERS, self._postcode_placeholder)
         text = pat.POSTCODE_AFTER_BREAK.sub(self._postcode_placeholder, "\n" + text)[1:]
         if "," in text:
             text = pat.US_ZIP_AFTER_STATE.sub(self._us_zip_placeholder, text)

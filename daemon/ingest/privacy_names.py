@@ -243,6 +243,9 @@ OTHER_PERSON_TRIGGERS = frozenset(
     "attention c/o care cc recipient deliver delivered for heißt s'appelle se si heet chama".split()
 )
 OTHER_PERSON_WORDS = RELATION_WORDS | OTHER_PERSON_TRIGGERS
+# Common words that open a cue only with a second word after them ("on behalf of", "for the attention of",
+# "account holder", "card holder", "se llama"): tried only when that word is among the text's words too.
+CUE_SECOND_WORDS = {"on": "behalf", "for": "attention", "account": "holder", "card": "holder", "se": "llama"}
 # Capitalised words a cue is often followed by that are no one's name.
 NOT_NAMES = frozenset(
     """

@@ -356,6 +356,9 @@ POSTCODE_AFTER_CUE = re.compile(
     rf"|c[óo]digo[ \t]+postal|codice[ \t]+postale|postcode)\b)[ \t]*(?:is[ \t]+)?:?[ \t]*){_CODE}(?![\w-])"
 )
 POSTCODE_WORDS = frozenset("postcode post postal plz postleitzahl code cp cap c.p código codigo codice".split())
+# What every cue above starts with, in lower case: the pattern is tried only there (`sub_at_words`); all of them,
+# whichever word opened the gate (the gate's words are the text's words with spaces around, a cue may be glued on).
+POSTCODE_CUE_TRIGGERS = ("post", "plz", "code", "cp", "cap", "c.p.", "código", "codigo", "codice")
 US_ZIP_AFTER_STATE = re.compile(r"(?P<lead>,[ \t]*(?P<state>[A-Z]{2})[ \t]+)(?P<code>\d{5}(?:-\d{4})?)(?![\w-])")
 US_STATES = frozenset(_US_STATES.split("|"))
 CITY_BEFORE = re.compile(r"(?<![\w'.-])[A-Z][\w'.-]*$")
@@ -377,13 +380,26 @@ SECRET = re.compile(
     r"|(?P<pwlabel>(?i:\b(?:password|passwd|passcode|pwd|pw)\b[\"']?)[ \t]*(?:[:=]|(?i:is|was)\b)[ \t]*)"
     r"(?P<password>\"[^\"\n\x00]{1,64}\"|'[^'\n\x00]{1,64}'|[^\s\x00]+)",
 )
-# Every credential above contains one of these (lower-cased): texts without any skip the secret pass.
 # Every credential above starts with one of these (lower-cased), at the start of a word: the pattern is
-# tried only there.
-SECRET_TRIGGERS = (
-    "-----begin", "sk_", "pk_", "rk_", "gh", "github_pat_", "glpat-", "xox", "akia", "asia", "aiza", "eyj", "sk-",
-    "bearer", "api", "access", "auth", "client", "secret", "token", "pass", "pwd", "pw",
+# tried only there. They come grouped by a character that every credential they start has in it ("_" in
+# "sk_live_...", ":" or "=" after "api_key"): a text without any of a group's characters skips looking for
+# that group's triggers (each look is a scan of the whole text; most texts have no "_").
+SECRET_TRIGGER_GROUPS = (
+    ("", ("akia", "asia", "aiza", "bearer", "pass", "pwd", "pw")),
+    ("_", ("sk_", "pk_", "rk_", "gh", "github_pat_")),
+    ("-", ("-----begin", "glpat-", "xox", "sk-")),
+    (".", ("eyj",)),
+    (":=", ("api", "access", "auth", "client", "secret", "token")),
 )
+SECRET_TRIGGERS = tuple(trigger for _, triggers in SECRET_TRIGGER_GROUPS for trigger in triggers)
+
+
+def secret_triggers(text: str) -> list[str]:
+    """The `SECRET_TRIGGERS` a credential in `text` can start with, by the characters the text has."""
+    return [trigger for needs, triggers in SECRET_TRIGGER_GROUPS
+            if not needs or any(char in text for char in needs) for trigger in triggers]
+
+
 PROSE_PASSWORD_WORDS = re.compile(r"[A-Za-z]+[.,;:!?]?")
 
 # IBAN lengths by country, from the ISO 13616 registry; the country fixes where an IBAN written in
