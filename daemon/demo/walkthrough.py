@@ -48,9 +48,12 @@ MODELS = {
         # sized for ten minutes on two cores: a small batch learnt in two epochs of short rows (one epoch, or
         # rows of 1,024 tokens, gave ten steps and an adapter that looped on a placeholder) at a higher rate than
         # the default, which drifts further from the base's general text than a production schedule would (hence
-        # the looser forgetting guard), and fewer sampled answers, shorter, than the standard profile's
+        # the looser forgetting guard), and fewer sampled answers, shorter, than the standard profile's (24: with
+        # 12 a clean third batch whose answers were closer to the agents' than the champion's on average, 0.590
+        # against 0.561, still failed the check's bound at -0.035, a verdict that small changes of rounding
+        # flipped)
         {"epochs": 2, "learning_rate": 0.0003, "max_seq_len": 512, "row_tokens": 512, "eval_every_steps": 10},
-        {"min_eval_examples": 16, "profile": "standard", "answer_samples": 12, "answer_max_new_tokens": 40,
+        {"min_eval_examples": 16, "profile": "standard", "answer_samples": 24, "answer_max_new_tokens": 40,
          "max_new_tokens": 48, "max_general_loss_increase": 0.15, "relevance_examples": 24},
     ),
     "tiny": DemoModel(
