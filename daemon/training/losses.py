@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
 from daemon.training.attention import PACKED_ATTENTION
+from daemon.training.lean_layers import plain_layers
 from daemon.training.packing import PackedBatch
 
 CROSS_ENTROPY_MODES = ("auto", "chunked", "full", "liger")
@@ -86,7 +87,7 @@ def _token_loss_sums(
 
             total = LigerFusedLinearCrossEntropyLoss(reduction="sum")(head.weight, hidden, targets, head.bias)
             return total.float(), _count(targets)
-        if not per_example and _fused_applies(head):
+        if not per_example and _fused_applies(head) and not _sharded(causal_lm) and not plain_layers():
             return _LinearCrossEntropy.apply(hidden, head.weight, targets, chunk_tokens), _count(targets)
         token_losses = _chunked_cross_entropy(head, hidden, targets, chunk_tokens)
     if not per_example:
@@ -181,6 +182,13 @@ def _chunked_cross_entropy(
             for start in starts
         ]
     )
+
+
+def _sharded(causal_lm: PreTrainedModel) -> bool:
+    """The body is sharded by FSDP2, where the fused loss is off (lean_layers.PLAIN_LAYERS_ENV says why)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(causal_lm.get_decoder(), FSDPModule)
 
 
 def _fused_applies(head: torch.nn.Module) -> bool:

@@ -18,7 +18,7 @@ from daemon.training.adapters import attach_adapter, load_base
 from daemon.training.attention import register_packed_attention
 from daemon.training.auto_settings import BaseFacts, base_facts, cpu_has_bf16_units, cpu_precision, resolve_training
 from daemon.training.distributed import World, init_world, shard_model
-from daemon.training.lean_layers import use_lean_layers
+from daemon.training.lean_layers import plain_layers, use_lean_layers
 from daemon.training.lora_linear import use_lean_lora
 from daemon.training.memory_plan import (
     CheckpointPlan,
@@ -152,7 +152,8 @@ def prepare_model(spec: TrainSpec, runtime: Runtime) -> PeftModel:
         liger=cuda,
     )
     kernels = list(getattr(base, "ticketune_kernels", []))
-    kernels += use_lean_layers(base)
+    if not sharded and not plain_layers():  # lean_layers.PLAIN_LAYERS_ENV says why not under FSDP2
+        kernels += use_lean_layers(base)
     cpu_plan = None
     if plan_on_cpu:
         cpu_plan = plan_cpu_checkpointing(base.config, row_tokens=resolve_sizes(settings, runtime.device).row_tokens,
