@@ -7,7 +7,7 @@ gate, the silu and the up projection, each intermediate-size wide, beside the pr
 projection keeps. Here the norm keeps its input and one fp32 scale a token and recomputes the normalised
 values in backward, and the feed-forward keeps the gate and up projections and recomputes the silu (one
 pass) in backward. Measured on SmolLM2-135M in bf16 (bench/RESULTS.md): what a training token keeps a layer
-went from 23.3 to 15 KiB, so the CPU checkpointing plan keeps more layers whole, and the norm's fewer
+went from 23.3 to 18.1 KiB, so the CPU checkpointing plan keeps more layers whole, and the norm's fewer
 passes are faster on a CPU, where each is a trip through memory. Gradients are the same functions: the
 feed-forward's bit for bit, the norm's to rounding.
 

@@ -43,12 +43,11 @@ class _LoRALinear(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             flat = x.reshape(-1, x.shape[-1]).to(dtype)
             w, a, b = weight.to(dtype), lora_a.to(dtype), lora_b.to(dtype)
-            # No in-place op on a product: selective checkpointing keeps products and refuses mutated ones.
             if fold:
                 scaled_xa = None
-                w_used = torch.addmm(w, b, a, alpha=scaling)
+                w_used = _folded(w, a, b, scaling)
             else:
-                scaled_xa = torch.mm(flat, a.t() * scaling)  # tokens x r; the scaling costs nothing on A
+                scaled_xa = _scaled_xa(flat, a, scaling)
                 w_used = w
             out = torch.mm(flat, w_used.t()) if bias is None else torch.addmm(bias.to(dtype), flat, w_used.t())
             if not fold:
@@ -67,7 +66,7 @@ class _LoRALinear(torch.autograd.Function):
             grad_x = None
             if ctx.needs_input_grad[0]:
                 if ctx.fold:
-                    grad_x = torch.mm(g, torch.addmm(w, b, a, alpha=ctx.scaling))
+                    grad_x = torch.mm(g, _folded(w, a, b, ctx.scaling))
                 else:
                     grad_x = torch.mm(g, w).addmm_(scaled_gb, a)
                 grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
@@ -75,9 +74,19 @@ class _LoRALinear(torch.autograd.Function):
             grad_b = None
             if ctx.needs_input_grad[4]:
                 if scaled_xa is None:
-                    scaled_xa = torch.mm(flat, a.t() * ctx.scaling)
+                    scaled_xa = _scaled_xa(flat, a, ctx.scaling)
                 grad_b = torch.mm(g.t(), scaled_xa).to(ctx.b_dtype)
         return grad_x, None, None, grad_a, grad_b, None, None
+
+
+def _folded(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """W + s·B·A, the adapter folded into the weight (fp32 only)."""
+    return torch.addmm(w, b, a, alpha=scaling)
+
+
+def _scaled_xa(flat: torch.Tensor, a: torch.Tensor, scaling: float) -> torch.Tensor:
+    """s·x·Aᵀ, tokens x r: the scaling costs nothing on A."""
+    return torch.mm(flat, a.t() * scaling)
 
 
 def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
