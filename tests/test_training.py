@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import subprocess
 import sys
@@ -261,6 +262,8 @@ def test_train_cli_writes_an_adapter_that_beats_the_base_on_heldout(
                                  "gradient_checkpointing": "auto", "precision": "fp32", "base_parameters":
                                  train["settings"]["base_parameters"]}
     assert 0 < train["settings"]["base_parameters"] < 20_000_000
+    # the worker exec'd itself with its malloc tunables (glibc), or ran on the system's allocator (musl)
+    assert train["allocator"] == ("tuned" if os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc") else "system")
     assert train["examples"] == 96 and train["dropped_examples"] == 0 and train["packing"] is True
     assert train["steps"] == train["planned_steps"] == len(train["loss_curve"]) >= 8
     assert 0.8 < train["row_fill"] <= 1.0  # ~10 rows of 1024 tokens: only the last is part-empty

@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if __name__ == "__main__":
+    from daemon.training.allocator import exec_with_tuned_allocator
+
+    exec_with_tuned_allocator()  # glibc reads its malloc tunables at start: once, before torch is imported
 
 from pydantic import ValidationError  # noqa: E402
 

@@ -338,6 +338,7 @@ class TrainSummary(_Open):
     init_adapter: str | None = None
     checkpointing: CheckpointingPlan | None = None
     kernels: list[str] = Field(default_factory=list)
+    allocator: str | None = None  # tuned (the worker's glibc malloc tunables), operator or system
     settings: ResolvedSettings | None = None
     objective: str | None = None  # training.objective
     preference_examples: int | None = None  # thumbs (kto) or pairs (dpo) trained on

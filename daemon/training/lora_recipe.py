@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from daemon.training.allocator import allocator_in_use
 from daemon.training.auto_settings import BaseFacts, resolved_report
 from daemon.training.chat_examples import (
     tokenize_file,
@@ -144,6 +145,7 @@ def _run(
             "init_adapter": None if spec.init_adapter is None else str(spec.init_adapter),
             "checkpointing": getattr(model, "ticketune_checkpointing", None),
             "kernels": getattr(model, "ticketune_kernels", []),
+            "allocator": allocator_in_use(),
             "settings": resolved_report(spec.training, facts, runtime.precision),
         }
     )
