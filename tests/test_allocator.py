@@ -8,7 +8,7 @@ from daemon.training.allocator import ALLOCATOR_ENV, MALLOC_TUNABLES, TUNABLES_E
 def test_the_tunables_are_added_once_under_glibc_only():
     tuned = tuned_environment({"PATH": "/bin"}, "glibc")
     assert tuned == {"PATH": "/bin", TUNABLES_ENV: MALLOC_TUNABLES}
-    assert "glibc.malloc.mmap_threshold=4294967296" in MALLOC_TUNABLES and "glibc.malloc.hugetlb=1" in MALLOC_TUNABLES
+    assert "glibc.malloc.mmap_threshold=4294967296" in MALLOC_TUNABLES and "hugetlb" not in MALLOC_TUNABLES
     assert tuned_environment(tuned, "glibc") is None  # after the exec: nothing more to do, no exec loop
     assert tuned_environment({"PATH": "/bin"}, "") is None  # musl and the like: glibc's tunables mean nothing
 

@@ -25,7 +25,7 @@ ALLOCATOR_ENV = "TICKETUNE_ALLOCATOR"  # "system": glibc's defaults
 TUNABLES_ENV = "GLIBC_TUNABLES"
 _HEAP_ONLY = 1 << 32  # 4 GiB: larger than any block a step frees, so none is given its own mmap
 MALLOC_TUNABLES = (
-    f"glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold={_HEAP_ONLY}:glibc.malloc.trim_threshold={_HEAP_ONLY}"
+    f"glibc.malloc.mmap_threshold={_HEAP_ONLY}:glibc.malloc.trim_threshold={_HEAP_ONLY}"
 )
 
 
