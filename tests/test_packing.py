@@ -357,3 +357,44 @@ def test_best_fit_rows_packs_100k_examples_quickly() -> None:
     rng.shuffle(order)
     rows = best_fit_rows(lengths, 8192, order)
     assert_valid_rows(rows, lengths, 8192)
+
+
+def test_bf16_attention_on_cpu_keeps_examples_apart_and_matches_fp32_within_bf16_rounding() -> None:
+    """The CPU bf16 path (flash forward in bf16, backward in fp32): each example's output and gradients match
+    per-example fp32 attention to bf16 rounding, and changing one example moves nothing of the others."""
+    torch.manual_seed(0)
+    sizes = [37, 5, 90, 61]
+    cu_seq_lens = torch.tensor([0, 37, 42, 132, 193])
+    shapes = ((1, 6, 193, 32), (1, 2, 193, 32), (1, 2, 193, 32))  # grouped query attention, as SmolLM2's
+    inputs = [torch.randn(shape).to(torch.bfloat16) for shape in shapes]
+    grad = torch.randn(1, 193, 6, 32).to(torch.bfloat16)
+
+    def run(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        leaves = [t.clone().requires_grad_() for t in tensors]
+        output = packed_attention._segment_loop(*leaves, cu_seq_lens, 0.2)
+        output.backward(grad)
+        return output.detach(), [leaf.grad for leaf in leaves]
+
+    output, grads = run(inputs)
+    assert output.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in grads)
+    reference, reference_grads = [], [[], [], []]
+    for q, k, v, g in zip(*(t.float().split(sizes, dim=2) for t in inputs), grad.float().split(sizes, dim=1),
+                          strict=True):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        piece = F.scaled_dot_product_attention(*leaves, scale=0.2, is_causal=True, enable_gqa=True).transpose(1, 2)
+        piece.backward(g)
+        reference.append(piece.detach())
+        for collected, leaf in zip(reference_grads, leaves, strict=True):
+            collected.append(leaf.grad)
+    torch.testing.assert_close(output.float(), torch.cat(reference, dim=1), atol=2e-2, rtol=2e-2)
+    for got, expected in zip(grads, reference_grads, strict=True):
+        torch.testing.assert_close(got.float(), torch.cat(expected, dim=2), atol=3e-2, rtol=3e-2)
+
+    changed = [t.clone() for t in inputs]
+    for t in changed:
+        t[:, :, 42:132] = torch.randn_like(t[:, :, 42:132])  # the third example only
+    output2, grads2 = run(changed)
+    others = torch.cat([torch.arange(0, 42), torch.arange(132, 193)])
+    assert torch.equal(output2[:, others], output[:, others])
+    for before, after in zip(grads, grads2, strict=True):
+        assert torch.equal(after[:, :, others], before[:, :, others])
