@@ -1,18 +1,18 @@
 """The worker's memory allocator: glibc malloc tuned for a training process, set before Python starts.
 
 A training step allocates and frees activations of megabytes each, thousands of times a step. glibc's
-defaults serve each such block with its own mmap and hand it back with munmap when freed, so every step
-faults its activations in again page by page (4 KiB each, zeroed by the kernel): on SmolLM2-135M in bf16
-on CPU, 1.5 million page faults in a 20-second run. With the tunables below the blocks come from the heap
-and stay there for the next step (no mmap threshold, no trim), and the heap is backed by transparent huge
-pages where the kernel offers them (`madvise` mode, the common default): 0.19 million faults, and the step
-about 15% faster on SmolLM2 and 5% on the tiny model (bench/RESULTS.md). What the heap keeps is handed back
-after training (memory_plan.return_freed_memory), before the probe loads its own copy of the model.
+defaults serve each block over its mmap threshold with its own mmap and hand it back with munmap when freed,
+so every step faults its activations in again page by page (4 KiB each, zeroed by the kernel): on
+SmolLM2-135M in bf16 on CPU, 1.5 million page faults in a 20-second profiling run. With no mmap threshold and
+no trim the blocks come from the heap and stay there for the next step: 0.76 million faults, and the
+worker 3 to 8% faster on SmolLM2 (alternating runs; bench/RESULTS.md). What the heap keeps goes back every
+TRIM_EVERY_STEPS steps and after training (memory_plan.return_freed_memory), before the probe loads its
+own copy of the model. Transparent huge pages for the heap (glibc.malloc.hugetlb) cut the faults further
+in a profiling script but made the worker slower (321-344 against 362-373 tokens/s), so they stay off.
 
 glibc reads GLIBC_TUNABLES only when a process starts, so the worker's entry point sets it and execs the
 same command again, once. An operator's own GLIBC_TUNABLES that already tunes malloc is left alone, and
-TICKETUNE_ALLOCATOR=system turns this off. Other C libraries (musl) ignore it; so does a glibc that lacks
-one of the tunables (hugetlb came in 2.35).
+TICKETUNE_ALLOCATOR=system turns this off. Other C libraries (musl) ignore it.
 """
 
 from __future__ import annotations
