@@ -75,6 +75,13 @@ AUTOREPLY_MARKERS = re.compile(
 # Every marker above contains one of these (lower-cased): an answer without any is not an auto-reply.
 _AUTOREPLY_HINTS = ("auto", "out of", "do not re", "received", "will get back", "will reply", "will respond",
                     "be in touch")
+# The same, narrower, for an ASCII answer: "auto" is there only as "an automated", "automatic ", "automatically
+# generated", "autoreply" or "auto-reply", so an answer saying a refund goes out "automatically" (about one in six
+# of the sample answers) skips the sentence split and the marker search (about 25 µs each). Only for ASCII: with
+# IGNORECASE the markers' "i" and "s" also match "ı", "İ" and "ſ", which `lower()` keeps apart.
+_AUTOREPLY_ASCII_HINTS = ("an automated", "automatic ", "automatically generated", "autoreply", "auto-reply",
+                          "out of", "do not re", "received", "will get back", "will reply", "will respond",
+                          "be in touch")
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 _WORDS = re.compile(r"<[A-Z][A-Z0-9_]*>|\w+")
 # ASCII bytes that are not word characters (\w) become spaces: an ASCII text's words are then `bytes.split()`
@@ -235,7 +242,7 @@ def _split_signature(signature: bytes) -> tuple[bytes, np.ndarray] | None:
 
 def is_autoreply(text: str) -> bool:
     lowered = text.lower()
-    if not any(hint in lowered for hint in _AUTOREPLY_HINTS):
+    if not any(hint in lowered for hint in (_AUTOREPLY_ASCII_HINTS if text.isascii() else _AUTOREPLY_HINTS)):
         return False
     sentences = [sentence for sentence in _SENTENCES.split(text) if sentence.strip()]
     other = [sentence for sentence in sentences if not AUTOREPLY_MARKERS.search(sentence)]
