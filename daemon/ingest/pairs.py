@@ -24,6 +24,8 @@ SKIP_NO_AGENT_ANSWER = "no_public_agent_answer"
 SKIP_NO_CUSTOMER_MESSAGE = "no_customer_message"
 SKIP_EMPTY_BODY = "empty_body"
 SKIP_REASONS = (SKIP_NOT_RESOLVED, SKIP_NO_AGENT_ANSWER, SKIP_NO_CUSTOMER_MESSAGE, SKIP_EMPTY_BODY)
+# What `json.dumps(document, ensure_ascii=False, sort_keys=True)` builds on every call, built once (1 µs an example)
+_EXAMPLE_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class Example:
             document["feedback"] = self.feedback
         if not self.sft:
             document["sft"] = False
-        return json.dumps(document, ensure_ascii=False, sort_keys=True)
+        return _EXAMPLE_JSON.encode(document)
 
 
 @dataclass(frozen=True)
