@@ -148,7 +148,8 @@ class ExampleTables(Database):
             state = _BatchState.read(self, examples)
             version = db.execute("PRAGMA data_version").fetchone()[0]
         finally:
-            db.execute("COMMIT")
+            if db.in_transaction:  # one SQLite ended itself (an I/O error) is not ended twice, hiding the error
+                db.execute("COMMIT")  # a read: nothing to keep or undo
         verdicts = [state.refusal(example) is not None for example in examples]
         self._local.batch_read = (list(examples), state, version, db.total_changes)
         return verdicts
