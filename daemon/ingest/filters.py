@@ -22,7 +22,7 @@ import logging
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -372,8 +372,7 @@ class QualityFilter:
             return REASON_AUTOMATED, example
         signature = example_signature(example)
         keys = self._band_keys(self._split(signature)[1])
-        return None, replace(example, quality_signature=signature,
-                             dedupe_keys=tuple(keys) if self._store is not None and self._store_synced else None)
+        return None, example.signed(signature, tuple(keys) if self._store is not None and self._store_synced else None)
 
     def duplicate_reason(self, signed: Example) -> str | None:
         """Whether an example `screen` signed copies another ticket's, exactly or nearly (the index as it

@@ -45,6 +45,14 @@ class Example:
     feedback: dict | None = None  # daemon/ingest/feedback.py: the CSAT label, the agent's edit of a draft
     sft: bool = True  # False: kept only as an undesirable example (low CSAT under a preference objective)
 
+    def signed(self, signature: bytes, dedupe_keys: tuple[int, ...] | None) -> Example:
+        """`dataclasses.replace(self, quality_signature=signature, dedupe_keys=dedupe_keys)`, which the quality
+        filter asks for once an example: the same copy without `replace`'s walk over the fields and a frozen
+        `__init__` (0.6 µs instead of 3; the class has no `__post_init__` to run, a test pins the equality)."""
+        copy = object.__new__(Example)
+        copy.__dict__.update(self.__dict__, quality_signature=signature, dedupe_keys=dedupe_keys)
+        return copy
+
     def to_json(self) -> str:
         document: dict = {
             "ticket_id": self.ticket_id,
