@@ -219,3 +219,18 @@ def test_the_example_lists_the_placeholders_it_uses():
         "<CARD_NUMBER>", "<AGENT_EMAIL>", "<AGENT_NAME>",
     })
     assert example_of(ticket(msg("customer", "Refund?"), msg("agent", "Sent."))).placeholders == []
+
+
+def test_a_signed_copy_is_what_dataclasses_replace_gives():
+    from dataclasses import fields, replace
+
+    example = Example(ticket_id="7", revision="r", messages=[{"role": "user", "content": "q"}], category="billing",
+                      language="de", group_key="g", placeholders=["<EMAIL>"], identities=("email:a@b.c",),
+                      feedback={"label": "desirable"}, sft=False)
+    for keys in ((1, 2, 3), None):
+        signed = example.signed(b"\x03signature", keys)
+        expected = replace(example, quality_signature=b"\x03signature", dedupe_keys=keys)
+        assert signed == expected and type(signed) is Example
+        assert all(getattr(signed, f.name) is getattr(expected, f.name) for f in fields(Example))
+    assert example.quality_signature is None and example.dedupe_keys is None  # the original is left as it was
+    assert not hasattr(Example, "__post_init__")  # `signed` skips __init__: nothing may need to run there

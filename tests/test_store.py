@@ -81,6 +81,39 @@ def test_the_batch_check_of_what_the_store_would_discard_agrees_with_the_single_
                                                                                False]
 
 
+def test_apply_reuses_what_discards_read_only_while_nothing_was_written_since(store, monkeypatch):
+    """`apply` takes the rows `discards` read for the batch instead of reading them again, unless the store
+    changed in between: an erasure on another thread (another connection) or a write on this one."""
+    import threading
+
+    from daemon.store import examples as examples_module
+
+    reads = []
+    real_read = examples_module._BatchState.read
+    monkeypatch.setattr(examples_module._BatchState, "read",
+                        classmethod(lambda cls, s, exs: reads.append(len(exs)) or real_read(s, exs)))
+    batch = [person_example("1", "ana@example.com"), person_example("2", "bo@example.com")]
+    assert store.discards(batch) == [False, False]
+    assert store.apply(batch[:1]) == ["stored"]  # part of what was read: no second read
+    assert reads == [2]
+
+    later = [person_example("3", "ana@example.com"), person_example("4", "cy@example.com")]
+    assert store.discards(later) == [False, False]
+    erasure = threading.Thread(target=lambda: store.forget(requester_email="ana@example.com"))
+    erasure.start()
+    erasure.join()
+    assert store.apply(later) == ["suppressed", "stored"]  # the erasure is seen: read again
+    assert reads == [2, 2, 2]
+
+    again = [person_example("5", "dee@example.com")]
+    assert store.discards(again) == [False]
+    store.forget(requester_email="dee@example.com")  # on this thread's connection: `data_version` stays
+    assert store.apply(again) == ["suppressed"]  # read again all the same
+    assert reads == [2, 2, 2, 1, 1]
+    assert store.apply([person_example("6", "eve@example.com")]) == ["stored"]  # not asked about: read
+    assert reads == [2, 2, 2, 1, 1, 1]
+
+
 def test_the_split_is_deterministic_and_keeps_a_group_on_one_side(tmp_path, store):
     store.apply([example(str(i), group=f"req-{i % 40}") for i in range(400)])
     other = ExampleStore(tmp_path / "other.db", eval_fraction=0.25)

@@ -134,12 +134,12 @@ def find_names(text: str, names: NameKeys) -> list[tuple[int, int, str]]:
     """(start, end, placeholder) of every known name in `text` (from `prepare_names`), longest names first,
     whole words only; each first word is looked for once."""
     folded = fold(text)
-    present: dict[str, bool] = {}
+    first_at: dict[str, int] = {}  # where each first word first occurs (-1: nowhere), one search for each
     found: list[tuple[int, int, str]] = []
     for key, first, rest, placeholder in names:
-        if not present.setdefault(first, first in folded):
-            continue
-        at = folded.find(first)
+        at = first_at.get(first)
+        if at is None:
+            at = first_at[first] = folded.find(first)
         while at != -1:
             end = _rest_of_name(folded, at + len(first), rest)
             if end != -1 and _whole_word(folded, at, end) and _written_as_name(text, at, end, key) \

@@ -202,7 +202,9 @@ def may_hide_an_email(lowered: str) -> bool:
     """Whether a lower-cased text has an "at" or "dot" written out, or "name at domain.tld"."""
     if "at" not in lowered and "dot" not in lowered:
         return False
-    if any(word in lowered for word in _DISGUISED_AT_OR_DOT):
+    # every disguise but " dot " is in brackets: most texts have none, and skip ten scans (about 3 µs)
+    if " dot " in lowered or (("[" in lowered or "(" in lowered or "{" in lowered or "<" in lowered)
+                              and any(word in lowered for word in _DISGUISED_AT_OR_DOT)):
         return True
     at = lowered.find(" at ")
     while at != -1:
