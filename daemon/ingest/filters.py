@@ -80,8 +80,7 @@ _AUTOREPLY_HINTS = ("auto", "out of", "do not re", "received", "will get back", 
 # of the sample answers) skips the sentence split and the marker search (about 25 µs each). Only for ASCII: with
 # IGNORECASE the markers' "i" and "s" also match "ı", "İ" and "ſ", which `lower()` keeps apart.
 _AUTOREPLY_ASCII_HINTS = ("an automated", "automatic ", "automatically generated", "autoreply", "auto-reply",
-                          "out of", "do not re", "received", "will get back", "will reply", "will respond",
-                          "be in touch")
+                          *(hint for hint in _AUTOREPLY_HINTS if hint != "auto"))
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 _WORDS = re.compile(r"<[A-Z][A-Z0-9_]*>|\w+")
 # ASCII bytes that are not word characters (\w) become spaces: an ASCII text's words are then `bytes.split()`

@@ -125,13 +125,13 @@ def _segment_loop(
     bf16 on CPU takes _CPUHalfForward: the flash kernel's bf16 forward, its fp32 backward."""
     bounds = cu_seq_lens.tolist()
     sizes = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
-    if not query.is_cuda and query.dtype in _VARLEN_DTYPES and _cpu_flash_ops() is not None:
+    dtype = query.dtype
+    upcast = not query.is_cuda and dtype in _VARLEN_DTYPES  # bf16 or fp16 on CPU
+    if upcast and _cpu_flash_ops() is not None:
         output = _CPUHalfForward.apply(query, key, value, tuple(sizes), scaling)
         return output.transpose(1, 2).contiguous()
     grouped = _grouped(query, key)
-    dtype = query.dtype
-    upcast = not query.is_cuda and dtype in _VARLEN_DTYPES
-    if upcast:
+    if upcast:  # a torch without the CPU flash operators: fp32 throughout
         query, key, value = query.float(), key.float(), value.float()
     pieces = [
         F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=True, enable_gqa=grouped)
